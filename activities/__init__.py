@@ -1,0 +1,1 @@
+"""Every side effect: PostgreSQL, message providers and templates."""

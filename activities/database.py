@@ -1,0 +1,46 @@
+"""Connection pool and schema migrations."""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+# Any constant shared by every worker: pg_advisory_lock serialises concurrent
+# start-ups so only one applies each migration.
+MIGRATION_LOCK_ID = 0x0D_E7_11_FE
+
+
+async def create_pool(database_url: str, *, max_size: int = 10) -> asyncpg.Pool:
+    return await asyncpg.create_pool(database_url, min_size=1, max_size=max_size)
+
+
+async def migrate(database_url: str) -> list[str]:
+    """Apply pending migrations in order; returns the names applied."""
+    scripts = sorted(
+        (f for f in resources.files("activities").joinpath("migrations").iterdir() if f.name.endswith(".sql")),
+        key=lambda f: f.name,
+    )
+    conn = await asyncpg.connect(database_url)
+    applied: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+        for script in scripts:
+            if script.name in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(script.read_text())
+                await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", script.name)
+            log.info("applied migration %s", script.name)
+            applied.append(script.name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+        await conn.close()
+    return applied

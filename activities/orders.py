@@ -1,0 +1,99 @@
+"""CRM activities: customers, orders and feedback in PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncpg
+from temporalio import activity
+
+from workflows.models import (
+    CancelRecord,
+    ChannelPreferences,
+    FeedbackRecord,
+    JourneySettings,
+    OrderInput,
+    OrderSetup,
+)
+
+UPSERT_CUSTOMER = """
+INSERT INTO customers (customer_id, name, email, phone, timezone)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (customer_id) DO UPDATE
+SET name = EXCLUDED.name, email = EXCLUDED.email, phone = EXCLUDED.phone,
+    timezone = EXCLUDED.timezone, updated_at = now()
+RETURNING email_opt_in, sms_opt_in
+"""
+
+INSERT_ORDER = """
+INSERT INTO orders (order_id, customer_id, seller_id, seller_name, placed_at, currency, total, delivery_method)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (order_id) DO NOTHING
+RETURNING order_id
+"""
+
+INSERT_ITEM = """
+INSERT INTO order_items (order_id, line_no, sku, name, category, quantity, unit_price)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+"""
+
+
+class OrderActivities:
+    def __init__(self, pool: asyncpg.Pool, settings: JourneySettings) -> None:
+        self._pool = pool
+        self._settings = settings
+
+    @activity.defn
+    async def record_order(self, order: OrderInput) -> OrderSetup:
+        """Upsert the customer, store the order once, and hand the workflow the
+        journey settings and channel preferences it keeps for its lifetime."""
+        c = order.customer
+        async with self._pool.acquire() as conn, conn.transaction():
+            prefs = await conn.fetchrow(UPSERT_CUSTOMER, c.customer_id, c.name, c.email, c.phone, c.timezone)
+            inserted = await conn.fetchval(
+                INSERT_ORDER,
+                order.order_id,
+                c.customer_id,
+                order.seller.seller_id,
+                order.seller.name,
+                order.placed_at,
+                order.currency,
+                order.total,
+                order.delivery.method,
+            )
+            if inserted:
+                await conn.executemany(
+                    INSERT_ITEM,
+                    [
+                        (order.order_id, n, i.sku, i.name, i.category, i.quantity, i.unit_price)
+                        for n, i in enumerate(order.items, start=1)
+                    ],
+                )
+        return OrderSetup(
+            settings=self._settings,
+            preferences=ChannelPreferences(email=prefs["email_opt_in"], sms=prefs["sms_opt_in"]),
+        )
+
+    @activity.defn
+    async def cancel_order(self, record: CancelRecord) -> None:
+        await self._pool.execute(
+            "UPDATE orders SET status = 'cancelled', cancellation_reason = $2 WHERE order_id = $1",
+            record.order_id,
+            record.reason,
+        )
+
+    @activity.defn
+    async def store_feedback(self, record: FeedbackRecord) -> None:
+        f = record.feedback
+        await self._pool.execute(
+            """
+            INSERT INTO feedback (order_id, customer_id, seller_id, skus, item_rating, seller_rating, comment)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            ON CONFLICT (order_id) DO NOTHING
+            """,
+            record.order_id,
+            record.customer_id,
+            record.seller_id,
+            record.skus,
+            f.item_rating,
+            f.seller_rating,
+            f.comment,
+        )

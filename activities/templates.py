@@ -1,0 +1,206 @@
+"""One template per touchpoint, filled with the order's real data.
+
+Every value is HTML-escaped in the HTML part; dates are shown in the
+customer's timezone.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Callable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from workflows.models import OrderInput, Touchpoint
+
+
+@dataclass(frozen=True)
+class Content:
+    subject: str
+    paragraphs: list[str]
+    # Plain text short enough for one SMS segment where possible.
+    sms: str
+
+
+def money(amount: Decimal, currency: str) -> str:
+    return f"{amount:,.2f} {currency}"
+
+
+def local_time(value: str | datetime, tz_name: str) -> str:
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    try:
+        tz = ZoneInfo(tz_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        tz = ZoneInfo("UTC")
+    return moment.astimezone(tz).strftime("%a %d %b %Y, %H:%M %Z")
+
+
+def local_date(value: str | date) -> str:
+    day = date.fromisoformat(value) if isinstance(value, str) else value
+    return day.strftime("%a %d %b %Y")
+
+
+def item_lines(order: OrderInput) -> list[str]:
+    return [
+        f"{item.quantity} × {item.name} ({item.sku}) — {money(item.unit_price * item.quantity, order.currency)}"
+        for item in order.items
+    ]
+
+
+def _summary(order: OrderInput) -> list[str]:
+    return [*item_lines(order), f"Total: {money(order.total, order.currency)}"]
+
+
+def _where(order: OrderInput) -> str:
+    if order.delivery.method == "locker":
+        return f"parcel locker {order.delivery.locker_name or order.delivery.locker_id}"
+    a = order.delivery.address
+    return ", ".join(p for p in (a.line1, a.line2, f"{a.postal_code} {a.city}", a.country) if p)
+
+
+def _tracking(d: dict[str, Any]) -> str:
+    link = f" ({d['tracking_url']})" if d.get("tracking_url") else ""
+    return f"{d['carrier']} tracking number {d['tracking_number']}{link}"
+
+
+def _order_confirmation(o: OrderInput, d: dict[str, Any]) -> Content:
+    return Content(
+        f"Order {o.order_id} confirmed",
+        [f"Thank you, {o.customer.name}. We have your order from {o.seller.name}:", *_summary(o),
+         f"Delivery to {_where(o)}. We will write again when your payment arrives."],
+        f"Order {o.order_id} confirmed: {money(o.total, o.currency)}.",
+    )
+
+
+def _payment_reminder(o: OrderInput, d: dict[str, Any]) -> Content:
+    return Content(
+        f"Payment pending for order {o.order_id}",
+        [f"Hello {o.customer.name}, we have not received payment of {money(o.total, o.currency)} for order "
+         f"{o.order_id} yet. Unpaid orders are cancelled after a while, so please complete it soon."],
+        f"Order {o.order_id}: payment of {money(o.total, o.currency)} is still pending.",
+    )
+
+
+def _payment_confirmation(o: OrderInput, d: dict[str, Any]) -> Content:
+    return Content(
+        f"Payment received for order {o.order_id}",
+        [f"We have received your payment of {money(o.total, o.currency)} (reference {d.get('payment_id', '')}).",
+         f"{o.seller.name} is preparing your order; we will tell you as soon as it ships, with its tracking number."],
+        f"Payment for order {o.order_id} received. We'll tell you when it ships.",
+    )
+
+
+def _order_cancelled(o: OrderInput, d: dict[str, Any]) -> Content:
+    return Content(
+        f"Order {o.order_id} cancelled",
+        [f"Your order {o.order_id} has been cancelled: {d.get('reason', '')}.",
+         "If you paid already, the payment will be refunded."],
+        f"Order {o.order_id} was cancelled: {d.get('reason', '')}.",
+    )
+
+
+def _dispatch_delayed(o: OrderInput, d: dict[str, Any]) -> Content:
+    return Content(
+        f"Order {o.order_id} is taking longer to ship",
+        [f"We are sorry: {o.seller.name} has not shipped order {o.order_id} as soon as promised. "
+         "Our team is on it, and we will send the tracking number the moment it leaves."],
+        f"Sorry, order {o.order_id} is late to ship. We're on it.",
+    )
+
+
+def _dispatch_notice(o: OrderInput, d: dict[str, Any]) -> Content:
+    when = local_date(d["expected_delivery"])
+    return Content(
+        f"Order {o.order_id} is on its way",
+        [f"Your order has shipped with {_tracking(d)}.", f"Expected delivery: {when}, to {_where(o)}.",
+         *item_lines(o)],
+        f"Order {o.order_id} shipped: {d['carrier']} {d['tracking_number']}, expected {when}.",
+    )
+
+
+def _delivery_day(o: OrderInput, d: dict[str, Any]) -> Content:
+    return Content(
+        f"Order {o.order_id} arrives today",
+        [f"Your parcel ({_tracking(d)}) is out for delivery today to {_where(o)}."],
+        f"Order {o.order_id} is out for delivery today ({d['carrier']} {d['tracking_number']}).",
+    )
+
+
+def _delivery_delayed(o: OrderInput, d: dict[str, Any]) -> Content:
+    return Content(
+        f"Order {o.order_id} is delayed",
+        [f"Your parcel ({_tracking(d)}) was expected on {local_date(d['expected_delivery'])} and has not arrived "
+         "yet. We are sorry, and we are checking with the carrier."],
+        f"Order {o.order_id} is delayed. We're checking with {d['carrier']}.",
+    )
+
+
+def _delivery_confirmation(o: OrderInput, d: dict[str, Any]) -> Content:
+    tz = o.customer.timezone
+    if o.delivery.method == "locker":
+        deadline = local_time(d["pickup_deadline"], tz)
+        return Content(
+            f"Order {o.order_id} is waiting in {_where(o)}",
+            [f"Your parcel was delivered to {_where(o)} on {local_time(d['delivered_at'], tz)}.",
+             f"Pickup code: {d['locker_pickup_code']}", f"Please collect it before {deadline}."],
+            f"Order {o.order_id} is in {_where(o)}. Code {d['locker_pickup_code']}, collect by {deadline}.",
+        )
+    return Content(
+        f"Order {o.order_id} delivered",
+        [f"Your order was delivered to {_where(o)} on {local_time(d['delivered_at'], tz)}.", *item_lines(o)],
+        f"Order {o.order_id} was delivered.",
+    )
+
+
+def _locker_reminder(o: OrderInput, d: dict[str, Any]) -> Content:
+    deadline = local_time(d["pickup_deadline"], o.customer.timezone)
+    return Content(
+        f"Reminder: collect order {o.order_id}",
+        [f"Your parcel is still waiting in {_where(o)}. Please collect it before {deadline}, "
+         "after which it goes back to the sender."],
+        f"Reminder: order {o.order_id} is waiting in {_where(o)} until {deadline}.",
+    )
+
+
+def _feedback_request(o: OrderInput, d: dict[str, Any]) -> Content:
+    names = ", ".join(item.name for item in o.items)
+    return Content(
+        f"How was your order {o.order_id}?",
+        [f"Hello {o.customer.name}, how do you like {names}?",
+         f"Please rate the items and {o.seller.name}, the seller: it takes a minute and helps other customers."],
+        f"How was order {o.order_id}? Rate the items and {o.seller.name}.",
+    )
+
+
+def _recommendations(o: OrderInput, d: dict[str, Any]) -> Content:
+    picks = [f"{p['name']} ({p['category']})" for p in d["products"]]
+    return Content(
+        "Picked for you",
+        [f"Customers who bought what you ordered from {o.seller.name} also liked:", *picks],
+        "Picked for you: " + ", ".join(p["name"] for p in d["products"]),
+    )
+
+
+TEMPLATES: dict[Touchpoint, Callable[[OrderInput, dict[str, Any]], Content]] = {
+    Touchpoint.ORDER_CONFIRMATION: _order_confirmation,
+    Touchpoint.PAYMENT_REMINDER: _payment_reminder,
+    Touchpoint.PAYMENT_CONFIRMATION: _payment_confirmation,
+    Touchpoint.ORDER_CANCELLED: _order_cancelled,
+    Touchpoint.DISPATCH_DELAYED: _dispatch_delayed,
+    Touchpoint.DISPATCH_NOTICE: _dispatch_notice,
+    Touchpoint.DELIVERY_DAY: _delivery_day,
+    Touchpoint.DELIVERY_DELAYED: _delivery_delayed,
+    Touchpoint.DELIVERY_CONFIRMATION: _delivery_confirmation,
+    Touchpoint.LOCKER_REMINDER: _locker_reminder,
+    Touchpoint.FEEDBACK_REQUEST: _feedback_request,
+    Touchpoint.RECOMMENDATIONS: _recommendations,
+}
+
+
+def render(kind: Touchpoint, order: OrderInput, details: dict[str, Any]) -> tuple[Content, str]:
+    """The content and its HTML body."""
+    content = TEMPLATES[kind](order, details)
+    body = "".join(f"<p>{html.escape(p)}</p>" for p in content.paragraphs)
+    return content, f"<!doctype html><html><body>{body}</body></html>"

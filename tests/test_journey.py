@@ -1,0 +1,92 @@
+"""Days-long journeys on the time-skipping server."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+
+from temporalio.testing import WorkflowEnvironment
+
+from tests.conftest import new_order, payment_for
+from tests.fake_providers import FakeProviders
+from workflows.models import OrderStatusView
+
+
+def kinds(view: OrderStatusView) -> list[tuple[str, str, str]]:
+    return [(t.kind.value, t.channel.value, t.state.value) for t in view.touchpoints]
+
+
+def tomorrow() -> str:
+    return (date.today() + timedelta(days=1)).isoformat()
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+async def seed_history(pool, sku: str) -> None:
+    """Past orders: MOUSE-1 is often bought with PAD-1, and with the customer's own keyboard."""
+    await pool.execute(
+        "INSERT INTO customers (customer_id, name, email, timezone) VALUES ('HIST', 'h', 'h@example.com', 'UTC') "
+        "ON CONFLICT DO NOTHING"
+    )
+    for n, extra in enumerate(["PAD-1", "PAD-1", "CABLE-1", sku]):
+        oid = f"HIST-{sku}-{n}"
+        await pool.execute(
+            "INSERT INTO orders (order_id, customer_id, seller_id, seller_name, placed_at, currency, total, delivery_method) "
+            "VALUES ($1, 'HIST', 'S1', 'x', now(), 'EUR', 1, 'address') ON CONFLICT DO NOTHING",
+            oid,
+        )
+        await pool.execute(
+            "INSERT INTO order_items VALUES ($1, 1, 'MOUSE-1', 'Mouse', 'mice', 1, 1), ($1, 2, $2, $2, 'mice', 1, 1) "
+            "ON CONFLICT DO NOTHING",
+            oid,
+            extra,
+        )
+
+
+async def test_happy_path_sends_every_touchpoint(ts_env: WorkflowEnvironment, make_harness, fakes: FakeProviders, pool):
+    order = new_order()
+    await seed_history(pool, order["items"][0]["sku"])
+    async with make_harness(ts_env) as h:
+        handle = await h.start(order)
+        await h.wait_touchpoint(handle, "order_confirmation")
+        await handle.signal("payment_received", payment_for(order))
+        await h.wait_touchpoint(handle, "payment_confirmation")
+        await handle.signal(
+            "order_dispatched", {"carrier": "DHL", "tracking_number": "TRK1", "expected_delivery": tomorrow()}
+        )
+        await h.wait_touchpoint(handle, "dispatch_notice", "sms")
+        await handle.signal("out_for_delivery", {"date": tomorrow()})
+        await h.wait_touchpoint(handle, "delivery_day", "sms")
+        await handle.signal("order_delivered", {"delivered_at": now_iso()})
+        await h.wait_touchpoint(handle, "delivery_confirmation")
+        await ts_env.sleep(timedelta(days=3, hours=1))
+        await h.wait_touchpoint(handle, "feedback_request")
+        await handle.signal("feedback_submitted", {"item_rating": 5, "seller_rating": 4, "comment": "great <3"})
+        result = await handle.result()
+
+    assert result.status == "completed"
+    assert not result.needs_attention
+    assert kinds(result) == [
+        ("order_confirmation", "email", "sent"),
+        ("payment_confirmation", "email", "sent"),
+        ("dispatch_notice", "email", "sent"),
+        ("dispatch_notice", "sms", "sent"),
+        ("delivery_day", "sms", "sent"),
+        ("delivery_confirmation", "email", "sent"),
+        ("feedback_request", "email", "sent"),
+        ("recommendations", "email", "sent"),
+    ]
+    assert all(t.provider_message_id for t in result.touchpoints)
+    email = order["customer"]["email"]
+    mails = fakes.deliveries_to(email)
+    assert len(mails) == 6
+    assert "TRK1" in mails[2] and "DHL" in mails[2]
+    # Co-purchased first, then best sellers in the category; never what they bought.
+    recs = mails[-1]
+    assert "PAD-1" in recs and "CABLE-1" in recs
+    assert order["items"][0]["sku"] not in recs and "Mouse (" not in recs
+    feedback = await pool.fetchrow("SELECT * FROM feedback WHERE order_id = $1", order["order_id"])
+    assert (feedback["item_rating"], feedback["seller_rating"], feedback["comment"]) == (5, 4, "great <3")
+    stored = await pool.fetchval("SELECT count(*) FROM order_items WHERE order_id = $1", order["order_id"])
+    assert stored == 2

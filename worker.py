@@ -1,0 +1,105 @@
+"""The order-lifecycle worker.
+
+Production entry point: `python worker.py` (or `orders-worker`) against the
+Temporal service and PostgreSQL named by the environment. Pending schema
+migrations are applied at start-up under an advisory lock, so several workers
+may start at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from typing import Mapping
+
+import asyncpg
+from temporalio.client import Client, TLSConfig
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+
+from activities.config import ProviderConfig, journey_settings_from_env
+from activities.database import create_pool, migrate
+from activities.messaging import MessagingActivities
+from activities.orders import OrderActivities
+from activities.providers import Provider
+from workflows.models import TASK_QUEUE, Channel, JourneySettings
+from workflows.order_lifecycle import OrderLifecycle
+
+log = logging.getLogger("worker")
+
+
+async def connect_temporal(env: Mapping[str, str] = os.environ) -> Client:
+    """TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE, plus Temporal Cloud credentials:
+    TEMPORAL_API_KEY, or TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY (mTLS paths)."""
+    tls: bool | TLSConfig = env.get("TEMPORAL_TLS", "").lower() in ("1", "true", "yes")
+    if env.get("TEMPORAL_TLS_CERT"):
+        with open(env["TEMPORAL_TLS_CERT"], "rb") as cert, open(env["TEMPORAL_TLS_KEY"], "rb") as key:
+            tls = TLSConfig(client_cert=cert.read(), client_private_key=key.read())
+    api_key = env.get("TEMPORAL_API_KEY") or None
+    return await Client.connect(
+        env.get("TEMPORAL_ADDRESS", "localhost:7233"),
+        namespace=env.get("TEMPORAL_NAMESPACE", "default"),
+        api_key=api_key,
+        tls=tls or bool(api_key),
+        data_converter=pydantic_data_converter,
+    )
+
+
+def build_worker(
+    client: Client,
+    pool: asyncpg.Pool,
+    provider_config: ProviderConfig,
+    journey: JourneySettings,
+    *,
+    providers: dict[Channel, Provider] | None = None,
+    task_queue: str = TASK_QUEUE,
+) -> Worker:
+    orders = OrderActivities(pool, journey)
+    messaging = MessagingActivities(pool, provider_config, providers)
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[OrderLifecycle],
+        activities=[orders.record_order, orders.cancel_order, orders.store_feedback, messaging.send_message],
+    )
+
+
+async def run_worker(client: Client, database_url: str, env: Mapping[str, str], stop: asyncio.Event) -> None:
+    applied = await migrate(database_url)
+    if applied:
+        log.info("database migrated: %s", ", ".join(applied))
+    # The blocking provider clients run in this pool via asyncio.to_thread.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=int(env.get("PROVIDER_THREADS", "32")), thread_name_prefix="provider")
+    )
+    pool = await create_pool(database_url, max_size=int(env.get("DATABASE_POOL_SIZE", "10")))
+    try:
+        worker = build_worker(client, pool, ProviderConfig.from_env(env), journey_settings_from_env(env))
+        async with worker:
+            log.info("worker polling task queue %r", TASK_QUEUE)
+            await stop.wait()
+    finally:
+        await pool.close()
+
+
+async def _main() -> None:
+    if "DATABASE_URL" not in os.environ:
+        raise SystemExit("DATABASE_URL is required, e.g. postgresql://user:pass@localhost:5432/orders")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    client = await connect_temporal()
+    await run_worker(client, os.environ["DATABASE_URL"], os.environ, stop)
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(_main())
+
+
+if __name__ == "__main__":
+    main()

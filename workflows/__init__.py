@@ -1,0 +1,1 @@
+"""Orchestration only: the order workflow and the contract it publishes."""

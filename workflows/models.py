@@ -1,0 +1,322 @@
+"""Every payload that crosses the wire: the published contract for backend
+systems (order input, events, status) and the workflow-to-activity messages.
+
+Inputs ignore unknown fields so backends can send extra optional data; JSON
+Schemas for the public models come from `orders schema`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+TASK_QUEUE = "order-lifecycle"
+WORKFLOW_TYPE = "OrderLifecycle"
+
+
+def workflow_id_for(order_id: str) -> str:
+    return f"order-{order_id}"
+
+
+# A pragmatic address check: one @, no spaces, a dotted domain. Full RFC 5322
+# validation is the provider's job; this catches what backends get wrong.
+EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+E164_PATTERN = r"^\+[1-9]\d{6,14}$"
+
+NonEmpty = Annotated[str, Field(min_length=1, max_length=200)]
+Money = Annotated[Decimal, Field(gt=0, max_digits=15, decimal_places=3)]
+CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+Rating = Annotated[int, Field(ge=1, le=5)]
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Customer(WireModel):
+    customer_id: NonEmpty
+    name: NonEmpty
+    email: Annotated[str, Field(max_length=254)]
+    phone: Annotated[str, Field(pattern=E164_PATTERN)] | None = None
+    timezone: Annotated[str, Field(pattern=r"^[A-Za-z_]+(/[A-Za-z0-9_+\-]+)*$")] = "UTC"
+
+    @field_validator("email")
+    @classmethod
+    def _email_shape(cls, value: str) -> str:
+        if not EMAIL_PATTERN.match(value):
+            raise ValueError(f"{value!r} is not an email address")
+        return value
+
+
+class Item(WireModel):
+    sku: NonEmpty
+    name: NonEmpty
+    quantity: Annotated[int, Field(gt=0, le=10_000)]
+    unit_price: Money
+    category: NonEmpty
+
+
+class PostalAddress(WireModel):
+    line1: NonEmpty
+    line2: str | None = None
+    city: NonEmpty
+    postal_code: NonEmpty
+    country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")]
+
+
+class AddressDelivery(WireModel):
+    method: Literal["address"]
+    address: PostalAddress
+
+
+class LockerDelivery(WireModel):
+    method: Literal["locker"]
+    locker_id: NonEmpty
+    locker_name: str | None = None
+
+
+class Seller(WireModel):
+    seller_id: NonEmpty
+    name: NonEmpty
+    sends_delivery_day_notice: bool = False
+
+
+class OrderInput(WireModel):
+    """Workflow input: `temporal workflow start --type OrderLifecycle --input '{...}'`."""
+
+    order_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$")]
+    placed_at: datetime
+    currency: CurrencyCode
+    customer: Customer
+    items: Annotated[list[Item], Field(min_length=1, max_length=200)]
+    delivery: Annotated[AddressDelivery | LockerDelivery, Field(discriminator="method")]
+    seller: Seller
+
+    @field_validator("placed_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("placed_at needs a UTC offset, e.g. 2026-11-22T10:00:00Z")
+        return value
+
+    @property
+    def total(self) -> Decimal:
+        return sum((item.unit_price * item.quantity for item in self.items), Decimal("0"))
+
+
+# --- Events (signals, or the `apply_event` update) -------------------------
+
+
+class PaymentReceived(WireModel):
+    payment_id: NonEmpty
+    amount: Money
+    currency: CurrencyCode
+
+
+class OrderDispatched(WireModel):
+    carrier: NonEmpty
+    tracking_number: NonEmpty
+    expected_delivery: date
+    tracking_url: Annotated[str, Field(max_length=500, pattern=r"^https?://")] | None = None
+
+
+class OutForDelivery(WireModel):
+    date: date
+
+
+class OrderDelivered(WireModel):
+    delivered_at: datetime
+    locker_pickup_code: Annotated[str, Field(min_length=1, max_length=32)] | None = None
+
+    @field_validator("delivered_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("delivered_at needs a UTC offset")
+        return value
+
+
+class ParcelCollected(WireModel):
+    collected_at: datetime | None = None
+
+
+class OrderCancelled(WireModel):
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class FeedbackSubmitted(WireModel):
+    item_rating: Rating
+    seller_rating: Rating
+    comment: Annotated[str, Field(max_length=5000)] | None = None
+
+
+EVENT_MODELS: dict[str, type[WireModel]] = {
+    "payment_received": PaymentReceived,
+    "order_dispatched": OrderDispatched,
+    "out_for_delivery": OutForDelivery,
+    "order_delivered": OrderDelivered,
+    "parcel_collected": ParcelCollected,
+    "order_cancelled": OrderCancelled,
+    "feedback_submitted": FeedbackSubmitted,
+}
+EventName = Literal[
+    "payment_received",
+    "order_dispatched",
+    "out_for_delivery",
+    "order_delivered",
+    "parcel_collected",
+    "order_cancelled",
+    "feedback_submitted",
+]
+
+
+class EventEnvelope(WireModel):
+    """Input of the `apply_event` update: the same events, answered synchronously."""
+
+    event: EventName
+    payload: dict[str, Any]
+
+
+# --- Status ------------------------------------------------------------------
+
+
+class OrderStatus(StrEnum):
+    REJECTED = "rejected"
+    AWAITING_PAYMENT = "awaiting_payment"
+    PAID = "paid"
+    DISPATCHED = "dispatched"
+    OUT_FOR_DELIVERY = "out_for_delivery"
+    DELIVERED = "delivered"
+    FEEDBACK_REQUESTED = "feedback_requested"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+class Channel(StrEnum):
+    EMAIL = "email"
+    SMS = "sms"
+
+
+class Touchpoint(StrEnum):
+    ORDER_CONFIRMATION = "order_confirmation"
+    PAYMENT_REMINDER = "payment_reminder"
+    PAYMENT_CONFIRMATION = "payment_confirmation"
+    ORDER_CANCELLED = "order_cancelled"
+    DISPATCH_DELAYED = "dispatch_delayed"
+    DISPATCH_NOTICE = "dispatch_notice"
+    DELIVERY_DAY = "delivery_day"
+    DELIVERY_DELAYED = "delivery_delayed"
+    DELIVERY_CONFIRMATION = "delivery_confirmation"
+    LOCKER_REMINDER = "locker_reminder"
+    FEEDBACK_REQUEST = "feedback_request"
+    RECOMMENDATIONS = "recommendations"
+
+
+class DeliveryState(StrEnum):
+    SENT = "sent"
+    # The provider refused it for good (bad address, unsubscribed number).
+    FAILED = "failed"
+    # A previous attempt died between claiming the ledger row and recording the
+    # provider's answer: it may have gone out, so it is never sent again.
+    IN_DOUBT = "in_doubt"
+    # Nothing to say (e.g. no recommendations) or the channel is opted out.
+    SKIPPED = "skipped"
+
+
+class TouchpointRecord(WireModel):
+    kind: Touchpoint
+    channel: Channel
+    state: DeliveryState
+    at: datetime
+    provider_message_id: str | None = None
+    error: str | None = None
+
+
+class RejectedEvent(WireModel):
+    event: str
+    reason: str
+    at: datetime
+
+
+class OrderStatusView(WireModel):
+    """Result of the `status` query and of the workflow itself."""
+
+    order_id: str | None
+    status: OrderStatus
+    needs_attention: bool = False
+    attention_reasons: list[str] = []
+    cancellation_reason: str | None = None
+    rejection_reason: str | None = None
+    touchpoints: list[TouchpointRecord] = []
+    rejected_events: list[RejectedEvent] = []
+
+
+# --- Workflow <-> activity messages -------------------------------------------
+
+
+class JourneySettings(WireModel):
+    """Delays and deadlines, read from the worker's configuration by the first
+    activity so a running order keeps the values it started with."""
+
+    payment_reminder_after: timedelta = timedelta(hours=24)
+    payment_deadline: timedelta = timedelta(hours=72)
+    dispatch_promised_within: timedelta = timedelta(hours=48)
+    delivery_grace: timedelta = timedelta(days=1)
+    locker_pickup_window: timedelta = timedelta(hours=72)
+    locker_reminder_before: timedelta = timedelta(hours=24)
+    feedback_delay: timedelta = timedelta(days=3)
+    recommendations_delay: timedelta = timedelta(days=7)
+    feedback_window: timedelta = timedelta(days=14)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> JourneySettings:
+        if self.payment_reminder_after >= self.payment_deadline:
+            raise ValueError("payment_reminder_after must be shorter than payment_deadline")
+        if self.locker_reminder_before >= self.locker_pickup_window:
+            raise ValueError("locker_reminder_before must be shorter than locker_pickup_window")
+        return self
+
+
+class ChannelPreferences(WireModel):
+    email: bool = True
+    sms: bool = True
+
+
+class OrderSetup(WireModel):
+    settings: JourneySettings
+    preferences: ChannelPreferences
+
+
+class MessageRequest(WireModel):
+    key: str
+    kind: Touchpoint
+    channel: Channel
+    order: OrderInput
+    # Event data the template shows (tracking, dates, pickup code, reason...).
+    details: dict[str, Any] = {}
+
+
+class MessageOutcome(WireModel):
+    key: str
+    channel: Channel
+    state: DeliveryState
+    provider_message_id: str | None = None
+    error: str | None = None
+
+
+class CancelRecord(WireModel):
+    order_id: str
+    reason: str
+
+
+class FeedbackRecord(WireModel):
+    order_id: str
+    customer_id: str
+    seller_id: str
+    skus: list[str]
+    feedback: FeedbackSubmitted
