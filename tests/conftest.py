@@ -10,7 +10,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,19 @@ class Harness:
             result_type=OrderStatusView,
             **kwargs,
         )
+
+    async def now(self) -> datetime:
+        """The server's clock: a time-skipping server runs ahead of the wall clock."""
+        return await self.env.get_current_time()
+
+    async def tomorrow(self) -> str:
+        return ((await self.now()) + timedelta(days=1)).date().isoformat()
+
+    async def now_iso(self) -> str:
+        return (await self.now()).isoformat()
+
+    async def result(self, handle: WorkflowHandle, timeout: float = 60) -> OrderStatusView:
+        return await asyncio.wait_for(handle.result(), timeout)
 
     async def wait_for(
         self, handle: WorkflowHandle, predicate: Callable[[OrderStatusView], bool], timeout: float = 20

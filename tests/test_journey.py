@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import timedelta
 
 from temporalio.testing import WorkflowEnvironment
 
@@ -13,14 +13,6 @@ from workflows.models import OrderStatusView
 
 def kinds(view: OrderStatusView) -> list[tuple[str, str, str]]:
     return [(t.kind.value, t.channel.value, t.state.value) for t in view.touchpoints]
-
-
-def tomorrow() -> str:
-    return (date.today() + timedelta(days=1)).isoformat()
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
 
 
 async def seed_history(pool, sku: str) -> None:
@@ -53,17 +45,17 @@ async def test_happy_path_sends_every_touchpoint(ts_env: WorkflowEnvironment, ma
         await handle.signal("payment_received", payment_for(order))
         await h.wait_touchpoint(handle, "payment_confirmation")
         await handle.signal(
-            "order_dispatched", {"carrier": "DHL", "tracking_number": "TRK1", "expected_delivery": tomorrow()}
+            "order_dispatched", {"carrier": "DHL", "tracking_number": "TRK1", "expected_delivery": await h.tomorrow()}
         )
         await h.wait_touchpoint(handle, "dispatch_notice", "sms")
-        await handle.signal("out_for_delivery", {"date": tomorrow()})
+        await handle.signal("out_for_delivery", {"date": await h.tomorrow()})
         await h.wait_touchpoint(handle, "delivery_day", "sms")
-        await handle.signal("order_delivered", {"delivered_at": now_iso()})
+        await handle.signal("order_delivered", {"delivered_at": await h.now_iso()})
         await h.wait_touchpoint(handle, "delivery_confirmation")
         await ts_env.sleep(timedelta(days=3, hours=1))
         await h.wait_touchpoint(handle, "feedback_request")
         await handle.signal("feedback_submitted", {"item_rating": 5, "seller_rating": 4, "comment": "great <3"})
-        result = await handle.result()
+        result = await h.result(handle)
 
     assert result.status == "completed"
     assert not result.needs_attention

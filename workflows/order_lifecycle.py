@@ -77,14 +77,23 @@ def format_validation_error(err: ValidationError) -> str:
 
 @workflow.defn(name=WORKFLOW_TYPE)
 class OrderLifecycle:
-    def __init__(self) -> None:
+    @workflow.init
+    def __init__(self, raw_order: Any) -> None:
+        # Parsed here, not in `run`: signals delivered with the start are
+        # handled before `run` begins and need the order to be checked against.
+        # The input is taken raw so a malformed order ends the workflow with a
+        # reason instead of failing every workflow task on decoding.
         self.order: OrderInput | None = None
+        self.rejection_reason: str | None = None
+        try:
+            self.order = OrderInput.model_validate(raw_order)
+        except ValidationError as err:
+            self.rejection_reason = format_validation_error(err)
         self.status = OrderStatus.AWAITING_PAYMENT
         self.attention: list[str] = []
         self.touchpoints: list[TouchpointRecord] = []
         self.rejected: list[RejectedEvent] = []
         self.cancellation_reason: str | None = None
-        self.rejection_reason: str | None = None
         self.setup: OrderSetup | None = None
         # Accepted events, set by handlers and consumed by `run`.
         self.payment: PaymentReceived | None = None
@@ -98,13 +107,9 @@ class OrderLifecycle:
     # --- run ------------------------------------------------------------------
 
     @workflow.run
-    async def run(self, raw_order: dict[str, Any]) -> OrderStatusView:
-        # The input is taken raw so a malformed order ends the workflow with a
-        # reason instead of failing every workflow task on decoding.
-        try:
-            self.order = OrderInput.model_validate(raw_order)
-        except ValidationError as err:
-            return self._reject_order(format_validation_error(err))
+    async def run(self, raw_order: Any) -> OrderStatusView:
+        if self.order is None:
+            return self._reject_order()
         order = self.order
         workflow.upsert_search_attributes(
             [
@@ -241,10 +246,9 @@ class OrderLifecycle:
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.view()
 
-    def _reject_order(self, reason: str) -> OrderStatusView:
+    def _reject_order(self) -> OrderStatusView:
         self.status = OrderStatus.REJECTED
-        self.rejection_reason = reason
-        workflow.logger.warning("order rejected: %s", reason)
+        workflow.logger.warning("order rejected: %s", self.rejection_reason)
         workflow.upsert_search_attributes(
             [sa.ORDER_STATUS.value_set(self.status.value), sa.NEEDS_ATTENTION.value_set(True)]
         )
@@ -380,7 +384,7 @@ class OrderLifecycle:
         if model is None:
             raise EventRejected(f"unknown event {event!r}")
         if self.order is None:
-            raise EventRejected("the order was rejected or has not started")
+            raise EventRejected("the order was rejected")
         try:
             parsed = model.model_validate(raw)
         except ValidationError as err:
