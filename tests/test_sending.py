@@ -1,0 +1,123 @@
+"""Provider failures, channel fallback, the outbox and the exactly-once ledger."""
+
+from __future__ import annotations
+
+from activities.config import ProviderConfig
+from activities.providers import SendGridEmail
+from tests.conftest import new_order, payment_for
+from tests.fake_providers import BOUNCING_EMAIL_DOMAIN, UNSUBSCRIBED_PHONE, FakeProviders
+from tests.test_journey import kinds
+from workflows.models import Channel
+
+
+async def test_transient_errors_are_retried_and_sent_once(ts_env, make_harness, fakes: FakeProviders, pool):
+    order = new_order()
+    email = order["customer"]["email"]
+    fakes.fail_next(email, 503, 429)
+    async with make_harness(ts_env) as h:
+        handle = await h.start(order)
+        view = await h.wait_touchpoint(handle, "order_confirmation")
+        await handle.terminate("test done")
+    assert kinds(view) == [("order_confirmation", "email", "sent")]
+    assert len(fakes.deliveries_to(email)) == 1
+    row = await pool.fetchrow("SELECT state, attempts FROM message_ledger WHERE key = $1", f"order-{order['order_id']}:order_confirmation:email")
+    assert tuple(row) == ("sent", 3)
+
+
+async def test_refused_email_goes_by_sms_and_is_flagged(ts_env, make_harness, fakes: FakeProviders, pool):
+    order = new_order()
+    order["customer"]["email"] = f"{order['order_id']}@{BOUNCING_EMAIL_DOMAIN}"
+    async with make_harness(ts_env) as h:
+        handle = await h.start(order)
+        view = await h.wait_touchpoint(handle, "order_confirmation", "sms")
+        await handle.terminate("test done")
+    assert kinds(view) == [("order_confirmation", "email", "failed"), ("order_confirmation", "sms", "sent")]
+    assert "Does not contain a valid address" in view.touchpoints[0].error
+    assert view.attention_reasons == ["message_failed:order_confirmation:email"]
+    assert fakes.deliveries_to(order["customer"]["phone"])[0].startswith(f"Order {order['order_id']} confirmed")
+    state = await pool.fetchval("SELECT state FROM message_ledger WHERE key = $1", f"order-{order['order_id']}:order_confirmation:email")
+    assert state == "failed"
+
+
+async def test_unsubscribed_number_falls_back_to_email(ts_env, make_harness, fakes: FakeProviders):
+    order = new_order()
+    order["customer"]["phone"] = UNSUBSCRIBED_PHONE
+    async with make_harness(ts_env) as h:
+        handle = await h.start(order)
+        await handle.signal("payment_received", payment_for(order))
+        await handle.signal("order_dispatched", {"carrier": "DHL", "tracking_number": "T9", "expected_delivery": await h.tomorrow()})
+        await handle.signal("out_for_delivery", {"date": await h.tomorrow()})
+        view = await h.wait_touchpoint(handle, "delivery_day", "email")
+        await handle.terminate("test done")
+    assert ("delivery_day", "sms", "failed") in kinds(view)
+    assert "21610" in next(t.error for t in view.touchpoints if t.state == "failed")
+    # The dispatch notice already went by email, so its refused SMS is not re-sent there.
+    assert [k for k in kinds(view) if k[0] == "dispatch_notice"] == [
+        ("dispatch_notice", "email", "sent"),
+        ("dispatch_notice", "sms", "failed"),
+    ]
+
+
+class CrashAfterProviderCall(SendGridEmail):
+    """The provider accepts the message, then the worker dies before the
+    ledger records it: the first attempt raises right after the real call."""
+
+    crashed = False
+
+    def send(self, message):
+        message_id = super().send(message)
+        if not CrashAfterProviderCall.crashed:
+            CrashAfterProviderCall.crashed = True
+            raise SystemExit("worker killed between provider call and ledger completion")
+        return message_id
+
+
+async def test_crash_between_provider_call_and_completion_never_sends_twice(
+    ts_env, make_harness, fakes: FakeProviders, provider_config: ProviderConfig, pool
+):
+    order = new_order()
+    providers = {Channel.EMAIL: CrashAfterProviderCall(provider_config)}
+    async with make_harness(ts_env, providers=providers) as h:
+        handle = await h.start(order)
+        view = await h.wait_touchpoint(handle, "order_confirmation")
+        await handle.terminate("test done")
+    assert CrashAfterProviderCall.crashed
+    assert len(fakes.deliveries_to(order["customer"]["email"])) == 1
+    assert kinds(view) == [("order_confirmation", "email", "in_doubt")]
+    assert view.attention_reasons == ["message_in_doubt:order_confirmation:email"]
+    row = await pool.fetchrow("SELECT state, attempts FROM message_ledger WHERE key = $1", f"order-{order['order_id']}:order_confirmation:email")
+    assert tuple(row) == ("in_doubt", 1)
+
+
+async def test_retried_activity_after_completion_returns_the_recorded_send(
+    ts_env, make_harness, fakes: FakeProviders, pool
+):
+    """Starting the same order twice reuses the ledger: one confirmation."""
+    order = new_order()
+    async with make_harness(ts_env) as h:
+        first = await h.start(order)
+        await h.wait_touchpoint(first, "order_confirmation")
+        await first.terminate("simulate a lost workflow")
+        second = await h.start(order)
+        view = await h.wait_touchpoint(second, "order_confirmation")
+        await second.terminate("test done")
+    assert len(fakes.deliveries_to(order["customer"]["email"])) == 1
+    assert kinds(view) == [("order_confirmation", "email", "sent")]
+
+
+async def test_without_credentials_messages_go_to_the_outbox(ts_env, make_harness, fakes: FakeProviders, pool):
+    order = new_order()
+    async with make_harness(ts_env, config=ProviderConfig()) as h:
+        handle = await h.start(order)
+        await handle.signal("payment_received", payment_for(order))
+        await handle.signal("order_dispatched", {"carrier": "DHL", "tracking_number": "OUT1", "expected_delivery": await h.tomorrow()})
+        view = await h.wait_touchpoint(handle, "dispatch_notice", "sms")
+        await handle.terminate("test done")
+    assert all(t.provider_message_id.startswith("outbox-") for t in view.touchpoints)
+    rows = await pool.fetch(
+        "SELECT channel, recipient, subject, body FROM outbox WHERE ledger_key LIKE $1 ORDER BY id", f"order-{order['order_id']}:%"
+    )
+    assert [r["channel"] for r in rows] == ["email", "email", "email", "sms"]
+    assert rows[2]["subject"] == f"Order {order['order_id']} is on its way" and "OUT1" in rows[2]["body"]
+    assert rows[3]["recipient"] == order["customer"]["phone"] and "OUT1" in rows[3]["body"]
+    assert fakes.deliveries_to(order["customer"]["email"]) == []
