@@ -68,8 +68,9 @@ class SendGridEmail:
             plain_text_content=message.text,
             html_content=message.html,
         )
-        # Carried into SendGrid's event webhook so deliveries map back to the ledger.
-        mail.custom_arg = CustomArg("message_key", message.key)
+        # Carried into SendGrid's event webhook so deliveries map back to the
+        # ledger. Per personalization: the spec types only that one as an object.
+        mail.personalizations[0].add_custom_arg(CustomArg("message_key", message.key))
         try:
             response = self._client.send(mail)
         except HTTPError as err:

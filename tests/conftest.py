@@ -139,7 +139,7 @@ class Harness:
         )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_harness(pool: asyncpg.Pool, provider_config: ProviderConfig):
     @asynccontextmanager
     async def factory(
