@@ -148,8 +148,9 @@ def make_harness(pool: asyncpg.Pool, provider_config: ProviderConfig):
         journey: JourneySettings = JourneySettings(),
         config: ProviderConfig | None = None,
         providers: dict[Channel, Provider] | None = None,
+        task_queue: str | None = None,
     ) -> AsyncIterator[Harness]:
-        queue = f"tq-{uuid.uuid4().hex[:8]}"
+        queue = task_queue or f"tq-{uuid.uuid4().hex[:8]}"
         worker = build_worker(
             env.client, pool, config or provider_config, journey, providers=providers, task_queue=queue
         )

@@ -95,6 +95,29 @@ class Seller(WireModel):
     sends_delivery_day_notice: bool = False
 
 
+class JourneySettings(WireModel):
+    """Delays and deadlines, read from the worker's configuration by the first
+    activity so a running order keeps the values it started with."""
+
+    payment_reminder_after: timedelta = timedelta(hours=24)
+    payment_deadline: timedelta = timedelta(hours=72)
+    dispatch_promised_within: timedelta = timedelta(hours=48)
+    delivery_grace: timedelta = timedelta(days=1)
+    locker_pickup_window: timedelta = timedelta(hours=72)
+    locker_reminder_before: timedelta = timedelta(hours=24)
+    feedback_delay: timedelta = timedelta(days=3)
+    recommendations_delay: timedelta = timedelta(days=7)
+    feedback_window: timedelta = timedelta(days=14)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> JourneySettings:
+        if self.payment_reminder_after >= self.payment_deadline:
+            raise ValueError("payment_reminder_after must be shorter than payment_deadline")
+        if self.locker_reminder_before >= self.locker_pickup_window:
+            raise ValueError("locker_reminder_before must be shorter than locker_pickup_window")
+        return self
+
+
 class OrderInput(WireModel):
     """Workflow input: `temporal workflow start --type OrderLifecycle --input '{...}'`."""
 
@@ -105,6 +128,9 @@ class OrderInput(WireModel):
     items: Annotated[list[Item], Field(min_length=1, max_length=200)]
     delivery: Annotated[AddressDelivery | LockerDelivery, Field(discriminator="method")]
     seller: Seller
+    # Optional per-order delays and deadlines (demos, express orders); the
+    # worker's configured values apply when it is absent.
+    journey: JourneySettings | None = None
 
     @field_validator("placed_at")
     @classmethod
@@ -266,29 +292,6 @@ class OrderStatusView(WireModel):
 
 
 # --- Workflow <-> activity messages -------------------------------------------
-
-
-class JourneySettings(WireModel):
-    """Delays and deadlines, read from the worker's configuration by the first
-    activity so a running order keeps the values it started with."""
-
-    payment_reminder_after: timedelta = timedelta(hours=24)
-    payment_deadline: timedelta = timedelta(hours=72)
-    dispatch_promised_within: timedelta = timedelta(hours=48)
-    delivery_grace: timedelta = timedelta(days=1)
-    locker_pickup_window: timedelta = timedelta(hours=72)
-    locker_reminder_before: timedelta = timedelta(hours=24)
-    feedback_delay: timedelta = timedelta(days=3)
-    recommendations_delay: timedelta = timedelta(days=7)
-    feedback_window: timedelta = timedelta(days=14)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> JourneySettings:
-        if self.payment_reminder_after >= self.payment_deadline:
-            raise ValueError("payment_reminder_after must be shorter than payment_deadline")
-        if self.locker_reminder_before >= self.locker_pickup_window:
-            raise ValueError("locker_reminder_before must be shorter than locker_pickup_window")
-        return self
 
 
 class ChannelPreferences(WireModel):

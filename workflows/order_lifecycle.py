@@ -119,6 +119,8 @@ class OrderLifecycle:
             ]
         )
         self.setup = await workflow.execute_activity("record_order", order, result_type=OrderSetup, **DB_TIMEOUTS)
+        if order.journey:
+            self.setup = self.setup.model_copy(update={"settings": order.journey})
         settings = self.setup.settings
         self._show_details()
         await self._notify(Touchpoint.ORDER_CONFIRMATION, [Channel.EMAIL])

@@ -1,0 +1,273 @@
+"""`orders`: run the system, and talk to it as a backend or an operator would.
+
+    orders up [--demo]          embedded Temporal + Web UI + PostgreSQL + worker
+    orders worker               the worker alone (TEMPORAL_ADDRESS, DATABASE_URL)
+    orders place FILE|-         start an order from JSON
+    orders event ID NAME JSON   send an event (signal; --sync: update with an answer)
+    orders status ID            the status query
+    orders outbox               messages kept locally when no provider is configured
+    orders schema [NAME]        JSON Schema of every payload
+    orders demo                 push a handful of orders through the whole journey
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.service import RPCError
+
+from workflows import search_attributes as sa
+from workflows.models import (
+    EVENT_MODELS,
+    TASK_QUEUE,
+    WORKFLOW_TYPE,
+    EventEnvelope,
+    OrderInput,
+    OrderStatusView,
+    workflow_id_for,
+)
+from workflows.order_lifecycle import format_validation_error
+
+DATA_DIR = Path(os.environ.get("ORDERS_DATA_DIR", ".orders-data"))
+
+
+class UsageError(Exception):
+    """Bad input from the command line: printed without a traceback."""
+
+
+def read_json(source: str) -> Any:
+    """Inline JSON, @path, a path, or - for stdin."""
+    if source == "-":
+        text = sys.stdin.read()
+    elif source.startswith("@") or (not source.lstrip().startswith(("{", "[")) and Path(source).exists()):
+        text = Path(source.removeprefix("@")).read_text()
+    else:
+        text = source
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"not valid JSON: {err}") from None
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+async def connect() -> Client:
+    from worker import connect_temporal
+
+    return await connect_temporal(os.environ)
+
+
+def database_url() -> str:
+    """DATABASE_URL, else the embedded server that `orders up` runs."""
+    if os.environ.get("DATABASE_URL"):
+        return os.environ["DATABASE_URL"]
+    pgdata = DATA_DIR / "pgdata"
+    if not (pgdata / "PG_VERSION").exists():
+        raise UsageError("no DATABASE_URL and no embedded database yet: run `orders up` first")
+    from starter.embedded import start_postgres
+
+    return start_postgres(pgdata)
+
+
+# --- commands ----------------------------------------------------------------
+
+
+async def place_order(client: Client, raw: Any) -> str:
+    """Start the order's workflow, or find the one already running; its id."""
+    try:
+        order = OrderInput.model_validate(raw)
+    except ValidationError as err:
+        raise UsageError(f"invalid order: {format_validation_error(err)}") from None
+    workflow_id = workflow_id_for(order.order_id)
+    handle = await client.start_workflow(
+        WORKFLOW_TYPE,
+        order.model_dump(mode="json", exclude_none=True),
+        id=workflow_id,
+        task_queue=TASK_QUEUE,
+        # The same order twice is the same workflow: never a second confirmation.
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(sa.ORDER_STATUS, "awaiting_payment"),
+                SearchAttributePair(sa.CUSTOMER_ID, order.customer.customer_id),
+                SearchAttributePair(sa.NEEDS_ATTENTION, False),
+            ]
+        ),
+        static_summary=f"Order {order.order_id} · {order.customer.name} · {order.total} {order.currency}",
+        static_details="\n".join(
+            [f"**Order {order.order_id}** for {order.customer.name} ({order.customer.customer_id})", ""]
+            + [f"- {i.quantity} × {i.name} `{i.sku}` at {i.unit_price} {order.currency}" for i in order.items]
+            + ["", f"Total **{order.total} {order.currency}**, seller {order.seller.name}, {order.delivery.method} delivery"]
+        ),
+    )
+    return handle.id
+
+
+async def send_event(client: Client, order_id: str, event: str, payload: Any, sync: bool) -> OrderStatusView | None:
+    if event not in EVENT_MODELS:
+        raise UsageError(f"unknown event {event!r}; one of: {', '.join(EVENT_MODELS)}")
+    try:
+        TypeAdapter(EVENT_MODELS[event]).validate_python(payload)
+    except ValidationError as err:
+        raise UsageError(f"invalid {event}: {format_validation_error(err)}") from None
+    handle = client.get_workflow_handle(workflow_id_for(order_id))
+    if not sync:
+        await handle.signal(event, payload)
+        return None
+    try:
+        return await handle.execute_update(
+            "apply_event", EventEnvelope(event=event, payload=payload), result_type=OrderStatusView
+        )
+    except WorkflowUpdateFailedError as err:
+        raise UsageError(f"rejected: {err.cause.message if err.cause else err}") from None
+
+
+async def order_status(client: Client, order_id: str) -> OrderStatusView:
+    return await client.get_workflow_handle(workflow_id_for(order_id)).query("status", result_type=OrderStatusView)
+
+
+async def show_outbox(order_id: str | None, limit: int) -> list[dict[str, Any]]:
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url())
+    try:
+        rows = await conn.fetch(
+            "SELECT id, ledger_key, channel, recipient, subject, body, created_at FROM outbox "
+            "WHERE $1::text IS NULL OR ledger_key LIKE 'order-' || $1 || ':%' ORDER BY id DESC LIMIT $2",
+            order_id,
+            limit,
+        )
+    finally:
+        await conn.close()
+    return [dict(r) for r in reversed(rows)]
+
+
+def schemas() -> dict[str, Any]:
+    models = {"order": OrderInput, "status": OrderStatusView, "apply_event": EventEnvelope, **EVENT_MODELS}
+    return {name: model.model_json_schema() for name, model in models.items()}
+
+
+async def up(demo: bool) -> None:
+    """Everything on embedded defaults unless TEMPORAL_ADDRESS / DATABASE_URL say otherwise."""
+    from starter.embedded import start_dev_server, start_postgres
+    from worker import run_worker
+
+    env = dict(os.environ)
+    dev_server = None
+    if env.get("TEMPORAL_ADDRESS"):
+        client = await connect()
+    else:
+        dev_server = await start_dev_server(DATA_DIR, port=7233, ui_port=8233, ui=True)
+        client = dev_server.client
+        env["TEMPORAL_ADDRESS"] = client.service_client.config.target_host
+        print(f"Temporal dev server on {env['TEMPORAL_ADDRESS']}, Web UI on http://localhost:8233")
+    if not env.get("DATABASE_URL"):
+        env["DATABASE_URL"] = start_postgres(DATA_DIR / "pgdata")
+        print(f"PostgreSQL at {env['DATABASE_URL']}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    worker_task = asyncio.create_task(run_worker(client, env["DATABASE_URL"], env, stop))
+    print(f"Worker running on task queue {TASK_QUEUE!r}. Ctrl-C stops everything; state stays in {DATA_DIR}/.")
+    try:
+        if demo:
+            from starter.demo import run_demo
+
+            await run_demo(client)
+        await worker_task
+    finally:
+        stop.set()
+        if dev_server:
+            await dev_server.shutdown()
+
+
+async def run(args: argparse.Namespace) -> int:
+    if args.command == "up":
+        await up(args.demo)
+    elif args.command == "worker":
+        from worker import _main
+
+        await _main()
+    elif args.command == "schema":
+        all_schemas = schemas()
+        if args.name and args.name not in all_schemas:
+            raise UsageError(f"no schema {args.name!r}; one of: {', '.join(all_schemas)}")
+        print_json(all_schemas[args.name] if args.name else all_schemas)
+    elif args.command == "outbox":
+        for row in await show_outbox(args.order, args.limit):
+            print(f"#{row['id']} {row['created_at']:%Y-%m-%d %H:%M:%S} {row['channel']} to {row['recipient']} [{row['ledger_key']}]")
+            if row["subject"]:
+                print(f"  Subject: {row['subject']}")
+            print("  " + row["body"].replace("\n", "\n  "))
+    else:
+        client = await connect()
+        try:
+            if args.command == "place":
+                print(f"started {await place_order(client, read_json(args.file))}")
+            elif args.command == "event":
+                view = await send_event(client, args.order_id, args.name, read_json(args.payload), args.sync)
+                print_json(view.model_dump(mode="json") if view else {"signalled": args.name})
+            elif args.command == "status":
+                print_json((await order_status(client, args.order_id)).model_dump(mode="json"))
+            elif args.command == "demo":
+                from starter.demo import run_demo
+
+                await run_demo(client)
+        except RPCError as err:
+            raise UsageError(f"Temporal said: {err.message}") from None
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="orders", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    up_cmd = sub.add_parser("up", help="run everything on embedded defaults")
+    up_cmd.add_argument("--demo", action="store_true", help="also run the demo once the worker is up")
+    sub.add_parser("worker", help="run the worker against TEMPORAL_ADDRESS and DATABASE_URL")
+    place = sub.add_parser("place", help="place an order from a JSON file (- for stdin)")
+    place.add_argument("file")
+    event = sub.add_parser("event", help="send an event to an order")
+    event.add_argument("order_id")
+    event.add_argument("name", choices=list(EVENT_MODELS))
+    event.add_argument("payload", help="JSON, @file or - for stdin")
+    event.add_argument("--sync", action="store_true", help="use the apply_event update and print the answer")
+    status = sub.add_parser("status", help="show an order's status")
+    status.add_argument("order_id")
+    outbox = sub.add_parser("outbox", help="show messages kept in the local outbox")
+    outbox.add_argument("--order", help="only this order id")
+    outbox.add_argument("--limit", type=int, default=50)
+    schema = sub.add_parser("schema", help="print JSON Schemas of the payloads")
+    schema.add_argument("name", nargs="?")
+    sub.add_parser("demo", help="push a handful of orders through the whole journey")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        return asyncio.run(run(args))
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
