@@ -5,6 +5,7 @@ for search attributes, updates and end-to-end runs."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import uuid
@@ -28,6 +29,7 @@ from worker import build_worker
 from workflows.models import Channel, JourneySettings, OrderStatusView
 
 TWILIO_SID = "AC" + "0" * 32
+HISTORIES = Path(__file__).parent / "histories"
 
 
 @pytest.fixture(scope="session")
@@ -106,6 +108,12 @@ class Harness:
             result_type=OrderStatusView,
             **kwargs,
         )
+
+    async def keep_history(self, handle: WorkflowHandle, name: str) -> None:
+        """With RECORD_HISTORIES=1, save the history for tests/test_replay.py."""
+        if os.environ.get("RECORD_HISTORIES") == "1":
+            history = await handle.fetch_history()
+            (HISTORIES / f"{name}.json").write_text(history.to_json())
 
     async def now(self) -> datetime:
         """The server's clock: a time-skipping server runs ahead of the wall clock."""

@@ -39,6 +39,7 @@ async def test_non_object_input_is_rejected(ts_env: WorkflowEnvironment, make_ha
             "OrderLifecycle", "just a string", id="order-garbage", task_queue=h.task_queue, result_type=OrderStatusView
         )
         result = await h.result(handle)
+        await h.keep_history(handle, "rejected_order")
     assert result.status == "rejected"
 
 

@@ -18,6 +18,7 @@ async def test_unpaid_order_is_reminded_then_cancelled(ts_env: WorkflowEnvironme
         await ts_env.sleep(timedelta(hours=25))
         await h.wait_touchpoint(handle, "payment_reminder")
         result = await h.result(handle)
+        await h.keep_history(handle, "payment_timeout")
     assert result.status == "cancelled"
     assert result.cancellation_reason == "payment not received within 72 hours"
     assert [k for k, _, _ in kinds(result)] == ["order_confirmation", "payment_reminder", "order_cancelled"]
@@ -33,6 +34,7 @@ async def test_cancellation_before_dispatch_is_honoured(ts_env: WorkflowEnvironm
         await h.wait_touchpoint(handle, "payment_confirmation")
         await handle.signal("order_cancelled", {"reason": "customer changed their mind"})
         result = await h.result(handle)
+        await h.keep_history(handle, "cancelled")
     assert result.status == "cancelled"
     assert result.cancellation_reason == "customer changed their mind"
     assert "customer changed their mind" in fakes.deliveries_to(order["customer"]["email"])[-1]
@@ -68,6 +70,7 @@ async def test_late_dispatch_apologises_and_flags(ts_env: WorkflowEnvironment, m
         await handle.signal("order_dispatched", {"carrier": "UPS", "tracking_number": "1Z", "expected_delivery": await h.tomorrow()})
         await h.wait_touchpoint(handle, "dispatch_notice")
         await handle.terminate("test done")
+        await h.keep_history(handle, "late_dispatch")
 
 
 async def test_late_delivery_sends_delay_notice(ts_env: WorkflowEnvironment, make_harness, fakes):
@@ -101,6 +104,7 @@ async def test_locker_reminder_when_not_collected(ts_env: WorkflowEnvironment, m
         await ts_env.sleep(timedelta(hours=49))
         view = await h.wait_touchpoint(handle, "locker_reminder", "sms")
         await handle.terminate("test done")
+        await h.keep_history(handle, "locker_reminder")
     email = fakes.deliveries_to(order["customer"]["email"])[-1]
     assert "731904" in email and "Locker WAW-42" in email
     assert "Locker WAW-42" in fakes.deliveries_to(order["customer"]["phone"])[-1]

@@ -56,6 +56,7 @@ async def test_happy_path_sends_every_touchpoint(ts_env: WorkflowEnvironment, ma
         await h.wait_touchpoint(handle, "feedback_request")
         await handle.signal("feedback_submitted", {"item_rating": 5, "seller_rating": 4, "comment": "great <3"})
         result = await h.result(handle)
+        await h.keep_history(handle, "happy_path")
 
     assert result.status == "completed"
     assert not result.needs_attention

@@ -31,6 +31,7 @@ async def test_refused_email_goes_by_sms_and_is_flagged(ts_env, make_harness, fa
         handle = await h.start(order)
         view = await h.wait_touchpoint(handle, "order_confirmation", "sms")
         await handle.terminate("test done")
+        await h.keep_history(handle, "failed_message")
     assert kinds(view) == [("order_confirmation", "email", "failed"), ("order_confirmation", "sms", "sent")]
     assert "Does not contain a valid address" in view.touchpoints[0].error
     assert view.attention_reasons == ["message_failed:order_confirmation:email"]
