@@ -8,6 +8,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.conftest import new_order, payment_for
 from tests.test_journey import kinds
+from workflows import search_attributes
 
 
 async def test_unpaid_order_is_reminded_then_cancelled(ts_env: WorkflowEnvironment, make_harness, pool):
@@ -65,7 +66,7 @@ async def test_late_dispatch_apologises_and_flags(ts_env: WorkflowEnvironment, m
         view = await h.wait_touchpoint(handle, "dispatch_delayed")
         assert view.needs_attention and view.attention_reasons == ["dispatch_late"]
         desc = await handle.describe()
-        assert desc.typed_search_attributes.get(__import__("workflows.search_attributes").search_attributes.NEEDS_ATTENTION)
+        assert desc.typed_search_attributes.get(search_attributes.NEEDS_ATTENTION) is True
         # Dispatch still goes through after the apology.
         await handle.signal("order_dispatched", {"carrier": "UPS", "tracking_number": "1Z", "expected_delivery": await h.tomorrow()})
         await h.wait_touchpoint(handle, "dispatch_notice")

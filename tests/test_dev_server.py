@@ -61,13 +61,19 @@ async def test_starter_demo_end_to_end(dev_env, make_harness, database_url):
     env = {**os.environ, "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host, "DATABASE_URL": database_url}
     async with make_harness(dev_env, task_queue=TASK_QUEUE):
         out = await run(sys.executable, "-m", "starter.cli", "demo", env=env, timeout=150)
-    lines = [line.split() for line in out.splitlines() if line.startswith("  demo-")]
-    assert len(lines) == 6, out
-    by_title = {" ".join(parts[1:-3]) if "⚠" not in parts else None: parts for parts in lines}
-    statuses = [parts[-3] if "⚠" not in parts else None for parts in lines]
-    assert "completed" in out and "cancelled" in out, out
-    assert "dispatch_late" in out and "locker_not_collected" in out, out
-    assert by_title and statuses
+    rows = {line.split()[0].rsplit("-", 1)[1]: line for line in out.splitlines() if line.startswith("  demo-")}
+    assert sorted(rows) == ["1", "2", "3", "4", "5", "6"], out
+    expected = {
+        "1": ("completed", None),
+        "2": ("completed", None),
+        "3": ("completed", "locker_not_collected"),
+        "4": ("cancelled", None),
+        "5": ("cancelled", None),
+        "6": ("completed", "dispatch_late"),
+    }
+    for n, (status, flag) in expected.items():
+        assert f" {status} " in rows[n], rows[n]
+        assert (flag in rows[n]) if flag else ("⚠" not in rows[n]), rows[n]
 
 
 async def test_starter_rejects_a_bad_order_with_a_clear_message(dev_env):
