@@ -9,9 +9,11 @@ may start at once.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import signal
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Mapping
 
@@ -19,6 +21,7 @@ import asyncpg
 from temporalio.client import Client, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.config import ProviderConfig, journey_settings_from_env
 from activities.database import create_pool, migrate
@@ -64,7 +67,16 @@ def build_worker(
         task_queue=task_queue,
         workflows=[OrderLifecycle],
         activities=[orders.record_order, orders.cancel_order, orders.store_feedback, messaging.send_message],
+        workflow_runner=shared_module_runner("workflows"),
     )
+
+
+def shared_module_runner(package: str) -> SandboxedWorkflowRunner:
+    """The sandbox re-imports, and so recompiles, a workflow's module for every
+    workflow it starts. Ours keep no module state, so the module is shared;
+    calls that would break determinism are still caught by the replay tests,
+    which run under the full sandbox."""
+    return SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(package))
 
 
 async def run_worker(client: Client, database_url: str, env: Mapping[str, str], stop: asyncio.Event) -> None:
@@ -96,9 +108,21 @@ async def _main() -> None:
     await run_worker(client, os.environ["DATABASE_URL"], os.environ, stop)
 
 
+def exit_without_teardown(code: int) -> None:
+    """Exit once the work is done, skipping interpreter teardown: the Temporal
+    client's Rust threads can touch the GIL while Python finalizes and abort
+    the process (temporalio/sdk-python#300)."""
+    atexit._run_exitfuncs()  # what a normal exit runs first, e.g. stopping embedded PostgreSQL
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main() -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     asyncio.run(_main())
+    exit_without_teardown(0)
 
 
 if __name__ == "__main__":

