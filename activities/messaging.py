@@ -1,15 +1,18 @@
 """send_message: the one way a message leaves the system.
 
 Exactly-once effect through a ledger row keyed by workflow id + touchpoint +
-channel. The row is claimed ('pending' -> 'sending') in its own transaction
-before the provider call and completed after it:
+channel. The row is claimed ('pending' -> 'sending', in the same statement
+that registers it) before the provider call and completed after it:
 
-- a retry that finds 'sent', 'failed' or 'skipped' returns that outcome;
-- a retry that finds 'sending' knows an earlier attempt died between claiming
-  and recording the answer: the provider may have delivered it, so the row
-  becomes 'in_doubt' and nothing is sent again (the workflow flags it);
-- a passing provider error (429, 5xx, timeout) puts the row back to 'pending'
-  and raises, so Temporal retries with backoff;
+- a retry that finds 'sent', 'failed', 'skipped' or 'in_doubt' returns that
+  outcome;
+- a retry that finds 'sending' knows an earlier attempt died or got no answer
+  after the request may have reached the provider. Where the provider can be
+  asked (Twilio), it is asked: found means 'sent', not found means send
+  again. Where it cannot (SendGrid), the row becomes 'in_doubt' and nothing
+  is sent again; the workflow flags it for an operator;
+- an error that proves the request never arrived (refused connection, 429,
+  5xx) puts the row back to 'pending' and raises, so Temporal retries;
 - a permanent refusal marks it 'failed' and returns, so the workflow can use
   the other channel.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from typing import Any
 
 import asyncpg
@@ -28,25 +32,36 @@ from activities.config import ProviderConfig
 from activities.providers import Provider, RenderedMessage, SendFailure, SendGridEmail, TwilioSms
 from activities.recommendations import recommend
 from activities.templates import render
-from workflows.models import Channel, DeliveryState, MessageOutcome, MessageRequest, Touchpoint
+from workflows.models import Channel, DeliveryState, MessageOutcome, MessageRequest, OrderInput, Touchpoint
 
 log = logging.getLogger(__name__)
 
-REGISTER = """
-INSERT INTO message_ledger (key, order_id, kind, channel, recipient, state, provider, error)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-ON CONFLICT (key) DO NOTHING
+# Registers and claims in one round trip. Returns the row's state after the
+# statement: 'sending' when this attempt holds the claim, 'skipped' when just
+# registered as such, nothing when an earlier attempt owns the row.
+REGISTER_AND_CLAIM = """
+INSERT INTO message_ledger AS l (key, order_id, kind, channel, recipient, state, attempts, provider, error)
+VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6 = 'sending' THEN 1 ELSE 0 END, $7, $8)
+ON CONFLICT (key) DO UPDATE SET state = 'sending', attempts = l.attempts + 1, updated_at = now()
+    WHERE l.state = 'pending'
+RETURNING state
 """
 
-CLAIM = """
-UPDATE message_ledger SET state = 'sending', attempts = attempts + 1, updated_at = now()
-WHERE key = $1 AND state = 'pending'
-RETURNING key
-"""
+# What PostgreSQL going away looks like: lost connections, and the errors a
+# server answers with while it shuts down or starts up (SQLSTATE class 57).
+DATABASE_UNAVAILABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
 
 # How long a completed send keeps trying to record its outcome while
 # PostgreSQL is unreachable, before leaving the row for a retry to find.
 RECORD_PATIENCE_SECONDS = 40.0
+
+# Parsed orders kept by a worker (about 2 KB each).
+ORDERS_KEPT_IN_MEMORY = 4096
 
 
 class MessagingActivities:
@@ -64,10 +79,11 @@ class MessagingActivities:
             if config.sms_configured:
                 providers[Channel.SMS] = TwilioSms(config)
         self._providers = providers
+        self._orders: OrderedDict[str, OrderInput] = OrderedDict()
 
     @activity.defn
     async def send_message(self, request: MessageRequest) -> MessageOutcome:
-        order = request.order
+        order = await self._recorded_order(request.order_id)
         recipient = order.customer.email if request.channel is Channel.EMAIL else order.customer.phone
         if not recipient:
             return self._outcome(request, DeliveryState.SKIPPED, error="no recipient for this channel")
@@ -84,22 +100,9 @@ class MessagingActivities:
             )
 
         # Nothing to recommend is settled for good, like a send.
-        initial = "skipped" if request.kind is Touchpoint.RECOMMENDATIONS and not details["products"] else "pending"
-        async with self._pool.acquire() as conn:
-            await conn.execute(
-                REGISTER,
-                request.key,
-                order.order_id,
-                request.kind.value,
-                request.channel.value,
-                recipient,
-                initial,
-                provider_name,
-                "nothing to recommend" if initial == "skipped" else None,
-            )
-            if not await conn.fetchval(CLAIM, request.key):
-                return await self._settled(conn, request)
-
+        initial = "skipped" if request.kind is Touchpoint.RECOMMENDATIONS and not details["products"] else "sending"
+        # Rendered before the claim: a crash between claim and request leaves
+        # a row that cannot tell whether it was sent, so that gap is kept short.
         content, html_body = render(request.kind, order, details)
         message = RenderedMessage(
             key=request.key,
@@ -108,6 +111,25 @@ class MessagingActivities:
             text=content.sms if request.channel is Channel.SMS else "\n\n".join(content.paragraphs),
             html=html_body,
         )
+        state = await self._pool.fetchval(
+            REGISTER_AND_CLAIM,
+            request.key,
+            order.order_id,
+            request.kind.value,
+            request.channel.value,
+            recipient,
+            initial,
+            provider_name,
+            "nothing to recommend" if initial == "skipped" else None,
+        )
+        if state is None:
+            settled = await self._settle_earlier_attempt(request, provider, message)
+            if settled:
+                return settled
+        if initial == "skipped":
+            if state != "skipped":  # an earlier attempt left the row open; nothing to send now
+                await self._record(request.key, "skipped", error="nothing to recommend")
+            return self._outcome(request, DeliveryState.SKIPPED, error="nothing to recommend")
         try:
             if provider is None:
                 message_id = await self._to_outbox(request.channel, message)
@@ -118,26 +140,58 @@ class MessagingActivities:
                 await self._record(request.key, "failed", error=str(failure))
                 log.warning("%s refused %s for good: %s", provider_name, request.key, failure)
                 return self._outcome(request, DeliveryState.FAILED, error=str(failure))
-            await self._record(request.key, "pending", error=str(failure))
+            # Unanswered: the row stays 'sending' so the retry checks before sending.
+            await self._record(request.key, "sending" if failure.maybe_delivered else "pending", error=str(failure))
             raise ApplicationError(str(failure), type="ProviderUnavailable") from None
         await self._record(request.key, "sent", message_id=message_id)
         return self._outcome(request, DeliveryState.SENT, message_id=message_id)
 
-    async def _settled(self, conn: asyncpg.Connection, request: MessageRequest) -> MessageOutcome:
-        """Outcome of a key that an earlier attempt already claimed."""
-        row = await conn.fetchrow(
-            """
-            UPDATE message_ledger
-            SET state = CASE WHEN state = 'sending' THEN 'in_doubt' ELSE state END, updated_at = now()
-            WHERE key = $1
-            RETURNING state, provider_message_id, error
-            """,
-            request.key,
+    async def _recorded_order(self, order_id: str) -> OrderInput:
+        """The order as record_order stored it. A stored order never changes
+        (a second record of the same id is ignored), so the latest ones stay
+        in memory: an order's sends often come together (confirmation and
+        payment; a notice by email and by SMS)."""
+        order = self._orders.get(order_id)
+        if order is not None:
+            self._orders.move_to_end(order_id)
+            return order
+        document = await self._pool.fetchval("SELECT document FROM orders WHERE order_id = $1", order_id)
+        if document is None:
+            raise ApplicationError(f"order {order_id} is not recorded", type="OrderNotRecorded")
+        order = self._orders[order_id] = OrderInput.model_validate_json(document)
+        if len(self._orders) > ORDERS_KEPT_IN_MEMORY:
+            self._orders.popitem(last=False)
+        return order
+
+    async def _settle_earlier_attempt(
+        self, request: MessageRequest, provider: Provider | None, message: RenderedMessage
+    ) -> MessageOutcome | None:
+        """An earlier attempt owns the row. Returns its outcome, or None when
+        this attempt has re-claimed the row and should send."""
+        row = await self._pool.fetchrow(
+            "SELECT state, provider_message_id, error FROM message_ledger WHERE key = $1", request.key
         )
-        state = DeliveryState(row["state"])
-        if state is DeliveryState.IN_DOUBT:
-            log.error("message %s may or may not have been sent; not sending it again", request.key)
-        return self._outcome(request, state, message_id=row["provider_message_id"], error=row["error"])
+        if row["state"] != "sending":
+            return self._outcome(request, DeliveryState(row["state"]), message_id=row["provider_message_id"], error=row["error"])
+        # The earlier attempt died or got no answer after it may have sent.
+        # (Without a provider it went to the outbox, whose insert is idempotent.)
+        if provider is not None:
+            if not provider.can_look_up:
+                await self._record(request.key, "in_doubt", error=row["error"])
+                log.error("message %s may or may not have been sent; not sending it again", request.key)
+                return self._outcome(request, DeliveryState.IN_DOUBT, error=row["error"])
+            try:
+                found = await asyncio.to_thread(provider.look_up, message)
+            except SendFailure as failure:
+                raise ApplicationError(str(failure), type="ProviderUnavailable") from None
+            if found:
+                log.info("%s already had %s as %s", provider.name, request.key, found)
+                await self._record(request.key, "sent", message_id=found)
+                return self._outcome(request, DeliveryState.SENT, message_id=found)
+        await self._pool.execute(
+            "UPDATE message_ledger SET attempts = attempts + 1, updated_at = now() WHERE key = $1", request.key
+        )
+        return None
 
     async def _record(
         self, key: str, state: str, *, message_id: str | None = None, error: str | None = None
@@ -159,7 +213,7 @@ class MessagingActivities:
                     error,
                 )
                 return
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
+            except DATABASE_UNAVAILABLE:
                 if waited >= RECORD_PATIENCE_SECONDS:
                     raise
                 await asyncio.sleep(delay)

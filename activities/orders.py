@@ -24,8 +24,8 @@ RETURNING email_opt_in, sms_opt_in
 """
 
 INSERT_ORDER = """
-INSERT INTO orders (order_id, customer_id, seller_id, seller_name, placed_at, currency, total, delivery_method)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+INSERT INTO orders (order_id, customer_id, seller_id, seller_name, placed_at, currency, total, delivery_method, document)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (order_id) DO NOTHING
 RETURNING order_id
 """
@@ -33,6 +33,43 @@ RETURNING order_id
 INSERT_ITEM = """
 INSERT INTO order_items (order_id, line_no, sku, name, category, quantity, unit_price)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
+"""
+
+# Rollups read by recommendations. Rows are touched in sku order so that
+# concurrent orders sharing products never deadlock.
+COUNT_SALES = """
+INSERT INTO product_sales AS p (sku, name, category, units_sold)
+SELECT sku, min(name), min(category), sum(quantity)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::int[]) AS i(sku, name, category, quantity)
+GROUP BY sku ORDER BY sku
+ON CONFLICT (sku) DO UPDATE
+SET units_sold = p.units_sold + EXCLUDED.units_sold, name = EXCLUDED.name, category = EXCLUDED.category
+"""
+
+COUNT_PAIRS = """
+INSERT INTO bought_together AS t (sku, other_sku, orders)
+SELECT a, b, 1 FROM unnest($1::text[]) a, unnest($1::text[]) b WHERE a <> b ORDER BY a, b
+ON CONFLICT (sku, other_sku) DO UPDATE SET orders = t.orders + 1
+"""
+
+# Cancelling takes the order back out of the rollups, once.
+CANCEL = """
+WITH cancelled AS (
+    UPDATE orders SET status = 'cancelled', cancellation_reason = $2
+    WHERE order_id = $1 AND status <> 'cancelled'
+    RETURNING order_id
+),
+items AS (
+    SELECT sku, sum(quantity) AS quantity FROM order_items
+    WHERE order_id IN (SELECT order_id FROM cancelled) GROUP BY sku
+),
+sales AS (
+    UPDATE product_sales p SET units_sold = p.units_sold - items.quantity
+    FROM items WHERE p.sku = items.sku
+)
+UPDATE bought_together t SET orders = t.orders - 1
+FROM items a, items b
+WHERE a.sku <> b.sku AND t.sku = a.sku AND t.other_sku = b.sku
 """
 
 
@@ -58,15 +95,21 @@ class OrderActivities:
                 order.currency,
                 order.total,
                 order.delivery.method,
+                order.model_dump_json(),
             )
             if inserted:
+                items = order.items
                 await conn.executemany(
                     INSERT_ITEM,
                     [
                         (order.order_id, n, i.sku, i.name, i.category, i.quantity, i.unit_price)
-                        for n, i in enumerate(order.items, start=1)
+                        for n, i in enumerate(items, start=1)
                     ],
                 )
+                await conn.execute(
+                    COUNT_SALES, [i.sku for i in items], [i.name for i in items], [i.category for i in items], [i.quantity for i in items]
+                )
+                await conn.execute(COUNT_PAIRS, sorted({i.sku for i in items}))
         return OrderSetup(
             settings=self._settings,
             preferences=ChannelPreferences(email=prefs["email_opt_in"], sms=prefs["sms_opt_in"]),
@@ -74,11 +117,7 @@ class OrderActivities:
 
     @activity.defn
     async def cancel_order(self, record: CancelRecord) -> None:
-        await self._pool.execute(
-            "UPDATE orders SET status = 'cancelled', cancellation_reason = $2 WHERE order_id = $1",
-            record.order_id,
-            record.reason,
-        )
+        await self._pool.execute(CANCEL, record.order_id, record.reason)
 
     @activity.defn
     async def store_feedback(self, record: FeedbackRecord) -> None:

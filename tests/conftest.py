@@ -57,7 +57,6 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture(scope="session")
 def fakes() -> FakeProviders:
     providers, server = serve()
-    providers.base_url = f"http://127.0.0.1:{server.server_address[1]}"
     yield providers
     server.shutdown()
 

@@ -1,16 +1,21 @@
 """Local stand-ins for SendGrid and Twilio on loopback.
 
 They answer like the real APIs (202 + X-Message-Id for mail, 201 + a Message
-resource for SMS), record every request for the spec checks, and inject the
-faults a test asks for.
+resource for SMS, Twilio's paged Message list for GET), record every request
+for the spec checks, and inject the faults a test or a benchmark asks for:
+scripted status codes per recipient, a random share of 429/5xx answers, and
+requests that are accepted but answered only after the client gave up.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import random
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
@@ -19,6 +24,8 @@ from urllib.parse import parse_qs
 BOUNCING_EMAIL_DOMAIN = "bounce.invalid"
 UNSUBSCRIBED_PHONE = "+15005550009"
 
+TRANSIENT_STATUSES = (429, 500, 502, 503)
+
 
 @dataclass
 class RecordedRequest:
@@ -26,14 +33,36 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: bytes
+    query: str = ""
 
     @property
     def form(self) -> dict[str, str]:
         return {k: v[0] for k, v in parse_qs(self.body.decode()).items()}
 
     @property
+    def params(self) -> dict[str, str]:
+        return {k: v[0] for k, v in parse_qs(self.query).items()}
+
+    @property
     def json(self) -> dict:
         return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class AcceptedMessage:
+    channel: str
+    recipient: str
+    sender: str | None
+    text: str
+    # The ledger key for mail (SendGrid custom_args); SMS carry none, so an
+    # SMS is identified by recipient and body, which name order and touchpoint.
+    key: str | None
+    provider_id: str
+    at: float
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        return ("key", self.key) if self.key else (self.recipient, self.text)
 
 
 @dataclass
@@ -41,89 +70,171 @@ class FakeProviders:
     requests: list[RecordedRequest] = field(default_factory=list)
     # Status codes to answer with before behaving normally, per recipient.
     faults: dict[str, list[int]] = field(default_factory=dict)
+    # Share of sends answered with a random 429/5xx, and share accepted but
+    # answered `hang_seconds` later (past the client's timeout).
+    fault_rate: float = 0.0
+    hang_rate: float = 0.0
+    hang_seconds: float = 0.0
+    # Called from the server thread for every accepted message.
+    on_accept: Callable[[AcceptedMessage], None] | None = None
+    keep_requests: bool = True
+    seed: int = 7
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def __post_init__(self) -> None:
+        self.accepted: list[AcceptedMessage] = []
+        self.answered: Counter[int] = Counter()
+        self.hung = 0
+        self._scripted_hangs: dict[str, float] = {}
+        self._random = random.Random(self.seed)
 
     def fail_next(self, recipient: str, *statuses: int) -> None:
         with self.lock:
             self.faults.setdefault(recipient, []).extend(statuses)
 
+    def hang_next(self, recipient: str, seconds: float) -> None:
+        """Accept the next message to `recipient`, then answer only after `seconds`."""
+        with self.lock:
+            self._scripted_hangs[recipient] = seconds
+
     def delivered(self) -> list[tuple[str, str]]:
         """(recipient, text) of every accepted message."""
         with self.lock:
-            return [m for m in self._accepted]
+            return [(m.recipient, m.text) for m in self.accepted]
 
     def deliveries_to(self, recipient: str) -> list[str]:
         return [text for to, text in self.delivered() if to == recipient]
 
     def duplicates(self) -> dict[tuple[str, str], int]:
-        return {k: n for k, n in Counter(self.delivered()).items() if n > 1}
+        with self.lock:
+            counts = Counter(m.identity for m in self.accepted)
+        return {k: n for k, n in counts.items() if n > 1}
 
-    def __post_init__(self) -> None:
-        self._accepted: list[tuple[str, str]] = []
-
-    def _next_fault(self, recipient: str) -> int | None:
+    def _fault_for(self, recipient: str) -> int | None:
         with self.lock:
             queue = self.faults.get(recipient)
-            return queue.pop(0) if queue else None
+            if queue:
+                return queue.pop(0)
+            if self.fault_rate and self._random.random() < self.fault_rate:
+                return self._random.choice(TRANSIENT_STATUSES)
+            return None
+
+    def _hang(self, recipient: str) -> None:
+        with self.lock:
+            seconds = self._scripted_hangs.pop(recipient, None)
+            if seconds is None and self.hang_rate and self._random.random() < self.hang_rate:
+                seconds = self.hang_seconds
+            self.hung += seconds is not None
+        if seconds:
+            time.sleep(seconds)
+
+    def _accept(self, channel: str, recipient: str, sender: str | None, text: str, key: str | None, provider_id: str) -> None:
+        message = AcceptedMessage(channel, recipient, sender, text, key, provider_id, time.monotonic())
+        with self.lock:
+            self.accepted.append(message)
+        if self.on_accept:
+            self.on_accept(message)
 
     def handle(self, req: RecordedRequest) -> tuple[int, dict[str, str], bytes]:
         with self.lock:
-            self.requests.append(req)
+            if self.keep_requests:
+                self.requests.append(req)
             n = next(self._ids)
-        if req.path == "/v3/mail/send":
+        status, headers, body = self._answer(req, n)
+        with self.lock:
+            self.answered[status] += 1
+        return status, headers, body
+
+    def _answer(self, req: RecordedRequest, n: int) -> tuple[int, dict[str, str], bytes]:
+        twilio_messages = req.path.startswith("/2010-04-01/Accounts/") and req.path.endswith("/Messages.json")
+        if req.method == "POST" and req.path == "/v3/mail/send":
             mail = req.json
-            to = mail["personalizations"][0]["to"][0]["email"]
-            fault = self._next_fault(to)
+            personalization = mail["personalizations"][0]
+            to = personalization["to"][0]["email"]
+            fault = self._fault_for(to)
             if fault:
                 return fault, {"Content-Type": "application/json"}, b'{"errors":[{"message":"try later"}]}'
             if to.endswith("@" + BOUNCING_EMAIL_DOMAIN):
                 body = {"errors": [{"message": "Does not contain a valid address.", "field": "personalizations.0.to.0.email"}]}
                 return 400, {"Content-Type": "application/json"}, json.dumps(body).encode()
             text = next(c["value"] for c in mail["content"] if c["type"] == "text/plain")
-            with self.lock:
-                self._accepted.append((to, mail["subject"] + "\n" + text))
+            key = personalization.get("custom_args", {}).get("message_key")
+            self._accept("email", to, mail["from"]["email"], mail["subject"] + "\n" + text, key, f"sg-{n}")
+            self._hang(to)
             return 202, {"X-Message-Id": f"sg-{n}"}, b""
-        if req.path.startswith("/2010-04-01/Accounts/") and req.path.endswith("/Messages.json"):
+        if req.method == "POST" and twilio_messages:
             form = req.form
             to = form["To"]
-            fault = self._next_fault(to)
+            fault = self._fault_for(to)
             if fault:
                 return fault, {"Content-Type": "application/json"}, json.dumps(
-                    {"code": 20429, "message": "Too Many Requests", "status": fault}
+                    {"code": 20429 if fault == 429 else 20500, "message": "Try again later", "status": fault}
                 ).encode()
             if to == UNSUBSCRIBED_PHONE:
                 body = {"code": 21610, "message": "Attempt to send to unsubscribed recipient", "status": 400}
                 return 400, {"Content-Type": "application/json"}, json.dumps(body).encode()
-            with self.lock:
-                self._accepted.append((to, form["Body"]))
             sid = f"SM{n:032x}"
-            body = {"sid": sid, "to": to, "from": form.get("From"), "body": form["Body"], "status": "queued"}
-            return 201, {"Content-Type": "application/json"}, json.dumps(body).encode()
+            self._accept("sms", to, form.get("From"), form["Body"], None, sid)
+            self._hang(to)
+            return 201, {"Content-Type": "application/json"}, json.dumps(self._twilio_message(sid, to, form.get("From"), form["Body"])).encode()
+        if req.method == "GET" and twilio_messages:
+            return self._twilio_list(req)
         return 404, {}, b'{"message":"not found"}'
+
+    @staticmethod
+    def _twilio_message(sid: str, to: str, sender: str | None, body: str) -> dict:
+        return {"sid": sid, "to": to, "from": sender, "body": body, "status": "queued"}
+
+    def _twilio_list(self, req: RecordedRequest) -> tuple[int, dict[str, str], bytes]:
+        """Messages newest first, filtered by To and From, one page."""
+        params = req.params
+        page_size = int(params.get("PageSize", 50))
+        with self.lock:
+            found = [
+                m for m in reversed(self.accepted)
+                if m.channel == "sms"
+                and m.recipient == params.get("To", m.recipient)
+                and m.sender == params.get("From", m.sender)
+            ][:page_size]
+        body = {
+            "messages": [self._twilio_message(m.provider_id, m.recipient, m.sender, m.text) for m in found],
+            "page": 0, "page_size": page_size, "start": 0, "end": max(len(found) - 1, 0),
+            "uri": req.path, "first_page_uri": req.path, "next_page_uri": None, "previous_page_uri": None,
+        }
+        return 200, {"Content-Type": "application/json"}, json.dumps(body).encode()
 
 
 class _Handler(BaseHTTPRequestHandler):
     providers: FakeProviders
+    protocol_version = "HTTP/1.1"
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        req = RecordedRequest("POST", self.path.split("?")[0], dict(self.headers.items()), self.rfile.read(length))
+        path, _, query = self.path.partition("?")
+        req = RecordedRequest(self.command, path, dict(self.headers.items()), self.rfile.read(length), query)
         status, headers, body = self.providers.handle(req)
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up waiting, as it should after a hang
+
+    do_GET = do_POST = _serve
 
     def log_message(self, *args: object) -> None:
         pass
 
 
-def serve() -> tuple[FakeProviders, ThreadingHTTPServer]:
-    providers = FakeProviders()
+def serve(providers: FakeProviders | None = None) -> tuple[FakeProviders, ThreadingHTTPServer]:
+    providers = providers or FakeProviders()
     handler = type("Handler", (_Handler,), {"providers": providers})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    providers.base_url = f"http://127.0.0.1:{server.server_address[1]}"
     return providers, server

@@ -13,6 +13,7 @@ import requests
 from openapi_core import OpenAPI
 from openapi_core.contrib.requests import RequestsOpenAPIRequest
 
+from activities.providers import RenderedMessage, TwilioSms
 from tests.conftest import new_order, payment_for
 from tests.fake_providers import FakeProviders, RecordedRequest
 
@@ -36,13 +37,15 @@ def spec(name: str) -> OpenAPI:
 def validate(req: RecordedRequest) -> None:
     name, server = next(v for prefix, v in SPEC_FOR.items() if req.path.startswith(prefix))
     headers = {k: v for k, v in req.headers.items() if k.lower() not in ("host", "content-length")}
-    prepared = requests.Request(req.method, server + req.path, headers=headers, data=req.body)
+    url = server + req.path + (f"?{req.query}" if req.query else "")
+    prepared = requests.Request(req.method, url, headers=headers, data=req.body or None)
     spec(name).validate_request(RequestsOpenAPIRequest(prepared))
 
 
 @pytest.fixture(scope="module")
-async def sent_requests(ts_env, make_harness, fakes: FakeProviders) -> list[RecordedRequest]:
-    """A journey that exercises email and SMS, on top of whatever ran before."""
+async def sent_requests(ts_env, make_harness, fakes: FakeProviders, provider_config) -> list[RecordedRequest]:
+    """A journey that exercises email and SMS, and a Twilio message lookup,
+    on top of whatever ran before."""
     order = new_order()
     async with make_harness(ts_env) as h:
         handle = await h.start(order)
@@ -53,20 +56,23 @@ async def sent_requests(ts_env, make_harness, fakes: FakeProviders) -> list[Reco
         )
         await h.wait_touchpoint(handle, "dispatch_notice", "sms")
         await handle.terminate("test done")
+    phone = order["customer"]["phone"]
+    sms = RenderedMessage(key="k", recipient=phone, subject="", text=fakes.deliveries_to(phone)[0], html="")
+    assert TwilioSms(provider_config).look_up(sms)
     return list(fakes.requests)
 
 
 def test_requests_conform_to_official_specs(sent_requests: list[RecordedRequest]):
     mail = [r for r in sent_requests if r.path == "/v3/mail/send"]
     sms = [r for r in sent_requests if r.path.endswith("/Messages.json")]
-    assert mail and sms
+    assert mail and {r.method for r in sms} == {"GET", "POST"}
     for req in mail + sms:
         validate(req)
 
 
 def test_validator_catches_a_broken_request(sent_requests: list[RecordedRequest]):
     """The check above can fail: drop a field the spec requires."""
-    sms = next(r for r in sent_requests if r.path.endswith("/Messages.json"))
+    sms = next(r for r in sent_requests if r.method == "POST" and r.path.endswith("/Messages.json"))
     broken = RecordedRequest(sms.method, sms.path, sms.headers, b"Body=hello")
     with pytest.raises(Exception, match="To"):
         validate(broken)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from activities.config import ProviderConfig
-from activities.providers import SendGridEmail
+from activities.providers import SendGridEmail, TwilioSms
 from tests.conftest import new_order, payment_for
 from tests.fake_providers import BOUNCING_EMAIL_DOMAIN, UNSUBSCRIBED_PHONE, FakeProviders
 from tests.test_journey import kinds
@@ -122,3 +124,79 @@ async def test_without_credentials_messages_go_to_the_outbox(ts_env, make_harnes
     assert rows[2]["subject"] == f"Order {order['order_id']} is on its way" and "OUT1" in rows[2]["body"]
     assert rows[3]["recipient"] == order["customer"]["phone"] and "OUT1" in rows[3]["body"]
     assert fakes.deliveries_to(order["customer"]["email"]) == []
+
+
+async def dispatch_notice_by_sms(h, order: dict, tracking: str):
+    """Pay and dispatch an order; its status once the SMS dispatch notice is settled."""
+    handle = await h.start(order)
+    await handle.signal("payment_received", payment_for(order))
+    await handle.signal("order_dispatched", {"carrier": "DHL", "tracking_number": tracking, "expected_delivery": await h.tomorrow()})
+    view = await h.wait_touchpoint(handle, "dispatch_notice", "sms")
+    await handle.terminate("test done")
+    return view
+
+
+async def test_unanswered_sms_is_looked_up_at_twilio_not_sent_again(
+    ts_env, make_harness, fakes: FakeProviders, provider_config: ProviderConfig, pool
+):
+    """Twilio accepts the SMS but answers after the client's timeout: the retry
+    finds it in Twilio's Message list and records it as sent."""
+    order = new_order()
+    phone = order["customer"]["phone"]
+    fakes.hang_next(phone, 2.0)
+    config = dataclasses.replace(provider_config, request_timeout=0.5)
+    async with make_harness(ts_env, config=config) as h:
+        view = await dispatch_notice_by_sms(h, order, "HANG1")
+    assert ("dispatch_notice", "sms", "sent") in kinds(view)
+    assert not view.needs_attention
+    assert len(fakes.deliveries_to(phone)) == 1
+    row = await pool.fetchrow(
+        "SELECT state, attempts, provider_message_id FROM message_ledger WHERE key = $1",
+        f"order-{order['order_id']}:dispatch_notice:sms",
+    )
+    assert (row["state"], row["attempts"]) == ("sent", 1)  # one request made; the retry only looked
+    assert row["provider_message_id"] == next(t.provider_message_id for t in view.touchpoints if t.channel == "sms")
+    assert any(r.method == "GET" and r.params.get("To") == phone for r in fakes.requests)
+
+
+class SmsLostBeforeRequest(TwilioSms):
+    """The worker dies after claiming the row but before the request leaves."""
+
+    died = False
+
+    def send(self, message):
+        if not SmsLostBeforeRequest.died:
+            SmsLostBeforeRequest.died = True
+            raise SystemExit("worker killed before the provider call")
+        return super().send(message)
+
+
+async def test_sms_claimed_but_never_sent_is_sent_after_lookup(
+    ts_env, make_harness, fakes: FakeProviders, provider_config: ProviderConfig, pool
+):
+    order = new_order()
+    phone = order["customer"]["phone"]
+    providers = {Channel.EMAIL: SendGridEmail(provider_config), Channel.SMS: SmsLostBeforeRequest(provider_config)}
+    async with make_harness(ts_env, providers=providers) as h:
+        view = await dispatch_notice_by_sms(h, order, "LOST1")
+    assert SmsLostBeforeRequest.died
+    assert ("dispatch_notice", "sms", "sent") in kinds(view)
+    assert len(fakes.deliveries_to(phone)) == 1
+
+
+async def test_unanswered_email_is_in_doubt_and_never_sent_twice(
+    ts_env, make_harness, fakes: FakeProviders, provider_config: ProviderConfig, pool
+):
+    """SendGrid cannot be asked, so an unanswered mail is left to an operator."""
+    order = new_order()
+    email = order["customer"]["email"]
+    fakes.hang_next(email, 2.0)
+    config = dataclasses.replace(provider_config, request_timeout=0.5)
+    async with make_harness(ts_env, config=config) as h:
+        handle = await h.start(order)
+        view = await h.wait_touchpoint(handle, "order_confirmation")
+        await handle.terminate("test done")
+    assert kinds(view) == [("order_confirmation", "email", "in_doubt")]
+    assert view.attention_reasons == ["message_in_doubt:order_confirmation:email"]
+    assert "did not answer" in view.touchpoints[0].error
+    assert len(fakes.deliveries_to(email)) == 1
