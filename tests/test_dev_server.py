@@ -60,7 +60,8 @@ async def test_starter_demo_end_to_end(dev_env, make_harness, database_url):
     """`orders demo` as a backend developer runs it, against a worker on the real task queue."""
     env = {**os.environ, "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host, "DATABASE_URL": database_url}
     async with make_harness(dev_env, task_queue=TASK_QUEUE):
-        out = await run(sys.executable, "-m", "starter.cli", "demo", env=env, timeout=150)
+        # faulthandler: should the process crash, its stderr shows where.
+        out = await run(sys.executable, "-X", "faulthandler", "-m", "starter.cli", "demo", env=env, timeout=150)
     rows = {line.split()[0].rsplit("-", 1)[1]: line for line in out.splitlines() if line.startswith("  demo-")}
     assert sorted(rows) == ["1", "2", "3", "4", "5", "6"], out
     expected = {

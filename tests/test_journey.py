@@ -8,7 +8,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.conftest import new_order, payment_for
 from tests.fake_providers import FakeProviders
-from workflows.models import OrderStatusView
+from activities.orders import OrderActivities
+from workflows.models import JourneySettings, OrderInput, OrderStatusView
 
 
 def kinds(view: OrderStatusView) -> list[tuple[str, str, str]]:
@@ -17,23 +18,13 @@ def kinds(view: OrderStatusView) -> list[tuple[str, str, str]]:
 
 async def seed_history(pool, sku: str) -> None:
     """Past orders: MOUSE-1 is often bought with PAD-1, and with the customer's own keyboard."""
-    await pool.execute(
-        "INSERT INTO customers (customer_id, name, email, timezone) VALUES ('HIST', 'h', 'h@example.com', 'UTC') "
-        "ON CONFLICT DO NOTHING"
-    )
-    for n, extra in enumerate(["PAD-1", "PAD-1", "CABLE-1", sku]):
-        oid = f"HIST-{sku}-{n}"
-        await pool.execute(
-            "INSERT INTO orders (order_id, customer_id, seller_id, seller_name, placed_at, currency, total, delivery_method) "
-            "VALUES ($1, 'HIST', 'S1', 'x', now(), 'EUR', 1, 'address') ON CONFLICT DO NOTHING",
-            oid,
-        )
-        await pool.execute(
-            "INSERT INTO order_items VALUES ($1, 1, 'MOUSE-1', 'Mouse', 'mice', 1, 1), ($1, 2, $2, $2, 'mice', 1, 1) "
-            "ON CONFLICT DO NOTHING",
-            oid,
-            extra,
-        )
+    orders = OrderActivities(pool, JourneySettings())
+    for extra in ["PAD-1", "PAD-1", "CABLE-1", sku]:
+        past = new_order(items=[
+            {"sku": "MOUSE-1", "name": "Mouse", "quantity": 1, "unit_price": "1", "category": "mice"},
+            {"sku": extra, "name": extra, "quantity": 1, "unit_price": "1", "category": "mice"},
+        ])
+        await orders.record_order(OrderInput.model_validate(past))
 
 
 async def test_happy_path_sends_every_touchpoint(ts_env: WorkflowEnvironment, make_harness, fakes: FakeProviders, pool):

@@ -231,6 +231,16 @@ class OrderStatus(StrEnum):
     COMPLETED = "completed"
     CANCELLED = "cancelled"
 
+    @property
+    def searchable(self) -> OrderStatus:
+        """The value kept in the OrderStatus search attribute: the stage an
+        operator filters by. Steps within a stage show in the status query and
+        the Web UI, and cost no search-attribute upsert."""
+        return _STAGE.get(self, self)
+
+
+_STAGE = {OrderStatus.OUT_FOR_DELIVERY: OrderStatus.DISPATCHED, OrderStatus.FEEDBACK_REQUESTED: OrderStatus.DELIVERED}
+
 
 class Channel(StrEnum):
     EMAIL = "email"
@@ -308,7 +318,9 @@ class MessageRequest(WireModel):
     key: str
     kind: Touchpoint
     channel: Channel
-    order: OrderInput
+    # The activity reads the order stored by record_order: the whole order on
+    # every send would double the history.
+    order_id: str
     # Event data the template shows (tracking, dates, pickup code, reason...).
     details: dict[str, Any] = {}
 

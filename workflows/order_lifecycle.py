@@ -50,10 +50,12 @@ with workflow.unsafe.imports_passed_through():
 
 # A provider outage is retried for up to a day; after that the message counts
 # as failed and the order goes on with a flag rather than waiting forever.
+# The gentle backoff keeps a flaky provider (a third of requests refused)
+# from delaying a confirmation by minutes, and still backs off to 5 minutes.
 SEND_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=2),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=10),
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=1.5,
+    maximum_interval=timedelta(minutes=5),
 )
 SEND_TIMEOUTS = dict(start_to_close_timeout=timedelta(seconds=60), schedule_to_close_timeout=timedelta(days=1))
 DB_TIMEOUTS = dict(start_to_close_timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)))
@@ -111,13 +113,20 @@ class OrderLifecycle:
         if self.order is None:
             return self._reject_order()
         order = self.order
-        workflow.upsert_search_attributes(
-            [
-                sa.ORDER_STATUS.value_set(self.status.value),
-                sa.CUSTOMER_ID.value_set(order.customer.customer_id),
-                sa.NEEDS_ATTENTION.value_set(False),
-            ]
-        )
+        # Attributes given at start are free; upserting costs an action, so
+        # only what the starter left out is set here (e.g. `temporal workflow start`).
+        given = workflow.info().typed_search_attributes
+        missing = [
+            update
+            for key, update in (
+                (sa.ORDER_STATUS, sa.ORDER_STATUS.value_set(self.status.value)),
+                (sa.CUSTOMER_ID, sa.CUSTOMER_ID.value_set(order.customer.customer_id)),
+                (sa.NEEDS_ATTENTION, sa.NEEDS_ATTENTION.value_set(False)),
+            )
+            if given.get(key) is None
+        ]
+        if missing:
+            workflow.upsert_search_attributes(missing)
         self.setup = await workflow.execute_activity("record_order", order, result_type=OrderSetup, **DB_TIMEOUTS)
         if order.journey:
             self.setup = self.setup.model_copy(update={"settings": order.journey})
@@ -156,14 +165,20 @@ class OrderLifecycle:
         await self._notify(Touchpoint.DISPATCH_NOTICE, [Channel.EMAIL, Channel.SMS], dispatch.model_dump(mode="json"))
 
         due = end_of_local_day(dispatch.expected_delivery, self.order.customer.timezone)
-        deadline: datetime | None = due + self.setup.settings.delivery_grace
-        delivery_day_handled = False
+        # One timer for the whole wait: a timer per loop pass would bill again
+        # for the same deadline after every out-for-delivery notice.
+        deadline = asyncio.create_task(self._sleep_until(due + self.setup.settings.delivery_grace))
+        delivery_day_handled = late_handled = False
         while not self.delivered:
             pending_notice = lambda: self.delivery_day is not None and not delivery_day_handled  # noqa: E731
-            if not await self._wait_until(lambda: self.delivered or pending_notice(), deadline):
+            newly_late = lambda: deadline.done() and not late_handled  # noqa: E731
+            await workflow.wait_condition(lambda: bool(self.delivered or pending_notice() or newly_late()))
+            if self.delivered:
+                break
+            if newly_late() and not pending_notice():
+                late_handled = True
                 self._flag("delivery_late")
                 await self._notify(Touchpoint.DELIVERY_DELAYED, [Channel.EMAIL], dispatch.model_dump(mode="json"))
-                deadline = None
                 continue
             if pending_notice():
                 delivery_day_handled = True
@@ -175,6 +190,7 @@ class OrderLifecycle:
                         [Channel.SMS],
                         dispatch.model_dump(mode="json"),
                     )
+        deadline.cancel()
 
     async def _after_delivery(self) -> None:
         assert self.order and self.setup and self.delivered
@@ -285,7 +301,7 @@ class OrderLifecycle:
             key=f"{workflow.info().workflow_id}:{kind.value}:{channel.value}",
             kind=kind,
             channel=channel,
-            order=self.order,
+            order_id=self.order.order_id,
             details=details,
         )
         try:
@@ -320,11 +336,8 @@ class OrderLifecycle:
 
     # --- state, search attributes, UI -------------------------------------------
 
-    async def _wait_until(self, condition: Callable[[], Any], deadline: datetime | None) -> bool:
+    async def _wait_until(self, condition: Callable[[], Any], deadline: datetime) -> bool:
         """Wait for `condition`; False when `deadline` passes first."""
-        if deadline is None:
-            await workflow.wait_condition(lambda: bool(condition()))
-            return True
         remaining = deadline - workflow.now()
         if remaining <= timedelta(0):
             return bool(condition())
@@ -340,8 +353,9 @@ class OrderLifecycle:
             await workflow.sleep(remaining)
 
     def _transition(self, status: OrderStatus) -> None:
+        if status.searchable is not self.status.searchable:
+            workflow.upsert_search_attributes([sa.ORDER_STATUS.value_set(status.searchable.value)])
         self.status = status
-        workflow.upsert_search_attributes([sa.ORDER_STATUS.value_set(status.value)])
         self._show_details()
 
     def _flag(self, reason: str) -> None:
