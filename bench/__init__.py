@@ -1,0 +1,1 @@
+"""Benchmarks and failure drills: `python -m bench --help`."""

@@ -1,0 +1,54 @@
+"""Benchmarks and failure drills, one command each:
+
+    python -m bench [--orders N] [--concurrency C]   throughput, latency, actions vs the floor
+    python -m bench chaos [DRILL ...] [--orders N]   failure drills; exit 1 if one loses or repeats a message
+    python -m bench recommendations [--orders N]     recommendations query p99 at a million orders
+    python -m bench open-orders [--orders N]         worker memory with N paid orders awaiting dispatch
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    chaos = sub.add_parser("chaos", help="failure drills")
+    chaos.add_argument("drills", nargs="*", help="kill-worker, provider-faults, postgres-outage, temporal-restart (default: all)")
+    chaos.add_argument("--orders", type=int, default=300)
+    chaos.add_argument("--concurrency", type=int, default=100)
+    open_orders = sub.add_parser("open-orders", help="worker memory with many open orders")
+    open_orders.add_argument("--orders", type=int, default=10_000)
+    open_orders.add_argument("--concurrency", type=int, default=200)
+    recs = sub.add_parser("recommendations", help="recommendations query at scale")
+    recs.add_argument("--orders", type=int, default=1_000_000)
+    recs.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--orders", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--only", choices=["ours", "floor"], help="run one side only, e.g. to profile it")
+    args = parser.parse_args()
+    if args.command is None:
+        from bench.throughput import main as throughput
+
+        throughput(args.orders, args.concurrency, args.only)
+    elif args.command == "open-orders":
+        from bench.open_orders import main as open_orders_main
+
+        open_orders_main(args.orders, args.concurrency)
+    elif args.command == "recommendations":
+        from bench.recommendations import main as recommendations
+
+        recommendations(args.orders, args.queries)
+    elif args.command == "chaos":
+        from bench.chaos import DRILLS, main as chaos_main
+
+        unknown = set(args.drills) - set(DRILLS)
+        if unknown:
+            parser.error(f"unknown drill(s): {', '.join(sorted(unknown))}; one of {', '.join(DRILLS)}")
+        if not chaos_main(args.drills or list(DRILLS), args.orders, args.concurrency):
+            raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

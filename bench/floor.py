@@ -1,0 +1,118 @@
+"""The floor: a workflow of the same shape as OrderLifecycle on the happy path
+(the same signals, the same number of activities, the same timers) whose
+activities do nothing but tell the benchmark driver they ran. No database, no
+templates, no providers, no search attributes: what Temporal itself costs.
+
+Run as a worker: `python -m bench.floor` (TEMPORAL_ADDRESS, BENCH_NOTIFY_ADDR).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from datetime import timedelta
+from collections.abc import Sequence
+from typing import Any
+
+from temporalio import activity, workflow
+from temporalio.client import Client
+from temporalio.common import RawValue, RetryPolicy
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+
+FLOOR_TASK_QUEUE = "bench-floor"
+FLOOR_WORKFLOW = "FloorOrder"
+# The same options as the real sends and database activities.
+ACTIVITY_OPTIONS = dict(start_to_close_timeout=timedelta(seconds=60), retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)))
+
+# Unix datagrams: unlike UDP, none is dropped when the driver falls behind.
+_notify_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+
+@activity.defn(name="floor_step")
+async def floor_step(order_id: str, step: str, visible: bool) -> None:
+    """Nothing, except a datagram to the driver for steps a customer would see."""
+    if visible:
+        _notify_socket.sendto(order_id.encode(), os.environ["BENCH_NOTIFY_ADDR"])
+
+
+@workflow.defn(name=FLOOR_WORKFLOW)
+class FloorOrder:
+    def __init__(self) -> None:
+        self.events: set[str] = set()
+
+    async def _step(self, step: str, visible: bool = True) -> None:
+        await workflow.execute_activity(floor_step, args=[self.order_id, step, visible], **ACTIVITY_OPTIONS)
+
+    @staticmethod
+    async def _sleep(duration: timedelta) -> None:
+        if duration > timedelta(0):
+            await workflow.sleep(duration)
+
+    async def _wait(self, event: str, timeout: timedelta | None) -> None:
+        try:
+            await workflow.wait_condition(lambda: event in self.events, timeout=timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    @workflow.run
+    async def run(self, order: dict[str, Any]) -> None:
+        self.order_id = order["order_id"]
+        delays = {k: timedelta(seconds=v) for k, v in order["delays"].items()}
+        await self._step("record_order", visible=False)
+        await self._step("order_confirmation")
+        await self._wait("payment_received", delays["payment_reminder_after"])
+        await self._step("payment_confirmation")
+        await self._wait("order_dispatched", delays["dispatch_promised_within"])
+        await self._step("dispatch_email")
+        await self._step("dispatch_sms")
+        deadline = asyncio.create_task(workflow.sleep(delays["delivery_deadline"]))
+        await workflow.wait_condition(lambda: "out_for_delivery" in self.events)
+        await self._step("delivery_day")
+        await workflow.wait_condition(lambda: "order_delivered" in self.events)
+        deadline.cancel()
+        delivered_at = workflow.now()
+        await self._step("delivery_confirmation")
+        feedback = asyncio.create_task(self._keep_feedback())
+        await self._sleep(delivered_at + delays["feedback_delay"] - workflow.now())
+        await self._step("feedback_request")
+        asked_at = workflow.now()
+        await self._sleep(delivered_at + delays["recommendations_delay"] - workflow.now())
+        await self._step("recommendations")
+        await self._wait("feedback_submitted", asked_at + delays["feedback_window"] - workflow.now())
+        await feedback
+
+    async def _keep_feedback(self) -> None:
+        await workflow.wait_condition(lambda: "feedback_submitted" in self.events)
+        await self._step("store_feedback", visible=False)
+
+    @workflow.signal(dynamic=True)
+    def on_event(self, name: str, args: Sequence[RawValue]) -> None:
+        self.events.add(name)
+
+
+async def _main() -> None:
+    # Imported here: this module is also loaded by the workflow sandbox, where
+    # the worker module's database and provider imports have no place.
+    from worker import shared_module_runner
+
+    client = await Client.connect(os.environ.get("TEMPORAL_ADDRESS", "localhost:7233"), data_converter=pydantic_data_converter)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    # The same worker settings as the real one.
+    async with Worker(
+        client, task_queue=FLOOR_TASK_QUEUE, workflows=[FloorOrder], activities=[floor_step],
+        workflow_runner=shared_module_runner("bench"),
+    ):
+        await stop.wait()
+
+
+if __name__ == "__main__":
+    from worker import exit_without_teardown
+
+    asyncio.run(_main())
+    exit_without_teardown(0)

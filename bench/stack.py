@@ -1,0 +1,195 @@
+"""What a benchmark or drill runs on: embedded PostgreSQL, the Temporal dev
+server on loopback, the fake providers, and workers as child processes that
+can be measured, killed and restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from activities.database import migrate
+from starter.embedded import start_dev_server, start_postgres, stop_postgres
+from tests.fake_providers import FakeProviders, serve
+from workflows.models import TASK_QUEUE
+
+REPO = Path(__file__).resolve().parents[1]
+TWILIO_SID = "AC" + "b" * 32
+
+# Short delays so a whole journey takes seconds; the deadlines stay long so the
+# happy path never hits them.
+BENCH_JOURNEY = {
+    "JOURNEY_FEEDBACK_DELAY": "1s",
+    "JOURNEY_RECOMMENDATIONS_DELAY": "2s",
+    "JOURNEY_FEEDBACK_WINDOW": "1s",
+}
+
+
+class WorkerProcess:
+    """A worker in its own process, so its memory is its own."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.args, self.env, self.log_path = args, env, log_path
+        self.proc: subprocess.Popen | None = None
+        self.peak_rss_mb = 0.0
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+
+    def _status(self, field_name: str) -> float:
+        """A VmRSS/VmHWM figure from /proc in MiB; 0 once the process is gone."""
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) / 1024
+        except (FileNotFoundError, ProcessLookupError, AttributeError):
+            pass
+        return 0.0
+
+    def rss_mb(self) -> float:
+        return self._status("VmRSS")
+
+    def sample_peak(self) -> float:
+        """The kernel's high-water mark for this process; kept across restarts."""
+        self.peak_rss_mb = max(self.peak_rss_mb, self._status("VmHWM"))
+        return self.peak_rss_mb
+
+    def kill(self) -> None:
+        self.sample_peak()
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.sample_peak()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@dataclass
+class Stack:
+    state_dir: Path
+    database_url: str
+    fakes: FakeProviders
+    temporal_address: str
+    env: object  # WorkflowEnvironment
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    @property
+    def client(self):
+        return self.env.client
+
+    def our_worker(self, *, provider_timeout: float = 5.0, extra: dict[str, str] | None = None) -> WorkerProcess:
+        env = {
+            **os.environ,
+            "TEMPORAL_ADDRESS": self.temporal_address,
+            "DATABASE_URL": self.database_url,
+            "SENDGRID_API_KEY": "SG.bench",
+            "SENDGRID_API_HOST": self.fakes.base_url,
+            "EMAIL_FROM": "orders@shop.example",
+            "TWILIO_ACCOUNT_SID": TWILIO_SID,
+            "TWILIO_AUTH_TOKEN": "bench-token",
+            "TWILIO_API_BASE_URL": self.fakes.base_url,
+            "TWILIO_FROM_NUMBER": "+15005550006",
+            "PROVIDER_TIMEOUT_SECONDS": str(provider_timeout),
+            "LOG_LEVEL": "WARNING",
+            **BENCH_JOURNEY,
+            **(extra or {}),
+        }
+        worker = WorkerProcess([sys.executable, "worker.py"], env, self.state_dir / "worker.log")
+        self.workers.append(worker)
+        return worker
+
+    def floor_worker(self, notify_addr: str) -> WorkerProcess:
+        env = {**os.environ, "TEMPORAL_ADDRESS": self.temporal_address, "BENCH_NOTIFY_ADDR": notify_addr}
+        worker = WorkerProcess([sys.executable, "-m", "bench.floor"], env, self.state_dir / "floor.log")
+        self.workers.append(worker)
+        return worker
+
+    async def shutdown(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        await self.env.shutdown()
+        self.stop_postgres()
+
+    def stop_postgres(self) -> None:
+        stop_postgres(self.state_dir / "pg")
+
+    def start_postgres_again(self) -> None:
+        start_postgres(self.state_dir / "pg")
+
+    async def restart_temporal(self, down_seconds: float) -> None:
+        """Stop the dev server and start it on the same port and database file."""
+        port = int(self.temporal_address.rsplit(":", 1)[1])
+        await self.env.shutdown()
+        await asyncio.sleep(down_seconds)
+        self.env = await start_dev_server(self.state_dir / "temporal", port=port)
+
+
+async def start_stack(*, persistent_temporal: bool = False, port: int | None = None, fakes: FakeProviders | None = None) -> Stack:
+    # Short path: PostgreSQL's unix socket lives in its data directory.
+    state_dir = Path(tempfile.mkdtemp(prefix="olb-"))
+    database_url = start_postgres(state_dir / "pg")
+    await migrate(database_url)
+    fakes, _ = serve(fakes or FakeProviders(keep_requests=False))
+    env = await start_dev_server(state_dir / "temporal" if persistent_temporal else None, port=port)
+    address = env.client.service_client.config.target_host
+    return Stack(state_dir, database_url, fakes, address, env)
+
+
+async def wait_for_pollers(stack: Stack, task_queue: str = TASK_QUEUE, timeout: float = 60) -> None:
+    """Until a worker polls the queue, so timings do not include start-up."""
+    from temporalio.api.enums.v1 import TaskQueueType
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        resp = await stack.client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=stack.client.namespace,
+                task_queue=TaskQueue(name=task_queue),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+            )
+        )
+        if resp.pollers:
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"no worker polled {task_queue} within {timeout} s")
+
+
+def cpu_seconds(stack: Stack, worker: WorkerProcess) -> dict[str, float]:
+    """CPU time used so far by each part of this stack: the worker, the
+    Temporal server, PostgreSQL (postmaster and backends), and this driver
+    (which also runs the fake providers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    postmaster = int((stack.state_dir / "pg" / "postmaster.pid").read_text().split()[0])
+    totals = {"worker": 0.0, "temporal_server": 0.0, "postgres": 0.0, "driver_and_fake_providers": 0.0}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        pid = int(stat.parent.name)
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        ppid, used = int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks
+        if worker.proc and pid == worker.proc.pid:
+            totals["worker"] += used
+        elif comm == "temporal" and ppid == os.getpid():
+            totals["temporal_server"] += used
+        elif postmaster in (pid, ppid):
+            totals["postgres"] += used
+        elif pid == os.getpid():
+            totals["driver_and_fake_providers"] += used
+    return totals
