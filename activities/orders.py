@@ -103,7 +103,7 @@ class OrderActivities:
                     INSERT_ITEM,
                     [
                         (order.order_id, n, i.sku, i.name, i.category, i.quantity, i.unit_price)
-                        for n, i in enumerate(items, start=1)
+                        for n, i in enumerate(order.items, start=1)
                     ],
                 )
                 await conn.execute(

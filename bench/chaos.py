@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RetryConfig
@@ -66,8 +67,6 @@ async def audit(stack: Stack, report: DrillReport, runs: list[OrderRun], orders:
     report.duplicates = sum(n - 1 for n in delivered.values() if n > 1)
     keys_delivered = {m.key for m in stack.fakes.accepted if m.key}
     sms_delivered = Counter(m.recipient for m in stack.fakes.accepted if m.channel == "sms")
-    import asyncpg
-
     conn = await asyncpg.connect(stack.database_url)
     try:
         rows = await conn.fetch(

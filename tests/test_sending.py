@@ -171,9 +171,7 @@ class SmsLostBeforeRequest(TwilioSms):
         return super().send(message)
 
 
-async def test_sms_claimed_but_never_sent_is_sent_after_lookup(
-    ts_env, make_harness, fakes: FakeProviders, provider_config: ProviderConfig, pool
-):
+async def test_sms_claimed_but_never_sent_is_sent_after_lookup(ts_env, make_harness, fakes: FakeProviders, provider_config: ProviderConfig):
     order = new_order()
     phone = order["customer"]["phone"]
     providers = {Channel.EMAIL: SendGridEmail(provider_config), Channel.SMS: SmsLostBeforeRequest(provider_config)}
@@ -184,9 +182,7 @@ async def test_sms_claimed_but_never_sent_is_sent_after_lookup(
     assert len(fakes.deliveries_to(phone)) == 1
 
 
-async def test_unanswered_email_is_in_doubt_and_never_sent_twice(
-    ts_env, make_harness, fakes: FakeProviders, provider_config: ProviderConfig, pool
-):
+async def test_unanswered_email_is_in_doubt_and_never_sent_twice(ts_env, make_harness, fakes: FakeProviders, provider_config: ProviderConfig):
     """SendGrid cannot be asked, so an unanswered mail is left to an operator."""
     order = new_order()
     email = order["customer"]["email"]
