@@ -51,7 +51,8 @@ class Customer(WireModel):
     @classmethod
     def _email_shape(cls, value: str) -> str:
         if not EMAIL_PATTERN.match(value):
-            raise ValueError(f"{value!r} is not an email address")
+            # The value itself stays out: rejection reasons reach logs and the Web UI.
+            raise ValueError("not an email address")
         return value
 
     @field_validator("timezone")
@@ -102,17 +103,29 @@ class JourneySettings(WireModel):
     payment_reminder_after: timedelta = timedelta(hours=24)
     payment_deadline: timedelta = timedelta(hours=72)
     dispatch_promised_within: timedelta = timedelta(hours=48)
+    # Final deadlines after the apology: not dispatched this long after
+    # payment cancels the order with a refund; not delivered this long after
+    # the expected day declares the parcel lost.
+    dispatch_deadline: timedelta = timedelta(days=7)
     delivery_grace: timedelta = timedelta(days=1)
+    delivery_deadline: timedelta = timedelta(days=14)
     locker_pickup_window: timedelta = timedelta(hours=72)
     locker_reminder_before: timedelta = timedelta(hours=24)
     feedback_delay: timedelta = timedelta(days=3)
     recommendations_delay: timedelta = timedelta(days=7)
     feedback_window: timedelta = timedelta(days=14)
+    # A channel whose provider rejects our credentials is tried again this
+    # often, instead of a retry storm, until the configuration is fixed.
+    paused_channel_retry: timedelta = timedelta(hours=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> JourneySettings:
         if self.payment_reminder_after >= self.payment_deadline:
             raise ValueError("payment_reminder_after must be shorter than payment_deadline")
+        if self.dispatch_promised_within >= self.dispatch_deadline:
+            raise ValueError("dispatch_promised_within must be shorter than dispatch_deadline")
+        if self.delivery_grace >= self.delivery_deadline:
+            raise ValueError("delivery_grace must be shorter than delivery_deadline")
         if self.locker_reminder_before >= self.locker_pickup_window:
             raise ValueError("locker_reminder_before must be shorter than locker_pickup_window")
         return self
@@ -230,6 +243,8 @@ class OrderStatus(StrEnum):
     FEEDBACK_REQUESTED = "feedback_requested"
     COMPLETED = "completed"
     CANCELLED = "cancelled"
+    # Not delivered by the final delivery deadline: declared lost.
+    LOST = "lost"
 
     @property
     def searchable(self) -> OrderStatus:
@@ -260,6 +275,7 @@ class Touchpoint(StrEnum):
     LOCKER_REMINDER = "locker_reminder"
     FEEDBACK_REQUEST = "feedback_request"
     RECOMMENDATIONS = "recommendations"
+    PARCEL_LOST = "parcel_lost"
 
 
 class DeliveryState(StrEnum):
@@ -271,6 +287,9 @@ class DeliveryState(StrEnum):
     IN_DOUBT = "in_doubt"
     # Nothing to say (e.g. no recommendations) or the channel is opted out.
     SKIPPED = "skipped"
+    # Overtaken by the journey before it could go (e.g. "on its way" once the
+    # parcel is delivered): not sent late. Decided by the workflow; no ledger row.
+    SUPERSEDED = "superseded"
 
 
 class TouchpointRecord(WireModel):
@@ -299,6 +318,11 @@ class OrderStatusView(WireModel):
     rejection_reason: str | None = None
     touchpoints: list[TouchpointRecord] = []
     rejected_events: list[RejectedEvent] = []
+    # All rejections, of which `rejected_events` keeps the latest.
+    rejected_total: int = 0
+    # Messages waiting for their channel (behind an earlier message or a
+    # provider outage).
+    queued_messages: list[str] = []
 
 
 # --- Workflow <-> activity messages -------------------------------------------
@@ -344,3 +368,51 @@ class FeedbackRecord(WireModel):
     seller_id: str
     skus: list[str]
     feedback: FeedbackSubmitted
+
+
+# --- Workflow state, carried over continue-as-new ------------------------------
+
+
+class QueuedMessage(WireModel):
+    kind: Touchpoint
+    channel: Channel
+    # Event data the template shows (tracking, dates, pickup code, reason...).
+    details: dict[str, Any] = {}
+
+
+class JourneyState(BaseModel):
+    """Everything an order's workflow knows. A run that continues as new hands
+    it to the next run, which resumes the journey where this one stood: every
+    deadline is a moment in here, never a duration from "now"."""
+
+    order: OrderInput
+    setup: OrderSetup | None = None
+    status: OrderStatus = OrderStatus.AWAITING_PAYMENT
+    # When the first run started: the payment deadlines count from here.
+    started_at: datetime
+    attention: list[str] = []
+    touchpoints: list[TouchpointRecord] = []
+    rejected: list[RejectedEvent] = []
+    rejected_total: int = 0
+    # Set the moment the journey decides to end early (payment or dispatch
+    # deadline, cancellation, lost parcel): events it excludes are rejected
+    # from then on, even while the decision is still being carried out.
+    decision: str | None = None
+    cancellation_reason: str | None = None
+    # Accepted events, with the workflow time each was accepted.
+    payment: PaymentReceived | None = None
+    paid_at: datetime | None = None
+    dispatch: OrderDispatched | None = None
+    delivery_day: OutForDelivery | None = None
+    delivered: OrderDelivered | None = None
+    delivered_seen_at: datetime | None = None
+    collected: ParcelCollected | None = None
+    cancel: OrderCancelled | None = None
+    feedback: FeedbackSubmitted | None = None
+    feedback_stored: bool = False
+    feedback_asked_at: datetime | None = None
+    # Touchpoints already handed to a channel (each goes once per order).
+    notified: list[Touchpoint] = []
+    # Per channel, messages not yet settled, oldest first; the first may be
+    # in flight. A run that continues as new carries them over.
+    queues: dict[Channel, list[QueuedMessage]] = {Channel.EMAIL: [], Channel.SMS: []}

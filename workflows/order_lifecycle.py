@@ -1,9 +1,15 @@
 """OrderLifecycle: one long-lived workflow per order.
 
-Signal and update handlers only validate an event and record that it was
-accepted; the `run` coroutine reacts to accepted events in journey order and
-does every side effect through activities. A bad payload, an out-of-order or a
-duplicate event is recorded as rejected and never fails a workflow task.
+`run` follows the README's journey table, one stage at a time. Every wait
+ends at a moment kept in the journey state, so a run that continues as new
+picks the journey up where it stood. Signal and update handlers only check an
+event (workflows/event_rules.py) and record it; `run` reacts to it.
+
+Messages never hold up the journey: `_notify` hands each message to its
+channel's lane, and each lane sends its messages in journey order on its
+own, so an outage of one provider delays neither the other channel nor the
+next step (workflows/channel_policy.py decides channels, fallback and
+superseded messages).
 """
 
 from __future__ import annotations
@@ -14,305 +20,390 @@ from typing import Any, Callable
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
+    from activities.messaging import MessagingActivities
+    from activities.orders import OrderActivities
+    from workflows import channel_policy
     from workflows import search_attributes as sa
     from workflows.clock import end_of_local_day
+    from workflows.event_rules import EventRejected, accept_event, check_event, format_validation_error
     from workflows.models import (
-        EVENT_MODELS,
         WORKFLOW_TYPE,
         CancelRecord,
         Channel,
         DeliveryState,
         EventEnvelope,
         FeedbackRecord,
-        FeedbackSubmitted,
+        JourneyState,
         MessageOutcome,
         MessageRequest,
-        OrderCancelled,
-        OrderDelivered,
-        OrderDispatched,
         OrderInput,
-        OrderSetup,
         OrderStatus,
         OrderStatusView,
-        OutForDelivery,
-        ParcelCollected,
-        PaymentReceived,
+        QueuedMessage,
         RejectedEvent,
         Touchpoint,
         TouchpointRecord,
-        WireModel,
     )
 
-# A provider outage is retried for up to a day; after that the message counts
-# as failed and the order goes on with a flag rather than waiting forever.
-# The gentle backoff keeps a flaky provider (a third of requests refused)
-# from delaying a confirmation by minutes, and still backs off to 5 minutes.
-SEND_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=1.5,
-    maximum_interval=timedelta(minutes=5),
-)
+# Retries are billed per attempt. Doubling from 1 s to at most 15 min apart
+# costs about 14 attempts for an hour's outage and 100 for a day (the
+# schedule-to-close cap), against 300 a day at 5 min apart; while one channel
+# is down the other still goes at once, so the longer wait after recovery
+# delays only the channel that was down.
+SEND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=15))
 SEND_TIMEOUTS = dict(start_to_close_timeout=timedelta(seconds=60), schedule_to_close_timeout=timedelta(days=1))
-DB_TIMEOUTS = dict(start_to_close_timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)))
+# The database is needed to go on at all, so these retry without end, at most
+# 6 times an hour once PostgreSQL has been away for 10 minutes.
+DB_TIMEOUTS = dict(
+    start_to_close_timeout=timedelta(seconds=30),
+    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=10)),
+)
+# The activity's error type when a provider rejects our credentials.
+PROVIDER_MISCONFIGURED = "ProviderMisconfigured"
 
 # Rejections are kept for operators, but a flood of bad events must not grow
 # workflow state without bound.
 MAX_REJECTED_KEPT = 50
+# Well below the server's limits (10,240 events suggested, 10,000 signals per
+# run), so a flood of events cannot lock an order out of its real ones.
+CONTINUE_AS_NEW_AFTER_EVENTS = 4_000
 
 
-class EventRejected(Exception):
-    pass
-
-
-def format_validation_error(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors(include_url=False):
-        where = ".".join(str(p) for p in e["loc"]) or "payload"
-        parts.append(f"{where}: {e['msg']}")
-    return "; ".join(parts)
+class ContinueAsNewDue(Exception):
+    """Raised out of a wait when this run's history is long enough."""
 
 
 @workflow.defn(name=WORKFLOW_TYPE)
 class OrderLifecycle:
     @workflow.init
-    def __init__(self, raw_order: Any) -> None:
+    def __init__(self, raw_input: Any) -> None:
         # Parsed here, not in `run`: signals delivered with the start are
         # handled before `run` begins and need the order to be checked against.
         # The input is taken raw so a malformed order ends the workflow with a
         # reason instead of failing every workflow task on decoding.
-        self.order: OrderInput | None = None
+        self.state: JourneyState | None = None
         self.rejection_reason: str | None = None
-        try:
-            self.order = OrderInput.model_validate(raw_order)
-        except ValidationError as err:
-            self.rejection_reason = format_validation_error(err)
-        self.status = OrderStatus.AWAITING_PAYMENT
-        self.attention: list[str] = []
-        self.touchpoints: list[TouchpointRecord] = []
-        self.rejected: list[RejectedEvent] = []
-        self.cancellation_reason: str | None = None
-        self.setup: OrderSetup | None = None
-        # Accepted events, set by handlers and consumed by `run`.
-        self.payment: PaymentReceived | None = None
-        self.dispatch: OrderDispatched | None = None
-        self.delivery_day: OutForDelivery | None = None
-        self.delivered: OrderDelivered | None = None
-        self.collected: ParcelCollected | None = None
-        self.cancel: OrderCancelled | None = None
-        self.feedback: FeedbackSubmitted | None = None
+        info = workflow.info()
+        if info.continued_run_id:
+            self.state = JourneyState.model_validate(raw_input)
+        else:
+            try:
+                order = OrderInput.model_validate(raw_input)
+            except ValidationError as err:
+                self.rejection_reason = format_validation_error(err)
+            else:
+                self.state = JourneyState(order=order, started_at=info.workflow_start_time)
+        given = info.typed_search_attributes
+        self._upserted: dict[Any, Any] = {key: given.get(key) for key in sa.ALL}
+        self._lanes: list[asyncio.Task] = []
+        self._closing_lanes = False
+        self._timers: dict[datetime, asyncio.Task] = {}
 
-    # --- run ------------------------------------------------------------------
+    # --- the journey ------------------------------------------------------------
 
     @workflow.run
-    async def run(self, raw_order: Any) -> OrderStatusView:
-        if self.order is None:
+    async def run(self, raw_input: Any) -> OrderStatusView:
+        if self.state is None:
             return self._reject_order()
-        order = self.order
-        # Attributes given at start are free; upserting costs an action, so
-        # only what the starter left out is set here (e.g. `temporal workflow start`).
-        given = workflow.info().typed_search_attributes
-        missing = [
-            update
-            for key, update in (
-                (sa.ORDER_STATUS, sa.ORDER_STATUS.value_set(self.status.value)),
-                (sa.CUSTOMER_ID, sa.CUSTOMER_ID.value_set(order.customer.customer_id)),
-                (sa.NEEDS_ATTENTION, sa.NEEDS_ATTENTION.value_set(False)),
-            )
-            if given.get(key) is None
-        ]
-        if missing:
-            workflow.upsert_search_attributes(missing)
-        self.setup = await workflow.execute_activity("record_order", order, result_type=OrderSetup, **DB_TIMEOUTS)
-        if order.journey:
-            self.setup = self.setup.model_copy(update={"settings": order.journey})
-        settings = self.setup.settings
-        self._show_details()
-        await self._notify(Touchpoint.ORDER_CONFIRMATION, [Channel.EMAIL])
+        s = self.state
+        attributes = asyncio.create_task(self._keep_search_attributes())
+        self._lanes = [asyncio.create_task(self._run_lane(channel)) for channel in Channel]
+        try:
+            if s.setup is None:
+                await self._record_order()
+            if s.status is OrderStatus.AWAITING_PAYMENT:
+                await self._await_payment()
+            if s.status is OrderStatus.PAID:
+                await self._await_dispatch()
+            if s.status in (OrderStatus.DISPATCHED, OrderStatus.OUT_FOR_DELIVERY):
+                await self._await_delivery()
+            if s.status in (OrderStatus.DELIVERED, OrderStatus.FEEDBACK_REQUESTED):
+                await self._after_delivery()
+            # Every message settled before the order is over.
+            await self._wait_until(self._lanes_idle)
+        except ContinueAsNewDue:
+            await self._continue_as_new()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        attributes.cancel()
+        self._flush_search_attributes()
+        return self.view()
 
-        placed = workflow.now()
-        if not await self._wait_until(lambda: self.payment or self.cancel, placed + settings.payment_reminder_after):
-            await self._notify(Touchpoint.PAYMENT_REMINDER, [Channel.EMAIL])
-            if not await self._wait_until(lambda: self.payment or self.cancel, placed + settings.payment_deadline):
+    async def _record_order(self) -> None:
+        s = self.state
+        setup = await workflow.execute_activity_method(OrderActivities.record_order, s.order, **DB_TIMEOUTS)
+        s.setup = setup.model_copy(update={"settings": s.order.journey}) if s.order.journey else setup
+        self._show_details()
+        self._notify(Touchpoint.ORDER_CONFIRMATION)
+
+    async def _await_payment(self) -> None:
+        s, settings = self.state, self.state.setup.settings
+        paid_or_cancelled = lambda: s.payment or s.cancel  # noqa: E731
+        if not await self._wait_until(paid_or_cancelled, s.started_at + settings.payment_reminder_after):
+            self._notify(Touchpoint.PAYMENT_REMINDER)
+            if not await self._wait_until(paid_or_cancelled, s.started_at + settings.payment_deadline):
                 hours = settings.payment_deadline.total_seconds() / 3600
                 return await self._cancel_order(f"payment not received within {hours:g} hours")
-        if self.cancel:
-            return await self._cancel_order(self.cancel.reason)
-
+        if s.cancel:
+            return await self._cancel_order(s.cancel.reason)
         self._transition(OrderStatus.PAID)
-        await self._notify(Touchpoint.PAYMENT_CONFIRMATION, [Channel.EMAIL], {"payment_id": self.payment.payment_id})
+        self._notify(Touchpoint.PAYMENT_CONFIRMATION, {"payment_id": s.payment.payment_id})
 
-        promised = workflow.now() + settings.dispatch_promised_within
-        if not await self._wait_until(lambda: self.dispatch or self.cancel, promised):
+    async def _await_dispatch(self) -> None:
+        s, settings = self.state, self.state.setup.settings
+        dispatched_or_cancelled = lambda: s.dispatch or s.cancel  # noqa: E731
+        if not await self._wait_until(dispatched_or_cancelled, s.paid_at + settings.dispatch_promised_within):
             self._flag("dispatch_late")
-            await self._notify(Touchpoint.DISPATCH_DELAYED, [Channel.EMAIL])
-            await workflow.wait_condition(lambda: bool(self.dispatch or self.cancel))
-        if self.cancel:
-            return await self._cancel_order(self.cancel.reason)
-
-        await self._follow_delivery()
-        await self._after_delivery()
-        return self.view()
-
-    async def _follow_delivery(self) -> None:
-        assert self.order and self.setup and self.dispatch
-        dispatch = self.dispatch
+            self._notify(Touchpoint.DISPATCH_DELAYED)
+            if not await self._wait_until(dispatched_or_cancelled, s.paid_at + settings.dispatch_deadline):
+                days = settings.dispatch_deadline.total_seconds() / 86400
+                return await self._cancel_order(f"not dispatched within {days:g} days of payment; a full refund follows")
+        if s.cancel:
+            return await self._cancel_order(s.cancel.reason)
         self._transition(OrderStatus.DISPATCHED)
-        await self._notify(Touchpoint.DISPATCH_NOTICE, [Channel.EMAIL, Channel.SMS], dispatch.model_dump(mode="json"))
+        self._notify(Touchpoint.DISPATCH_NOTICE, s.dispatch.model_dump(mode="json"))
 
-        due = end_of_local_day(dispatch.expected_delivery, self.order.customer.timezone)
-        # One timer for the whole wait: a timer per loop pass would bill again
-        # for the same deadline after every out-for-delivery notice.
-        deadline = asyncio.create_task(self._sleep_until(due + self.setup.settings.delivery_grace))
-        delivery_day_handled = late_handled = False
-        while not self.delivered:
-            pending_notice = lambda: self.delivery_day is not None and not delivery_day_handled  # noqa: E731
-            newly_late = lambda: deadline.done() and not late_handled  # noqa: E731
-            await workflow.wait_condition(lambda: bool(self.delivered or pending_notice() or newly_late()))
-            if self.delivered:
-                break
-            if newly_late() and not pending_notice():
-                late_handled = True
-                self._flag("delivery_late")
-                await self._notify(Touchpoint.DELIVERY_DELAYED, [Channel.EMAIL], dispatch.model_dump(mode="json"))
-                continue
-            if pending_notice():
-                delivery_day_handled = True
+    async def _await_delivery(self) -> None:
+        s, settings = self.state, self.state.setup.settings
+        tracking = s.dispatch.model_dump(mode="json")
+        expected_by = end_of_local_day(s.dispatch.expected_delivery, s.order.customer.timezone)
+        late_at, lost_at = expected_by + settings.delivery_grace, expected_by + settings.delivery_deadline
+        news = lambda: s.delivered or (s.delivery_day and s.status is OrderStatus.DISPATCHED)  # noqa: E731
+        while not s.delivered:
+            if s.delivery_day and s.status is OrderStatus.DISPATCHED:
                 self._transition(OrderStatus.OUT_FOR_DELIVERY)
-                # Pointless once it has already arrived in the same batch of events.
-                if self.order.seller.sends_delivery_day_notice and not self.delivered:
-                    await self._notify(
-                        Touchpoint.DELIVERY_DAY,
-                        [Channel.SMS],
-                        dispatch.model_dump(mode="json"),
-                    )
-        deadline.cancel()
+                if s.order.seller.sends_delivery_day_notice:
+                    self._notify(Touchpoint.DELIVERY_DAY, tracking)
+            elif workflow.now() >= lost_at:
+                return await self._declare_lost()
+            elif workflow.now() >= late_at and "delivery_late" not in s.attention:
+                self._flag("delivery_late")
+                self._notify(Touchpoint.DELIVERY_DELAYED, tracking)
+            else:
+                next_deadline = lost_at if "delivery_late" in s.attention else late_at
+                await self._wait_until(news, next_deadline)
+        self._cancel_timers()
+        self._transition(OrderStatus.DELIVERED)
 
     async def _after_delivery(self) -> None:
-        assert self.order and self.setup and self.delivered
-        settings = self.setup.settings
-        delivered_at = workflow.now()
-        self._transition(OrderStatus.DELIVERED)
-        details = self.delivered.model_dump(mode="json")
-        locker_task = None
-        if self.order.delivery.method == "locker":
-            pickup_deadline = delivered_at + settings.locker_pickup_window
+        """Delivered: confirmation now, then the locker pickup, feedback and
+        recommendations steps, each at its moment, until all are settled."""
+        s, settings = self.state, self.state.setup.settings
+        locker = s.order.delivery.method == "locker"
+        # The carrier's clock, not the moment the event reached us.
+        pickup_deadline = s.delivered.delivered_at + settings.locker_pickup_window
+        details = s.delivered.model_dump(mode="json")
+        if locker:
             details["pickup_deadline"] = pickup_deadline.isoformat()
-            locker_task = asyncio.create_task(self._watch_locker(pickup_deadline))
-        await self._notify(Touchpoint.DELIVERY_CONFIRMATION, [Channel.EMAIL], details)
-        feedback_task = asyncio.create_task(self._keep_feedback())
-
-        await self._sleep_until(delivered_at + settings.feedback_delay)
-        feedback_asked_at = workflow.now()
-        if self.feedback is None:
-            await self._notify(Touchpoint.FEEDBACK_REQUEST, [Channel.EMAIL])
-            self._transition(OrderStatus.FEEDBACK_REQUESTED)
-
-        await self._sleep_until(delivered_at + settings.recommendations_delay)
-        await self._notify(Touchpoint.RECOMMENDATIONS, [Channel.EMAIL])
-
-        # Feedback that comes late still reaches the seller, within a window.
-        await self._wait_until(lambda: self.feedback, feedback_asked_at + settings.feedback_window)
-        if self.feedback is None:
-            feedback_task.cancel()
-        if locker_task:
-            await locker_task
-        await asyncio.gather(feedback_task, return_exceptions=True)
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        self._notify(Touchpoint.DELIVERY_CONFIRMATION, details)
+        while True:
+            if s.feedback and not s.feedback_stored:
+                await self._store_feedback()
+            now = workflow.now()
+            steps: list[datetime] = []
+            awaiting_pickup = locker and not s.collected and "locker_not_collected" not in s.attention
+            if awaiting_pickup:
+                reminder_at = pickup_deadline - settings.locker_reminder_before
+                if now >= pickup_deadline:
+                    self._flag("locker_not_collected")
+                elif now >= reminder_at:
+                    self._notify(Touchpoint.LOCKER_REMINDER, {"pickup_deadline": pickup_deadline.isoformat()})
+                    steps.append(pickup_deadline)
+                else:
+                    steps.append(reminder_at)
+            feedback_at = s.delivered_seen_at + settings.feedback_delay
+            if s.feedback_asked_at is None and not s.feedback:
+                if now >= feedback_at:
+                    s.feedback_asked_at = now
+                    self._notify(Touchpoint.FEEDBACK_REQUEST)
+                    self._transition(OrderStatus.FEEDBACK_REQUESTED)
+                else:
+                    steps.append(feedback_at)
+            recommendations_at = s.delivered_seen_at + settings.recommendations_delay
+            if Touchpoint.RECOMMENDATIONS not in s.notified:
+                if now >= recommendations_at:
+                    self._notify(Touchpoint.RECOMMENDATIONS)
+                else:
+                    steps.append(recommendations_at)
+            # Feedback that comes late still reaches the seller, within a window.
+            if s.feedback_asked_at and not s.feedback and now < s.feedback_asked_at + settings.feedback_window:
+                steps.append(s.feedback_asked_at + settings.feedback_window)
+            if not steps:
+                break
+            await self._wait_until(
+                lambda: (s.feedback and not s.feedback_stored) or (awaiting_pickup and s.collected), min(steps)
+            )
+        self._cancel_timers()
         self._transition(OrderStatus.COMPLETED)
 
-    async def _watch_locker(self, pickup_deadline: datetime) -> None:
-        assert self.setup
-        reminder_at = pickup_deadline - self.setup.settings.locker_reminder_before
-        if await self._wait_until(lambda: self.collected, reminder_at):
-            return
-        await self._notify(Touchpoint.LOCKER_REMINDER, [Channel.SMS], {"pickup_deadline": pickup_deadline.isoformat()})
-        if not await self._wait_until(lambda: self.collected, pickup_deadline):
-            self._flag("locker_not_collected")
-
-    async def _keep_feedback(self) -> None:
-        assert self.order
-        await workflow.wait_condition(lambda: self.feedback is not None)
-        assert self.feedback
-        await workflow.execute_activity(
-            "store_feedback",
-            FeedbackRecord(
-                order_id=self.order.order_id,
-                customer_id=self.order.customer.customer_id,
-                seller_id=self.order.seller.seller_id,
-                skus=[item.sku for item in self.order.items],
-                feedback=self.feedback,
-            ),
-            **DB_TIMEOUTS,
+    async def _store_feedback(self) -> None:
+        s = self.state
+        record = FeedbackRecord(
+            order_id=s.order.order_id,
+            customer_id=s.order.customer.customer_id,
+            seller_id=s.order.seller.seller_id,
+            skus=[item.sku for item in s.order.items],
+            feedback=s.feedback,
         )
+        await workflow.execute_activity_method(OrderActivities.store_feedback, record, **DB_TIMEOUTS)
+        s.feedback_stored = True
         # Unhappy customers reach a person, not just a table.
-        if min(self.feedback.item_rating, self.feedback.seller_rating) <= 2:
+        if min(s.feedback.item_rating, s.feedback.seller_rating) <= 2:
             self._flag("low_rating")
 
-    async def _cancel_order(self, reason: str) -> OrderStatusView:
-        assert self.order
-        self.cancellation_reason = reason
-        await workflow.execute_activity(
-            "cancel_order", CancelRecord(order_id=self.order.order_id, reason=reason), **DB_TIMEOUTS
-        )
-        await self._notify(Touchpoint.ORDER_CANCELLED, [Channel.EMAIL], {"reason": reason})
+    async def _cancel_order(self, reason: str) -> None:
+        s = self.state
+        # Decided now, before the slow part: events this excludes are refused.
+        s.decision = f"being cancelled: {reason}"
+        s.cancellation_reason = reason
+        self._cancel_timers()
+        record = CancelRecord(order_id=s.order.order_id, reason=reason)
+        await workflow.execute_activity_method(OrderActivities.cancel_order, record, **DB_TIMEOUTS)
+        self._notify(Touchpoint.ORDER_CANCELLED, {"reason": reason})
         self._transition(OrderStatus.CANCELLED)
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        return self.view()
+
+    async def _declare_lost(self) -> None:
+        s = self.state
+        s.decision = "declared lost"
+        self._cancel_timers()
+        self._flag("parcel_lost")
+        self._notify(Touchpoint.PARCEL_LOST, s.dispatch.model_dump(mode="json"))
+        self._transition(OrderStatus.LOST)
 
     def _reject_order(self) -> OrderStatusView:
-        self.status = OrderStatus.REJECTED
         workflow.logger.warning("order rejected: %s", self.rejection_reason)
         workflow.upsert_search_attributes(
-            [sa.ORDER_STATUS.value_set(self.status.value), sa.NEEDS_ATTENTION.value_set(True)]
+            [sa.ORDER_STATUS.value_set(OrderStatus.REJECTED.value), sa.NEEDS_ATTENTION.value_set(True)]
         )
         return self.view()
 
-    # --- messaging --------------------------------------------------------------
+    # --- waiting and continuing as new -------------------------------------------
 
-    async def _notify(self, kind: Touchpoint, channels: list[Channel], details: dict[str, Any] | None = None) -> None:
-        """Send `kind` on each listed channel the customer can receive, or on
-        the other channel when none of them can be used. A channel refused for
-        good hands over to the other one unless that was already used."""
-        queue = [c for c in channels if self._reachable(c)]
-        if not queue and self._reachable(self._other_channel(channels[0])):
-            queue = [self._other_channel(channels[0])]
-        tried: set[Channel] = set()
-        while queue:
-            channel = queue.pop(0)
-            tried.add(channel)
-            outcome = await self._send(kind, channel, details or {})
-            if outcome.state is DeliveryState.FAILED:
-                self._flag(f"message_failed:{kind.value}:{channel.value}")
-                other = self._other_channel(channel)
-                if other not in tried and other not in queue and self._reachable(other):
-                    queue.append(other)
-            elif outcome.state is DeliveryState.IN_DOUBT:
-                self._flag(f"message_in_doubt:{kind.value}:{channel.value}")
+    async def _wait_until(self, condition: Callable[[], Any], deadline: datetime | None = None) -> bool:
+        """Wait for `condition`; False once `deadline` passes first. One timer
+        per deadline, however often the wait around it wakes. Raises
+        ContinueAsNewDue when this run's history has grown long."""
+        if deadline is not None and deadline <= workflow.now():
+            return bool(condition())
+        timer = None if deadline is None else self._timer(deadline)
+        await workflow.wait_condition(
+            lambda: bool(condition()) or (timer is not None and timer.done()) or self._continue_as_new_due()
+        )
+        if condition():
+            return True
+        if timer is not None and timer.done():
+            return False
+        raise ContinueAsNewDue
+
+    def _timer(self, moment: datetime) -> asyncio.Task:
+        if moment not in self._timers:
+            self._timers[moment] = asyncio.create_task(workflow.sleep(moment - workflow.now()))
+        return self._timers[moment]
+
+    def _cancel_timers(self) -> None:
+        """A stage is over: its deadlines no longer matter."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+    @staticmethod
+    def _continue_as_new_due() -> bool:
+        info = workflow.info()
+        return info.get_current_history_length() > CONTINUE_AS_NEW_AFTER_EVENTS or info.is_continue_as_new_suggested()
+
+    async def _continue_as_new(self) -> None:
+        """Hand the journey to a fresh run. A send waiting for a retry is
+        withdrawn and stays first in its queue; the next run sends it under the
+        same ledger key. An attempt already running is let finish."""
+        self._closing_lanes = True
+        await workflow.wait_condition(lambda: all(lane.done() for lane in self._lanes))
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        self._flush_search_attributes()
+        workflow.continue_as_new(self.state.model_dump(mode="json"))
+
+    # --- messages -----------------------------------------------------------------
+
+    def _notify(self, kind: Touchpoint, details: dict[str, Any] | None = None) -> None:
+        """Queue `kind` on its channels, once per order."""
+        s = self.state
+        if kind in s.notified:
+            return
+        s.notified.append(kind)
+        for channel in channel_policy.channels_for(kind, self._reachable()):
+            s.queues[channel].append(QueuedMessage(kind=kind, channel=channel, details=details or {}))
         self._show_details()
 
-    async def _send(self, kind: Touchpoint, channel: Channel, details: dict[str, Any]) -> MessageOutcome:
-        assert self.order
-        request = MessageRequest(
-            key=f"{workflow.info().workflow_id}:{kind.value}:{channel.value}",
-            kind=kind,
-            channel=channel,
-            order_id=self.order.order_id,
-            details=details,
-        )
+    async def _run_lane(self, channel: Channel) -> None:
+        """Send this channel's messages one at a time, in journey order, until
+        the run hands over to the next one."""
+        queue = self.state.queues[channel]
+        while True:
+            await workflow.wait_condition(lambda: bool(queue) or self._closing_lanes)
+            if self._closing_lanes:
+                return
+            message = queue[0]
+            outcome = await self._deliver(message)
+            if outcome is None:  # handed over: the next run sends it
+                return
+            queue.pop(0)
+            self._settle(message, outcome)
+
+    async def _deliver(self, message: QueuedMessage) -> MessageOutcome | None:
+        """Send `message`, unless the journey overtakes it first. A send that
+        is overtaken while it waits for a retry is withdrawn; an attempt
+        already running is let finish and its outcome kept."""
+        superseded = MessageOutcome(key=self._key(message), channel=message.channel, state=DeliveryState.SUPERSEDED)
+        overtaken = lambda: channel_policy.is_superseded(message.kind, self._progress())  # noqa: E731
+        if overtaken():
+            return superseded
+        sending = asyncio.create_task(self._send(message))
+        await workflow.wait_condition(lambda: sending.done() or overtaken() or self._closing_lanes)
+        if not sending.done():
+            sending.cancel()
         try:
-            outcome = await workflow.execute_activity(
-                "send_message", request, result_type=MessageOutcome, retry_policy=SEND_RETRY, **SEND_TIMEOUTS
-            )
-        except ActivityError as err:
-            outcome = MessageOutcome(
-                key=request.key, channel=channel, state=DeliveryState.FAILED, error=str(err.cause or err)
-            )
-        self.touchpoints.append(
+            return await sending
+        except asyncio.CancelledError:
+            return None if self._closing_lanes else superseded
+
+    async def _send(self, message: QueuedMessage) -> MessageOutcome:
+        s = self.state
+        request = MessageRequest(
+            key=self._key(message),
+            kind=message.kind,
+            channel=message.channel,
+            order_id=s.order.order_id,
+            details=message.details,
+        )
+        while True:
+            try:
+                return await workflow.execute_activity_method(
+                    MessagingActivities.send_message,
+                    request,
+                    retry_policy=SEND_RETRY,
+                    cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                    **SEND_TIMEOUTS,
+                )
+            except ActivityError as err:
+                cause = err.cause
+                if isinstance(cause, CancelledError):
+                    raise asyncio.CancelledError from None
+                if not (isinstance(cause, ApplicationError) and cause.type == PROVIDER_MISCONFIGURED):
+                    return MessageOutcome(
+                        key=request.key, channel=message.channel, state=DeliveryState.FAILED, error=str(cause or err)
+                    )
+            # Our credentials are wrong: wait for the fix instead of retrying all day.
+            self._flag(f"provider_misconfigured:{message.channel.value}")
+            await workflow.sleep(s.setup.settings.paused_channel_retry)
+
+    def _settle(self, message: QueuedMessage, outcome: MessageOutcome) -> None:
+        s = self.state
+        kind, channel = message.kind, message.channel
+        s.touchpoints.append(
             TouchpointRecord(
                 kind=kind,
                 channel=channel,
@@ -322,160 +413,122 @@ class OrderLifecycle:
                 error=outcome.error,
             )
         )
-        return outcome
+        if outcome.state is DeliveryState.FAILED:
+            self._flag(f"message_failed:{kind.value}:{channel.value}")
+            used = {t.channel for t in s.touchpoints if t.kind is kind} | {
+                m.channel for q in s.queues.values() for m in q if m.kind is kind
+            }
+            fallback = channel_policy.fallback_for(channel, used, self._reachable())
+            if fallback:
+                s.queues[fallback].append(message.model_copy(update={"channel": fallback}))
+        elif outcome.state is DeliveryState.IN_DOUBT:
+            self._flag(f"message_in_doubt:{kind.value}:{channel.value}")
+        self._show_details()
 
-    def _reachable(self, channel: Channel) -> bool:
-        assert self.order and self.setup
-        if channel is Channel.SMS:
-            return self.order.customer.phone is not None and self.setup.preferences.sms
-        return self.setup.preferences.email
+    def _key(self, message: QueuedMessage) -> str:
+        return f"{workflow.info().workflow_id}:{message.kind.value}:{message.channel.value}"
 
-    @staticmethod
-    def _other_channel(channel: Channel) -> Channel:
-        return Channel.SMS if channel is Channel.EMAIL else Channel.EMAIL
+    def _lanes_idle(self) -> bool:
+        return not any(self.state.queues.values())
 
-    # --- state, search attributes, UI -------------------------------------------
+    def _progress(self) -> channel_policy.Progress:
+        s = self.state
+        return channel_policy.Progress(
+            status=s.status, parcel_collected=s.collected is not None, feedback_received=s.feedback is not None
+        )
 
-    async def _wait_until(self, condition: Callable[[], Any], deadline: datetime) -> bool:
-        """Wait for `condition`; False when `deadline` passes first."""
-        remaining = deadline - workflow.now()
-        if remaining <= timedelta(0):
-            return bool(condition())
-        try:
-            await workflow.wait_condition(lambda: bool(condition()), timeout=remaining)
-        except asyncio.TimeoutError:
-            return False
-        return True
+    def _reachable(self) -> set[Channel]:
+        s = self.state
+        reachable = set()
+        if s.setup.preferences.email:
+            reachable.add(Channel.EMAIL)
+        if s.order.customer.phone is not None and s.setup.preferences.sms:
+            reachable.add(Channel.SMS)
+        return reachable
 
-    async def _sleep_until(self, moment: datetime) -> None:
-        remaining = moment - workflow.now()
-        if remaining > timedelta(0):
-            await workflow.sleep(remaining)
+    # --- status, search attributes, Web UI ----------------------------------------
 
     def _transition(self, status: OrderStatus) -> None:
-        if status.searchable is not self.status.searchable:
-            workflow.upsert_search_attributes([sa.ORDER_STATUS.value_set(status.searchable.value)])
-        self.status = status
+        self.state.status = status
         self._show_details()
 
     def _flag(self, reason: str) -> None:
-        if reason in self.attention:
+        if reason in self.state.attention:
             return
-        first = not self.attention
-        self.attention.append(reason)
+        self.state.attention.append(reason)
         workflow.logger.warning("order needs attention: %s", reason)
-        if first:
-            workflow.upsert_search_attributes([sa.NEEDS_ATTENTION.value_set(True)])
         self._show_details()
 
+    def _wanted_search_attributes(self) -> dict[Any, Any]:
+        s = self.state
+        return {
+            sa.ORDER_STATUS: s.status.searchable.value,
+            sa.CUSTOMER_ID: s.order.customer.customer_id,
+            sa.NEEDS_ATTENTION: bool(s.attention),
+        }
+
+    async def _keep_search_attributes(self) -> None:
+        """One upsert for all the changes of a workflow task: each upsert is
+        billed, and a flag and a status change often come together."""
+        while True:
+            await workflow.wait_condition(lambda: self._wanted_search_attributes() != self._upserted)
+            # Let the task's other coroutines make their changes first.
+            await asyncio.sleep(0)
+            self._flush_search_attributes()
+
+    def _flush_search_attributes(self) -> None:
+        wanted = self._wanted_search_attributes()
+        changed = [key.value_set(value) for key, value in wanted.items() if self._upserted.get(key) != value]
+        if changed:
+            workflow.upsert_search_attributes(changed)
+            self._upserted = wanted
+
     def _show_details(self) -> None:
-        lines = [f"**{self.status.value}**"]
-        if self.attention:
-            lines.append(f"⚠ needs attention: {', '.join(self.attention)}")
-        for t in self.touchpoints:
+        s = self.state
+        lines = [f"**{s.status.value}**"]
+        if s.attention:
+            lines.append(f"⚠ needs attention: {', '.join(s.attention)}")
+        for t in s.touchpoints:
             ref = f" `{t.provider_message_id}`" if t.provider_message_id else ""
             lines.append(f"- {t.at:%Y-%m-%d %H:%M} UTC {t.kind.value} by {t.channel.value}: {t.state.value}{ref}")
-        if self.rejected:
-            lines.append(f"- {len(self.rejected)} rejected event(s), latest: {self.rejected[-1].reason}")
+        for m in (m for q in s.queues.values() for m in q):
+            lines.append(f"- queued: {m.kind.value} by {m.channel.value}")
+        if s.rejected:
+            lines.append(f"- {s.rejected_total} rejected event(s), latest: {s.rejected[-1].reason}")
         workflow.set_current_details("\n".join(lines))
 
     def view(self) -> OrderStatusView:
+        s = self.state
+        if s is None:
+            return OrderStatusView(
+                order_id=None, status=OrderStatus.REJECTED, needs_attention=True, rejection_reason=self.rejection_reason
+            )
         return OrderStatusView(
-            order_id=self.order.order_id if self.order else None,
-            status=self.status,
-            needs_attention=bool(self.attention) or self.status is OrderStatus.REJECTED,
-            attention_reasons=list(self.attention),
-            cancellation_reason=self.cancellation_reason,
-            rejection_reason=self.rejection_reason,
-            touchpoints=list(self.touchpoints),
-            rejected_events=list(self.rejected),
+            order_id=s.order.order_id,
+            status=s.status,
+            needs_attention=bool(s.attention),
+            attention_reasons=list(s.attention),
+            cancellation_reason=s.cancellation_reason,
+            touchpoints=list(s.touchpoints),
+            rejected_events=list(s.rejected),
+            rejected_total=s.rejected_total,
+            queued_messages=[f"{m.kind.value}:{m.channel.value}" for q in s.queues.values() for m in q],
         )
 
     # --- events -----------------------------------------------------------------
 
-    def _check(self, event: str, raw: Any) -> WireModel:
-        """Parse and check an event against what has been accepted so far.
-        Raises EventRejected with the reason; changes nothing."""
-        model = EVENT_MODELS.get(event)
-        if model is None:
-            raise EventRejected(f"unknown event {event!r}")
-        if self.order is None:
-            raise EventRejected("the order was rejected")
-        try:
-            parsed = model.model_validate(raw)
-        except ValidationError as err:
-            raise EventRejected(f"malformed {event}: {format_validation_error(err)}") from None
-        order = self.order
-        if self.status in (OrderStatus.CANCELLED, OrderStatus.COMPLETED):
-            raise EventRejected(f"order is already {self.status.value}")
-        if isinstance(parsed, PaymentReceived):
-            if self.payment:
-                raise EventRejected(f"duplicate payment: {self.payment.payment_id} was already received")
-            if self.cancel:
-                raise EventRejected("order is cancelled")
-            if parsed.currency != order.currency or parsed.amount != order.total:
-                raise EventRejected(
-                    f"payment of {parsed.amount} {parsed.currency} does not match the order total "
-                    f"{order.total} {order.currency}"
-                )
-        elif isinstance(parsed, OrderCancelled):
-            if self.cancel:
-                raise EventRejected("duplicate cancellation")
-            if self.dispatch:
-                raise EventRejected("cannot cancel: the order has already been dispatched")
-        elif isinstance(parsed, OrderDispatched):
-            if self.dispatch:
-                raise EventRejected("duplicate dispatch")
-            if self.cancel:
-                raise EventRejected("order is cancelled")
-            if not self.payment:
-                raise EventRejected("out of order: dispatched before payment was received")
-        elif isinstance(parsed, OutForDelivery):
-            if not self.dispatch:
-                raise EventRejected("out of order: out for delivery before dispatch")
-            if self.delivery_day or self.delivered:
-                raise EventRejected("duplicate out_for_delivery")
-        elif isinstance(parsed, OrderDelivered):
-            if not self.dispatch:
-                raise EventRejected("out of order: delivered before dispatch")
-            if self.delivered:
-                raise EventRejected("duplicate delivery")
-            if order.delivery.method == "locker" and not parsed.locker_pickup_code:
-                raise EventRejected("locker delivery needs locker_pickup_code")
-        elif isinstance(parsed, ParcelCollected):
-            if order.delivery.method != "locker":
-                raise EventRejected("parcel_collected applies to locker deliveries only")
-            if not self.delivered:
-                raise EventRejected("out of order: collected before delivery")
-            if self.collected:
-                raise EventRejected("duplicate parcel_collected")
-        elif isinstance(parsed, FeedbackSubmitted):
-            if not self.delivered:
-                raise EventRejected("out of order: feedback before delivery")
-            if self.feedback:
-                raise EventRejected("duplicate feedback")
-        return parsed
-
-    def _accept(self, parsed: WireModel) -> None:
-        field = {
-            PaymentReceived: "payment",
-            OrderDispatched: "dispatch",
-            OutForDelivery: "delivery_day",
-            OrderDelivered: "delivered",
-            ParcelCollected: "collected",
-            OrderCancelled: "cancel",
-            FeedbackSubmitted: "feedback",
-        }[type(parsed)]
-        setattr(self, field, parsed)
-
     def _on_signal(self, event: str, raw: Any) -> None:
         try:
-            self._accept(self._check(event, raw))
+            accept_event(self.state, check_event(self.state, event, raw, workflow.now()), workflow.now())
         except EventRejected as rejection:
             workflow.logger.warning("rejected %s: %s", event, rejection)
-            self.rejected.append(RejectedEvent(event=event, reason=str(rejection), at=workflow.now()))
-            del self.rejected[:-MAX_REJECTED_KEPT]
-            self._show_details()
+            if self.state is None:
+                return
+            s = self.state
+            s.rejected.append(RejectedEvent(event=event, reason=str(rejection), at=workflow.now()))
+            del s.rejected[:-MAX_REJECTED_KEPT]
+            s.rejected_total += 1
+        self._show_details()
 
     # Payloads are taken as raw JSON values so a malformed one is recorded as
     # rejected rather than dropped by the SDK's decoder.
@@ -511,13 +564,14 @@ class OrderLifecycle:
     def apply_event(self, envelope: EventEnvelope) -> OrderStatusView:
         """The same events with a synchronous answer: the validator rejects a bad
         event before it reaches history, and the caller gets the reason."""
-        self._accept(self._check(envelope.event, envelope.payload))
+        accept_event(self.state, check_event(self.state, envelope.event, envelope.payload, workflow.now()), workflow.now())
+        self._show_details()
         return self.view()
 
     @apply_event.validator
     def _validate_event(self, envelope: EventEnvelope) -> None:
         try:
-            self._check(envelope.event, envelope.payload)
+            check_event(self.state, envelope.event, envelope.payload, workflow.now())
         except EventRejected as rejection:
             raise ValueError(str(rejection)) from None
 

@@ -1,0 +1,36 @@
+"""Which channel carries which message, and which message the journey has
+overtaken: pure functions, without a server."""
+
+from __future__ import annotations
+
+from workflows.channel_policy import Progress, channels_for, fallback_for, is_superseded
+from workflows.models import Channel, OrderStatus, Touchpoint
+
+BOTH = {Channel.EMAIL, Channel.SMS}
+
+
+def test_touchpoints_use_their_channels_or_the_only_one_reachable():
+    assert channels_for(Touchpoint.DISPATCH_NOTICE, BOTH) == [Channel.EMAIL, Channel.SMS]
+    assert channels_for(Touchpoint.DISPATCH_NOTICE, {Channel.EMAIL}) == [Channel.EMAIL]
+    assert channels_for(Touchpoint.DELIVERY_DAY, {Channel.EMAIL}) == [Channel.EMAIL]
+    assert channels_for(Touchpoint.ORDER_CONFIRMATION, set()) == []
+
+
+def test_a_refused_message_falls_back_once_to_a_channel_not_yet_used():
+    assert fallback_for(Channel.EMAIL, {Channel.EMAIL}, BOTH) is Channel.SMS
+    assert fallback_for(Channel.EMAIL, {Channel.EMAIL, Channel.SMS}, BOTH) is None
+    assert fallback_for(Channel.SMS, {Channel.SMS}, {Channel.SMS}) is None
+
+
+def test_item05_messages_overtaken_by_the_journey_are_superseded():
+    delivered = Progress(OrderStatus.DELIVERED)
+    assert is_superseded(Touchpoint.DISPATCH_NOTICE, delivered)
+    assert is_superseded(Touchpoint.DELIVERY_DAY, delivered)
+    assert not is_superseded(Touchpoint.DISPATCH_NOTICE, Progress(OrderStatus.OUT_FOR_DELIVERY))
+    assert is_superseded(Touchpoint.PAYMENT_REMINDER, Progress(OrderStatus.PAID))
+    assert is_superseded(Touchpoint.LOCKER_REMINDER, Progress(OrderStatus.DELIVERED, parcel_collected=True))
+    assert is_superseded(Touchpoint.FEEDBACK_REQUEST, Progress(OrderStatus.FEEDBACK_REQUESTED, feedback_received=True))
+    # What stays true is never superseded.
+    for kind in (Touchpoint.ORDER_CONFIRMATION, Touchpoint.ORDER_CANCELLED, Touchpoint.DELIVERY_CONFIRMATION,
+                 Touchpoint.RECOMMENDATIONS):
+        assert not is_superseded(kind, Progress(OrderStatus.COMPLETED))

@@ -1,0 +1,95 @@
+"""What an order accepts, when, and why not: the event rules as pure
+functions, without a server."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from tests.conftest import new_order, payment_for
+from workflows.event_rules import EventRejected, accept_event, check_event
+from workflows.models import JourneyState, OrderInput, OrderStatus
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+DISPATCH = {"carrier": "DHL", "tracking_number": "T1", "expected_delivery": "2026-11-24"}
+
+
+def journey(**order_changes) -> tuple[JourneyState, dict]:
+    order = new_order(**order_changes)
+    return JourneyState(order=OrderInput.model_validate(order), started_at=NOW), order
+
+
+def apply(state: JourneyState, event: str, payload) -> None:
+    accept_event(state, check_event(state, event, payload, NOW), NOW)
+
+
+def reason(state: JourneyState | None, event: str, payload) -> str:
+    with pytest.raises(EventRejected) as rejected:
+        check_event(state, event, payload, NOW)
+    return str(rejected.value)
+
+
+def test_item01_a_decision_refuses_the_events_it_excludes():
+    state, order = journey()
+    state.decision = "being cancelled: payment not received within 72 hours"
+    assert reason(state, "payment_received", payment_for(order)) == (
+        "order is being cancelled: payment not received within 72 hours"
+    )
+    assert reason(state, "order_cancelled", {"reason": "changed my mind"}).startswith("order is being cancelled")
+
+
+def test_item01_a_lost_parcel_refuses_a_late_delivery_until_the_order_ends():
+    state, order = journey()
+    apply(state, "payment_received", payment_for(order))
+    apply(state, "order_dispatched", DISPATCH)
+    state.decision = "declared lost"
+    assert reason(state, "order_delivered", {"delivered_at": NOW.isoformat()}) == "order is declared lost"
+    state.status = OrderStatus.LOST
+    assert reason(state, "order_delivered", {"delivered_at": NOW.isoformat()}) == "order is already lost"
+
+
+def test_item03_delivery_keeps_the_carriers_clock_and_refuses_the_future():
+    state, order = journey(delivery={"method": "locker", "locker_id": "L1"})
+    apply(state, "payment_received", payment_for(order))
+    apply(state, "order_dispatched", DISPATCH)
+    future = (NOW + timedelta(hours=2)).isoformat()
+    assert reason(state, "order_delivered", {"delivered_at": future, "locker_pickup_code": "1"}).endswith("is in the future")
+    earlier = NOW - timedelta(hours=50)
+    apply(state, "order_delivered", {"delivered_at": earlier.isoformat(), "locker_pickup_code": "1"})
+    assert state.delivered.delivered_at == earlier and state.delivered_seen_at == NOW
+
+
+def test_payment_records_when_it_was_accepted():
+    state, order = journey()
+    apply(state, "payment_received", payment_for(order))
+    assert state.paid_at == NOW
+
+
+@pytest.mark.parametrize(
+    ("events", "event", "payload", "expected"),
+    [
+        ([], "order_dispatched", DISPATCH, "out of order: dispatched before payment was received"),
+        (["pay"], "payment_received", None, "duplicate payment"),
+        (["pay", "dispatch"], "order_cancelled", {"reason": "x"}, "cannot cancel: the order has already been dispatched"),
+        (["cancel"], "payment_received", None, "order is cancelled"),
+        ([], "order_delivered", {"delivered_at": NOW.isoformat()}, "out of order: delivered before dispatch"),
+        ([], "feedback_submitted", {"item_rating": 5, "seller_rating": 5}, "out of order: feedback before delivery"),
+        ([], "parcel_collected", {}, "parcel_collected applies to locker deliveries only"),
+        ([], "no_such_event", {}, "unknown event 'no_such_event'"),
+        ([], "payment_received", "text", "malformed payment_received: payload: Input should be a valid dictionary"),
+    ],
+)
+def test_out_of_order_duplicate_and_malformed_events_are_refused(events, event, payload, expected):
+    state, order = journey()
+    steps = {"pay": ("payment_received", payment_for(order)), "dispatch": ("order_dispatched", DISPATCH),
+             "cancel": ("order_cancelled", {"reason": "x"})}
+    for step in events:
+        apply(state, *steps[step])
+    assert reason(state, event, payment_for(order) if payload is None else payload).startswith(expected)
+
+
+def test_item14_a_rejection_never_repeats_the_value():
+    assert reason(None, "payment_received", {"payment_id": "ada@example.com", "amount": "x", "currency": "EUR"}) == (
+        "malformed payment_received: amount: Input should be a valid decimal"
+    )

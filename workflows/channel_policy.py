@@ -1,0 +1,89 @@
+"""Which channel carries which message: pure functions, unit-tested without
+a server (tests/test_channel_policy.py).
+
+- Each touchpoint has its channels; a customer who cannot be reached on any
+  of them gets it on the other channel.
+- A channel that refuses a message for good hands it to the other channel,
+  once, unless that channel already carries this touchpoint.
+- A message still waiting for its channel when the journey has moved past
+  it is superseded: "on its way" after "delivered" would only confuse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workflows.models import Channel, OrderStatus, Touchpoint
+
+CHANNELS: dict[Touchpoint, tuple[Channel, ...]] = {
+    Touchpoint.ORDER_CONFIRMATION: (Channel.EMAIL,),
+    Touchpoint.PAYMENT_REMINDER: (Channel.EMAIL,),
+    Touchpoint.PAYMENT_CONFIRMATION: (Channel.EMAIL,),
+    Touchpoint.ORDER_CANCELLED: (Channel.EMAIL,),
+    Touchpoint.DISPATCH_DELAYED: (Channel.EMAIL,),
+    Touchpoint.DISPATCH_NOTICE: (Channel.EMAIL, Channel.SMS),
+    Touchpoint.DELIVERY_DAY: (Channel.SMS,),
+    Touchpoint.DELIVERY_DELAYED: (Channel.EMAIL,),
+    Touchpoint.PARCEL_LOST: (Channel.EMAIL,),
+    Touchpoint.DELIVERY_CONFIRMATION: (Channel.EMAIL,),
+    Touchpoint.LOCKER_REMINDER: (Channel.SMS,),
+    Touchpoint.FEEDBACK_REQUEST: (Channel.EMAIL,),
+    Touchpoint.RECOMMENDATIONS: (Channel.EMAIL,),
+}
+
+_PAST_PAYMENT = frozenset(
+    {
+        OrderStatus.PAID,
+        OrderStatus.DISPATCHED,
+        OrderStatus.OUT_FOR_DELIVERY,
+        OrderStatus.DELIVERED,
+        OrderStatus.FEEDBACK_REQUESTED,
+        OrderStatus.COMPLETED,
+        OrderStatus.CANCELLED,
+    }
+)
+_DELIVERED = frozenset({OrderStatus.DELIVERED, OrderStatus.FEEDBACK_REQUESTED, OrderStatus.COMPLETED})
+_PAST_DISPATCH = _DELIVERED | {OrderStatus.DISPATCHED, OrderStatus.OUT_FOR_DELIVERY, OrderStatus.LOST}
+_PARCEL_GONE = _DELIVERED | {OrderStatus.LOST}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far the journey has come when a message reaches its channel."""
+
+    status: OrderStatus
+    parcel_collected: bool = False
+    feedback_received: bool = False
+
+
+def is_superseded(kind: Touchpoint, progress: Progress) -> bool:
+    status = progress.status
+    if kind is Touchpoint.PAYMENT_REMINDER:
+        return status in _PAST_PAYMENT
+    if kind in (Touchpoint.PAYMENT_CONFIRMATION, Touchpoint.DISPATCH_DELAYED):
+        return status in _PAST_DISPATCH
+    if kind in (Touchpoint.DISPATCH_NOTICE, Touchpoint.DELIVERY_DAY, Touchpoint.DELIVERY_DELAYED):
+        return status in _PARCEL_GONE
+    if kind is Touchpoint.LOCKER_REMINDER:
+        return progress.parcel_collected
+    if kind is Touchpoint.FEEDBACK_REQUEST:
+        return progress.feedback_received
+    return False
+
+
+def other_channel(channel: Channel) -> Channel:
+    return Channel.SMS if channel is Channel.EMAIL else Channel.EMAIL
+
+
+def channels_for(kind: Touchpoint, reachable: set[Channel]) -> list[Channel]:
+    planned = [c for c in CHANNELS[kind] if c in reachable]
+    if planned:
+        return planned
+    other = other_channel(CHANNELS[kind][0])
+    return [other] if other in reachable else []
+
+
+def fallback_for(failed: Channel, used: set[Channel], reachable: set[Channel]) -> Channel | None:
+    """The channel that takes over a message `failed` refused for good."""
+    other = other_channel(failed)
+    return other if other in reachable and other not in used else None

@@ -1,0 +1,171 @@
+"""Which event an order accepts, when, and why not: pure functions of the
+journey state, unit-tested without a server (tests/test_event_rules.py).
+
+`check_event` parses an event and holds it against what the order has
+accepted and decided so far. It changes nothing; `accept_event` records an
+accepted one. A rejection carries the reason the caller (and the Web UI) sees.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from workflows.models import (
+    EVENT_MODELS,
+    FeedbackSubmitted,
+    JourneyState,
+    OrderCancelled,
+    OrderDelivered,
+    OrderDispatched,
+    OrderStatus,
+    OutForDelivery,
+    ParcelCollected,
+    PaymentReceived,
+    WireModel,
+)
+
+# A carrier's clock may run a little ahead of ours; a delivery further in the
+# future than this is a mistake, and would push the locker deadline out.
+DELIVERY_CLOCK_SKEW = timedelta(minutes=15)
+
+FINAL_STATUSES = (OrderStatus.CANCELLED, OrderStatus.COMPLETED, OrderStatus.LOST)
+
+
+class EventRejected(Exception):
+    pass
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """Where and what, never the offending value (it may be personal data)."""
+    parts = []
+    for e in err.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in e["loc"]) or "payload"
+        parts.append(f"{where}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def parse_event(event: str, raw: Any) -> WireModel:
+    model = EVENT_MODELS.get(event)
+    if model is None:
+        raise EventRejected(f"unknown event {event!r}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise EventRejected(f"malformed {event}: {format_validation_error(err)}") from None
+
+
+def check_event(state: JourneyState | None, event: str, raw: Any, now: datetime) -> WireModel:
+    """The parsed event if the order accepts it now; raises EventRejected."""
+    parsed = parse_event(event, raw)
+    if state is None:
+        raise EventRejected("the order was rejected")
+    if state.status in FINAL_STATUSES:
+        raise EventRejected(f"order is already {state.status.value}")
+    _RULES[type(parsed)](state, parsed, now)
+    return parsed
+
+
+def accept_event(state: JourneyState, parsed: WireModel, now: datetime) -> None:
+    if isinstance(parsed, PaymentReceived):
+        state.payment, state.paid_at = parsed, now
+    elif isinstance(parsed, OrderDispatched):
+        state.dispatch = parsed
+    elif isinstance(parsed, OutForDelivery):
+        state.delivery_day = parsed
+    elif isinstance(parsed, OrderDelivered):
+        state.delivered, state.delivered_seen_at = parsed, now
+    elif isinstance(parsed, ParcelCollected):
+        state.collected = parsed
+    elif isinstance(parsed, OrderCancelled):
+        state.cancel = parsed
+    elif isinstance(parsed, FeedbackSubmitted):
+        state.feedback = parsed
+
+
+def _not_decided(state: JourneyState) -> None:
+    """Once the journey has decided to end, what it excludes is refused,
+    though carrying the decision out (a database write, a message) takes time."""
+    if state.decision:
+        raise EventRejected(f"order is {state.decision}")
+
+
+def _payment(state: JourneyState, payment: PaymentReceived, now: datetime) -> None:
+    if state.payment:
+        raise EventRejected(f"duplicate payment: {state.payment.payment_id} was already received")
+    if state.cancel:
+        raise EventRejected("order is cancelled")
+    _not_decided(state)
+    order = state.order
+    if payment.currency != order.currency or payment.amount != order.total:
+        raise EventRejected(
+            f"payment of {payment.amount} {payment.currency} does not match the order total "
+            f"{order.total} {order.currency}"
+        )
+
+
+def _cancellation(state: JourneyState, cancel: OrderCancelled, now: datetime) -> None:
+    if state.cancel:
+        raise EventRejected("duplicate cancellation")
+    if state.dispatch:
+        raise EventRejected("cannot cancel: the order has already been dispatched")
+    _not_decided(state)
+
+
+def _dispatch(state: JourneyState, dispatch: OrderDispatched, now: datetime) -> None:
+    if state.dispatch:
+        raise EventRejected("duplicate dispatch")
+    if state.cancel:
+        raise EventRejected("order is cancelled")
+    _not_decided(state)
+    if not state.payment:
+        raise EventRejected("out of order: dispatched before payment was received")
+
+
+def _out_for_delivery(state: JourneyState, notice: OutForDelivery, now: datetime) -> None:
+    if not state.dispatch:
+        raise EventRejected("out of order: out for delivery before dispatch")
+    if state.delivery_day or state.delivered:
+        raise EventRejected("duplicate out_for_delivery")
+    _not_decided(state)
+
+
+def _delivery(state: JourneyState, delivered: OrderDelivered, now: datetime) -> None:
+    if not state.dispatch:
+        raise EventRejected("out of order: delivered before dispatch")
+    if state.delivered:
+        raise EventRejected("duplicate delivery")
+    _not_decided(state)
+    if state.order.delivery.method == "locker" and not delivered.locker_pickup_code:
+        raise EventRejected("locker delivery needs locker_pickup_code")
+    if delivered.delivered_at > now + DELIVERY_CLOCK_SKEW:
+        raise EventRejected(f"delivered_at {delivered.delivered_at.isoformat()} is in the future")
+
+
+def _collection(state: JourneyState, collected: ParcelCollected, now: datetime) -> None:
+    if state.order.delivery.method != "locker":
+        raise EventRejected("parcel_collected applies to locker deliveries only")
+    if not state.delivered:
+        raise EventRejected("out of order: collected before delivery")
+    if state.collected:
+        raise EventRejected("duplicate parcel_collected")
+
+
+def _feedback(state: JourneyState, feedback: FeedbackSubmitted, now: datetime) -> None:
+    if not state.delivered:
+        raise EventRejected("out of order: feedback before delivery")
+    if state.feedback:
+        raise EventRejected("duplicate feedback")
+
+
+_RULES = {
+    PaymentReceived: _payment,
+    OrderCancelled: _cancellation,
+    OrderDispatched: _dispatch,
+    OutForDelivery: _out_for_delivery,
+    OrderDelivered: _delivery,
+    ParcelCollected: _collection,
+    FeedbackSubmitted: _feedback,
+}
