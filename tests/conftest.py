@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.config import ProviderConfig
@@ -97,9 +98,10 @@ class Harness:
         self.client: Client = env.client
         self.pool = pool
         self.task_queue = task_queue
+        self.started: list[WorkflowHandle] = []
 
     async def start(self, order: dict[str, Any], **kwargs: Any) -> WorkflowHandle:
-        return await self.client.start_workflow(
+        handle = await self.client.start_workflow(
             "OrderLifecycle",
             order,
             id=f"order-{order['order_id']}",
@@ -107,6 +109,17 @@ class Harness:
             result_type=OrderStatusView,
             **kwargs,
         )
+        self.started.append(handle)
+        return handle
+
+    async def end_leftovers(self) -> None:
+        """Terminate what a failed test left running: its retrying activities
+        would hold the time-skipping server's clock for every later test."""
+        for handle in self.started:
+            try:
+                await handle.terminate("left over by a test")
+            except RPCError:
+                pass  # already over
 
     async def keep_history(self, handle: WorkflowHandle, name: str) -> None:
         """With RECORD_HISTORIES=1, save the history for tests/test_replay.py."""
@@ -162,7 +175,11 @@ def make_harness(pool: asyncpg.Pool, provider_config: ProviderConfig):
             env.client, pool, config or provider_config, journey, providers=providers, task_queue=queue
         )
         async with worker:
-            yield Harness(env, pool, queue)
+            harness = Harness(env, pool, queue)
+            try:
+                yield harness
+            finally:
+                await harness.end_leftovers()
 
     return factory
 

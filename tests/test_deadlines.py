@@ -154,3 +154,18 @@ async def test_delivery_day_notice_falls_back_to_email_without_phone(ts_env: Wor
         view = await h.wait_touchpoint(handle, "delivery_day", "email")
         await handle.terminate("test done")
     assert view.status == "out_for_delivery"
+
+
+async def test_feedback_window_closes_and_the_order_completes_without_feedback(ts_env: WorkflowEnvironment, make_harness, pool):
+    order = new_order()
+    async with make_harness(ts_env) as h:
+        handle = await h.start(order)
+        await handle.signal("payment_received", payment_for(order))
+        await handle.signal("order_dispatched", {"carrier": "DPD", "tracking_number": "FW1", "expected_delivery": await h.tomorrow()})
+        await handle.signal("order_delivered", {"delivered_at": await h.now_iso()})
+        await h.wait_touchpoint(handle, "delivery_confirmation")
+        result = await h.result(handle)
+        await h.keep_history(handle, "feedback_window_expired")
+    assert result.status == "completed" and not result.needs_attention
+    assert [k for k, _, _ in kinds(result)][-2:] == ["feedback_request", "recommendations"]
+    assert await pool.fetchval("SELECT count(*) FROM feedback WHERE order_id = $1", order["order_id"]) == 0

@@ -1,7 +1,8 @@
 """Recorded histories of every journey path replay against today's workflow
-code, so a change that breaks determinism fails here before it breaks running
-orders. Re-record deliberately with `RECORD_HISTORIES=1 pytest` only for a
-change that is meant to be incompatible (see README: workflow.patched)."""
+code, under the sandbox exactly as the worker configures it, so a change
+that breaks determinism fails here before it breaks running orders.
+Re-record deliberately with `RECORD_HISTORIES=1 pytest` only for a change
+that is meant to be incompatible (see README: workflow.patched)."""
 
 from __future__ import annotations
 
@@ -12,18 +13,37 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from worker import shared_module_runner
 from workflows.order_lifecycle import OrderLifecycle
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
-EXPECTED = {"happy_path", "payment_timeout", "cancelled", "late_dispatch", "locker_reminder", "failed_message", "rejected_order"}
+EXPECTED = {
+    "happy_path",
+    "payment_timeout",
+    "cancelled",
+    "late_dispatch",
+    "dispatch_deadline",
+    "delivery_late",
+    "parcel_lost",
+    "locker_reminder",
+    "locker_deadline",
+    "feedback_window_expired",
+    "failed_message",
+    "message_in_doubt",
+    "superseded",
+    "continued_as_new",
+    "rejected_order",
+}
 
 
-def test_every_journey_path_has_a_recorded_history():
+def test_item15_every_journey_path_has_a_recorded_history():
     assert {p.stem for p in HISTORIES} == EXPECTED
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
-async def test_history_replays(path: Path):
+async def test_item15_history_replays_under_the_production_sandbox(path: Path):
     history = WorkflowHistory.from_json(f"order-{path.stem}", path.read_text())
-    replayer = Replayer(workflows=[OrderLifecycle], data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=[OrderLifecycle], data_converter=pydantic_data_converter, workflow_runner=shared_module_runner("workflows")
+    )
     await replayer.replay_workflow(history)
