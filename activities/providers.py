@@ -1,18 +1,26 @@
-"""Message providers: SendGrid email, Twilio SMS, and the local outbox used
-when no credentials are configured.
+"""Message providers: SendGrid email and Twilio SMS through their official
+clients, and what their errors mean.
 
-The official clients are blocking, so callers run `send` in a thread. Each
-provider turns its errors into SendFailure, saying whether a retry can change
-the answer (`permanent`) and whether the request may have been accepted even
-though no answer came back (`maybe_delivered`: a read timeout or a dropped
-connection after the request was written).
+The clients are blocking, so callers run `send` and `look_up` in a thread;
+both raise the clients' own errors. `classify` reads any error as one
+Verdict, and `ProviderFailure.of` adds a text fit for logs, the ledger and
+the workflow: provider error texts can echo phone numbers and addresses, so that
+text is scrubbed.
+
+The HTTP clients log requests, payloads and headers (recipients, message
+bodies, the API key) below WARNING; every provider keeps those records out of
+the logs whatever level the process runs at.
 """
 
 from __future__ import annotations
 
-import http.client
+import logging
+import re
 import urllib.error
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from enum import StrEnum
 from typing import Protocol
 
 import requests
@@ -20,7 +28,7 @@ import urllib3.exceptions
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import CustomArg, Mail
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client as TwilioClient
 
@@ -36,38 +44,184 @@ class RenderedMessage:
     html: str
 
 
-class SendFailure(Exception):
-    def __init__(self, message: str, *, permanent: bool, maybe_delivered: bool = False) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-        self.maybe_delivered = maybe_delivered
+class Verdict(StrEnum):
+    """What an error says about the request that raised it."""
+
+    # Refused before it was taken (429, 500, 503), or it never left: send again.
+    NEVER_ARRIVED = "never arrived"
+    # No answer, or a gateway's answer (502, 504) after the service behind it
+    # may have taken it: look it up, or leave it in doubt, never resend blindly.
+    MAY_HAVE_ARRIVED = "may have arrived"
+    # Refused for good (invalid address, unsubscribed number).
+    REFUSED = "refused for good"
+    # Our credentials or settings were refused: nothing goes out until fixed.
+    MISCONFIGURED = "misconfigured"
 
 
 class Provider(Protocol):
+    # As stored in the ledger, as written for people, what a 401 rejects, and
+    # what stops while it does.
     name: str
+    title: str
+    credentials: str
+    sends: str
     # Whether `look_up` can tell if an earlier, unanswered send was accepted.
     can_look_up: bool
 
     def send(self, message: RenderedMessage) -> str:
         """Deliver the message; returns the provider's message id."""
 
-    def look_up(self, message: RenderedMessage) -> str | None:
-        """The id of this message if the provider already has it, else None."""
+    def look_up(self, message: RenderedMessage, since: datetime | None = None) -> str | None:
+        """The id of this message if the provider has it (sent after `since`), else None."""
 
 
-def is_permanent_status(status: int) -> bool:
-    """429 and 5xx are passing. 401/403 mean our credentials are wrong: fixing
-    the configuration makes the same request succeed, so keep retrying."""
-    return 400 <= status < 500 and status not in (401, 403, 408, 409, 429)
+def classify(err: Exception) -> Verdict:
+    """One reading for every error of the official clients. An error that
+    proves nothing, whatever it is, means the request may have arrived."""
+    status = _status_of(err)
+    if status is not None:
+        return _verdict_for_status(status)
+    if isinstance(err, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema)):
+        return Verdict.MISCONFIGURED
+    # urllib (SendGrid) wraps only errors raised while connecting and writing
+    # the request: the provider never got the whole of it.
+    if isinstance(err, urllib.error.URLError) or _connection_never_made(err):
+        return Verdict.NEVER_ARRIVED
+    return Verdict.MAY_HAVE_ARRIVED
+
+
+def _status_of(err: Exception) -> int | None:
+    if isinstance(err, HTTPError):
+        return err.status_code
+    if isinstance(err, (TwilioRestException, TwilioServiceException)):
+        return err.status
+    # A Message list page that was not 200: TwilioException("Unable to fetch page", response).
+    if isinstance(err, TwilioException) and len(err.args) > 1:
+        return getattr(err.args[1], "status_code", None)
+    return None
+
+
+def _verdict_for_status(status: int) -> Verdict:
+    if status in (401, 403):
+        return Verdict.MISCONFIGURED
+    if status in (502, 504):
+        return Verdict.MAY_HAVE_ARRIVED
+    if status in (408, 409, 429) or status >= 500:
+        return Verdict.NEVER_ARRIVED
+    if status >= 400:
+        return Verdict.REFUSED
+    return Verdict.MAY_HAVE_ARRIVED  # an answer the client did not expect
+
+
+def _connection_never_made(err: Exception) -> bool:
+    """requests (Twilio): the connection itself failed, so nothing was written."""
+    if isinstance(err, requests.ConnectTimeout):
+        return True
+    reason = getattr(err.args[0], "reason", None) if isinstance(err, requests.ConnectionError) and err.args else None
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
+
+
+class ProviderFailure(Exception):
+    """An error of a provider's client, read: its verdict, and a text scrubbed
+    of customer data and secrets."""
+
+    def __init__(self, verdict: Verdict, text: str) -> None:
+        super().__init__(text)
+        self.verdict = verdict
+
+    @classmethod
+    def of(cls, provider: Provider, err: Exception) -> ProviderFailure:
+        verdict = classify(err)
+        return cls(verdict, scrub(_describe(provider, err, verdict)))
+
+
+def _describe(provider: Provider, err: Exception, verdict: Verdict) -> str:
+    status = _status_of(err)
+    if verdict is Verdict.MISCONFIGURED:
+        if status is None:
+            return f"{provider.title} is misconfigured: {err}"
+        return f"{provider.title} rejected {provider.credentials} ({status})"
+    if status is not None:
+        return f"{provider.title} {status}: {_error_text(err)}"
+    if verdict is Verdict.NEVER_ARRIVED:
+        return f"{provider.title} unreachable: {err}"
+    return f"{provider.title} did not answer: {err!r}"
+
+
+def _error_text(err: Exception) -> str:
+    if isinstance(err, HTTPError):
+        body = err.body.decode("utf-8", "replace") if isinstance(err.body, bytes) else str(err.body)
+        return body[:300]
+    if isinstance(err, TwilioRestException):
+        return f"code {err.code}: {err.msg}"
+    if isinstance(err, TwilioServiceException):
+        return f"code {err.code}: {err.title}" + (f": {err.detail}" if err.detail else "")
+    return str(err.args[0])
+
+
+# What provider texts and HTTP client logs may carry that must not be kept.
+_SCRUBBED = (
+    (re.compile(r"\?\w+=[^\s'\"<>)]*"), "?<query>"),  # the look-up's ?To=...
+    (re.compile(r"[\w.+-]+(?:@|%40)[\w-]+(?:\.[\w-]+)+"), "<email>"),
+    (re.compile(r"(?:\+|%2B)\d{6,15}"), "<phone>"),
+    (re.compile(r"\b(?:Bearer|Basic)\s+[\w.=+/-]+", re.IGNORECASE), "<credentials>"),
+    (re.compile(r"\bSG\.[\w.-]+"), "<api key>"),
+)
+
+
+def scrub(text: str) -> str:
+    for pattern, mask in _SCRUBBED:
+        text = pattern.sub(mask, text)
+    return text
+
+
+class WithoutCustomerData(logging.Filter):
+    """For the loggers of libraries that write requests, payloads and headers
+    below WARNING: those records are dropped, whatever level the process runs
+    at (a logger's filter holds where a level can be lowered); the rest are
+    scrubbed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return False
+        record.msg, record.args = scrub(record.getMessage()), ()
+        if record.exc_info:
+            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+WITHOUT_CUSTOMER_DATA = WithoutCustomerData()
+
+# Twilio's client logs each request at INFO (URL with To=, headers);
+# python_http_client logs SendGrid's payload and headers (the API key) at
+# DEBUG; urllib3 logs the look-up URL, To= included, at DEBUG.
+HTTP_CLIENT_LOGGERS = (
+    "twilio.http_client",
+    "python_http_client.client",
+    "urllib3.connectionpool",
+    "urllib3.connection",
+    "urllib3.poolmanager",
+    "urllib3.response",
+    "urllib3.util.retry",
+)
+
+
+def keep_customer_data_out_of(logger_names: Iterable[str]) -> None:
+    for name in logger_names:
+        logging.getLogger(name).addFilter(WITHOUT_CUSTOMER_DATA)
 
 
 class SendGridEmail:
     name = "sendgrid"
+    title = "SendGrid"
+    credentials = "the API key"
+    sends = "email sends"
     # Mail Send takes no idempotency key and the Email Activity API is a paid
     # add-on that lags by minutes, so an unanswered send cannot be checked.
     can_look_up = False
 
     def __init__(self, config: ProviderConfig) -> None:
+        keep_customer_data_out_of(HTTP_CLIENT_LOGGERS)
         self._client = SendGridAPIClient(api_key=config.sendgrid_api_key, host=config.sendgrid_api_host)
         self._client.client.timeout = config.request_timeout
         self._from = (config.email_from, config.email_from_name) if config.email_from_name else config.email_from
@@ -83,34 +237,28 @@ class SendGridEmail:
         # Carried into SendGrid's event webhook so deliveries map back to the
         # ledger. Per personalization: the spec types only that one as an object.
         mail.personalizations[0].add_custom_arg(CustomArg("message_key", message.key))
-        try:
-            response = self._client.send(mail)
-        except HTTPError as err:
-            body = err.body.decode("utf-8", "replace") if isinstance(err.body, bytes) else str(err.body)
-            raise SendFailure(
-                f"SendGrid {err.status_code}: {body[:300]}", permanent=is_permanent_status(err.status_code)
-            ) from None
-        except urllib.error.URLError as err:
-            # urllib wraps only errors raised while connecting and writing the
-            # request: SendGrid never got the whole of it.
-            raise SendFailure(f"SendGrid unreachable: {err.reason}", permanent=False) from None
-        except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
-            raise SendFailure(
-                f"SendGrid did not answer: {err!r}", permanent=False, maybe_delivered=True
-            ) from None
+        response = self._client.send(mail)
         return response.headers.get("X-Message-Id") or f"sendgrid-{message.key}"
 
-    def look_up(self, message: RenderedMessage) -> str | None:
+    def look_up(self, message: RenderedMessage, since: datetime | None = None) -> str | None:
         raise NotImplementedError("SendGrid cannot look up a sent message")
+
+
+# Twilio's clock and the database's, which dates the claim, may differ a little.
+LOOKUP_CLOCK_SKEW = timedelta(minutes=1)
 
 
 class TwilioSms:
     name = "twilio"
+    title = "Twilio"
+    credentials = "the account SID and auth token"
+    sends = "SMS sends"
     # Twilio creates the Message resource before it answers the POST, so the
     # Message list tells whether an unanswered request went through.
     can_look_up = True
 
     def __init__(self, config: ProviderConfig) -> None:
+        keep_customer_data_out_of(HTTP_CLIENT_LOGGERS)
         self._client = TwilioClient(
             config.twilio_account_sid,
             config.twilio_auth_token,
@@ -120,31 +268,13 @@ class TwilioSms:
         self._from = config.twilio_from_number
 
     def send(self, message: RenderedMessage) -> str:
-        try:
-            sent = self._client.api.v2010.account.messages.create(to=message.recipient, from_=self._from, body=message.text)
-        except TwilioRestException as err:
-            raise SendFailure(
-                f"Twilio {err.status} (code {err.code}): {err.msg}", permanent=is_permanent_status(err.status)
-            ) from None
-        except requests.RequestException as err:
-            if _never_reached_server(err):
-                raise SendFailure(f"Twilio unreachable: {err}", permanent=False) from None
-            raise SendFailure(f"Twilio did not answer: {err}", permanent=False, maybe_delivered=True) from None
-        return sent.sid
+        return self._client.api.v2010.account.messages.create(to=message.recipient, from_=self._from, body=message.text).sid
 
-    def look_up(self, message: RenderedMessage) -> str | None:
-        try:
-            recent = self._client.api.v2010.account.messages.list(to=message.recipient, from_=self._from, limit=20)
-        except TwilioRestException as err:
-            raise SendFailure(f"Twilio {err.status} on message lookup: {err.msg}", permanent=False) from None
-        except requests.RequestException as err:
-            raise SendFailure(f"Twilio unreachable for message lookup: {err}", permanent=False) from None
+    def look_up(self, message: RenderedMessage, since: datetime | None = None) -> str | None:
+        """Matched on To, From and the body, which names the order and the
+        touchpoint, among messages sent since the message was first claimed."""
+        sent_after = (since - LOOKUP_CLOCK_SKEW).astimezone(timezone.utc) if since else None
+        recent = self._client.api.v2010.account.messages.list(
+            to=message.recipient, from_=self._from, date_sent_after=sent_after, limit=20
+        )
         return next((m.sid for m in recent if m.body == message.text), None)
-
-
-def _never_reached_server(err: requests.RequestException) -> bool:
-    """True when the connection itself failed, so no request was written."""
-    if isinstance(err, requests.ConnectTimeout):
-        return True
-    reason = getattr(err.args[0], "reason", None) if err.args else None
-    return isinstance(err, requests.ConnectionError) and isinstance(reason, urllib3.exceptions.NewConnectionError)

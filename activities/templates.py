@@ -1,7 +1,8 @@
 """One template per touchpoint, filled with the order's real data.
 
 Every value is HTML-escaped in the HTML part; dates are shown in the
-customer's timezone.
+customer's timezone. Every SMS names its order, and no two touchpoints of an
+order read alike: an unanswered SMS is looked up at Twilio by its text.
 """
 
 from __future__ import annotations
@@ -179,7 +180,16 @@ def _recommendations(o: OrderInput, d: dict[str, Any]) -> Content:
     return Content(
         "Picked for you",
         [f"Customers who bought what you ordered from {o.seller.name} also liked:", *picks],
-        "Picked for you: " + ", ".join(p["name"] for p in d["products"]),
+        f"Picked for you after order {o.order_id}: " + ", ".join(p["name"] for p in d["products"]),
+    )
+
+
+def _parcel_lost(o: OrderInput, d: dict[str, Any]) -> Content:
+    return Content(
+        f"Order {o.order_id} is lost in transit",
+        [f"We are sorry: your parcel ({_tracking(d)}) was expected on {local_date(d['expected_delivery'])} and has "
+         "not been delivered. We now consider it lost, and our team will contact you to put it right."],
+        f"Sorry, order {o.order_id} is lost in transit. We'll contact you to put it right.",
     )
 
 
@@ -196,6 +206,7 @@ TEMPLATES: dict[Touchpoint, Callable[[OrderInput, dict[str, Any]], Content]] = {
     Touchpoint.LOCKER_REMINDER: _locker_reminder,
     Touchpoint.FEEDBACK_REQUEST: _feedback_request,
     Touchpoint.RECOMMENDATIONS: _recommendations,
+    Touchpoint.PARCEL_LOST: _parcel_lost,
 }
 
 

@@ -3,12 +3,19 @@
 They answer like the real APIs (202 + X-Message-Id for mail, 201 + a Message
 resource for SMS, Twilio's paged Message list for GET), record every request
 for the spec checks, and inject the faults a test or a benchmark asks for:
-scripted status codes per recipient, a random share of 429/5xx answers, and
-requests that are accepted but answered only after the client gave up.
+scripted status codes per recipient, a random share of 429/5xx answers,
+requests that are accepted but answered only after the client gave up,
+revoked credentials, failing message look-ups, and Twilio errors in the
+RFC 9457 format.
+
+429, 500 and 503 are answered before the message is accepted, as a provider
+that is overloaded or down does. 502 and 504 are answered after it was
+accepted, as a gateway that gave up waiting for the service behind it does.
 """
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import random
@@ -17,6 +24,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
@@ -24,7 +33,17 @@ from urllib.parse import parse_qs
 BOUNCING_EMAIL_DOMAIN = "bounce.invalid"
 UNSUBSCRIBED_PHONE = "+15005550009"
 
-TRANSIENT_STATUSES = (429, 500, 502, 503)
+TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
+# Gateway errors: the service behind the gateway accepted the message.
+ANSWERED_AFTER_ACCEPTING = (502, 504)
+
+
+SENDGRID_UNAUTHORIZED = {
+    "errors": [{"field": None, "message": "The provided authorization grant is invalid, expired, or revoked", "help": None}]
+}
+TWILIO_UNAUTHORIZED = {
+    "code": 20003, "message": "Authenticate", "more_info": "https://www.twilio.com/docs/errors/20003", "status": 401
+}
 
 
 @dataclass
@@ -59,6 +78,8 @@ class AcceptedMessage:
     key: str | None
     provider_id: str
     at: float
+    # Wall clock, for Twilio's DateSent filter.
+    sent_at: datetime
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -77,6 +98,8 @@ class FakeProviders:
     hang_seconds: float = 0.0
     # Called from the server thread for every accepted message.
     on_accept: Callable[[AcceptedMessage], None] | None = None
+    # Called from the server thread for every request, before it is answered.
+    on_request: Callable[[RecordedRequest], None] | None = None
     keep_requests: bool = True
     seed: int = 7
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -88,10 +111,43 @@ class FakeProviders:
         self.hung = 0
         self._scripted_hangs: dict[str, float] = {}
         self._random = random.Random(self.seed)
+        # Channels ("email", "sms") answering every send with a status, as a
+        # provider in outage does, until `end_outage`.
+        self._outages: dict[str, int] = {}
+        self._lookup_faults: dict[str, list[int]] = {}
+        self._revoked: set[str] = set()
+        self._problem_format: set[str] = set()
+
+    def start_outage(self, channel: str, status: int = 503) -> None:
+        with self.lock:
+            self._outages[channel] = status
+
+    def end_outage(self, channel: str) -> None:
+        with self.lock:
+            self._outages.pop(channel, None)
+
+    def _outage(self, channel: str) -> int | None:
+        with self.lock:
+            return self._outages.get(channel)
 
     def fail_next(self, recipient: str, *statuses: int) -> None:
         with self.lock:
             self.faults.setdefault(recipient, []).extend(statuses)
+
+    def fail_next_lookup(self, phone: str, *statuses: int) -> None:
+        """Answer the next Message list requests for `phone` with these statuses."""
+        with self.lock:
+            self._lookup_faults.setdefault(phone, []).extend(statuses)
+
+    def revoke(self, credential: str) -> None:
+        """Answer 401 to every request made with this API key or auth token."""
+        with self.lock:
+            self._revoked.add(credential)
+
+    def answer_in_problem_format(self, phone: str) -> None:
+        """Twilio errors for `phone` in the RFC 9457 format (type, title, status, code, detail)."""
+        with self.lock:
+            self._problem_format.add(phone)
 
     def hang_next(self, recipient: str, seconds: float) -> None:
         """Accept the next message to `recipient`, then answer only after `seconds`."""
@@ -129,8 +185,17 @@ class FakeProviders:
         if seconds:
             time.sleep(seconds)
 
+    def _is_revoked(self, req: RecordedRequest) -> bool:
+        auth = next((v for k, v in req.headers.items() if k.lower() == "authorization"), "")
+        if auth.startswith("Basic "):
+            auth = base64.b64decode(auth[len("Basic "):]).decode()
+        with self.lock:
+            return any(secret in auth for secret in self._revoked)
+
     def _accept(self, channel: str, recipient: str, sender: str | None, text: str, key: str | None, provider_id: str) -> None:
-        message = AcceptedMessage(channel, recipient, sender, text, key, provider_id, time.monotonic())
+        message = AcceptedMessage(
+            channel, recipient, sender, text, key, provider_id, time.monotonic(), datetime.now(timezone.utc)
+        )
         with self.lock:
             self.accepted.append(message)
         if self.on_accept:
@@ -141,6 +206,8 @@ class FakeProviders:
             if self.keep_requests:
                 self.requests.append(req)
             n = next(self._ids)
+        if self.on_request:
+            self.on_request(req)
         status, headers, body = self._answer(req, n)
         with self.lock:
             self.answered[status] += 1
@@ -149,11 +216,13 @@ class FakeProviders:
     def _answer(self, req: RecordedRequest, n: int) -> tuple[int, dict[str, str], bytes]:
         twilio_messages = req.path.startswith("/2010-04-01/Accounts/") and req.path.endswith("/Messages.json")
         if req.method == "POST" and req.path == "/v3/mail/send":
+            if self._is_revoked(req):
+                return 401, {"Content-Type": "application/json"}, json.dumps(SENDGRID_UNAUTHORIZED).encode()
             mail = req.json
             personalization = mail["personalizations"][0]
             to = personalization["to"][0]["email"]
-            fault = self._fault_for(to)
-            if fault:
+            fault = self._outage("email") or self._fault_for(to)
+            if fault and fault not in ANSWERED_AFTER_ACCEPTING:
                 return fault, {"Content-Type": "application/json"}, b'{"errors":[{"message":"try later"}]}'
             if to.endswith("@" + BOUNCING_EMAIL_DOMAIN):
                 body = {"errors": [{"message": "Does not contain a valid address.", "field": "personalizations.0.to.0.email"}]}
@@ -161,44 +230,79 @@ class FakeProviders:
             text = next(c["value"] for c in mail["content"] if c["type"] == "text/plain")
             key = personalization.get("custom_args", {}).get("message_key")
             self._accept("email", to, mail["from"]["email"], mail["subject"] + "\n" + text, key, f"sg-{n}")
+            if fault:
+                return fault, {"Content-Type": "text/html"}, b"<html><body>Bad gateway</body></html>"
             self._hang(to)
             return 202, {"X-Message-Id": f"sg-{n}"}, b""
+        if twilio_messages and self._is_revoked(req):
+            return 401, {"Content-Type": "application/json"}, json.dumps(TWILIO_UNAUTHORIZED).encode()
         if req.method == "POST" and twilio_messages:
             form = req.form
             to = form["To"]
-            fault = self._fault_for(to)
-            if fault:
-                return fault, {"Content-Type": "application/json"}, json.dumps(
-                    {"code": 20429 if fault == 429 else 20500, "message": "Try again later", "status": fault}
-                ).encode()
+            fault = self._outage("sms") or self._fault_for(to)
+            if fault and fault not in ANSWERED_AFTER_ACCEPTING:
+                return self._twilio_error(to, fault)
             if to == UNSUBSCRIBED_PHONE:
                 body = {"code": 21610, "message": "Attempt to send to unsubscribed recipient", "status": 400}
                 return 400, {"Content-Type": "application/json"}, json.dumps(body).encode()
             sid = f"SM{n:032x}"
             self._accept("sms", to, form.get("From"), form["Body"], None, sid)
+            if fault:
+                return self._twilio_error(to, fault)
             self._hang(to)
-            return 201, {"Content-Type": "application/json"}, json.dumps(self._twilio_message(sid, to, form.get("From"), form["Body"])).encode()
+            message = self._twilio_message(sid, to, form.get("From"), form["Body"], datetime.now(timezone.utc))
+            return 201, {"Content-Type": "application/json"}, json.dumps(message).encode()
         if req.method == "GET" and twilio_messages:
+            with self.lock:
+                faults = self._lookup_faults.get(req.params.get("To", ""))
+                fault = faults.pop(0) if faults else None
+            if fault:
+                return self._twilio_error(req.params["To"], fault)
             return self._twilio_list(req)
         return 404, {}, b'{"message":"not found"}'
 
+    def _twilio_error(self, to: str, status: int) -> tuple[int, dict[str, str], bytes]:
+        """Twilio's legacy error body, or the RFC 9457 one, which like the real
+        API echoes the number."""
+        with self.lock:
+            problem = to in self._problem_format
+        if problem:
+            code = 21211 if status == 400 else 20500
+            body = {
+                "type": f"https://www.twilio.com/docs/errors/{code}",
+                "title": "Invalid 'To' Phone Number" if status == 400 else "Service unavailable",
+                "status": status,
+                "code": code,
+                "detail": f"The 'To' number {to} is not a valid phone number." if status == 400 else "Try again later",
+            }
+            return status, {"Content-Type": "application/problem+json"}, json.dumps(body).encode()
+        body = {"code": 20429 if status == 429 else 20500, "message": "Try again later", "status": status}
+        return status, {"Content-Type": "application/json"}, json.dumps(body).encode()
+
     @staticmethod
-    def _twilio_message(sid: str, to: str, sender: str | None, body: str) -> dict:
-        return {"sid": sid, "to": to, "from": sender, "body": body, "status": "queued"}
+    def _twilio_message(sid: str, to: str, sender: str | None, body: str, sent_at: datetime) -> dict:
+        return {
+            "sid": sid, "to": to, "from": sender, "body": body, "status": "queued",
+            "date_sent": format_datetime(sent_at, usegmt=True),
+        }
 
     def _twilio_list(self, req: RecordedRequest) -> tuple[int, dict[str, str], bytes]:
-        """Messages newest first, filtered by To and From, one page."""
+        """Messages newest first, filtered by To, From and DateSent> (to the
+        second, as the client sends it), one page."""
         params = req.params
         page_size = int(params.get("PageSize", 50))
+        since = params.get("DateSent>")
+        sent_after = datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) if since else None
         with self.lock:
             found = [
                 m for m in reversed(self.accepted)
                 if m.channel == "sms"
                 and m.recipient == params.get("To", m.recipient)
                 and m.sender == params.get("From", m.sender)
+                and (sent_after is None or m.sent_at.replace(microsecond=0) >= sent_after)
             ][:page_size]
         body = {
-            "messages": [self._twilio_message(m.provider_id, m.recipient, m.sender, m.text) for m in found],
+            "messages": [self._twilio_message(m.provider_id, m.recipient, m.sender, m.text, m.sent_at) for m in found],
             "page": 0, "page_size": page_size, "start": 0, "end": max(len(found) - 1, 0),
             "uri": req.path, "first_page_uri": req.path, "next_page_uri": None, "previous_page_uri": None,
         }
