@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Mapping
 
 import asyncpg
@@ -27,11 +27,15 @@ from activities.config import ProviderConfig, journey_settings_from_env
 from activities.database import create_pool, migrate
 from activities.messaging import MessagingActivities
 from activities.orders import OrderActivities
-from activities.providers import Provider
+from activities.providers import Provider, keep_customer_data_out_of
 from workflows.models import TASK_QUEUE, Channel, JourneySettings
 from workflows.order_lifecycle import OrderLifecycle
 
 log = logging.getLogger("worker")
+
+# At DEBUG the Temporal SDK prints workflow activations and completions,
+# payloads included: the order, with the customer's address.
+TEMPORAL_PAYLOAD_LOGGERS = ("temporalio.worker._workflow", "temporalio.worker._workflow_instance", "temporalio.worker._activity")
 
 
 async def connect_temporal(env: Mapping[str, str] = os.environ) -> Client:
@@ -60,6 +64,7 @@ def build_worker(
     providers: dict[Channel, Provider] | None = None,
     task_queue: str = TASK_QUEUE,
 ) -> Worker:
+    keep_customer_data_out_of(TEMPORAL_PAYLOAD_LOGGERS)
     orders = OrderActivities(pool, journey)
     messaging = MessagingActivities(pool, provider_config, providers)
     return Worker(
@@ -68,6 +73,10 @@ def build_worker(
         workflows=[OrderLifecycle],
         activities=[orders.record_order, orders.cancel_order, orders.store_feedback, messaging.send_message],
         workflow_runner=shared_module_runner("workflows"),
+        # On SIGTERM, running sends finish and record their outcome instead of
+        # being cancelled with their request in flight (a claimed send finishes
+        # even when cancelled); sends not yet claimed are left to the next worker.
+        graceful_shutdown_timeout=timedelta(seconds=messaging.seconds_for_a_send),
     )
 
 
@@ -83,10 +92,6 @@ async def run_worker(client: Client, database_url: str, env: Mapping[str, str], 
     applied = await migrate(database_url)
     if applied:
         log.info("database migrated: %s", ", ".join(applied))
-    # The blocking provider clients run in this pool via asyncio.to_thread.
-    asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(max_workers=int(env.get("PROVIDER_THREADS", "32")), thread_name_prefix="provider")
-    )
     pool = await create_pool(database_url, max_size=int(env.get("DATABASE_POOL_SIZE", "10")))
     try:
         worker = build_worker(client, pool, ProviderConfig.from_env(env), journey_settings_from_env(env))

@@ -42,6 +42,8 @@ class ProviderConfig:
     twilio_api_base_url: str = "https://api.twilio.com"
     twilio_from_number: str | None = None
     request_timeout: float = 10.0
+    # Threads for the blocking provider clients: as many sends at once.
+    provider_threads: int = 32
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ProviderConfig:
@@ -56,6 +58,7 @@ class ProviderConfig:
             twilio_api_base_url=env.get("TWILIO_API_BASE_URL") or defaults.twilio_api_base_url,
             twilio_from_number=env.get("TWILIO_FROM_NUMBER") or None,
             request_timeout=float(env.get("PROVIDER_TIMEOUT_SECONDS") or defaults.request_timeout),
+            provider_threads=int(env.get("PROVIDER_THREADS") or defaults.provider_threads),
         )
 
     @property

@@ -1,54 +1,133 @@
-"""send_message: the one way a message leaves the system.
+"""send_message: the one way a message leaves the system, and never twice.
 
-Exactly-once effect through a ledger row keyed by workflow id + touchpoint +
-channel. The row is claimed ('pending' -> 'sending', in the same statement
-that registers it) before the provider call and completed after it:
+The ledger
+----------
+One row per message in `message_ledger`, keyed by workflow id + touchpoint +
+channel. It keeps the message as first rendered (subject, text, html): every
+attempt sends exactly that, so a retry never sends something different, and
+Twilio's Message list can be searched for it. Its state:
 
-- a retry that finds 'sent', 'failed', 'skipped' or 'in_doubt' returns that
-  outcome;
-- a retry that finds 'sending' knows an earlier attempt died or got no answer
-  after the request may have reached the provider. Where the provider can be
-  asked (Twilio), it is asked: found means 'sent', not found means send
-  again. Where it cannot (SendGrid), the row becomes 'in_doubt' and nothing
-  is sent again; the workflow flags it for an operator;
-- an error that proves the request never arrived (refused connection, 429,
-  5xx) puts the row back to 'pending' and raises, so Temporal retries;
-- a permanent refusal marks it 'failed' and returns, so the workflow can use
-  the other channel.
+- 'sending': an attempt holds the claim, and its request may be on its way;
+- 'pending': no claim, and nothing went out: an answer proved the request
+  never arrived (refused connection, 429, 500, 503), or the provider rejected
+  our credentials. The next attempt claims it and sends;
+- settled, returned as they are to any later attempt: 'sent'; 'failed'
+  (refused for good, so the workflow can use the other channel); 'in_doubt'
+  (may have gone out, never sent again, flagged for an operator); 'skipped'
+  (nothing to recommend).
+
+The lease
+---------
+An attempt claims a row with its own `claim_token` and a lease, `lease_until`:
+the database clock plus what is left of the attempt's start_to_close_timeout,
+after which Temporal may start another attempt. So:
+
+- an attempt waits for a free provider thread before it claims, and starts a
+  request only while the lease still covers the request (connect and read
+  timeouts) and recording the answer; every wait, PostgreSQL's included, is
+  bounded by the lease;
+- every completion is a compare-and-set on the token: an attempt that lost its
+  claim changes nothing;
+- an attempt that finds another's live lease sends nothing and retries once
+  that lease ends;
+- a 'sending' row whose lease has ended (or was ended because no answer came,
+  or a gateway answered 502/504) is taken over: an earlier request may have
+  arrived. Twilio is asked, among messages sent since the first claim: found
+  means 'sent', not found means it is sent now. SendGrid cannot be asked, so
+  the row becomes 'in_doubt';
+- from the claim to the recorded outcome an attempt runs to its end even when
+  cancelled (a worker shutting down), so no request is left behind unrecorded;
+- an outcome PostgreSQL cannot take is heartbeated; the next attempt applies
+  it if the row still carries that claim. Only a send keeps trying to record
+  for as long as its lease lasts.
+
+A provider that rejects our credentials (401, 403) is paused in this worker
+process, since its configuration comes from the environment: one error line,
+the row put back, and a non-retryable ProviderMisconfigured error, for this
+send and, without a request, for every later one to that provider.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 from collections import OrderedDict
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.config import ProviderConfig
-from activities.providers import Provider, RenderedMessage, SendFailure, SendGridEmail, TwilioSms
+from activities.providers import Provider, ProviderFailure, RenderedMessage, SendGridEmail, TwilioSms, Verdict
 from activities.recommendations import recommend
 from activities.templates import render
 from workflows.models import Channel, DeliveryState, MessageOutcome, MessageRequest, OrderInput, Touchpoint
 
 log = logging.getLogger(__name__)
 
-# Registers and claims in one round trip. Returns the row's state after the
-# statement: 'sending' when this attempt holds the claim, 'skipped' when just
-# registered as such, nothing when an earlier attempt owns the row.
-REGISTER_AND_CLAIM = """
-INSERT INTO message_ledger AS l (key, order_id, kind, channel, recipient, state, attempts, provider, error)
-VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6 = 'sending' THEN 1 ELSE 0 END, $7, $8)
-ON CONFLICT (key) DO UPDATE SET state = 'sending', attempts = l.attempts + 1, updated_at = now()
-    WHERE l.state = 'pending'
-RETURNING state
+LEDGER_ROW = """
+SELECT state, recipient, claim_token, provider_message_id, error, created_at, subject, body_text, body_html,
+       coalesce(extract(epoch FROM lease_until - now()), 0)::float8 AS lease_seconds_left
+FROM message_ledger WHERE key = $1
 """
 
-# What PostgreSQL going away looks like: lost connections, and the errors a
-# server answers with while it shuts down or starts up (SQLSTATE class 57).
+# Registers the message with its rendering and claims it ('sending'), or
+# registers it as settled ('skipped'). Nothing when the row exists already.
+REGISTER = """
+INSERT INTO message_ledger (key, order_id, kind, channel, recipient, provider, state, attempts, error,
+                            subject, body_text, body_html, claim_token, lease_until)
+VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $7 = 'sending' THEN 1 ELSE 0 END, $8,
+        $9, $10, $11, $12, now() + $13::float8 * interval '1 second')
+ON CONFLICT (key) DO NOTHING
+RETURNING created_at
+"""
+
+CLAIM_PENDING = """
+UPDATE message_ledger
+SET state = 'sending', claim_token = $2, lease_until = now() + $3::float8 * interval '1 second',
+    attempts = attempts + 1, updated_at = now()
+WHERE key = $1 AND state = 'pending'
+RETURNING created_at
+"""
+
+# Only once the earlier attempt's lease has ended, and only if no other
+# attempt took the row over since it was read.
+TAKE_OVER = """
+UPDATE message_ledger
+SET claim_token = $2, lease_until = now() + $3::float8 * interval '1 second', updated_at = now()
+WHERE key = $1 AND state = 'sending' AND claim_token IS NOT DISTINCT FROM $4
+  AND (lease_until IS NULL OR lease_until <= now())
+RETURNING created_at
+"""
+
+# A taken-over row about to be sent again.
+COUNT_ATTEMPT = "UPDATE message_ledger SET attempts = attempts + 1 WHERE key = $1 AND claim_token = $2"
+
+# Compare-and-set on the claim. A row left 'sending' (the request may have
+# arrived) has its lease ended, so the next attempt checks at once.
+COMPLETE = """
+UPDATE message_ledger
+SET state = $3, provider_message_id = $4, error = $5, updated_at = now(),
+    sent_at = CASE WHEN $3 = 'sent' THEN now() END,
+    lease_until = CASE WHEN $3 = 'sending' THEN now() END
+WHERE key = $1 AND claim_token = $2 AND state = 'sending'
+RETURNING key
+"""
+
+SETTLED = {"sent", "failed", "in_doubt", "skipped"}
+NOTHING_TO_RECOMMEND = "nothing to recommend"
+
+# What PostgreSQL going away looks like: lost connections, timeouts (an
+# OSError), and the errors a server answers with while it shuts down or
+# starts up (SQLSTATE class 57).
 DATABASE_UNAVAILABLE = (
     OSError,
     asyncpg.PostgresConnectionError,
@@ -56,12 +135,89 @@ DATABASE_UNAVAILABLE = (
     asyncpg.exceptions.OperatorInterventionError,
 )
 
-# How long a completed send keeps trying to record its outcome while
-# PostgreSQL is unreachable, before leaving the row for a retry to find.
-RECORD_PATIENCE_SECONDS = 40.0
+# The least time kept for recording a provider's answer: a request starts only
+# when the lease covers the request and then this.
+RECORD_RESERVE_SECONDS = 5.0
 
 # Parsed orders kept by a worker (about 2 KB each).
 ORDERS_KEPT_IN_MEMORY = 4096
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What is left of this attempt's start_to_close_timeout: once it has run
+    out Temporal may start another attempt, so this one must be done by then."""
+
+    total: float
+    deadline: float  # time.monotonic()
+
+    @classmethod
+    def of_this_attempt(cls) -> Budget:
+        info = activity.info()
+        timeout = info.start_to_close_timeout or info.schedule_to_close_timeout
+        assert timeout, "Temporal gives every activity one of these timeouts"
+        return cls(timeout.total_seconds(), time.monotonic() + timeout.total_seconds())
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    state: str
+    claim_token: uuid.UUID | None
+    provider_message_id: str | None
+    error: str | None
+    lease_seconds_left: float
+    # None for rows registered before renderings were kept.
+    message: RenderedMessage | None
+
+    @classmethod
+    def of(cls, key: str, row: asyncpg.Record) -> LedgerRow:
+        message = None
+        if row["body_text"] is not None:
+            message = RenderedMessage(key, row["recipient"], row["subject"], row["body_text"], row["body_html"])
+        return cls(row["state"], row["claim_token"], row["provider_message_id"], row["error"], row["lease_seconds_left"], message)
+
+    def outcome(self, request: MessageRequest) -> MessageOutcome:
+        return _outcome(request, DeliveryState(self.state), message_id=self.provider_message_id, error=self.error)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """This attempt at one message: what each of its steps needs."""
+
+    request: MessageRequest
+    order_id: str
+    recipient: str
+    # None: the outbox.
+    provider: Provider | None
+    budget: Budget
+
+
+@dataclass(frozen=True)
+class Claim:
+    key: str
+    token: uuid.UUID
+    # When the message was first claimed: Twilio is searched from then on.
+    since: datetime
+    # None: nothing to recommend, found on a row an earlier attempt left open.
+    message: RenderedMessage | None
+    # An earlier attempt's request may have arrived: check before sending.
+    taken_over: bool = False
+    earlier_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Handover:
+    """An outcome PostgreSQL could not take, heartbeated for the next attempt."""
+
+    claim: str
+    state: str
+    message_id: str | None = None
+    error: str | None = None
 
 
 class MessagingActivities:
@@ -80,16 +236,263 @@ class MessagingActivities:
                 providers[Channel.SMS] = TwilioSms(config)
         self._providers = providers
         self._orders: OrderedDict[str, OrderInput] = OrderedDict()
+        # The blocking provider clients run in these threads. A send takes one
+        # before it claims its row, so a claimed row never waits for a thread.
+        self._threads = ThreadPoolExecutor(config.provider_threads, thread_name_prefix="provider")
+        self._free_threads = asyncio.Semaphore(config.provider_threads)
+        self._request_timeout = config.request_timeout
+        # Channels whose provider rejected our credentials, with the alert.
+        self._paused: dict[Channel, str] = {}
+        self._alerted: set[str] = set()
+
+    @property
+    def seconds_for_a_send(self) -> float:
+        """The longest a claimed send runs: a look-up, the request, recording."""
+        return 2 * self._request_seconds + RECORD_RESERVE_SECONDS
+
+    @property
+    def _request_seconds(self) -> float:
+        # Connecting, then reading, may each take the whole timeout.
+        return 2 * self._request_timeout
 
     @activity.defn
     async def send_message(self, request: MessageRequest) -> MessageOutcome:
-        order = await self._recorded_order(request.order_id)
+        budget = Budget.of_this_attempt()
+        order = await self._recorded_order(request.order_id, budget)
         recipient = order.customer.email if request.channel is Channel.EMAIL else order.customer.phone
         if not recipient:
-            return self._outcome(request, DeliveryState.SKIPPED, error="no recipient for this channel")
-        provider = self._providers.get(request.channel)
-        provider_name = provider.name if provider else "outbox"
+            return _outcome(request, DeliveryState.SKIPPED, error="no recipient for this channel")
+        await self._apply_handover(request.key, budget)
+        self._refuse_while_paused(request.channel)
+        attempt = Attempt(request, order.order_id, recipient, self._providers.get(request.channel), budget)
+        self._check_an_attempt_can_hold_a_send(attempt)
+        row = await self._ledger_row(request.key, budget) if activity.info().attempt > 1 else None
+        if row and row.state in SETTLED:
+            return row.outcome(request)
+        message = row.message if row and row.message else await self._render(request, order, recipient)
+        async with self._provider_thread(attempt):
+            return await _finish_even_if_cancelled(self._claim_and_send(attempt, message, row))
 
+    async def _claim_and_send(self, a: Attempt, message: RenderedMessage | None, row: LedgerRow | None) -> MessageOutcome:
+        claim = await self._claim(a, message, row)
+        if isinstance(claim, MessageOutcome):
+            return claim
+        if claim.message is None:
+            return await self._settle(a, claim, DeliveryState.SKIPPED, error=NOTHING_TO_RECOMMEND)
+        if claim.taken_over:
+            settled = await self._check_earlier_request(a, claim)
+            if settled:
+                return settled
+            await self._db(a.budget, COUNT_ATTEMPT, claim.key, claim.token)
+        return await self._send(a, claim)
+
+    async def _claim(self, a: Attempt, message: RenderedMessage | None, row: LedgerRow | None) -> Claim | MessageOutcome:
+        """This attempt's claim on the row, or the outcome it already has."""
+        key, token = a.request.key, uuid.uuid4()
+        if row is None:
+            registered = await self._register(a, message, token)
+            if registered and message is None:
+                return _outcome(a.request, DeliveryState.SKIPPED, error=NOTHING_TO_RECOMMEND)
+            if registered:
+                return Claim(key, token, registered["created_at"], message)
+            row = await self._ledger_row(key, a.budget)  # another run registered it first
+        if row.state in SETTLED:
+            return row.outcome(a.request)
+        message = row.message or message
+        if row.state == "pending":
+            claimed = await self._db(a.budget, CLAIM_PENDING, key, token, a.budget.left())
+            if not claimed:
+                raise _claim_held(key)
+            return Claim(key, token, claimed["created_at"], message)
+        if row.lease_seconds_left > 0:
+            raise _claim_held(key, row.lease_seconds_left)
+        taken = await self._db(a.budget, TAKE_OVER, key, token, a.budget.left(), row.claim_token)
+        if not taken:
+            raise _claim_held(key)
+        return Claim(key, token, taken["created_at"], message, taken_over=True, earlier_error=row.error)
+
+    async def _register(self, a: Attempt, message: RenderedMessage | None, token: uuid.UUID) -> asyncpg.Record | None:
+        """The new row, claimed by this attempt, or settled as 'skipped' when
+        there is nothing to send; None when it exists already."""
+        subject, text, html = (message.subject, message.text, message.html) if message else (None, None, None)
+        return await self._db(
+            a.budget,
+            REGISTER,
+            a.request.key,
+            a.order_id,
+            a.request.kind.value,
+            a.request.channel.value,
+            a.recipient,
+            a.provider.name if a.provider else "outbox",
+            "sending" if message else "skipped",
+            None if message else NOTHING_TO_RECOMMEND,
+            subject,
+            text,
+            html,
+            token if message else None,
+            a.budget.left() if message else None,
+        )
+
+    async def _check_earlier_request(self, a: Attempt, claim: Claim) -> MessageOutcome | None:
+        """An earlier attempt died, or got no answer, after its request may
+        have arrived. Its outcome, or None when it surely did not arrive."""
+        provider = a.provider
+        if provider is None:
+            return None  # the outbox insert is idempotent
+        if not provider.can_look_up:
+            log.error("message %s may or may not have been sent; not sending it again", claim.key)
+            return await self._settle(a, claim, DeliveryState.IN_DOUBT, error=claim.earlier_error)
+        await self._ensure_time_for_a_request(a, claim, "sending")
+        try:
+            found = await self._in_thread(provider, provider.look_up, claim.message, claim.since)
+        except ProviderFailure as failure:
+            return await self._after_failed_look_up(a, provider, claim, failure)
+        if not found:
+            return None
+        log.info("%s already had %s as %s", provider.title, claim.key, found)
+        return await self._settle(a, claim, DeliveryState.SENT, message_id=found)
+
+    async def _after_failed_look_up(self, a: Attempt, provider: Provider, claim: Claim, failure: ProviderFailure) -> MessageOutcome:
+        if failure.verdict is Verdict.REFUSED:  # it can never tell
+            log.error("message %s may or may not have been sent, and %s refused to say: %s", claim.key, provider.title, failure)
+            return await self._settle(a, claim, DeliveryState.IN_DOUBT, error=str(failure))
+        error = ApplicationError(f"{failure} (message look-up)", type="ProviderUnavailable")
+        if failure.verdict is Verdict.MISCONFIGURED:
+            error = self._pause(a.request.channel, provider, failure)
+        # Still unknown: the row stays 'sending' for the next look-up.
+        await self._record(a, claim, "sending", error=claim.earlier_error)
+        raise error
+
+    async def _send(self, a: Attempt, claim: Claim) -> MessageOutcome:
+        await self._ensure_time_for_a_request(a, claim, "pending")
+        try:
+            if a.provider is None:
+                message_id = await self._to_outbox(a.request.channel, claim.message, a.budget)
+            else:
+                message_id = await self._in_thread(a.provider, a.provider.send, claim.message)
+        except ProviderFailure as failure:
+            return await self._after_failed_send(a, a.provider, claim, failure)
+        return await self._settle(a, claim, DeliveryState.SENT, message_id=message_id)
+
+    async def _after_failed_send(self, a: Attempt, provider: Provider, claim: Claim, failure: ProviderFailure) -> MessageOutcome:
+        if failure.verdict is Verdict.REFUSED:
+            log.warning("%s refused %s for good: %s", provider.title, claim.key, failure)
+            return await self._settle(a, claim, DeliveryState.FAILED, error=str(failure))
+        if failure.verdict is Verdict.MISCONFIGURED:
+            paused = self._pause(a.request.channel, provider, failure)
+            await self._record(a, claim, "pending", error=str(failure))
+            raise paused
+        # May have arrived: the row stays 'sending' so the retry checks before sending.
+        state = "sending" if failure.verdict is Verdict.MAY_HAVE_ARRIVED else "pending"
+        await self._record(a, claim, state, error=str(failure))
+        raise ApplicationError(str(failure), type="ProviderUnavailable")
+
+    async def _ensure_time_for_a_request(self, a: Attempt, claim: Claim, otherwise: str) -> None:
+        """A request starts only if its answer can be recorded within the
+        lease; otherwise the row goes back as `otherwise` for the next attempt."""
+        if a.budget.left() < self._time_for_a_request(a.provider):
+            await self._record(a, claim, otherwise, error=claim.earlier_error)
+            raise ApplicationError(f"too little of this attempt is left to send {claim.key}", type="AttemptTooShort")
+
+    def _time_for_a_request(self, provider: Provider | None) -> float:
+        return (self._request_seconds if provider else 0) + RECORD_RESERVE_SECONDS
+
+    def _check_an_attempt_can_hold_a_send(self, a: Attempt) -> None:
+        needed = self._time_for_a_request(a.provider)
+        if a.budget.total < needed:
+            raise self._misconfigured(
+                f"a send needs {needed:g} s (PROVIDER_TIMEOUT_SECONDS={self._request_timeout:g} to connect and "
+                f"again to read, then {RECORD_RESERVE_SECONDS:g} s to record the answer), more than the "
+                f"{a.budget.total:g} s start_to_close_timeout of send_message: no message is sent"
+            )
+
+    @asynccontextmanager
+    async def _provider_thread(self, a: Attempt) -> AsyncIterator[None]:
+        """Taken before the row is claimed: a row claimed while every thread is
+        busy would be left in doubt by a worker that died meanwhile."""
+        patience = max(a.budget.left() - self._time_for_a_request(a.provider), 0)
+        try:
+            await asyncio.wait_for(self._free_threads.acquire(), patience)
+        except TimeoutError:
+            raise ApplicationError("every provider thread stayed busy", type="ProviderBusy") from None
+        try:
+            if activity.is_worker_shutdown():  # the next worker sends it; this one is draining
+                raise ApplicationError("the worker is shutting down", type="WorkerShuttingDown")
+            yield
+        finally:
+            self._free_threads.release()
+
+    async def _in_thread(self, provider: Provider, call: Callable[..., T], *args: Any) -> T:
+        """A provider call in a provider thread; any error it raises, whatever
+        it is, comes out read as a ProviderFailure."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._threads, call, *args)
+        except Exception as err:
+            raise ProviderFailure.of(provider, err) from None
+
+    async def _settle(
+        self, a: Attempt, claim: Claim, state: DeliveryState, *, message_id: str | None = None, error: str | None = None
+    ) -> MessageOutcome:
+        await self._record(a, claim, state.value, message_id=message_id, error=error)
+        return _outcome(a.request, state, message_id=message_id, error=error)
+
+    async def _record(
+        self, a: Attempt, claim: Claim, state: str, *, message_id: str | None = None, error: str | None = None
+    ) -> None:
+        """Complete the row, if this attempt still holds it. While PostgreSQL
+        is away the outcome is first heartbeated for the next attempt; then a
+        send, which no later attempt could prove, keeps trying while the lease
+        lasts, and anything else is left to the next attempt at once."""
+        handed_over, delay = False, 0.5
+        while True:
+            try:
+                completed = await self._db(a.budget, COMPLETE, claim.key, claim.token, state, message_id, error)
+                break
+            except DATABASE_UNAVAILABLE:
+                if not handed_over:
+                    activity.heartbeat(asdict(Handover(str(claim.token), state, message_id, error)))
+                    handed_over = True
+                if state != DeliveryState.SENT or a.budget.left() < delay:
+                    raise ApplicationError(
+                        f"PostgreSQL is unavailable; the outcome of {claim.key} goes to the next attempt",
+                        type="LedgerUnavailable",
+                    ) from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        if not completed:
+            log.warning("%s was taken over by another attempt, which settles it", claim.key)
+            raise ApplicationError(f"another attempt took {claim.key} over", type="ClaimLost")
+
+    async def _apply_handover(self, key: str, budget: Budget) -> None:
+        """An earlier attempt heartbeated an outcome PostgreSQL could not take:
+        record it, if the row still carries that attempt's claim."""
+        details = activity.info().heartbeat_details
+        if details:
+            handover = Handover(**details[0])
+            await self._db(
+                budget, COMPLETE, key, uuid.UUID(handover.claim), handover.state, handover.message_id, handover.error
+            )
+
+    def _refuse_while_paused(self, channel: Channel) -> None:
+        """The configuration comes from the environment, so only a restart can
+        fix rejected credentials: until then, fail fast without a request."""
+        if channel in self._paused:
+            raise self._misconfigured(self._paused[channel])
+
+    def _pause(self, channel: Channel, provider: Provider, failure: ProviderFailure) -> ApplicationError:
+        self._paused.setdefault(channel, f"{failure}: {provider.sends} are paused until the configuration is fixed")
+        return self._misconfigured(self._paused[channel])
+
+    def _misconfigured(self, alert: str) -> ApplicationError:
+        """One error line per problem per worker process, not a retry storm;
+        the workflow flags the order and tries again later."""
+        if alert not in self._alerted:
+            self._alerted.add(alert)
+            log.error("%s", alert)
+        return ApplicationError(alert, type="ProviderMisconfigured", non_retryable=True)
+
+    async def _render(self, request: MessageRequest, order: OrderInput, recipient: str) -> RenderedMessage | None:
+        """The message as this attempt would write it; None when there is nothing to recommend."""
         details: dict[str, Any] = dict(request.details)
         if request.kind is Touchpoint.RECOMMENDATIONS:
             details["products"] = await recommend(
@@ -98,55 +501,13 @@ class MessagingActivities:
                 [i.sku for i in order.items],
                 sorted({i.category for i in order.items}),
             )
-
-        # Nothing to recommend is settled for good, like a send.
-        initial = "skipped" if request.kind is Touchpoint.RECOMMENDATIONS and not details["products"] else "sending"
-        # Rendered before the claim: a crash between claim and request leaves
-        # a row that cannot tell whether it was sent, so that gap is kept short.
+            if not details["products"]:
+                return None
         content, html_body = render(request.kind, order, details)
-        message = RenderedMessage(
-            key=request.key,
-            recipient=recipient,
-            subject=content.subject,
-            text=content.sms if request.channel is Channel.SMS else "\n\n".join(content.paragraphs),
-            html=html_body,
-        )
-        state = await self._pool.fetchval(
-            REGISTER_AND_CLAIM,
-            request.key,
-            order.order_id,
-            request.kind.value,
-            request.channel.value,
-            recipient,
-            initial,
-            provider_name,
-            "nothing to recommend" if initial == "skipped" else None,
-        )
-        if state is None:
-            settled = await self._settle_earlier_attempt(request, provider, message)
-            if settled:
-                return settled
-        if initial == "skipped":
-            if state != "skipped":  # an earlier attempt left the row open; nothing to send now
-                await self._record(request.key, "skipped", error="nothing to recommend")
-            return self._outcome(request, DeliveryState.SKIPPED, error="nothing to recommend")
-        try:
-            if provider is None:
-                message_id = await self._to_outbox(request.channel, message)
-            else:
-                message_id = await asyncio.to_thread(provider.send, message)
-        except SendFailure as failure:
-            if failure.permanent:
-                await self._record(request.key, "failed", error=str(failure))
-                log.warning("%s refused %s for good: %s", provider_name, request.key, failure)
-                return self._outcome(request, DeliveryState.FAILED, error=str(failure))
-            # Unanswered: the row stays 'sending' so the retry checks before sending.
-            await self._record(request.key, "sending" if failure.maybe_delivered else "pending", error=str(failure))
-            raise ApplicationError(str(failure), type="ProviderUnavailable") from None
-        await self._record(request.key, "sent", message_id=message_id)
-        return self._outcome(request, DeliveryState.SENT, message_id=message_id)
+        text = content.sms if request.channel is Channel.SMS else "\n\n".join(content.paragraphs)
+        return RenderedMessage(key=request.key, recipient=recipient, subject=content.subject, text=text, html=html_body)
 
-    async def _recorded_order(self, order_id: str) -> OrderInput:
+    async def _recorded_order(self, order_id: str, budget: Budget) -> OrderInput:
         """The order as record_order stored it. A stored order never changes
         (a second record of the same id is ignored), so the latest ones stay
         in memory: an order's sends often come together (confirmation and
@@ -155,73 +516,26 @@ class MessagingActivities:
         if order is not None:
             self._orders.move_to_end(order_id)
             return order
-        document = await self._pool.fetchval("SELECT document FROM orders WHERE order_id = $1", order_id)
-        if document is None:
+        row = await self._db(budget, "SELECT document FROM orders WHERE order_id = $1", order_id)
+        if row is None:
             raise ApplicationError(f"order {order_id} is not recorded", type="OrderNotRecorded")
-        order = self._orders[order_id] = OrderInput.model_validate_json(document)
+        order = self._orders[order_id] = OrderInput.model_validate_json(row["document"])
         if len(self._orders) > ORDERS_KEPT_IN_MEMORY:
             self._orders.popitem(last=False)
         return order
 
-    async def _settle_earlier_attempt(
-        self, request: MessageRequest, provider: Provider | None, message: RenderedMessage
-    ) -> MessageOutcome | None:
-        """An earlier attempt owns the row. Returns its outcome, or None when
-        this attempt has re-claimed the row and should send."""
-        row = await self._pool.fetchrow(
-            "SELECT state, provider_message_id, error FROM message_ledger WHERE key = $1", request.key
-        )
-        if row["state"] != "sending":
-            return self._outcome(request, DeliveryState(row["state"]), message_id=row["provider_message_id"], error=row["error"])
-        # The earlier attempt died or got no answer after it may have sent.
-        # (Without a provider it went to the outbox, whose insert is idempotent.)
-        if provider is not None:
-            if not provider.can_look_up:
-                await self._record(request.key, "in_doubt", error=row["error"])
-                log.error("message %s may or may not have been sent; not sending it again", request.key)
-                return self._outcome(request, DeliveryState.IN_DOUBT, error=row["error"])
-            try:
-                found = await asyncio.to_thread(provider.look_up, message)
-            except SendFailure as failure:
-                raise ApplicationError(str(failure), type="ProviderUnavailable") from None
-            if found:
-                log.info("%s already had %s as %s", provider.name, request.key, found)
-                await self._record(request.key, "sent", message_id=found)
-                return self._outcome(request, DeliveryState.SENT, message_id=found)
-        await self._pool.execute(
-            "UPDATE message_ledger SET attempts = attempts + 1, updated_at = now() WHERE key = $1", request.key
-        )
-        return None
+    async def _ledger_row(self, key: str, budget: Budget) -> LedgerRow | None:
+        row = await self._db(budget, LEDGER_ROW, key)
+        return LedgerRow.of(key, row) if row else None
 
-    async def _record(
-        self, key: str, state: str, *, message_id: str | None = None, error: str | None = None
-    ) -> None:
-        """Complete the ledger row, riding out a short database outage."""
-        delay, waited = 0.5, 0.0
-        while True:
-            try:
-                await self._pool.execute(
-                    """
-                    UPDATE message_ledger
-                    SET state = $2, provider_message_id = $3, error = $4, updated_at = now(),
-                        sent_at = CASE WHEN $2 = 'sent' THEN now() END
-                    WHERE key = $1
-                    """,
-                    key,
-                    state,
-                    message_id,
-                    error,
-                )
-                return
-            except DATABASE_UNAVAILABLE:
-                if waited >= RECORD_PATIENCE_SECONDS:
-                    raise
-                await asyncio.sleep(delay)
-                waited += delay
-                delay = min(delay * 2, 5.0)
+    async def _db(self, budget: Budget, query: str, *args: Any) -> asyncpg.Record | None:
+        """One statement, the wait for a pooled connection included, bounded by the lease."""
+        async with self._pool.acquire(timeout=budget.left()) as conn:
+            return await conn.fetchrow(query, *args, timeout=budget.left())
 
-    async def _to_outbox(self, channel: Channel, message: RenderedMessage) -> str:
-        row_id = await self._pool.fetchval(
+    async def _to_outbox(self, channel: Channel, message: RenderedMessage, budget: Budget) -> str:
+        row = await self._db(
+            budget,
             """
             INSERT INTO outbox (ledger_key, channel, recipient, subject, body) VALUES ($1, $2, $3, $4, $5)
             ON CONFLICT (ledger_key) DO UPDATE SET ledger_key = EXCLUDED.ledger_key
@@ -233,12 +547,35 @@ class MessagingActivities:
             message.subject if channel is Channel.EMAIL else None,
             message.text,
         )
-        return f"outbox-{row_id}"
+        return f"outbox-{row['id']}"
 
-    @staticmethod
-    def _outcome(
-        request: MessageRequest, state: DeliveryState, *, message_id: str | None = None, error: str | None = None
-    ) -> MessageOutcome:
-        return MessageOutcome(
-            key=request.key, channel=request.channel, state=state, provider_message_id=message_id, error=error
-        )
+
+def _claim_held(key: str, seconds_left: float = 0) -> ApplicationError:
+    """Another attempt holds the row: this one sends nothing, and is retried
+    once that attempt's lease has ended."""
+    return ApplicationError(
+        f"another attempt holds {key}",
+        type="ClaimHeld",
+        next_retry_delay=timedelta(seconds=seconds_left) if seconds_left > 0 else None,
+    )
+
+
+async def _finish_even_if_cancelled(work: Coroutine[Any, Any, T]) -> T:
+    """From the claim to the recorded outcome nothing may stop halfway: a
+    request left in flight by a cancelled attempt (a worker shutting down)
+    could land after the retry looked for it. So the work runs to its end,
+    and its outcome is the activity's."""
+    task = asyncio.ensure_future(work)
+    while True:
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            asyncio.current_task().uncancel()
+            if task.done():
+                return task.result()
+
+
+def _outcome(
+    request: MessageRequest, state: DeliveryState, *, message_id: str | None = None, error: str | None = None
+) -> MessageOutcome:
+    return MessageOutcome(key=request.key, channel=request.channel, state=state, provider_message_id=message_id, error=error)

@@ -55,10 +55,17 @@ async def test_unsubscribed_number_falls_back_to_email(ts_env, make_harness, fak
     assert ("delivery_day", "sms", "failed") in kinds(view)
     assert "21610" in next(t.error for t in view.touchpoints if t.state == "failed")
     # The dispatch notice already went by email, so its refused SMS is not re-sent there.
-    assert [k for k in kinds(view) if k[0] == "dispatch_notice"] == [
+    # (Each channel sends on its own, so either may be recorded first.)
+    assert sorted(k for k in kinds(view) if k[0] == "dispatch_notice") == [
         ("dispatch_notice", "email", "sent"),
         ("dispatch_notice", "sms", "failed"),
     ]
+
+
+class WorkerDied(Exception):
+    """Stands for a worker dying inside a provider call. Whatever a call
+    raises, the request may have left: the row stays 'sending', its lease
+    ended, as when a dead worker's attempt has timed out."""
 
 
 class CrashAfterProviderCall(SendGridEmail):
@@ -71,7 +78,7 @@ class CrashAfterProviderCall(SendGridEmail):
         message_id = super().send(message)
         if not CrashAfterProviderCall.crashed:
             CrashAfterProviderCall.crashed = True
-            raise SystemExit("worker killed between provider call and ledger completion")
+            raise WorkerDied("worker killed between provider call and ledger completion")
         return message_id
 
 
@@ -113,16 +120,22 @@ async def test_without_credentials_messages_go_to_the_outbox(ts_env, make_harnes
     async with make_harness(ts_env, config=ProviderConfig()) as h:
         handle = await h.start(order)
         await handle.signal("payment_received", payment_for(order))
+        await h.wait_touchpoint(handle, "payment_confirmation")
         await handle.signal("order_dispatched", {"carrier": "DHL", "tracking_number": "OUT1", "expected_delivery": await h.tomorrow()})
-        view = await h.wait_touchpoint(handle, "dispatch_notice", "sms")
+        view = await h.wait_for(handle, lambda v: sum(t.kind == "dispatch_notice" for t in v.touchpoints) == 2)
         await handle.terminate("test done")
     assert all(t.provider_message_id.startswith("outbox-") for t in view.touchpoints)
-    rows = await pool.fetch(
-        "SELECT channel, recipient, subject, body FROM outbox WHERE ledger_key LIKE $1 ORDER BY id", f"order-{order['order_id']}:%"
-    )
-    assert [r["channel"] for r in rows] == ["email", "email", "email", "sms"]
-    assert rows[2]["subject"] == f"Order {order['order_id']} is on its way" and "OUT1" in rows[2]["body"]
-    assert rows[3]["recipient"] == order["customer"]["phone"] and "OUT1" in rows[3]["body"]
+    rows = {
+        (r["channel"], r["subject"]): r
+        for r in await pool.fetch(
+            "SELECT channel, recipient, subject, body FROM outbox WHERE ledger_key LIKE $1", f"order-{order['order_id']}:%"
+        )
+    }
+    assert len(rows) == 4
+    mail = rows["email", f"Order {order['order_id']} is on its way"]
+    sms = rows["sms", None]
+    assert "OUT1" in mail["body"]
+    assert sms["recipient"] == order["customer"]["phone"] and "OUT1" in sms["body"]
     assert fakes.deliveries_to(order["customer"]["email"]) == []
 
 
@@ -167,7 +180,7 @@ class SmsLostBeforeRequest(TwilioSms):
     def send(self, message):
         if not SmsLostBeforeRequest.died:
             SmsLostBeforeRequest.died = True
-            raise SystemExit("worker killed before the provider call")
+            raise WorkerDied("worker killed before the provider call")
         return super().send(message)
 
 
@@ -192,6 +205,7 @@ async def test_unanswered_email_is_in_doubt_and_never_sent_twice(ts_env, make_ha
         handle = await h.start(order)
         view = await h.wait_touchpoint(handle, "order_confirmation")
         await handle.terminate("test done")
+        await h.keep_history(handle, "message_in_doubt")
     assert kinds(view) == [("order_confirmation", "email", "in_doubt")]
     assert view.attention_reasons == ["message_in_doubt:order_confirmation:email"]
     assert "did not answer" in view.touchpoints[0].error
