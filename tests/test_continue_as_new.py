@@ -46,7 +46,9 @@ async def test_item06_twelve_thousand_bad_signals_then_the_real_events_complete_
         await h.wait_touchpoint(handle, "delivery_confirmation")
         await handle.signal("feedback_submitted", {"item_rating": 4, "seller_rating": 5})
         result = await h.result(handle, timeout=120)
-        await h.keep_history(started, "continued_as_new")  # the first run, up to its hand-over
+        first_run = h.client.get_workflow_handle(started.id, run_id=started.first_execution_run_id)
+        await h.keep_history(first_run, "continued_as_new")  # up to its hand-over
+        await h.keep_history(handle, "continued_run")  # from the carried state to the end
         runs = [run async for run in h.client.list_workflows(f'WorkflowId="{started.id}"')]
         lengths = [len((await h.client.get_workflow_handle(started.id, run_id=r.run_id).fetch_history()).events) for r in runs]
     assert result.status == "completed" and not result.needs_attention

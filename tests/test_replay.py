@@ -32,6 +32,7 @@ EXPECTED = {
     "message_in_doubt",
     "superseded",
     "continued_as_new",
+    "continued_run",
     "rejected_order",
 }
 
