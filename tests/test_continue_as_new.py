@@ -43,8 +43,6 @@ async def test_item06_twelve_thousand_bad_signals_then_the_real_events_complete_
         await handle.signal("payment_received", payment_for(order))
         await handle.signal("order_dispatched", {"carrier": "DHL", "tracking_number": "F1", "expected_delivery": await h.tomorrow()})
         await handle.signal("order_delivered", {"delivered_at": await h.now_iso()})
-        await h.wait_touchpoint(handle, "delivery_confirmation")
-        await handle.signal("feedback_submitted", {"item_rating": 4, "seller_rating": 5})
         result = await h.result(handle, timeout=120)
         first_run = h.client.get_workflow_handle(started.id, run_id=started.first_execution_run_id)
         await h.keep_history(first_run, "continued_as_new")  # up to its hand-over
@@ -55,7 +53,8 @@ async def test_item06_twelve_thousand_bad_signals_then_the_real_events_complete_
     assert result.rejected_total == FLOOD
     assert len(result.rejected_events) == 50
     assert [t.kind.value for t in result.touchpoints if t.channel == "email"] == [
-        "order_confirmation", "payment_confirmation", "dispatch_notice", "delivery_confirmation", "recommendations"
+        "order_confirmation", "payment_confirmation", "dispatch_notice", "delivery_confirmation",
+        "feedback_request", "recommendations",
     ]
     assert len(runs) >= 3, lengths
     assert max(lengths) < SERVER_SIGNAL_LIMIT, lengths

@@ -93,3 +93,17 @@ def test_item14_a_rejection_never_repeats_the_value():
     assert reason(None, "payment_received", {"payment_id": "ada@example.com", "amount": "x", "currency": "EUR"}) == (
         "malformed payment_received: amount: Input should be a valid decimal"
     )
+
+
+def test_feedback_after_its_window_is_refused():
+    from workflows.models import ChannelPreferences, JourneySettings, OrderSetup
+
+    state, order = journey()
+    state.setup = OrderSetup(settings=JourneySettings(), preferences=ChannelPreferences())
+    apply(state, "payment_received", payment_for(order))
+    apply(state, "order_dispatched", DISPATCH)
+    apply(state, "order_delivered", {"delivered_at": NOW.isoformat()})
+    state.feedback_asked_at = NOW - timedelta(days=15)
+    assert reason(state, "feedback_submitted", {"item_rating": 5, "seller_rating": 5}) == "the feedback window has closed"
+    state.feedback_asked_at = NOW - timedelta(days=13)
+    apply(state, "feedback_submitted", {"item_rating": 5, "seller_rating": 5})

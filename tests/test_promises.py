@@ -262,21 +262,24 @@ def sent_key(history, started) -> str:
 
 
 async def test_item13_a_flag_and_a_status_change_in_one_task_cost_one_upsert(
-    ts_env: WorkflowEnvironment, make_harness, fakes
+    ts_env: WorkflowEnvironment, make_harness
 ):
-    """A cancellation whose mail is refused for good (no phone to fall back on):
-    the flag and the status change come from the same workflow task."""
-    order = new_order()
-    order["customer"].pop("phone")
+    """A locker parcel never collected, its pickup deadline the last step of
+    the journey: the flag and the completion come in the same workflow task."""
+    order = new_order(
+        delivery={"method": "locker", "locker_id": "WAW-13"},
+        journey={"locker_pickup_window": "P10D", "locker_reminder_before": "P1D"},
+    )
     async with make_harness(ts_env) as h:
         handle = await h.start(order)
-        await h.wait_touchpoint(handle, "order_confirmation")
-        fakes.fail_next(order["customer"]["email"], 400)
-        await handle.signal("order_cancelled", {"reason": "customer changed their mind"})
+        await handle.signal("payment_received", payment_for(order))
+        await handle.signal("order_dispatched", {"carrier": "InPost", "tracking_number": "IP13", "expected_delivery": await h.tomorrow()})
+        await handle.signal("order_delivered", {"delivered_at": await h.now_iso(), "locker_pickup_code": "13"})
+        await handle.signal("feedback_submitted", {"item_rating": 5, "seller_rating": 5})
         result = await h.result(handle)
         history = await handle.fetch_history()
-    assert result.status == "cancelled"
-    assert result.attention_reasons == ["message_failed:order_cancelled:email"]
+    assert result.status == "completed"
+    assert result.attention_reasons == ["locker_not_collected"]
     upserts_per_task = []
     for event in history.events:
         if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
@@ -284,3 +287,7 @@ async def test_item13_a_flag_and_a_status_change_in_one_task_cost_one_upsert(
         elif event.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES:
             upserts_per_task[-1] += 1
     assert max(upserts_per_task) == 1, upserts_per_task
+    last = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES][-1]
+    assert set(last.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields) == {
+        "OrderStatus", "NeedsAttention"
+    }

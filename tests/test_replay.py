@@ -1,6 +1,7 @@
 """Recorded histories of every journey path replay against today's workflow
-code, under the sandbox exactly as the worker configures it, so a change
-that breaks determinism fails here before it breaks running orders.
+code, under the sandbox exactly as the worker configures it and under the
+full sandbox, so a change that breaks determinism fails here before it
+breaks running orders.
 Re-record deliberately with `RECORD_HISTORIES=1 pytest` only for a change
 that is meant to be incompatible (see README: workflow.patched)."""
 
@@ -12,6 +13,7 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from worker import shared_module_runner
 from workflows.order_lifecycle import OrderLifecycle
@@ -41,10 +43,20 @@ def test_item15_every_journey_path_has_a_recorded_history():
     assert {p.stem for p in HISTORIES} == EXPECTED
 
 
+RUNNERS = {
+    # Exactly as the worker runs workflows.
+    "production": lambda: shared_module_runner("workflows"),
+    # The full sandbox re-imports our modules, so a wall-clock, random or I/O
+    # call in them fails here even though production shares the module.
+    "strict": SandboxedWorkflowRunner,
+}
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
-async def test_item15_history_replays_under_the_production_sandbox(path: Path):
+async def test_item15_history_replays(path: Path, runner: str):
     history = WorkflowHistory.from_json(f"order-{path.stem}", path.read_text())
     replayer = Replayer(
-        workflows=[OrderLifecycle], data_converter=pydantic_data_converter, workflow_runner=shared_module_runner("workflows")
+        workflows=[OrderLifecycle], data_converter=pydantic_data_converter, workflow_runner=RUNNERS[runner]()
     )
     await replayer.replay_workflow(history)

@@ -83,7 +83,17 @@ def channels_for(kind: Touchpoint, reachable: set[Channel]) -> list[Channel]:
     return [other] if other in reachable else []
 
 
-def fallback_for(failed: Channel, used: set[Channel], reachable: set[Channel]) -> Channel | None:
-    """The channel that takes over a message `failed` refused for good."""
+def fallback_for(
+    failed: Channel, used: set[Channel], reachable: set[Channel], later_sent_on: set[Channel]
+) -> Channel | None:
+    """The channel that takes over a message `failed` refused for good: not
+    one that already carries it, nor one that has already sent a later
+    message (it would arrive out of journey order)."""
     other = other_channel(failed)
-    return other if other in reachable and other not in used else None
+    return other if other in reachable and other not in used and other not in later_sent_on else None
+
+
+def place_in_journey_order(queued_ranks: list[int], rank: int) -> int:
+    """Where a fallback message joins a channel's queue: before the first
+    later message, but never ahead of the first, which may be in flight."""
+    return next((i for i, queued in enumerate(queued_ranks) if i > 0 and queued > rank), len(queued_ranks))

@@ -158,6 +158,8 @@ def _feedback(state: JourneyState, feedback: FeedbackSubmitted, now: datetime) -
         raise EventRejected("out of order: feedback before delivery")
     if state.feedback:
         raise EventRejected("duplicate feedback")
+    if state.feedback_asked_at and state.setup and now > state.feedback_asked_at + state.setup.settings.feedback_window:
+        raise EventRejected("the feedback window has closed")
 
 
 _RULES = {

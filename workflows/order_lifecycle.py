@@ -151,6 +151,7 @@ class OrderLifecycle:
                 return await self._cancel_order(f"payment not received within {hours:g} hours")
         if s.cancel:
             return await self._cancel_order(s.cancel.reason)
+        self._cancel_timers()
         self._transition(OrderStatus.PAID)
         self._notify(Touchpoint.PAYMENT_CONFIRMATION, {"payment_id": s.payment.payment_id})
 
@@ -165,6 +166,7 @@ class OrderLifecycle:
                 return await self._cancel_order(f"not dispatched within {days:g} days of payment; a full refund follows")
         if s.cancel:
             return await self._cancel_order(s.cancel.reason)
+        self._cancel_timers()
         self._transition(OrderStatus.DISPATCHED)
         self._notify(Touchpoint.DISPATCH_NOTICE, s.dispatch.model_dump(mode="json"))
 
@@ -292,8 +294,12 @@ class OrderLifecycle:
             return bool(condition())
         timer = None if deadline is None else self._timer(deadline)
         await workflow.wait_condition(
-            lambda: bool(condition()) or (timer is not None and timer.done()) or self._continue_as_new_due()
+            lambda: bool(condition())
+            or (timer is not None and timer.done())
+            or self._continue_as_new_due()
+            or self._lane_failure() is not None
         )
+        self._raise_lane_failure()
         if condition():
             return True
         if timer is not None and timer.done():
@@ -311,6 +317,16 @@ class OrderLifecycle:
             timer.cancel()
         self._timers.clear()
 
+    def _lane_failure(self) -> BaseException | None:
+        return next((lane.exception() for lane in self._lanes if lane.done() and not lane.cancelled()), None)
+
+    def _raise_lane_failure(self) -> None:
+        """A lane that died (a bug, an undecodable result) fails the workflow
+        task, visibly, instead of leaving its messages queued for ever."""
+        failure = self._lane_failure()
+        if failure is not None:
+            raise failure
+
     @staticmethod
     def _continue_as_new_due() -> bool:
         info = workflow.info()
@@ -322,6 +338,7 @@ class OrderLifecycle:
         same ledger key. An attempt already running is let finish."""
         self._closing_lanes = True
         await workflow.wait_condition(lambda: all(lane.done() for lane in self._lanes))
+        self._raise_lane_failure()
         await workflow.wait_condition(workflow.all_handlers_finished)
         self._flush_search_attributes()
         workflow.continue_as_new(self.state.model_dump(mode="json"))
@@ -359,10 +376,11 @@ class OrderLifecycle:
         already running is let finish and its outcome kept."""
         superseded = MessageOutcome(key=self._key(message), channel=message.channel, state=DeliveryState.SUPERSEDED)
         overtaken = lambda: channel_policy.is_superseded(message.kind, self._progress())  # noqa: E731
+        withdrawn = lambda: overtaken() or self._closing_lanes  # noqa: E731
         if overtaken():
             return superseded
-        sending = asyncio.create_task(self._send(message))
-        await workflow.wait_condition(lambda: sending.done() or overtaken() or self._closing_lanes)
+        sending = asyncio.create_task(self._send(message, withdrawn))
+        await workflow.wait_condition(lambda: sending.done() or withdrawn())
         if not sending.done():
             sending.cancel()
         try:
@@ -370,7 +388,8 @@ class OrderLifecycle:
         except asyncio.CancelledError:
             return None if self._closing_lanes else superseded
 
-    async def _send(self, message: QueuedMessage) -> MessageOutcome:
+    async def _send(self, message: QueuedMessage, withdrawn: Callable[[], bool]) -> MessageOutcome:
+        """The activity's outcome; raises CancelledError once `withdrawn`."""
         s = self.state
         request = MessageRequest(
             key=self._key(message),
@@ -390,7 +409,9 @@ class OrderLifecycle:
                 )
             except ActivityError as err:
                 cause = err.cause
-                if isinstance(cause, CancelledError):
+                # Once withdrawn, the server retries nothing: an attempt that
+                # ran on and failed is as good as cancelled.
+                if withdrawn() or isinstance(cause, CancelledError):
                     raise asyncio.CancelledError from None
                 if not (isinstance(cause, ApplicationError) and cause.type == PROVIDER_MISCONFIGURED):
                     return MessageOutcome(
@@ -398,7 +419,11 @@ class OrderLifecycle:
                     )
             # Our credentials are wrong: wait for the fix instead of retrying all day.
             self._flag(f"provider_misconfigured:{message.channel.value}")
-            await workflow.sleep(s.setup.settings.paused_channel_retry)
+            try:
+                await workflow.wait_condition(withdrawn, timeout=s.setup.settings.paused_channel_retry)
+            except asyncio.TimeoutError:
+                continue
+            raise asyncio.CancelledError
 
     def _settle(self, message: QueuedMessage, outcome: MessageOutcome) -> None:
         s = self.state
@@ -418,9 +443,17 @@ class OrderLifecycle:
             used = {t.channel for t in s.touchpoints if t.kind is kind} | {
                 m.channel for q in s.queues.values() for m in q if m.kind is kind
             }
-            fallback = channel_policy.fallback_for(channel, used, self._reachable())
+            rank = s.notified.index
+            later_sent_on = {
+                t.channel
+                for t in s.touchpoints
+                if rank(t.kind) > rank(kind) and t.state in (DeliveryState.SENT, DeliveryState.IN_DOUBT)
+            }
+            fallback = channel_policy.fallback_for(channel, used, self._reachable(), later_sent_on)
             if fallback:
-                s.queues[fallback].append(message.model_copy(update={"channel": fallback}))
+                queue = s.queues[fallback]
+                at = channel_policy.place_in_journey_order([rank(m.kind) for m in queue], rank(kind))
+                queue.insert(at, message.model_copy(update={"channel": fallback}))
         elif outcome.state is DeliveryState.IN_DOUBT:
             self._flag(f"message_in_doubt:{kind.value}:{channel.value}")
         self._show_details()
@@ -521,7 +554,8 @@ class OrderLifecycle:
         try:
             accept_event(self.state, check_event(self.state, event, raw, workflow.now()), workflow.now())
         except EventRejected as rejection:
-            workflow.logger.warning("rejected %s: %s", event, rejection)
+            # The reason stays out of the log: it may quote a backend's free text.
+            workflow.logger.warning("rejected a %s event", event)
             if self.state is None:
                 return
             s = self.state
