@@ -32,7 +32,7 @@ after which Temporal may start another attempt. So:
   that lease ends;
 - a 'sending' row whose lease has ended (or was ended because no answer came,
   or a gateway answered 502/504) is taken over: an earlier request may have
-  arrived. Twilio is asked, among messages sent since the first claim: found
+  arrived. Twilio is asked for a message with the same To, From and body: found
   means 'sent', not found means it is sent now. SendGrid cannot be asked, so
   the row becomes 'in_doubt';
 - from the claim to the recorded outcome an attempt runs to its end even when
@@ -58,7 +58,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import asyncpg
@@ -201,8 +201,6 @@ class Attempt:
 class Claim:
     key: str
     token: uuid.UUID
-    # When the message was first claimed: Twilio is searched from then on.
-    since: datetime
     # None: nothing to recommend, found on a row an earlier attempt left open.
     message: RenderedMessage | None
     # An earlier attempt's request may have arrived: check before sending.
@@ -294,7 +292,7 @@ class MessagingActivities:
             if registered and message is None:
                 return _outcome(a.request, DeliveryState.SKIPPED, error=NOTHING_TO_RECOMMEND)
             if registered:
-                return Claim(key, token, registered["created_at"], message)
+                return Claim(key, token, message)
             row = await self._ledger_row(key, a.budget)  # another run registered it first
         if row.state in SETTLED:
             return row.outcome(a.request)
@@ -303,13 +301,13 @@ class MessagingActivities:
             claimed = await self._db(a.budget, CLAIM_PENDING, key, token, a.budget.left())
             if not claimed:
                 raise _claim_held(key)
-            return Claim(key, token, claimed["created_at"], message)
+            return Claim(key, token, message)
         if row.lease_seconds_left > 0:
             raise _claim_held(key, row.lease_seconds_left)
         taken = await self._db(a.budget, TAKE_OVER, key, token, a.budget.left(), row.claim_token)
         if not taken:
             raise _claim_held(key)
-        return Claim(key, token, taken["created_at"], message, taken_over=True, earlier_error=row.error)
+        return Claim(key, token, message, taken_over=True, earlier_error=row.error)
 
     async def _register(self, a: Attempt, message: RenderedMessage | None, token: uuid.UUID) -> asyncpg.Record | None:
         """The new row, claimed by this attempt, or settled as 'skipped' when
@@ -344,7 +342,7 @@ class MessagingActivities:
             return await self._settle(a, claim, DeliveryState.IN_DOUBT, error=claim.earlier_error)
         await self._ensure_time_for_a_request(a, claim, "sending")
         try:
-            found = await self._in_thread(provider, provider.look_up, claim.message, claim.since)
+            found = await self._in_thread(provider, provider.look_up, claim.message)
         except ProviderFailure as failure:
             return await self._after_failed_look_up(a, provider, claim, failure)
         if not found:

@@ -19,7 +19,6 @@ import re
 import urllib.error
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Protocol
 
@@ -47,7 +46,7 @@ class RenderedMessage:
 class Verdict(StrEnum):
     """What an error says about the request that raised it."""
 
-    # Refused before it was taken (429, 500, 503), or it never left: send again.
+    # Refused before it was taken (429, 503; SendGrid's 500), or it never left: send again.
     NEVER_ARRIVED = "never arrived"
     # No answer, or a gateway's answer (502, 504) after the service behind it
     # may have taken it: look it up, or leave it in doubt, never resend blindly.
@@ -71,8 +70,8 @@ class Provider(Protocol):
     def send(self, message: RenderedMessage) -> str:
         """Deliver the message; returns the provider's message id."""
 
-    def look_up(self, message: RenderedMessage, since: datetime | None = None) -> str | None:
-        """The id of this message if the provider has it (sent after `since`), else None."""
+    def look_up(self, message: RenderedMessage) -> str | None:
+        """The id of this message if the provider has it, else None."""
 
 
 def classify(err: Exception) -> Verdict:
@@ -80,7 +79,7 @@ def classify(err: Exception) -> Verdict:
     proves nothing, whatever it is, means the request may have arrived."""
     status = _status_of(err)
     if status is not None:
-        return _verdict_for_status(status)
+        return _verdict_for_status(status, err)
     if isinstance(err, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema)):
         return Verdict.MISCONFIGURED
     # urllib (SendGrid) wraps only errors raised while connecting and writing
@@ -101,10 +100,13 @@ def _status_of(err: Exception) -> int | None:
     return None
 
 
-def _verdict_for_status(status: int) -> Verdict:
+def _verdict_for_status(status: int, err: Exception) -> Verdict:
     if status in (401, 403):
         return Verdict.MISCONFIGURED
     if status in (502, 504):
+        return Verdict.MAY_HAVE_ARRIVED
+    if status == 500 and isinstance(err, (TwilioRestException, TwilioServiceException)):
+        # Twilio may have created the Message before failing; asking is cheap.
         return Verdict.MAY_HAVE_ARRIVED
     if status in (408, 409, 429) or status >= 500:
         return Verdict.NEVER_ARRIVED
@@ -240,12 +242,9 @@ class SendGridEmail:
         response = self._client.send(mail)
         return response.headers.get("X-Message-Id") or f"sendgrid-{message.key}"
 
-    def look_up(self, message: RenderedMessage, since: datetime | None = None) -> str | None:
+    def look_up(self, message: RenderedMessage) -> str | None:
         raise NotImplementedError("SendGrid cannot look up a sent message")
 
-
-# Twilio's clock and the database's, which dates the claim, may differ a little.
-LOOKUP_CLOCK_SKEW = timedelta(minutes=1)
 
 
 class TwilioSms:
@@ -270,11 +269,9 @@ class TwilioSms:
     def send(self, message: RenderedMessage) -> str:
         return self._client.api.v2010.account.messages.create(to=message.recipient, from_=self._from, body=message.text).sid
 
-    def look_up(self, message: RenderedMessage, since: datetime | None = None) -> str | None:
+    def look_up(self, message: RenderedMessage) -> str | None:
         """Matched on To, From and the body, which names the order and the
-        touchpoint, among messages sent since the message was first claimed."""
-        sent_after = (since - LOOKUP_CLOCK_SKEW).astimezone(timezone.utc) if since else None
-        recent = self._client.api.v2010.account.messages.list(
-            to=message.recipient, from_=self._from, date_sent_after=sent_after, limit=20
-        )
+        touchpoint. Not filtered by DateSent: Twilio leaves it empty while a
+        message is still queued, which is when a lost answer is looked up."""
+        recent = self._client.api.v2010.account.messages.list(to=message.recipient, from_=self._from, limit=50)
         return next((m.sid for m in recent if m.body == message.text), None)

