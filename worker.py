@@ -84,7 +84,7 @@ def shared_module_runner(package: str) -> SandboxedWorkflowRunner:
     """The sandbox re-imports, and so recompiles, a workflow's module for every
     workflow it starts. Ours keep no module state, so the module is shared;
     calls that would break determinism are still caught by the replay tests,
-    which run under the full sandbox."""
+    which also replay every history under the full sandbox."""
     return SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(package))
 
 
