@@ -1,7 +1,7 @@
 """Benchmarks and failure drills, one command each:
 
     python -m bench [--orders N] [--concurrency C]   throughput, latency, actions vs the floor
-    python -m bench chaos [DRILL ...] [--orders N]   failure drills; exit 1 if one loses or repeats a message
+    python -m bench chaos [DRILL ...] [--orders N]   failure drills; exit 1 if one loses, repeats or strands a message
     python -m bench recommendations [--orders N]     recommendations query p99 at a million orders
     python -m bench open-orders [--orders N]         worker memory with N paid orders awaiting dispatch
 """
@@ -15,9 +15,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
     chaos = sub.add_parser("chaos", help="failure drills")
-    chaos.add_argument("drills", nargs="*", help="kill-worker, provider-faults, postgres-outage, temporal-restart (default: all)")
+    chaos.add_argument(
+        "drills", nargs="*",
+        help="kill-worker, deploy, provider-faults, postgres-outage, temporal-restart, channel-outage (default: all)",
+    )
     chaos.add_argument("--orders", type=int, default=300)
     chaos.add_argument("--concurrency", type=int, default=100)
+    chaos.add_argument("--sms-outage-seconds", type=float, help="channel-outage: how long Twilio answers 503 (default: 120)")
     open_orders = sub.add_parser("open-orders", help="worker memory with many open orders")
     open_orders.add_argument("--orders", type=int, default=10_000)
     open_orders.add_argument("--concurrency", type=int, default=200)
@@ -41,12 +45,13 @@ def main() -> None:
 
         recommendations(args.orders, args.queries)
     elif args.command == "chaos":
-        from bench.chaos import DRILLS, main as chaos_main
+        from bench.chaos import DRILLS, SMS_OUTAGE_SECONDS, main as chaos_main
 
         unknown = set(args.drills) - set(DRILLS)
         if unknown:
             parser.error(f"unknown drill(s): {', '.join(sorted(unknown))}; one of {', '.join(DRILLS)}")
-        if not chaos_main(args.drills or list(DRILLS), args.orders, args.concurrency):
+        sms_outage_seconds = args.sms_outage_seconds or SMS_OUTAGE_SECONDS
+        if not chaos_main(args.drills or list(DRILLS), args.orders, args.concurrency, sms_outage_seconds):
             raise SystemExit(1)
 
 

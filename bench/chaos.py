@@ -1,12 +1,14 @@
 """`python -m bench chaos`: orders in flight while things break. Each drill
 drives real orders through the whole journey and then checks, at the fake
-provider and in the ledger, that every order completed, no message was lost
-and none was sent twice.
+provider and in the ledger, that every order completed, no message was lost,
+none was sent twice and none was left in doubt without reaching the provider.
 
-Drills: kill-worker (SIGKILL, restart, several times), provider-faults (30 %
-429/5xx, some requests answered only after the client gave up, permanent
-refusals), postgres-outage (stopped for 30 s), temporal-restart (dev server
-restarted on its database file).
+Drills: kill-worker (SIGKILL, restart, several times), deploy (SIGTERM, the
+worker drains and exits by itself, restart, several times), provider-faults
+(30 % 429/5xx, some requests answered only after the client gave up,
+permanent refusals), postgres-outage (stopped for 30 s), temporal-restart
+(dev server restarted on its database file), channel-outage (Twilio answers
+503 to every SMS for a while; mails must not wait for it).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,12 +27,42 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RetryConfig
 
 from bench.driver import OrderRun, System, Tracker, bench_order, drive, new_run_id
-from bench.stack import Stack, start_stack, wait_for_pollers
-from tests.fake_providers import BOUNCING_EMAIL_DOMAIN, FakeProviders
-
-DRILLS = ("kill-worker", "provider-faults", "postgres-outage", "temporal-restart")
+from bench.stack import Stack, WorkerProcess, start_stack, wait_for_pollers
+from bench.throughput import percentile
+from tests.fake_providers import BOUNCING_EMAIL_DOMAIN, AcceptedMessage, FakeProviders
+from workflows.models import workflow_id_for
 
 RIDE_OUT_OUTAGES = RetryConfig(max_interval_millis=2000, max_elapsed_time_millis=120_000, max_retries=100)
+
+RESTARTS = 3  # kills or deploys per drill
+SECONDS_BETWEEN_RESTARTS = 6
+# Kubernetes' default: a worker still running this long after SIGTERM is killed.
+DEPLOY_GRACE_SECONDS = 30.0
+
+SMS_OUTAGE_SECONDS = 120.0
+# Orders are placed from this long before the outage until this long after it,
+# so some mails go out before, during and after.
+OUTAGE_MARGIN_SECONDS = 10.0
+
+# The event whose signal causes each mail ("start" is the order being placed).
+# The feedback request and recommendations follow timers, not a signal.
+MAIL_CAUSES = {
+    "order_confirmation": "start",
+    "payment_confirmation": "payment_received",
+    "dispatch_notice": "order_dispatched",
+    "delivery_day": "out_for_delivery",
+    "delivery_confirmation": "order_delivered",
+}
+
+# Outcomes for which the ledger expects nothing at the provider.
+NOT_SENT_BY_DESIGN = ("failed", "skipped")
+# A touchpoint state: overtaken by the journey before it could go; not sent.
+SUPERSEDED = "superseded"
+# Drills whose crashes can fall between a mail's claim and its request
+# leaving: that mail is in doubt though SendGrid never got it (flagged; the
+# Email Activity look-up that would settle it is not built yet).
+STRANDS_IN_DOUBT = ("kill-worker",)
+UNACCOUNTED_SHOWN = 20
 
 
 @dataclass
@@ -44,57 +77,158 @@ class DrillReport:
     lost: int = 0
     duplicates: int = 0
     # Sends a crash or a timeout left unresolved (SendGrid cannot be asked):
-    # flagged for an operator, never sent twice. Some reached the customer.
+    # never sent twice, and each must be flagged on its order for an operator.
+    # Those that never reached the provider are mails the customer will not
+    # get without an operator: zero in every drill but kill-worker, where a
+    # SIGKILL between the claim and the request leaving strands the mail.
     in_doubt: int = 0
     in_doubt_delivered: int = 0
     in_doubt_not_delivered: int = 0
+    in_doubt_not_flagged: int = 0
     failed_permanently: int = 0
     fell_back_to_other_channel: int = 0
+    # Touchpoints the workflow dropped because the journey had moved past them.
+    superseded: int = 0
+    # The lost and the in-doubt-not-delivered messages: ledger and workflow state.
+    unaccounted: list[str] = field(default_factory=list)
+    # deploy: seconds from each SIGTERM until the worker had exited.
+    shutdown_seconds: list[float] = field(default_factory=list)
+    # channel-outage: seconds into the drill the SMS outage began and ended,
+    # and signal-to-SendGrid-request latency of mails signalled during it and outside it.
+    sms_outage: tuple[float, float] | None = None
+    email_latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     provider_answers: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        return self.completed == self.orders and self.lost == 0 and self.duplicates == 0
+        return (
+            self.completed == self.orders
+            and self.lost == 0
+            and self.duplicates == 0
+            and self.in_doubt_not_flagged == 0
+            and (self.in_doubt_not_delivered == 0 or self.drill in STRANDS_IN_DOUBT)
+        )
+
+    def headline(self) -> str:
+        verdict = "passed" if self.passed else "FAILED"
+        return (
+            f"{self.drill}: {verdict}: {self.completed}/{self.orders} orders completed, lost {self.lost}, "
+            f"duplicated {self.duplicates}, in doubt not delivered {self.in_doubt_not_delivered}"
+            f" (not flagged {self.in_doubt_not_flagged})"
+        )
 
 
-async def audit(stack: Stack, report: DrillReport, runs: list[OrderRun], orders: list[dict[str, Any]]) -> None:
-    """Compare the ledger with what the fake provider accepted."""
-    report.completed = sum(r.completed for r in runs)
-    report.errors = [f"{r.order_id}: {r.error}" for r in runs if not r.completed][:10]
-    delivered = Counter(m.identity for m in stack.fakes.accepted)
-    report.duplicates = sum(n - 1 for n in delivered.values() if n > 1)
-    keys_delivered = {m.key for m in stack.fakes.accepted if m.key}
-    sms_delivered = Counter(m.recipient for m in stack.fakes.accepted if m.channel == "sms")
+@dataclass
+class Scene:
+    """What a drill breaks while `driving` drives the orders."""
+
+    stack: Stack
+    worker: WorkerProcess
+    report: DrillReport
+    driving: asyncio.Task
+    began: float
+    sms_outage_seconds: float
+
+
+def flagged_in_doubt(runs: list[OrderRun]) -> set[str]:
+    """Ledger keys of the messages each order flagged as in doubt."""
+    flagged = set()
+    for run in runs:
+        for reason in (run.result or {}).get("attention_reasons", []):
+            if reason.startswith("message_in_doubt:"):
+                _, kind, channel = reason.split(":")
+                flagged.add(f"{workflow_id_for(run.order_id)}:{kind}:{channel}")
+    return flagged
+
+
+def touchpoints(runs: list[OrderRun]) -> dict[str, dict[str, Any]]:
+    """Ledger key -> the touchpoint the workflow recorded (state, error, ...)."""
+    recorded = {}
+    for run in runs:
+        for touchpoint in (run.result or {}).get("touchpoints", []):
+            recorded[f"{workflow_id_for(run.order_id)}:{touchpoint['kind']}:{touchpoint['channel']}"] = touchpoint
+    return recorded
+
+
+def unaccounted(row: asyncpg.Record, touchpoint: dict[str, Any] | None) -> str:
+    """One lost or stranded message, as the ledger and the workflow saw it."""
+    if touchpoint is None:
+        workflow = "recorded nothing"
+    else:
+        workflow = touchpoint["state"] + (f" ({touchpoint['error']})" if touchpoint.get("error") else "")
+    return f"{row['key']}: ledger {row['state']} after {row['attempts']} attempt(s), workflow {workflow}"
+
+
+async def ledger_rows(stack: Stack, orders: list[dict[str, Any]]) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(stack.database_url)
     try:
-        rows = await conn.fetch(
-            "SELECT key, order_id, channel, recipient, state FROM message_ledger WHERE order_id = ANY($1::text[])",
+        return await conn.fetch(
+            "SELECT key, channel, state, attempts, provider_message_id FROM message_ledger WHERE order_id = ANY($1::text[])",
             [o["order_id"] for o in orders],
         )
     finally:
         await conn.close()
+
+
+class Accepted:
+    """What the fake provider accepted: a mail is known by its ledger key, an
+    SMS by its Message SID, which the ledger records."""
+
+    def __init__(self, messages: list[AcceptedMessage]) -> None:
+        self.messages = messages
+        self.mail_keys = {m.key for m in messages if m.channel == "email"}
+        self.sms_ids = {m.provider_id for m in messages if m.channel == "sms"}
+
+    def has(self, row: asyncpg.Record) -> bool:
+        if row["channel"] == "email":
+            return row["key"] in self.mail_keys
+        return row["provider_message_id"] in self.sms_ids
+
+    def duplicates(self) -> int:
+        copies = Counter(m.identity for m in self.messages)
+        return sum(n - 1 for n in copies.values() if n > 1)
+
+
+def expected_at_provider(row: asyncpg.Record, touchpoint: dict[str, Any] | None) -> bool:
+    if row["state"] in NOT_SENT_BY_DESIGN:
+        return False
+    # Overtaken before it went out (e.g. given up mid-retry): not sent, by
+    # design. A row that says sent is checked like any other.
+    return not (touchpoint and touchpoint["state"] == SUPERSEDED and row["state"] != "sent")
+
+
+async def audit(stack: Stack, report: DrillReport, runs: list[OrderRun], orders: list[dict[str, Any]]) -> None:
+    """Compare the ledger and the workflows' statuses with what the fake
+    provider accepted."""
+    report.completed = sum(r.completed for r in runs)
+    report.errors = [f"{r.order_id}: {r.error}" for r in runs if not r.completed][:10]
+    accepted = Accepted(list(stack.fakes.accepted))
+    report.duplicates = accepted.duplicates()
+    report.messages_delivered = len(accepted.messages)
+    recorded = touchpoints(runs)
+    report.superseded = sum(t["state"] == SUPERSEDED for t in recorded.values())
+    rows = await ledger_rows(stack, orders)
     states = Counter(r["state"] for r in rows)
     report.in_doubt = states["in_doubt"]
+    flagged = flagged_in_doubt(runs)
+    report.in_doubt_not_flagged = sum(r["state"] == "in_doubt" and r["key"] not in flagged for r in rows)
     report.failed_permanently = states["failed"]
-    sms_expected: Counter[str] = Counter()
     for row in rows:
-        if row["state"] in ("failed", "skipped"):
+        touchpoint = recorded.get(row["key"])
+        if not expected_at_provider(row, touchpoint):
             continue
         report.messages_expected += 1
-        if row["channel"] == "email":
-            missing = row["key"] not in keys_delivered
-            if row["state"] == "in_doubt":
-                report.in_doubt_not_delivered += missing
-                report.in_doubt_delivered += not missing
-            else:
-                report.lost += missing
+        arrived = accepted.has(row)
+        if row["state"] == "in_doubt":
+            report.in_doubt_delivered += arrived
+            report.in_doubt_not_delivered += not arrived
         else:
-            sms_expected[row["recipient"]] += 1
-    for phone, n in sms_expected.items():
-        report.lost += max(0, n - sms_delivered[phone])
-    report.messages_delivered = sum(delivered.values())
+            report.lost += not arrived
+        if not arrived:
+            report.unaccounted.append(unaccounted(row, touchpoint))
+    del report.unaccounted[UNACCOUNTED_SHOWN:]
     failed_keys = {r["key"].rsplit(":", 1)[0] for r in rows if r["state"] == "failed"}
     report.fell_back_to_other_channel = sum(
         1 for r in rows if r["state"] == "sent" and r["key"].rsplit(":", 1)[0] in failed_keys
@@ -102,13 +236,127 @@ async def audit(stack: Stack, report: DrillReport, runs: list[OrderRun], orders:
     report.provider_answers = {str(k): v for k, v in sorted(stack.fakes.answered.items())}
 
 
-async def run_drill(drill: str, orders: int, concurrency: int) -> DrillReport:
+def latency_summary(seconds: list[float]) -> dict[str, float]:
+    if not seconds:
+        return {"emails": 0}
+    return {
+        "emails": len(seconds),
+        **{f"p{q}": round(1000 * percentile(seconds, q)) for q in (50, 99)},
+        "max": round(1000 * max(seconds)),
+    }
+
+
+def email_latencies(
+    runs: list[OrderRun], accepted: list[AcceptedMessage], outage_began: float, outage_ended: float
+) -> dict[str, dict[str, float]]:
+    """Signal to SendGrid request of every mail a signal caused, split by
+    whether the signal came while SMS were down."""
+    runs_by_workflow = {workflow_id_for(r.order_id): r for r in runs}
+    during: list[float] = []
+    outside: list[float] = []
+    for mail in accepted:
+        if mail.channel != "email" or not mail.key:
+            continue
+        workflow_id, kind, _ = mail.key.rsplit(":", 2)
+        run = runs_by_workflow.get(workflow_id)
+        signalled = run.signalled_at.get(MAIL_CAUSES.get(kind, "")) if run else None
+        if signalled is not None:
+            (during if outage_began <= signalled < outage_ended else outside).append(mail.at - signalled)
+    return {"during_sms_outage": latency_summary(during), "outside_sms_outage": latency_summary(outside)}
+
+
+async def kill_worker(scene: Scene) -> None:
+    for n in range(RESTARTS):
+        await asyncio.sleep(SECONDS_BETWEEN_RESTARTS)
+        if scene.driving.done():
+            break
+        scene.worker.kill()
+        scene.report.notes.append(f"SIGKILL {n + 1} at {time.strftime('%X')}")
+        await asyncio.sleep(1)
+        scene.worker.start()
+
+
+async def deploy(scene: Scene) -> None:
+    """SIGTERM, wait for the worker to exit by itself, start the new one."""
+    for n in range(RESTARTS):
+        await asyncio.sleep(SECONDS_BETWEEN_RESTARTS)
+        if scene.driving.done():
+            break
+        at = time.strftime("%X")
+        # In a thread: the driver and its orders keep going while the worker drains.
+        seconds = await asyncio.to_thread(scene.worker.stop, DEPLOY_GRACE_SECONDS)
+        scene.report.shutdown_seconds.append(round(seconds, 2))
+        killed = " (still running: SIGKILL)" if scene.worker.was_killed else ""
+        scene.report.notes.append(f"SIGTERM {n + 1} at {at}: exited after {seconds:.1f} s{killed}")
+        scene.worker.start()
+
+
+async def stop_postgres(scene: Scene) -> None:
+    await asyncio.sleep(5)
+    scene.stack.stop_postgres()
+    scene.report.notes.append("PostgreSQL stopped for 30 s")
+    await asyncio.sleep(30)
+    scene.stack.start_postgres_again()
+
+
+async def restart_temporal(scene: Scene) -> None:
+    await asyncio.sleep(6)
+    await scene.stack.restart_temporal(down_seconds=5)
+    scene.report.notes.append("Temporal dev server down for 5 s, restarted on its database file")
+
+
+async def sms_outage(scene: Scene) -> None:
+    await asyncio.sleep(OUTAGE_MARGIN_SECONDS)
+    scene.stack.fakes.start_outage("sms")
+    outage_began = time.monotonic() - scene.began
+    await asyncio.sleep(scene.sms_outage_seconds)
+    scene.stack.fakes.end_outage("sms")
+    scene.report.sms_outage = (round(outage_began, 1), round(time.monotonic() - scene.began, 1))
+    scene.report.notes.append(f"Twilio answered 503 to every SMS for {scene.sms_outage_seconds:g} s")
+
+
+async def nothing_to_break(scene: Scene) -> None:
+    """provider-faults: the fake providers misbehave all along."""
+
+
+DRILLS: dict[str, Callable[[Scene], Awaitable[None]]] = {
+    "kill-worker": kill_worker,
+    "deploy": deploy,
+    "provider-faults": nothing_to_break,
+    "postgres-outage": stop_postgres,
+    "temporal-restart": restart_temporal,
+    "channel-outage": sms_outage,
+}
+
+
+def fake_providers_for(drill: str, provider_timeout: float) -> FakeProviders:
     fakes = FakeProviders(keep_requests=False)
-    provider_timeout = 5.0
     if drill == "provider-faults":
-        provider_timeout = 1.0
         fakes.fault_rate, fakes.hang_rate, fakes.hang_seconds = 0.3, 0.03, provider_timeout + 1.5
-    stack = await start_stack(persistent_temporal=drill == "temporal-restart", fakes=fakes)
+    return fakes
+
+
+def orders_for(drill: str, orders: int) -> list[dict[str, Any]]:
+    run = new_run_id()
+    batch = [bench_order(n, run) for n in range(orders)]
+    if drill == "provider-faults":
+        for order in batch[::10]:  # refused for good: the SMS carries what the mail could not
+            order["customer"]["email"] = f"{order['order_id']}@{BOUNCING_EMAIL_DOMAIN}"
+    return batch
+
+
+def driving_for(drill: str, sms_outage_seconds: float) -> dict[str, Any]:
+    """How the driver paces orders. In channel-outage, orders keep coming
+    throughout the outage and move on as soon as their mails arrive: SMS
+    held up by the outage may be overtaken and never sent."""
+    if drill == "channel-outage":
+        return {"await_sms": False, "start_over": sms_outage_seconds + 2 * OUTAGE_MARGIN_SECONDS}
+    return {}
+
+
+async def run_drill(drill: str, orders: int, concurrency: int, sms_outage_seconds: float = SMS_OUTAGE_SECONDS) -> DrillReport:
+    provider_timeout = 1.0 if drill == "provider-faults" else 5.0
+    stack = await start_stack(persistent_temporal=drill == "temporal-restart", fakes=fake_providers_for(drill, provider_timeout))
     report = DrillReport(drill, orders)
     try:
         # Its own client, so it outlives a restart of the dev server. Like a
@@ -122,51 +370,32 @@ async def run_drill(drill: str, orders: int, concurrency: int) -> DrillReport:
         await wait_for_pollers(stack)
         tracker = Tracker()
         stack.fakes.on_accept = tracker.on_provider_request
-        run = new_run_id()
-        batch = [bench_order(n, run) for n in range(orders)]
-        if drill == "provider-faults":
-            for order in batch[::10]:  # refused for good: the SMS carries what the mail could not
-                order["customer"]["email"] = f"{order['order_id']}@{BOUNCING_EMAIL_DOMAIN}"
+        batch = orders_for(drill, orders)
         began = time.monotonic()
-        driving = asyncio.create_task(drive(System(client, floor=False), tracker, batch, concurrency, timeout=600, patience=30))
-        await break_things(drill, stack, worker, report, driving)
+        driving = asyncio.create_task(
+            drive(
+                System(client, floor=False), tracker, batch, concurrency, timeout=600, patience=30,
+                **driving_for(drill, sms_outage_seconds),
+            )
+        )
+        await DRILLS[drill](Scene(stack, worker, report, driving, began, sms_outage_seconds))
         runs, _ = await driving
         report.seconds = round(time.monotonic() - began, 1)
         await audit(stack, report, runs, batch)
+        if report.sms_outage:
+            outage_began, outage_ended = (began + t for t in report.sms_outage)
+            report.email_latency_ms = email_latencies(runs, list(stack.fakes.accepted), outage_began, outage_ended)
     finally:
         await stack.shutdown()
     return report
 
 
-async def break_things(drill: str, stack: Stack, worker, report: DrillReport, driving: asyncio.Task) -> None:
-    if drill == "kill-worker":
-        for n in range(3):
-            await asyncio.sleep(6)
-            if driving.done():
-                break
-            worker.kill()
-            report.notes.append(f"SIGKILL {n + 1} at {time.strftime('%X')}")
-            await asyncio.sleep(1)
-            worker.start()
-    elif drill == "postgres-outage":
-        await asyncio.sleep(5)
-        stack.stop_postgres()
-        report.notes.append("PostgreSQL stopped for 30 s")
-        await asyncio.sleep(30)
-        stack.start_postgres_again()
-    elif drill == "temporal-restart":
-        await asyncio.sleep(6)
-        await stack.restart_temporal(down_seconds=5)
-        report.notes.append("Temporal dev server down for 5 s, restarted on its database file")
-
-
-def main(drills: list[str], orders: int, concurrency: int) -> bool:
+def main(drills: list[str], orders: int, concurrency: int, sms_outage_seconds: float = SMS_OUTAGE_SECONDS) -> bool:
     ok = True
     for drill in drills:
         print(f"{drill}: {orders} orders, {concurrency} in flight ...", flush=True)
-        report = asyncio.run(run_drill(drill, orders, concurrency))
-        summary = {k: v for k, v in report.__dict__.items()}
-        summary["passed"] = report.passed
-        print(json.dumps(summary), flush=True)
+        report = asyncio.run(run_drill(drill, orders, concurrency, sms_outage_seconds))
+        print(report.headline(), flush=True)
+        print(json.dumps({**report.__dict__, "passed": report.passed}), flush=True)
         ok &= report.passed
     return ok

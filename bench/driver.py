@@ -29,6 +29,12 @@ CATALOGUE = [(f"SKU-{c[:3].upper()}-{n}", f"{c.title()} {n}", f"{10 + 7 * n}.90"
 # delivered; feedback request. When the mail address bounces, each message
 # goes by SMS alone.
 MESSAGES_AFTER_STEP = {"email": (1, 2, 4, 5, 6, 7), "sms_only": (1, 2, 3, 4, 5, 6)}
+# Of those, the mails. An SMS held up by its channel may be overtaken by the
+# journey and never sent (superseded), so a driver that must not wait for SMS
+# counts these instead; the delivery-day notice goes by SMS alone.
+EMAILS_AFTER_STEP = {"email": (1, 2, 3, 3, 4, 5), "sms_only": (0, 0, 0, 0, 0, 0)}
+
+ANY_CHANNEL = "any"
 
 THINK_TIME = 0.3  # seconds between a message and the next event
 
@@ -62,8 +68,13 @@ def bench_order(n: int, run: str) -> dict[str, Any]:
 
 @dataclass
 class _Progress:
-    arrivals: list[float] = field(default_factory=list)
-    waiters: list[tuple[int, asyncio.Future]] = field(default_factory=list)
+    # Arrival times per channel ("email", "sms"), and of every message under
+    # ANY_CHANNEL (the floor's notifications name no channel).
+    arrivals: dict[str, list[float]] = field(default_factory=lambda: {ANY_CHANNEL: []})
+    waiters: list[tuple[str, int, asyncio.Future]] = field(default_factory=list)
+
+    def count(self, channel: str) -> int:
+        return len(self.arrivals.get(channel, ()))
 
 
 class Tracker:
@@ -80,31 +91,37 @@ class Tracker:
         self.recipients[order["customer"]["email"]] = oid
         self.recipients[order["customer"]["phone"]] = oid
 
-    def arrived(self, oid: str, at: float) -> None:
+    def arrived(self, oid: str, at: float, channel: str | None = None) -> None:
         progress = self.orders.get(oid)
         if progress is None:
             return
-        progress.arrivals.append(at)
-        for n, fut in list(progress.waiters):
-            if len(progress.arrivals) >= n and not fut.done():
+        progress.arrivals[ANY_CHANNEL].append(at)
+        if channel:
+            progress.arrivals.setdefault(channel, []).append(at)
+        for waiter in list(progress.waiters):
+            waited_channel, n, fut = waiter
+            if progress.count(waited_channel) >= n and not fut.done():
                 fut.set_result(None)
-                progress.waiters.remove((n, fut))
+                progress.waiters.remove(waiter)
 
     def on_provider_request(self, message: AcceptedMessage) -> None:
         """Called on the fake provider's thread."""
         oid = self.recipients.get(message.recipient)
         if oid:
-            self.loop.call_soon_threadsafe(self.arrived, oid, message.at)
+            self.loop.call_soon_threadsafe(self.arrived, oid, message.at, message.channel)
 
-    def count(self, oid: str) -> int:
-        return len(self.orders[oid].arrivals)
+    def count(self, oid: str, channel: str = ANY_CHANNEL) -> int:
+        return self.orders[oid].count(channel)
 
-    async def wait_for(self, oid: str, n: int, timeout: float) -> None:
+    def arrival(self, oid: str, index: int, channel: str = ANY_CHANNEL) -> float:
+        return self.orders[oid].arrivals[channel][index]
+
+    async def wait_for(self, oid: str, n: int, timeout: float, channel: str = ANY_CHANNEL) -> None:
         progress = self.orders[oid]
-        if len(progress.arrivals) >= n:
+        if progress.count(channel) >= n:
             return
         fut = self.loop.create_future()
-        progress.waiters.append((n, fut))
+        progress.waiters.append((channel, n, fut))
         await asyncio.wait_for(fut, timeout)
 
 
@@ -120,7 +137,11 @@ class FloorNotifications(asyncio.DatagramProtocol):
 class OrderRun:
     order_id: str
     latencies: list[float] = field(default_factory=list)
+    # When the order was placed ("start") and each event signalled, monotonic.
+    signalled_at: dict[str, float] = field(default_factory=dict)
     completed: bool = False
+    # The workflow's result (its status view as JSON); None for the floor.
+    result: Any = None
     error: str | None = None
 
 
@@ -146,25 +167,36 @@ class System:
         # Plain signals for both, so the driver's own work is the same.
         await self.client.get_workflow_handle(self.workflow_id(oid)).signal(event, payload)
 
-    async def result(self, oid: str) -> None:
-        await self.client.get_workflow_handle(self.workflow_id(oid)).result()
+    async def result(self, oid: str) -> Any:
+        return await self.client.get_workflow_handle(self.workflow_id(oid)).result()
 
 
 async def drive_order(
-    system: System, tracker: Tracker, order: dict[str, Any], timeout: float = 120, patience: float | None = None
+    system: System,
+    tracker: Tracker,
+    order: dict[str, Any],
+    timeout: float = 120,
+    patience: float | None = None,
+    await_sms: bool = True,
 ) -> OrderRun:
     """With `patience`, a message that has not come after that many seconds
     does not stop the order (a drill judges messages afterwards, and a send
-    left in doubt may never come); the workflow must still complete."""
+    left in doubt may never come), nor is it waited for again at later steps;
+    the workflow must still complete. Without
+    `await_sms`, each step waits for its mails only, and latencies are those
+    of the mails."""
     oid = order["order_id"]
     run = OrderRun(oid)
     bounces = order["customer"]["email"].endswith("@" + BOUNCING_EMAIL_DOMAIN)
+    counts, channel = (MESSAGES_AFTER_STEP, ANY_CHANNEL) if await_sms else (EMAILS_AFTER_STEP, "email")
     after_start, after_payment, after_dispatch, after_out_for_delivery, after_delivery, after_feedback_request = (
-        MESSAGES_AFTER_STEP["sms_only" if bounces else "email"]
+        counts["sms_only" if bounces else "email"]
     )
     today = datetime.now(timezone.utc).date().isoformat()
 
     stage = "start"
+    # Messages given up on after `patience`: the counts of later steps do not include them.
+    given_up = 0
 
     async def step(event: str, payload: dict[str, Any], expect: int) -> None:
         nonlocal stage
@@ -172,22 +204,26 @@ async def drive_order(
         # wait (and its deadline timer) before the next one, as it would.
         await asyncio.sleep(THINK_TIME)
         stage = event
-        before = tracker.count(oid)
-        sent = time.monotonic()
+        before = tracker.count(oid, channel)
+        sent = run.signalled_at[event] = time.monotonic()
         await system.signal(oid, event, payload)
-        if await wait_for_messages(expect):
-            run.latencies.append(tracker.orders[oid].arrivals[before] - sent)
+        # A step may cause no message on this channel (an SMS-only notice).
+        if await wait_for_messages(expect) and tracker.count(oid, channel) > before:
+            run.latencies.append(tracker.arrival(oid, before, channel) - sent)
 
     async def wait_for_messages(n: int) -> bool:
+        nonlocal given_up
         try:
-            await tracker.wait_for(oid, n, patience or timeout)
+            await tracker.wait_for(oid, n - given_up, patience or timeout, channel)
         except TimeoutError:
             if patience is None:
                 raise
+            given_up = n - tracker.count(oid, channel)
             return False
         return True
 
     try:
+        run.signalled_at["start"] = time.monotonic()
         await system.start(order)
         await wait_for_messages(after_start)
         await step("payment_received", payment_for(order), after_payment)
@@ -206,7 +242,7 @@ async def drive_order(
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise
         stage = "completion"
-        await asyncio.wait_for(system.result(oid), timeout)
+        run.result = await asyncio.wait_for(system.result(oid), timeout)
         run.completed = True
     except Exception as err:  # a benchmark reports failures instead of stopping
         run.error = f"{stage}: {type(err).__name__} {err} ({tracker.count(oid)} messages)"
@@ -214,19 +250,31 @@ async def drive_order(
 
 
 async def drive(
-    system: System, tracker: Tracker, orders: list[dict[str, Any]], concurrency: int, timeout: float = 120, patience: float | None = None
+    system: System,
+    tracker: Tracker,
+    orders: list[dict[str, Any]],
+    concurrency: int,
+    timeout: float = 120,
+    patience: float | None = None,
+    await_sms: bool = True,
+    start_over: float | None = None,
 ) -> tuple[list[OrderRun], float]:
-    """All orders with at most `concurrency` in flight; returns runs and seconds."""
+    """All orders with at most `concurrency` in flight; returns runs and
+    seconds. With `start_over`, orders are placed evenly over that many
+    seconds instead of as fast as the gate lets them in, so that orders are
+    on every step of the journey throughout (e.g. a whole provider outage)."""
     gate = asyncio.Semaphore(concurrency)
 
-    async def one(order: dict[str, Any]) -> OrderRun:
+    async def one(n: int, order: dict[str, Any]) -> OrderRun:
+        if start_over:
+            await asyncio.sleep(n * start_over / len(orders))
         async with gate:
-            return await drive_order(system, tracker, order, timeout, patience)
+            return await drive_order(system, tracker, order, timeout, patience, await_sms)
 
     for order in orders:
         tracker.register(order)
     began = time.monotonic()
-    runs = await asyncio.gather(*(one(o) for o in orders))
+    runs = await asyncio.gather(*(one(n, o) for n, o in enumerate(orders)))
     return list(runs), time.monotonic() - began
 
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,15 +66,26 @@ class WorkerProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.sample_peak()
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def stop(self, grace_seconds: float = 30) -> float:
+        """SIGTERM, as a deploy sends, then wait for the worker to finish its
+        in-flight work and exit; SIGKILL after `grace_seconds` (Kubernetes'
+        default grace period). Returns the seconds until the process was gone."""
+        if not self.proc or self.proc.poll() is not None:
+            return 0.0
+        self.sample_peak()
+        began = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(grace_seconds)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return time.monotonic() - began
+
+    @property
+    def was_killed(self) -> bool:
+        """Whether the last process ended by SIGKILL (`kill`, or `stop` past its grace)."""
+        return self.proc is not None and self.proc.returncode == -signal.SIGKILL
 
 
 @dataclass
