@@ -87,6 +87,9 @@ class DrillReport:
     in_doubt_not_flagged: int = 0
     failed_permanently: int = 0
     fell_back_to_other_channel: int = 0
+    # Refused for good, and the other channel never took it up (sent, in
+    # doubt, or superseded because the journey had moved on): must be zero.
+    refused_not_handed_over: int = 0
     # Touchpoints the workflow dropped because the journey had moved past them.
     superseded: int = 0
     # The lost and the in-doubt-not-delivered messages: ledger and workflow state.
@@ -108,6 +111,7 @@ class DrillReport:
             and self.lost == 0
             and self.duplicates == 0
             and self.in_doubt_not_flagged == 0
+            and self.refused_not_handed_over == 0
             and (self.in_doubt_not_delivered == 0 or self.drill in STRANDS_IN_DOUBT)
         )
 
@@ -130,6 +134,12 @@ class Scene:
     driving: asyncio.Task
     began: float
     sms_outage_seconds: float
+
+
+def other_channel_key(key: str) -> str:
+    """The ledger key of the same touchpoint on the other channel."""
+    touchpoint, channel = key.rsplit(":", 1)
+    return f"{touchpoint}:{'sms' if channel == 'email' else 'email'}"
 
 
 def flagged_in_doubt(runs: list[OrderRun]) -> set[str]:
@@ -232,6 +242,9 @@ async def audit(stack: Stack, report: DrillReport, runs: list[OrderRun], orders:
     failed_keys = {r["key"].rsplit(":", 1)[0] for r in rows if r["state"] == "failed"}
     report.fell_back_to_other_channel = sum(
         1 for r in rows if r["state"] == "sent" and r["key"].rsplit(":", 1)[0] in failed_keys
+    )
+    report.refused_not_handed_over = sum(
+        1 for r in rows if r["state"] == "failed" and other_channel_key(r["key"]) not in recorded
     )
     report.provider_answers = {str(k): v for k, v in sorted(stack.fakes.answered.items())}
 

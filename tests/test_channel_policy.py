@@ -3,7 +3,14 @@ overtaken: pure functions, without a server."""
 
 from __future__ import annotations
 
-from workflows.channel_policy import Progress, channels_for, fallback_for, is_superseded, place_in_journey_order
+from workflows.channel_policy import (
+    Progress,
+    channels_for,
+    fallback_for,
+    fallback_overtaken,
+    is_superseded,
+    place_in_journey_order,
+)
 from workflows.models import Channel, OrderStatus, Touchpoint
 
 BOTH = {Channel.EMAIL, Channel.SMS}
@@ -17,14 +24,15 @@ def test_touchpoints_use_their_channels_or_the_only_one_reachable():
 
 
 def test_a_refused_message_falls_back_once_to_a_channel_not_yet_used():
-    assert fallback_for(Channel.EMAIL, {Channel.EMAIL}, BOTH, set()) is Channel.SMS
-    assert fallback_for(Channel.EMAIL, {Channel.EMAIL, Channel.SMS}, BOTH, set()) is None
-    assert fallback_for(Channel.SMS, {Channel.SMS}, {Channel.SMS}, set()) is None
+    assert fallback_for(Channel.EMAIL, {Channel.EMAIL}, BOTH) is Channel.SMS
+    assert fallback_for(Channel.EMAIL, {Channel.EMAIL, Channel.SMS}, BOTH) is None
+    assert fallback_for(Channel.SMS, {Channel.SMS}, {Channel.SMS}) is None
 
 
 def test_item05_a_fallback_keeps_journey_order_on_its_channel():
     # The other channel already sent a later message: too late to fall back.
-    assert fallback_for(Channel.EMAIL, {Channel.EMAIL}, BOTH, {Channel.SMS}) is None
+    assert fallback_overtaken(Channel.SMS, {Channel.SMS})
+    assert not fallback_overtaken(Channel.SMS, {Channel.EMAIL})
     # Joins the queue before later messages, never ahead of the one in flight.
     assert place_in_journey_order([], 2) == 0
     assert place_in_journey_order([5, 6], 2) == 1

@@ -36,7 +36,8 @@ async def test_drill(drill: str):
     if drill == "deploy":
         assert max(report.shutdown_seconds) < DEPLOY_GRACE_SECONDS, "a worker had to be killed after SIGTERM"
     if drill == "provider-faults":
-        assert report.fell_back_to_other_channel == report.failed_permanently > 0
+        assert report.failed_permanently > 0 and report.fell_back_to_other_channel > 0
+        assert report.refused_not_handed_over == 0, why
         assert {"429", "500", "502", "503"} <= set(report.provider_answers)
     if drill == "channel-outage":
         assert report.provider_answers.get("503"), "Twilio was never down"

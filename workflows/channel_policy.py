@@ -83,14 +83,17 @@ def channels_for(kind: Touchpoint, reachable: set[Channel]) -> list[Channel]:
     return [other] if other in reachable else []
 
 
-def fallback_for(
-    failed: Channel, used: set[Channel], reachable: set[Channel], later_sent_on: set[Channel]
-) -> Channel | None:
-    """The channel that takes over a message `failed` refused for good: not
-    one that already carries it, nor one that has already sent a later
-    message (it would arrive out of journey order)."""
+def fallback_for(failed: Channel, used: set[Channel], reachable: set[Channel]) -> Channel | None:
+    """The channel that takes over a message `failed` refused for good,
+    unless it already carries it."""
     other = other_channel(failed)
-    return other if other in reachable and other not in used and other not in later_sent_on else None
+    return other if other in reachable and other not in used else None
+
+
+def fallback_overtaken(fallback: Channel, later_sent_on: set[Channel]) -> bool:
+    """The fallback's channel has already sent a later message: the fallback
+    would arrive out of journey order, so it is superseded."""
+    return fallback in later_sent_on
 
 
 def place_in_journey_order(queued_ranks: list[int], rank: int) -> int:

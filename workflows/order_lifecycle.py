@@ -290,8 +290,11 @@ class OrderLifecycle:
         """Wait for `condition`; False once `deadline` passes first. One timer
         per deadline, however often the wait around it wakes. Raises
         ContinueAsNewDue when this run's history has grown long."""
+        # Already there, or too late: no timer (each one is billed).
+        if condition():
+            return True
         if deadline is not None and deadline <= workflow.now():
-            return bool(condition())
+            return False
         timer = None if deadline is None else self._timer(deadline)
         await workflow.wait_condition(
             lambda: bool(condition())
@@ -449,8 +452,12 @@ class OrderLifecycle:
                 for t in s.touchpoints
                 if rank(t.kind) > rank(kind) and t.state in (DeliveryState.SENT, DeliveryState.IN_DOUBT)
             }
-            fallback = channel_policy.fallback_for(channel, used, self._reachable(), later_sent_on)
-            if fallback:
+            fallback = channel_policy.fallback_for(channel, used, self._reachable())
+            if fallback and channel_policy.fallback_overtaken(fallback, later_sent_on):
+                s.touchpoints.append(
+                    TouchpointRecord(kind=kind, channel=fallback, state=DeliveryState.SUPERSEDED, at=workflow.now())
+                )
+            elif fallback:
                 queue = s.queues[fallback]
                 at = channel_policy.place_in_journey_order([rank(m.kind) for m in queue], rank(kind))
                 queue.insert(at, message.model_copy(update={"channel": fallback}))
