@@ -69,20 +69,10 @@ def check_event(state: JourneyState | None, event: str, raw: Any, now: datetime)
 
 
 def accept_event(state: JourneyState, parsed: WireModel, now: datetime) -> None:
-    if isinstance(parsed, PaymentReceived):
-        state.payment, state.paid_at = parsed, now
-    elif isinstance(parsed, OrderDispatched):
-        state.dispatch = parsed
-    elif isinstance(parsed, OutForDelivery):
-        state.delivery_day = parsed
-    elif isinstance(parsed, OrderDelivered):
-        state.delivered, state.delivered_seen_at = parsed, now
-    elif isinstance(parsed, ParcelCollected):
-        state.collected = parsed
-    elif isinstance(parsed, OrderCancelled):
-        state.cancel = parsed
-    elif isinstance(parsed, FeedbackSubmitted):
-        state.feedback = parsed
+    field, accepted_at = _KEPT_AS[type(parsed)]
+    setattr(state, field, parsed)
+    if accepted_at:
+        setattr(state, accepted_at, now)
 
 
 def _not_decided(state: JourneyState) -> None:
@@ -161,6 +151,18 @@ def _feedback(state: JourneyState, feedback: FeedbackSubmitted, now: datetime) -
     if state.feedback_asked_at and state.setup and now > state.feedback_asked_at + state.setup.settings.feedback_window:
         raise EventRejected("the feedback window has closed")
 
+
+# Where the journey state keeps each accepted event, and, for the events
+# deadlines count from, when it was accepted.
+_KEPT_AS: dict[type[WireModel], tuple[str, str | None]] = {
+    PaymentReceived: ("payment", "paid_at"),
+    OrderDispatched: ("dispatch", None),
+    OutForDelivery: ("delivery_day", None),
+    OrderDelivered: ("delivered", "delivered_seen_at"),
+    ParcelCollected: ("collected", None),
+    OrderCancelled: ("cancel", None),
+    FeedbackSubmitted: ("feedback", None),
+}
 
 _RULES = {
     PaymentReceived: _payment,
