@@ -248,7 +248,7 @@ async def test_item12_an_hour_of_one_providers_outage_has_a_capped_cost(
         if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED and sent_key(history, e).endswith(":dispatch_notice:sms")
     ]
     # Doubling from 1 s to 15 min apart: 13 attempts within the hour, then one
-    # that goes through after it (5 min apart, as before, made it 24).
+    # that goes through after it (the previous policy, 5 min apart, made 26).
     assert sms_attempts and sms_attempts[0] <= 15, sms_attempts
     assert billable_actions(history)["activity_attempt"] <= 4 + 15
 
