@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncpg
 from temporalio import activity
 
+from activities.consent import record_checkout_consent
 from workflows.models import (
     CancelRecord,
-    ChannelPreferences,
     FeedbackRecord,
     JourneySettings,
     OrderInput,
@@ -20,7 +20,6 @@ VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (customer_id) DO UPDATE
 SET name = EXCLUDED.name, email = EXCLUDED.email, phone = EXCLUDED.phone,
     timezone = EXCLUDED.timezone, updated_at = now()
-RETURNING email_opt_in, sms_opt_in
 """
 
 INSERT_ORDER = """
@@ -80,11 +79,14 @@ class OrderActivities:
 
     @activity.defn
     async def record_order(self, order: OrderInput) -> OrderSetup:
-        """Upsert the customer, store the order once, and hand the workflow the
-        journey settings and channel preferences it keeps for its lifetime."""
+        """Upsert the customer and the consent given at checkout, store the
+        order once, and hand the workflow the journey settings it keeps for
+        its lifetime. Consent is not handed over: it is read at each send."""
         c = order.customer
         async with self._pool.acquire() as conn, conn.transaction():
-            prefs = await conn.fetchrow(UPSERT_CUSTOMER, c.customer_id, c.name, c.email, c.phone, c.timezone)
+            await conn.execute(UPSERT_CUSTOMER, c.customer_id, c.name, c.email, c.phone, c.timezone)
+            if c.marketing_consent:
+                await record_checkout_consent(conn, c.customer_id, c.marketing_consent)
             inserted = await conn.fetchval(
                 INSERT_ORDER,
                 order.order_id,
@@ -110,10 +112,7 @@ class OrderActivities:
                     COUNT_SALES, [i.sku for i in items], [i.name for i in items], [i.category for i in items], [i.quantity for i in items]
                 )
                 await conn.execute(COUNT_PAIRS, sorted({i.sku for i in items}))
-        return OrderSetup(
-            settings=self._settings,
-            preferences=ChannelPreferences(email=prefs["email_opt_in"], sms=prefs["sms_opt_in"]),
-        )
+        return OrderSetup(settings=self._settings)
 
     @activity.defn
     async def cancel_order(self, record: CancelRecord) -> None:

@@ -31,6 +31,7 @@ from workflows.models import Channel, JourneySettings, OrderStatusView
 
 TWILIO_SID = "AC" + "0" * 32
 HISTORIES = Path(__file__).parent / "histories"
+NO_QUIET_HOURS = {"sms_quiet_from": timedelta(0), "sms_quiet_until": timedelta(0)}
 
 
 @pytest.fixture(scope="session")
@@ -166,11 +167,14 @@ def make_harness(pool: asyncpg.Pool, provider_config: ProviderConfig):
         env: WorkflowEnvironment,
         *,
         journey: JourneySettings = JourneySettings(),
+        quiet_hours: bool = False,
         config: ProviderConfig | None = None,
         providers: dict[Channel, Provider] | None = None,
         task_queue: str | None = None,
     ) -> AsyncIterator[Harness]:
         queue = task_queue or f"tq-{uuid.uuid4().hex[:8]}"
+        if not quiet_hours:  # a test's outcome must not depend on the hour it runs at
+            journey = journey.model_copy(update=NO_QUIET_HOURS)
         worker = build_worker(
             env.client, pool, config or provider_config, journey, providers=providers, task_queue=queue
         )
@@ -197,6 +201,7 @@ def new_order(**overrides: Any) -> dict[str, Any]:
             "email": f"ada.{uid}@example.com",
             "phone": "+48600" + str(int(uid, 16) % 1_000_000).zfill(6),
             "timezone": "Europe/Warsaw",
+            "marketing_consent": {"email": True},
         },
         "items": [
             {"sku": f"KB-{uid}", "name": "Mechanical keyboard", "quantity": 1, "unit_price": "89.90", "category": "keyboards"},

@@ -101,10 +101,10 @@ def test_item14_an_order_rejection_never_repeats_the_customers_address():
 
 
 def test_feedback_after_its_window_is_refused():
-    from workflows.models import ChannelPreferences, JourneySettings, OrderSetup
+    from workflows.models import JourneySettings, OrderSetup
 
     state, order = journey()
-    state.setup = OrderSetup(settings=JourneySettings(), preferences=ChannelPreferences())
+    state.setup = OrderSetup(settings=JourneySettings())
     apply(state, "payment_received", payment_for(order))
     apply(state, "order_dispatched", DISPATCH)
     apply(state, "order_delivered", {"delivered_at": NOW.isoformat()})

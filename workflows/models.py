@@ -19,10 +19,15 @@ from workflows.clock import is_known_timezone
 
 TASK_QUEUE = "order-lifecycle"
 WORKFLOW_TYPE = "OrderLifecycle"
+CUSTOMER_WORKFLOW_TYPE = "CustomerJourney"
 
 
 def workflow_id_for(order_id: str) -> str:
     return f"order-{order_id}"
+
+
+def customer_workflow_id(customer_id: str) -> str:
+    return f"customer-{customer_id}"
 
 
 # A pragmatic address check: one @, no spaces, a dotted domain. Full RFC 5322
@@ -40,12 +45,21 @@ class WireModel(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+class MarketingConsent(WireModel):
+    """What the customer agreed to at checkout. A channel left out keeps the
+    consent already on record; a customer never asked has none."""
+
+    email: bool | None = None
+    sms: bool | None = None
+
+
 class Customer(WireModel):
     customer_id: NonEmpty
     name: NonEmpty
     email: Annotated[str, Field(max_length=254)]
     phone: Annotated[str, Field(pattern=E164_PATTERN)] | None = None
     timezone: Annotated[str, Field(max_length=64)] = "UTC"
+    marketing_consent: MarketingConsent | None = None
 
     @field_validator("email")
     @classmethod
@@ -117,6 +131,10 @@ class JourneySettings(WireModel):
     # A channel whose provider rejects our credentials is tried again this
     # often, instead of a retry storm, until the configuration is fixed.
     paused_channel_retry: timedelta = timedelta(hours=1)
+    # No SMS between these local times (since midnight, customer's timezone):
+    # it waits for the morning. Equal values turn quiet hours off.
+    sms_quiet_from: timedelta = timedelta(hours=21)
+    sms_quiet_until: timedelta = timedelta(hours=8)
 
     @model_validator(mode="after")
     def _ordered(self) -> JourneySettings:
@@ -128,6 +146,9 @@ class JourneySettings(WireModel):
             raise ValueError("delivery_grace must be shorter than delivery_deadline")
         if self.locker_reminder_before >= self.locker_pickup_window:
             raise ValueError("locker_reminder_before must be shorter than locker_pickup_window")
+        for name in ("sms_quiet_from", "sms_quiet_until"):
+            if not timedelta(0) <= getattr(self, name) < timedelta(days=1):
+                raise ValueError(f"{name} is a time of day: from 0s up to 24h")
         return self
 
 
@@ -141,6 +162,8 @@ class OrderInput(WireModel):
     items: Annotated[list[Item], Field(min_length=1, max_length=200)]
     delivery: Annotated[AddressDelivery | LockerDelivery, Field(discriminator="method")]
     seller: Seller
+    # A coupon from a loyalty reward or a win-back, redeemed by this order.
+    coupon_code: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     # Optional per-order delays and deadlines (demos, express orders); the
     # worker's configured values apply when it is absent.
     journey: JourneySettings | None = None
@@ -276,6 +299,28 @@ class Touchpoint(StrEnum):
     FEEDBACK_REQUEST = "feedback_request"
     RECOMMENDATIONS = "recommendations"
     PARCEL_LOST = "parcel_lost"
+    # The customer's journey (workflows/customer_journey.py).
+    WELCOME = "welcome"
+    LOYALTY_REWARD = "loyalty_reward"
+    WIN_BACK = "win_back"
+    WIN_BACK_REMINDER = "win_back_reminder"
+
+
+class MessageClass(StrEnum):
+    # About an order the customer placed: always sent, except to a suppressed
+    # address or number.
+    TRANSACTIONAL = "transactional"
+    # Offers and suggestions: only with the customer's consent on that channel.
+    MARKETING = "marketing"
+
+
+MARKETING_TOUCHPOINTS = frozenset(
+    {Touchpoint.RECOMMENDATIONS, Touchpoint.WELCOME, Touchpoint.LOYALTY_REWARD, Touchpoint.WIN_BACK, Touchpoint.WIN_BACK_REMINDER}
+)
+
+
+def message_class(kind: Touchpoint) -> MessageClass:
+    return MessageClass.MARKETING if kind in MARKETING_TOUCHPOINTS else MessageClass.TRANSACTIONAL
 
 
 class DeliveryState(StrEnum):
@@ -285,8 +330,17 @@ class DeliveryState(StrEnum):
     # A previous attempt died between claiming the ledger row and recording the
     # provider's answer: it may have gone out, so it is never sent again.
     IN_DOUBT = "in_doubt"
-    # Nothing to say (e.g. no recommendations) or the channel is opted out.
+    # Nothing to say (e.g. no recommendations).
     SKIPPED = "skipped"
+    # Not allowed on this channel when it was due: no consent for its class,
+    # or the address or number is suppressed (opted out, bounced). Read at
+    # send time, never captured earlier.
+    NOT_PERMITTED = "not_permitted"
+    # Marketing over the frequency cap: not before `not_before`. Decided by
+    # the activity; the workflow waits and sends it then, unless stale.
+    DEFERRED = "deferred"
+    # Deferred (frequency cap, quiet hours) past the moment it was useful.
+    STALE = "stale"
     # Overtaken by the journey before it could go (e.g. "on its way" once the
     # parcel is delivered): not sent late. Decided by the workflow; no ledger row.
     SUPERSEDED = "superseded"
@@ -328,23 +382,19 @@ class OrderStatusView(WireModel):
 # --- Workflow <-> activity messages -------------------------------------------
 
 
-class ChannelPreferences(WireModel):
-    email: bool = True
-    sms: bool = True
-
-
 class OrderSetup(WireModel):
     settings: JourneySettings
-    preferences: ChannelPreferences
 
 
 class MessageRequest(WireModel):
     key: str
     kind: Touchpoint
     channel: Channel
+    customer_id: str
     # The activity reads the order stored by record_order: the whole order on
-    # every send would double the history.
-    order_id: str
+    # every send would double the history. None for the customer's journey,
+    # whose messages read the customer's stored contact details.
+    order_id: str | None = None
     # Event data the template shows (tracking, dates, pickup code, reason...).
     details: dict[str, Any] = {}
 
@@ -355,6 +405,8 @@ class MessageOutcome(WireModel):
     state: DeliveryState
     provider_message_id: str | None = None
     error: str | None = None
+    # DEFERRED: the earliest moment the frequency cap allows it.
+    not_before: datetime | None = None
 
 
 class CancelRecord(WireModel):

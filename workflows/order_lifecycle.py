@@ -398,6 +398,7 @@ class OrderLifecycle:
             key=self._key(message),
             kind=message.kind,
             channel=message.channel,
+            customer_id=s.order.customer.customer_id,
             order_id=s.order.order_id,
             details=message.details,
         )
@@ -478,13 +479,8 @@ class OrderLifecycle:
         )
 
     def _reachable(self) -> set[Channel]:
-        s = self.state
-        reachable = set()
-        if s.setup.preferences.email:
-            reachable.add(Channel.EMAIL)
-        if s.order.customer.phone is not None and s.setup.preferences.sms:
-            reachable.add(Channel.SMS)
-        return reachable
+        # Whether the customer allows a channel is read at send time.
+        return {Channel.EMAIL, Channel.SMS} if self.state.order.customer.phone else {Channel.EMAIL}
 
     # --- status, search attributes, Web UI ----------------------------------------
 

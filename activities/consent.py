@@ -1,0 +1,98 @@
+"""Consent and suppression in PostgreSQL: read when a message is sent,
+changed by checkout, the unsubscribe link, SMS keywords and provider errors,
+each change with an audit row.
+
+No consent row means: transactional messages go, marketing does not.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from workflows.models import Channel, MarketingConsent, MessageClass
+
+PERMISSION = """
+SELECT (SELECT granted FROM consent WHERE customer_id = $1 AND message_class = $2 AND channel = $3) AS granted,
+       (SELECT reason FROM suppressions WHERE channel = $3 AND recipient = $4) AS suppressed
+"""
+
+SET_CONSENT = """
+WITH previous AS (
+    SELECT granted FROM consent WHERE customer_id = $1 AND message_class = $2 AND channel = $3
+),
+changed AS (
+    INSERT INTO consent (customer_id, message_class, channel, granted) VALUES ($1, $2, $3, $4)
+    ON CONFLICT (customer_id, message_class, channel) DO UPDATE
+    SET granted = EXCLUDED.granted, updated_at = now()
+    WHERE consent.granted IS DISTINCT FROM EXCLUDED.granted
+    RETURNING granted
+)
+INSERT INTO consent_audit (customer_id, message_class, channel, granted, source, detail)
+SELECT $1, $2, $3, $4, $5, $6 FROM changed
+RETURNING id
+"""
+
+
+async def refusal(
+    conn: asyncpg.Connection | asyncpg.Pool, customer_id: str, klass: MessageClass, channel: Channel, recipient: str
+) -> str | None:
+    """Why this message may not go to `recipient` now, or None when it may."""
+    row = await conn.fetchrow(PERMISSION, customer_id, klass.value, channel.value, recipient)
+    if row["suppressed"]:
+        return f"{channel.value} recipient suppressed: {row['suppressed']}"
+    granted = row["granted"]
+    if klass is MessageClass.MARKETING and not granted:
+        return f"no marketing consent on {channel.value}"
+    if klass is MessageClass.TRANSACTIONAL and granted is False:
+        return f"customer prefers no {channel.value} for order messages"
+    return None
+
+
+async def set_consent(
+    conn: asyncpg.Connection,
+    customer_id: str,
+    klass: MessageClass,
+    channel: Channel,
+    granted: bool,
+    *,
+    source: str,
+    detail: str | None = None,
+) -> bool:
+    """Record a change, with its audit row; False (and no row) when nothing
+    changed, so a repeated opt-out is harmless."""
+    audit_id = await conn.fetchval(SET_CONSENT, customer_id, klass.value, channel.value, granted, source, detail)
+    return audit_id is not None
+
+
+async def record_checkout_consent(conn: asyncpg.Connection, customer_id: str, consent: MarketingConsent) -> None:
+    for channel, granted in ((Channel.EMAIL, consent.email), (Channel.SMS, consent.sms)):
+        if granted is not None:
+            await set_consent(conn, customer_id, MessageClass.MARKETING, channel, granted, source="checkout")
+
+
+async def suppress(conn: asyncpg.Connection, channel: Channel, recipient: str, *, reason: str, source: str) -> bool:
+    """Nothing more goes to `recipient` on `channel`; False if it already was suppressed."""
+    inserted = await conn.fetchval(
+        """
+        INSERT INTO suppressions (channel, recipient, reason, source) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (channel, recipient) DO NOTHING RETURNING 1
+        """,
+        channel.value,
+        recipient,
+        reason,
+        source,
+    )
+    return inserted is not None
+
+
+async def lift_suppression(conn: asyncpg.Connection, channel: Channel, recipient: str) -> bool:
+    deleted = await conn.fetchval(
+        "DELETE FROM suppressions WHERE channel = $1 AND recipient = $2 RETURNING 1", channel.value, recipient
+    )
+    return deleted is not None
+
+
+async def customers_reached_at(conn: asyncpg.Connection, channel: Channel, recipient: str) -> list[str]:
+    column = "email" if channel is Channel.EMAIL else "phone"
+    rows = await conn.fetch(f"SELECT customer_id FROM customers WHERE {column} = $1", recipient)
+    return [r["customer_id"] for r in rows]

@@ -1,0 +1,1 @@
+"""The HTTP service customers and providers call: unsubscribe links and webhooks."""
