@@ -23,12 +23,14 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from activities.config import ProviderConfig, journey_settings_from_env
+from activities.config import ProviderConfig, journey_settings_from_env, lifecycle_settings_from_env
+from activities.customers import CustomerActivities
 from activities.database import create_pool, migrate
 from activities.messaging import MessagingActivities
 from activities.orders import OrderActivities
 from activities.providers import Provider, keep_customer_data_out_of
-from workflows.models import TASK_QUEUE, Channel, JourneySettings
+from workflows.customer_journey import CustomerJourney
+from workflows.models import TASK_QUEUE, Channel, JourneySettings, LifecycleSettings
 from workflows.order_lifecycle import OrderLifecycle
 
 log = logging.getLogger("worker")
@@ -61,17 +63,28 @@ def build_worker(
     provider_config: ProviderConfig,
     journey: JourneySettings,
     *,
+    lifecycle: LifecycleSettings | None = None,
     providers: dict[Channel, Provider] | None = None,
     task_queue: str = TASK_QUEUE,
 ) -> Worker:
     keep_customer_data_out_of(TEMPORAL_PAYLOAD_LOGGERS)
-    orders = OrderActivities(pool, journey)
+    if lifecycle is None:
+        lifecycle = LifecycleSettings(sms_quiet_from=journey.sms_quiet_from, sms_quiet_until=journey.sms_quiet_until)
+    orders = OrderActivities(pool, journey, client, lifecycle)
+    customers = CustomerActivities(pool)
     messaging = MessagingActivities(pool, provider_config, providers)
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[OrderLifecycle],
-        activities=[orders.record_order, orders.cancel_order, orders.store_feedback, messaging.send_message],
+        workflows=[OrderLifecycle, CustomerJourney],
+        activities=[
+            orders.record_order,
+            orders.cancel_order,
+            orders.store_feedback,
+            customers.issue_coupon,
+            customers.record_phase,
+            messaging.send_message,
+        ],
         workflow_runner=shared_module_runner("workflows"),
         # On SIGTERM, running sends finish and record their outcome instead of
         # being cancelled with their request in flight (a claimed send finishes
@@ -94,7 +107,10 @@ async def run_worker(client: Client, database_url: str, env: Mapping[str, str], 
         log.info("database migrated: %s", ", ".join(applied))
     pool = await create_pool(database_url, max_size=int(env.get("DATABASE_POOL_SIZE", "10")))
     try:
-        worker = build_worker(client, pool, ProviderConfig.from_env(env), journey_settings_from_env(env))
+        journey = journey_settings_from_env(env)
+        worker = build_worker(
+            client, pool, ProviderConfig.from_env(env), journey, lifecycle=lifecycle_settings_from_env(env, journey)
+        )
         async with worker:
             log.info("worker polling task queue %r", TASK_QUEUE)
             await stop.wait()

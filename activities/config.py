@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Mapping
 
-from workflows.models import JourneySettings
+from workflows.models import CouponTerms, JourneySettings, LifecycleSettings
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -31,6 +31,36 @@ def journey_settings_from_env(env: Mapping[str, str]) -> JourneySettings:
     return JourneySettings(**overrides)
 
 
+def parse_coupon(text: str) -> CouponTerms:
+    """'15%' or 'free_shipping', optionally '/30d' for how long it is valid."""
+    offer, _, valid = text.partition("/")
+    offer = offer.strip().lower()
+    terms: dict = {"valid_for": parse_duration(valid)} if valid else {}
+    if offer == "free_shipping":
+        return CouponTerms(free_shipping=True, **terms)
+    if offer.endswith("%") and offer[:-1].isdigit():
+        return CouponTerms(discount_percent=int(offer[:-1]), **terms)
+    raise ValueError(f"{text!r} is not a coupon like 15%, free_shipping or 10%/30d")
+
+
+def lifecycle_settings_from_env(env: Mapping[str, str], journey: JourneySettings) -> LifecycleSettings:
+    """LIFECYCLE_<FIELD> overrides each default, e.g. LIFECYCLE_LAPSE_AFTER=90d,
+    LIFECYCLE_HOLDOUT_SHARE=0.1, LIFECYCLE_WIN_BACK_COUPON=free_shipping/30d.
+    SMS quiet hours are the journey's (JOURNEY_SMS_QUIET_FROM/UNTIL)."""
+    values: dict = {"sms_quiet_from": journey.sms_quiet_from, "sms_quiet_until": journey.sms_quiet_until}
+    for name, field in LifecycleSettings.model_fields.items():
+        value = env.get(f"LIFECYCLE_{name.upper()}")
+        if not value or name.startswith("sms_quiet"):
+            continue
+        if field.annotation is timedelta:
+            values[name] = parse_duration(value)
+        elif field.annotation is CouponTerms:
+            values[name] = parse_coupon(value)
+        else:
+            values[name] = value  # numbers: pydantic checks them
+    return LifecycleSettings(**values)
+
+
 @dataclass(frozen=True)
 class ProviderConfig:
     sendgrid_api_key: str | None = None
@@ -44,10 +74,28 @@ class ProviderConfig:
     request_timeout: float = 10.0
     # Threads for the blocking provider clients: as many sends at once.
     provider_threads: int = 32
+    # At most this many marketing messages per customer (all channels) in any
+    # window of this length; one more is deferred until a slot frees.
+    marketing_cap: int = 2
+    marketing_cap_window: timedelta = timedelta(days=7)
+    # Unsubscribe links in marketing email (RFC 8058): the web service's
+    # public address, the HMAC key of the tokens (no marketing email is sent
+    # without it), and the mailto alternative (default unsubscribe@ the
+    # domain of EMAIL_FROM).
+    web_public_url: str = "http://localhost:8000"
+    unsubscribe_secret: str | None = field(default=None, repr=False)
+    unsubscribe_mailto: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.marketing_cap < 1:
+            raise ValueError("MARKETING_CAP must be at least 1")
+        if self.marketing_cap_window <= timedelta(0):
+            raise ValueError("MARKETING_CAP_WINDOW must be longer than zero")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ProviderConfig:
         defaults = cls()
+        window = env.get("MARKETING_CAP_WINDOW")
         return cls(
             sendgrid_api_key=env.get("SENDGRID_API_KEY") or None,
             sendgrid_api_host=env.get("SENDGRID_API_HOST") or defaults.sendgrid_api_host,
@@ -59,7 +107,16 @@ class ProviderConfig:
             twilio_from_number=env.get("TWILIO_FROM_NUMBER") or None,
             request_timeout=float(env.get("PROVIDER_TIMEOUT_SECONDS") or defaults.request_timeout),
             provider_threads=int(env.get("PROVIDER_THREADS") or defaults.provider_threads),
+            marketing_cap=int(env.get("MARKETING_CAP") or defaults.marketing_cap),
+            marketing_cap_window=parse_duration(window) if window else defaults.marketing_cap_window,
+            web_public_url=env.get("WEB_PUBLIC_URL") or defaults.web_public_url,
+            unsubscribe_secret=env.get("UNSUBSCRIBE_SECRET") or None,
+            unsubscribe_mailto=env.get("UNSUBSCRIBE_MAILTO") or None,
         )
+
+    @property
+    def unsubscribe_address(self) -> str:
+        return self.unsubscribe_mailto or f"unsubscribe@{self.email_from.rpartition('@')[2]}"
 
     @property
     def email_configured(self) -> bool:

@@ -27,7 +27,7 @@ from activities.providers import Provider
 from starter.embedded import start_dev_server, start_postgres, start_time_skipping_server
 from tests.fake_providers import FakeProviders, serve
 from worker import build_worker
-from workflows.models import Channel, JourneySettings, OrderStatusView
+from workflows.models import Channel, JourneySettings, OrderInput, OrderStatusView
 
 TWILIO_SID = "AC" + "0" * 32
 HISTORIES = Path(__file__).parent / "histories"
@@ -111,6 +111,10 @@ class Harness:
             **kwargs,
         )
         self.started.append(handle)
+        if isinstance(order.get("customer"), dict) and "customer_id" in order["customer"]:
+            # record_order starts it: ended with the test, or its timers would
+            # fire into later tests on the time-skipping server.
+            self.started.append(self.client.get_workflow_handle(f"customer-{order['customer']['customer_id']}"))
         return handle
 
     async def end_leftovers(self) -> None:
@@ -222,3 +226,11 @@ def payment_for(order: dict[str, Any]) -> dict[str, Any]:
 
     total = sum(Decimal(i["unit_price"]) * i["quantity"] for i in order["items"])
     return {"payment_id": f"P-{order['order_id']}", "amount": str(total), "currency": order["currency"]}
+
+
+async def store(pool: asyncpg.Pool, order: dict[str, Any] | OrderInput) -> None:
+    """Record an order in PostgreSQL as record_order does, without its workflows."""
+    from activities.orders import store_order
+
+    async with pool.acquire() as conn, conn.transaction():
+        await store_order(conn, order if isinstance(order, OrderInput) else OrderInput.model_validate(order))

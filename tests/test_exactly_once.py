@@ -28,9 +28,8 @@ from temporalio.testing import ActivityEnvironment
 from activities.config import ProviderConfig
 from activities.database import create_pool
 from activities.messaging import MessagingActivities
-from activities.orders import OrderActivities
 from activities.templates import render
-from tests.conftest import new_order
+from tests.conftest import new_order, store
 from tests.fake_providers import BOUNCING_EMAIL_DOMAIN, FakeProviders, RecordedRequest
 from tests.test_journey import kinds
 from worker import build_worker
@@ -49,7 +48,7 @@ from workflows.models import (
 
 async def recorded_order(pool: asyncpg.Pool, **overrides: Any) -> dict[str, Any]:
     order = new_order(**overrides)
-    await OrderActivities(pool, JourneySettings()).record_order(OrderInput.model_validate(order))
+    await store(pool, order)
     return order
 
 

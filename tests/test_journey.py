@@ -6,10 +6,9 @@ from datetime import timedelta
 
 from temporalio.testing import WorkflowEnvironment
 
-from tests.conftest import new_order, payment_for
+from tests.conftest import new_order, payment_for, store
 from tests.fake_providers import FakeProviders
-from activities.orders import OrderActivities
-from workflows.models import JourneySettings, OrderInput, OrderStatusView
+from workflows.models import OrderStatusView
 
 
 def kinds(view: OrderStatusView) -> list[tuple[str, str, str]]:
@@ -18,13 +17,12 @@ def kinds(view: OrderStatusView) -> list[tuple[str, str, str]]:
 
 async def seed_history(pool, sku: str) -> None:
     """Past orders: MOUSE-1 is often bought with PAD-1, and with the customer's own keyboard."""
-    orders = OrderActivities(pool, JourneySettings())
     for extra in ["PAD-1", "PAD-1", "CABLE-1", sku]:
         past = new_order(items=[
             {"sku": "MOUSE-1", "name": "Mouse", "quantity": 1, "unit_price": "1", "category": "mice"},
             {"sku": extra, "name": extra, "quantity": 1, "unit_price": "1", "category": "mice"},
         ])
-        await orders.record_order(OrderInput.model_validate(past))
+        await store(pool, past)
 
 
 async def test_happy_path_sends_every_touchpoint(ts_env: WorkflowEnvironment, make_harness, fakes: FakeProviders, pool):

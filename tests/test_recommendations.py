@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 
 from activities.orders import OrderActivities
 from activities.recommendations import recommend
-from workflows.models import CancelRecord, JourneySettings, OrderInput
+from tests.conftest import store
+from workflows.models import CancelRecord, JourneySettings, LifecycleSettings, OrderInput
 
 
 def order(order_id: str, customer: str, lines: list[tuple[str, str, int]]) -> OrderInput:
@@ -29,7 +30,7 @@ async def test_together_first_then_best_sellers_without_owned_or_cancelled(pool)
     run = uuid.uuid4().hex[:8]
     cat, other_cat = f"kb-{run}", f"audio-{run}"
     a, b, c, d, e, f, h = (f"{x}-{run}" for x in "ABCDEFH")
-    orders = OrderActivities(pool, JourneySettings())
+    orders = OrderActivities(pool, JourneySettings(), None, LifecycleSettings())  # no workflows here
     for n, lines in enumerate(
         [
             [(a, cat, 1), (b, cat, 1)],
@@ -41,13 +42,13 @@ async def test_together_first_then_best_sellers_without_owned_or_cancelled(pool)
             [(h, other_cat, 50)],  # another category
         ]
     ):
-        await orders.record_order(order(f"o{n}-{run}", f"someone-{run}-{n}", lines))
+        await store(pool, order(f"o{n}-{run}", f"someone-{run}-{n}", lines))
     await orders.cancel_order(CancelRecord(order_id=f"o3-{run}", reason="changed mind"))
     await orders.cancel_order(CancelRecord(order_id=f"o3-{run}", reason="cancelled twice counts once"))
 
     customer = f"buyer-{run}"
-    await orders.record_order(order(f"old-{run}", customer, [(c, cat, 1)]))
-    await orders.record_order(order(f"new-{run}", customer, [(a, cat, 1)]))
+    await store(pool, order(f"old-{run}", customer, [(c, cat, 1)]))
+    await store(pool, order(f"new-{run}", customer, [(a, cat, 1)]))
 
     picks = await recommend(pool, customer, [a], [cat])
     assert [p["sku"] for p in picks] == [b, e, f]

@@ -7,11 +7,15 @@ a server (tests/test_channel_policy.py).
   once, unless that channel already carries this touchpoint.
 - A message still waiting for its channel when the journey has moved past
   it is superseded: "on its way" after "delivered" would only confuse.
+- A message deferred (quiet hours, the marketing frequency cap) past the
+  moment it is useful is stale and not sent.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
 from workflows.models import Channel, OrderStatus, Touchpoint
 
@@ -29,6 +33,20 @@ CHANNELS: dict[Touchpoint, tuple[Channel, ...]] = {
     Touchpoint.LOCKER_REMINDER: (Channel.SMS,),
     Touchpoint.FEEDBACK_REQUEST: (Channel.EMAIL,),
     Touchpoint.RECOMMENDATIONS: (Channel.EMAIL,),
+    Touchpoint.WELCOME: (Channel.EMAIL,),
+    Touchpoint.LOYALTY_REWARD: (Channel.EMAIL,),
+    Touchpoint.WIN_BACK: (Channel.EMAIL,),
+    Touchpoint.WIN_BACK_REMINDER: (Channel.EMAIL,),
+}
+
+# Suggestions and greetings date: deferred longer than this, they are dropped.
+USEFUL_FOR = {Touchpoint.RECOMMENDATIONS: timedelta(days=14), Touchpoint.WELCOME: timedelta(days=14)}
+# Messages that are useless after a moment their details name.
+USEFUL_UNTIL = {
+    Touchpoint.LOCKER_REMINDER: "pickup_deadline",
+    Touchpoint.LOYALTY_REWARD: "expires_at",
+    Touchpoint.WIN_BACK: "expires_at",
+    Touchpoint.WIN_BACK_REMINDER: "expires_at",
 }
 
 _PAST_PAYMENT = frozenset(
@@ -100,3 +118,19 @@ def place_in_journey_order(queued_ranks: list[int], rank: int) -> int:
     """Where a fallback message joins a channel's queue: before the first
     later message, but never ahead of the first, which may be in flight."""
     return next((i for i, queued in enumerate(queued_ranks) if i > 0 and queued > rank), len(queued_ranks))
+
+
+def stale_at(kind: Touchpoint, queued_at: datetime | None, details: dict[str, Any]) -> datetime | None:
+    """The moment a deferred message stops being worth sending; None: never.
+    Order messages not listed stay true (a late confirmation still informs)
+    or are superseded by the journey instead."""
+    if kind in USEFUL_UNTIL and details.get(USEFUL_UNTIL[kind]):
+        return datetime.fromisoformat(details[USEFUL_UNTIL[kind]])
+    if kind in USEFUL_FOR and queued_at is not None:
+        return queued_at + USEFUL_FOR[kind]
+    return None
+
+
+def is_stale_at(moment: datetime, kind: Touchpoint, queued_at: datetime | None, details: dict[str, Any]) -> bool:
+    limit = stale_at(kind, queued_at, details)
+    return limit is not None and moment >= limit

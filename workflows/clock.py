@@ -31,3 +31,32 @@ def end_of_local_day(day: date, tz_name: str) -> datetime:
 
 def is_known_timezone(tz_name: str) -> bool:
     return tz_name in KNOWN_ZONES
+
+
+def local_date(moment: datetime, tz_name: str) -> date:
+    return moment.astimezone(_zone(tz_name)).date()
+
+
+def quiet_hours_end(moment: datetime, tz_name: str, quiet_from: timedelta, quiet_until: timedelta) -> datetime | None:
+    """When the quiet hours around `moment` end in the customer's timezone,
+    or None when `moment` is outside them. `quiet_from` and `quiet_until` are
+    times of day; from 21h to 8h spans midnight. Equal values: never quiet."""
+    if quiet_from == quiet_until:
+        return None
+    zone = _zone(tz_name)
+    local = moment.astimezone(zone)
+    now = local - datetime.combine(local.date(), time(0), zone)
+    ends_today = datetime.combine(local.date(), time(0), zone) + quiet_until
+    if quiet_from > quiet_until:  # spans midnight
+        if now >= quiet_from:
+            end = ends_today + timedelta(days=1)
+        elif now < quiet_until:
+            end = ends_today
+        else:
+            return None
+    elif quiet_from <= now < quiet_until:
+        end = ends_today
+    else:
+        return None
+    # Wall-clock arithmetic, then back to UTC: 08:00 stays 08:00 across DST.
+    return datetime.combine(end.date(), (datetime.min + quiet_until).time(), zone).astimezone(timezone.utc)

@@ -430,6 +430,10 @@ class QueuedMessage(WireModel):
     channel: Channel
     # Event data the template shows (tracking, dates, pickup code, reason...).
     details: dict[str, Any] = {}
+    # When the journey handed it to its channel: how stale it is when deferred.
+    queued_at: datetime | None = None
+    # What makes it one of a kind for a customer (e.g. "loyal"): in its ledger key.
+    occasion: str | None = None
 
 
 class JourneyState(BaseModel):
@@ -468,3 +472,151 @@ class JourneyState(BaseModel):
     # Per channel, messages not yet settled, oldest first; the first may be
     # in flight. A run that continues as new carries them over.
     queues: dict[Channel, list[QueuedMessage]] = {Channel.EMAIL: [], Channel.SMS: []}
+
+
+# --- The customer's journey (workflows/customer_journey.py) --------------------
+
+
+class CustomerPhase(StrEnum):
+    NEW = "new"  # first order
+    ACTIVE = "active"  # a second order, or back without a win-back
+    LOYAL = "loyal"  # enough delivered orders or spend within the window
+    LAPSED = "lapsed"  # no order for `lapse_after`
+    CHURNED = "churned"  # the win-back (or the holdout's wait) ended without an order
+    WON_BACK = "won_back"  # ordered again after a win-back message
+
+
+class CouponTerms(WireModel):
+    discount_percent: Annotated[int, Field(ge=1, le=100)] | None = None
+    free_shipping: bool = False
+    valid_for: timedelta = timedelta(days=30)
+
+    @model_validator(mode="after")
+    def _gives_something(self) -> CouponTerms:
+        if self.discount_percent is None and not self.free_shipping:
+            raise ValueError("a coupon needs discount_percent or free_shipping")
+        return self
+
+
+class LifecycleSettings(WireModel):
+    """Read from the worker's configuration (LIFECYCLE_*) when a customer's
+    workflow starts, and kept for its life."""
+
+    loyal_after_orders: Annotated[int, Field(ge=1)] = 3
+    # Spend within the window that also makes a customer loyal; None: orders only.
+    loyal_after_spend: Decimal | None = None
+    loyal_window: timedelta = timedelta(days=365)
+    lapse_after: timedelta = timedelta(days=90)
+    win_back_retry_after: timedelta = timedelta(days=14)
+    churn_after: timedelta = timedelta(days=14)
+    # Share of lapsed customers who get no win-back, chosen by customer id.
+    holdout_share: Annotated[float, Field(ge=0, le=1)] = 0.1
+    loyalty_coupon: CouponTerms = CouponTerms(discount_percent=10)
+    win_back_coupon: CouponTerms = CouponTerms(discount_percent=15)
+    sms_quiet_from: timedelta = timedelta(hours=21)
+    sms_quiet_until: timedelta = timedelta(hours=8)
+
+
+class OrderFacts(WireModel):
+    order_id: str
+    placed_at: datetime
+    total: Decimal
+    delivered_at: datetime | None = None
+    # placed, delivered, cancelled or lost
+    status: str = "placed"
+
+
+class OrderNews(WireModel):
+    """Signal `order_news` to `customer-{id}`: what happened to an order."""
+
+    event: Literal["placed", "delivered", "cancelled", "lost"]
+    order: OrderFacts
+    coupon_code: str | None = None
+    timezone: str = "UTC"
+    has_phone: bool = False
+
+
+class Coupon(WireModel):
+    code: str
+    terms: CouponTerms
+    expires_at: datetime
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "coupon_code": self.code,
+            "discount_percent": self.terms.discount_percent,
+            "free_shipping": self.terms.free_shipping,
+            "expires_at": self.expires_at.isoformat(),
+        }
+
+
+class CouponRequest(WireModel):
+    customer_id: str
+    # Once per customer and milestone, e.g. "loyal-1", "win_back-2".
+    milestone: str
+    terms: CouponTerms
+    issued_at: datetime
+
+
+class PhaseChange(WireModel):
+    customer_id: str
+    phase: CustomerPhase
+    at: datetime
+    # The order that caused it, if any.
+    order_id: str | None = None
+    # Win-back bookkeeping for `orders lifecycle report`.
+    lapse_no: int | None = None
+    win_back_group: Literal["treated", "holdout"] | None = None
+    coupon_code: str | None = None
+
+
+class WinBack(BaseModel):
+    lapse_no: int
+    group: Literal["treated", "holdout"]
+    started_at: datetime
+    coupon: Coupon | None = None
+    attempts: int = 0
+
+
+class CustomerState(BaseModel):
+    """Everything a customer's workflow knows, carried over continue-as-new.
+    The first run gets it from record_order, built from PostgreSQL, so a
+    customer who ordered before this workflow existed starts where they are."""
+
+    customer_id: str
+    settings: LifecycleSettings
+    phase: CustomerPhase = CustomerPhase.NEW
+    phase_since: datetime | None = None
+    timezone: str = "UTC"
+    has_phone: bool = False
+    # Orders still needed: open ones, and delivered ones within the loyalty window.
+    orders: dict[str, OrderFacts] = {}
+    orders_total: int = 0
+    last_order_at: datetime | None = None
+    welcomed: bool = False
+    loyalty_rewards: int = 0
+    lapses: int = 0
+    win_back: WinBack | None = None
+    won_back_total: int = 0
+    # Messages not yet settled, oldest first; the first may be in flight.
+    outbox: list[QueuedMessage] = []
+    # Messages of this journey, by key: their final state.
+    messages: dict[str, DeliveryState] = {}
+    consent_changes: int = 0
+    timeline: list[str] = []
+
+
+class CustomerView(WireModel):
+    """Result of the `status` query of a customer's workflow."""
+
+    customer_id: str
+    phase: CustomerPhase
+    phase_since: datetime | None
+    orders_total: int
+    delivered_in_window: int
+    loyalty_rewards: int
+    lapses: int
+    won_back_total: int
+    win_back_group: str | None
+    messages: dict[str, DeliveryState]
+    timeline: list[str]

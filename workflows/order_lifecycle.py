@@ -15,25 +15,26 @@ superseded messages).
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Callable
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
-from temporalio.workflow import ActivityCancellationType
+from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from activities.messaging import MessagingActivities
     from activities.orders import OrderActivities
-    from workflows import channel_policy
+    from workflows import channel_policy, sending
     from workflows import search_attributes as sa
-    from workflows.clock import end_of_local_day
+    from workflows.clock import end_of_local_day, local_date
+    from workflows.retries import DB_TIMEOUTS
     from workflows.event_rules import EventRejected, accept_event, check_event, format_validation_error
     from workflows.models import (
         WORKFLOW_TYPE,
+        OrderFacts,
+        OrderNews,
+        customer_workflow_id,
         CancelRecord,
         Channel,
         DeliveryState,
@@ -50,22 +51,6 @@ with workflow.unsafe.imports_passed_through():
         Touchpoint,
         TouchpointRecord,
     )
-
-# Retries are billed per attempt. Doubling from 1 s to at most 15 min apart
-# costs about 14 attempts for an hour's outage and 100 for a day (the
-# schedule-to-close cap), against 300 a day at 5 min apart; while one channel
-# is down the other still goes at once, so the longer wait after recovery
-# delays only the channel that was down.
-SEND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=15))
-SEND_TIMEOUTS = dict(start_to_close_timeout=timedelta(seconds=60), schedule_to_close_timeout=timedelta(days=1))
-# The database is needed to go on at all, so these retry without end, at most
-# 6 times an hour once PostgreSQL has been away for 10 minutes.
-DB_TIMEOUTS = dict(
-    start_to_close_timeout=timedelta(seconds=30),
-    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=10)),
-)
-# The activity's error type when a provider rejects our credentials.
-PROVIDER_MISCONFIGURED = "ProviderMisconfigured"
 
 # Rejections are kept for operators, but a flood of bad events must not grow
 # workflow state without bound.
@@ -99,11 +84,11 @@ class OrderLifecycle:
                 self.rejection_reason = format_validation_error(err)
             else:
                 self.state = JourneyState(order=order, started_at=info.workflow_start_time)
-        given = info.typed_search_attributes
-        self._upserted: dict[Any, Any] = {key: given.get(key) for key in sa.ALL}
+        self._attributes = sa.Keeper(sa.ORDER, self._wanted_search_attributes)
         self._lanes: list[asyncio.Task] = []
         self._closing_lanes = False
         self._timers: dict[datetime, asyncio.Task] = {}
+        self._customer_news: list[asyncio.Task] = []
 
     # --- the journey ------------------------------------------------------------
 
@@ -112,7 +97,7 @@ class OrderLifecycle:
         if self.state is None:
             return self._reject_order()
         s = self.state
-        attributes = asyncio.create_task(self._keep_search_attributes())
+        attributes = asyncio.create_task(self._attributes.keep())
         self._lanes = [asyncio.create_task(self._run_lane(channel)) for channel in Channel]
         try:
             if s.setup is None:
@@ -129,9 +114,10 @@ class OrderLifecycle:
             await self._wait_until(self._lanes_idle)
         except ContinueAsNewDue:
             await self._continue_as_new()
+        await asyncio.gather(*self._customer_news)
         await workflow.wait_condition(workflow.all_handlers_finished)
         attributes.cancel()
-        self._flush_search_attributes()
+        self._attributes.flush()
         return self.view()
 
     async def _record_order(self) -> None:
@@ -191,6 +177,7 @@ class OrderLifecycle:
                 await self._wait_until(news, next_deadline)
         self._cancel_timers()
         self._transition(OrderStatus.DELIVERED)
+        self._tell_customer("delivered")
 
     async def _after_delivery(self) -> None:
         """Delivered: confirmation now, then the locker pickup, feedback and
@@ -268,6 +255,7 @@ class OrderLifecycle:
         await workflow.execute_activity_method(OrderActivities.cancel_order, record, **DB_TIMEOUTS)
         self._notify(Touchpoint.ORDER_CANCELLED, {"reason": reason})
         self._transition(OrderStatus.CANCELLED)
+        self._tell_customer("cancelled")
 
     async def _declare_lost(self) -> None:
         s = self.state
@@ -276,6 +264,34 @@ class OrderLifecycle:
         self._flag("parcel_lost")
         self._notify(Touchpoint.PARCEL_LOST, s.dispatch.model_dump(mode="json"))
         self._transition(OrderStatus.LOST)
+        self._tell_customer("lost")
+
+    def _tell_customer(self, event: str) -> None:
+        """The customer's workflow hears how the order ended up (record_order
+        told it the order was placed): one signal, sent without holding up
+        the journey, and settled before this run ends."""
+        s = self.state
+        facts = OrderFacts(
+            order_id=s.order.order_id,
+            placed_at=s.order.placed_at,
+            total=s.order.total,
+            delivered_at=s.delivered.delivered_at if s.delivered else None,
+            status=event,
+        )
+        news = OrderNews(
+            event=event, order=facts, timezone=s.order.customer.timezone, has_phone=s.order.customer.phone is not None
+        )
+        handle = workflow.get_external_workflow_handle(customer_workflow_id(s.order.customer.customer_id))
+        self._customer_news.append(asyncio.create_task(self._signal_customer(handle, news)))
+
+    @staticmethod
+    async def _signal_customer(handle: workflow.ExternalWorkflowHandle, news: OrderNews) -> None:
+        try:
+            await handle.signal("order_news", news)
+        except FailureError:
+            # Terminated by an operator: the customer's next order starts it
+            # again from PostgreSQL, where this order is recorded.
+            workflow.logger.warning("the customer's workflow is gone; order news not delivered")
 
     def _reject_order(self) -> OrderStatusView:
         workflow.logger.warning("order rejected: %s", self.rejection_reason)
@@ -342,8 +358,9 @@ class OrderLifecycle:
         self._closing_lanes = True
         await workflow.wait_condition(lambda: all(lane.done() for lane in self._lanes))
         self._raise_lane_failure()
+        await asyncio.gather(*self._customer_news)
         await workflow.wait_condition(workflow.all_handlers_finished)
-        self._flush_search_attributes()
+        self._attributes.flush()
         workflow.continue_as_new(self.state.model_dump(mode="json"))
 
     # --- messages -----------------------------------------------------------------
@@ -355,7 +372,9 @@ class OrderLifecycle:
             return
         s.notified.append(kind)
         for channel in channel_policy.channels_for(kind, self._reachable()):
-            s.queues[channel].append(QueuedMessage(kind=kind, channel=channel, details=details or {}))
+            s.queues[channel].append(
+                QueuedMessage(kind=kind, channel=channel, details=details or {}, queued_at=workflow.now())
+            )
         self._show_details()
 
     async def _run_lane(self, channel: Channel) -> None:
@@ -402,32 +421,21 @@ class OrderLifecycle:
             order_id=s.order.order_id,
             details=message.details,
         )
-        while True:
-            try:
-                return await workflow.execute_activity_method(
-                    MessagingActivities.send_message,
-                    request,
-                    retry_policy=SEND_RETRY,
-                    cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                    **SEND_TIMEOUTS,
-                )
-            except ActivityError as err:
-                cause = err.cause
-                # Once withdrawn, the server retries nothing: an attempt that
-                # ran on and failed is as good as cancelled.
-                if withdrawn() or isinstance(cause, CancelledError):
-                    raise asyncio.CancelledError from None
-                if not (isinstance(cause, ApplicationError) and cause.type == PROVIDER_MISCONFIGURED):
-                    return MessageOutcome(
-                        key=request.key, channel=message.channel, state=DeliveryState.FAILED, error=str(cause or err)
-                    )
-            # Our credentials are wrong: wait for the fix instead of retrying all day.
-            self._flag(f"provider_misconfigured:{message.channel.value}")
-            try:
-                await workflow.wait_condition(withdrawn, timeout=s.setup.settings.paused_channel_retry)
-            except asyncio.TimeoutError:
-                continue
-            raise asyncio.CancelledError
+        settings, tz = s.setup.settings, s.order.customer.timezone
+        # The delivery-day notice goes on its day, whatever the hour.
+        on_its_day = (
+            message.kind is Touchpoint.DELIVERY_DAY
+            and s.delivery_day is not None
+            and local_date(workflow.now(), tz) == s.delivery_day.date
+        )
+        return await sending.send(
+            request,
+            message,
+            sending.QuietHours(tz, settings.sms_quiet_from, settings.sms_quiet_until, exempt=on_its_day),
+            withdrawn,
+            paused_retry=settings.paused_channel_retry,
+            on_paused=lambda: self._flag(f"provider_misconfigured:{message.channel.value}"),
+        )
 
     def _settle(self, message: QueuedMessage, outcome: MessageOutcome) -> None:
         s = self.state
@@ -442,8 +450,10 @@ class OrderLifecycle:
                 error=outcome.error,
             )
         )
-        if outcome.state is DeliveryState.FAILED:
-            self._flag(f"message_failed:{kind.value}:{channel.value}")
+        # Refused for good, or not allowed there: the other channel may carry it.
+        if outcome.state in (DeliveryState.FAILED, DeliveryState.NOT_PERMITTED):
+            if outcome.state is DeliveryState.FAILED:
+                self._flag(f"message_failed:{kind.value}:{channel.value}")
             used = {t.channel for t in s.touchpoints if t.kind is kind} | {
                 m.channel for q in s.queues.values() for m in q if m.kind is kind
             }
@@ -502,22 +512,6 @@ class OrderLifecycle:
             sa.CUSTOMER_ID: s.order.customer.customer_id,
             sa.NEEDS_ATTENTION: bool(s.attention),
         }
-
-    async def _keep_search_attributes(self) -> None:
-        """One upsert for all the changes of a workflow task: each upsert is
-        billed, and a flag and a status change often come together."""
-        while True:
-            await workflow.wait_condition(lambda: self._wanted_search_attributes() != self._upserted)
-            # Let the task's other coroutines make their changes first.
-            await asyncio.sleep(0)
-            self._flush_search_attributes()
-
-    def _flush_search_attributes(self) -> None:
-        wanted = self._wanted_search_attributes()
-        changed = [key.value_set(value) for key, value in wanted.items() if self._upserted.get(key) != value]
-        if changed:
-            workflow.upsert_search_attributes(changed)
-            self._upserted = wanted
 
     def _show_details(self) -> None:
         s = self.state

@@ -1,10 +1,44 @@
 """Typed search-attribute keys shared by the workflow, the starter and the
 run command that registers them."""
 
+import asyncio
+from typing import Any, Callable
+
+from temporalio import workflow
 from temporalio.common import SearchAttributeKey
 
 ORDER_STATUS = SearchAttributeKey.for_keyword("OrderStatus")
+CUSTOMER_PHASE = SearchAttributeKey.for_keyword("CustomerPhase")
 CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
 NEEDS_ATTENTION = SearchAttributeKey.for_bool("NeedsAttention")
 
-ALL = (ORDER_STATUS, CUSTOMER_ID, NEEDS_ATTENTION)
+# Kept by each order's workflow, and by each customer's.
+ORDER = (ORDER_STATUS, CUSTOMER_ID, NEEDS_ATTENTION)
+CUSTOMER = (CUSTOMER_ID, CUSTOMER_PHASE)
+ALL = (*ORDER, CUSTOMER_PHASE)
+
+
+class Keeper:
+    """Keeps a workflow's search attributes as `wanted()` says, with one
+    upsert for all the changes of a workflow task: each upsert is billed, and
+    changes often come together (a flag and a status)."""
+
+    def __init__(self, keys: tuple[SearchAttributeKey, ...], wanted: Callable[[], dict[Any, Any]]) -> None:
+        given = workflow.info().typed_search_attributes
+        self._upserted: dict[Any, Any] = {key: given.get(key) for key in keys}
+        self._wanted = wanted
+
+    async def keep(self) -> None:
+        """Run as a task for the life of the run."""
+        while True:
+            await workflow.wait_condition(lambda: self._wanted() != self._upserted)
+            # Let the task's other coroutines make their changes first.
+            await asyncio.sleep(0)
+            self.flush()
+
+    def flush(self) -> None:
+        wanted = self._wanted()
+        changed = [key.value_set(value) for key, value in wanted.items() if self._upserted.get(key) != value]
+        if changed:
+            workflow.upsert_search_attributes(changed)
+        self._upserted = wanted

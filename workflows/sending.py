@@ -1,0 +1,95 @@
+"""One message sent from a workflow, whichever workflow sends it: the
+activity with its retry policy, the customer's quiet hours for SMS, the wait
+the marketing frequency cap asks for, staleness, and the pause while a
+provider rejects our credentials."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Callable
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.workflow import ActivityCancellationType
+
+with workflow.unsafe.imports_passed_through():
+    from activities.messaging import MessagingActivities
+    from workflows import channel_policy
+    from workflows.clock import quiet_hours_end
+    from workflows.models import Channel, DeliveryState, MessageOutcome, MessageRequest, QueuedMessage
+    from workflows.retries import SEND_RETRY, SEND_TIMEOUTS
+
+# The activity's error type when a provider rejects our credentials.
+PROVIDER_MISCONFIGURED = "ProviderMisconfigured"
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    """No SMS between `quiet_from` and `quiet_until`, local time; `exempt`
+    for a message that must go whatever the hour."""
+
+    timezone: str
+    quiet_from: timedelta
+    quiet_until: timedelta
+    exempt: bool = False
+
+    def end(self, channel: Channel, now: datetime) -> datetime | None:
+        if channel is not Channel.SMS or self.exempt:
+            return None
+        return quiet_hours_end(now, self.timezone, self.quiet_from, self.quiet_until)
+
+
+async def pause_until(moment: datetime, withdrawn: Callable[[], bool]) -> None:
+    """One durable timer; raises CancelledError if `withdrawn` first."""
+    try:
+        await workflow.wait_condition(withdrawn, timeout=moment - workflow.now())
+    except asyncio.TimeoutError:
+        return
+    raise asyncio.CancelledError
+
+
+async def send(
+    request: MessageRequest,
+    message: QueuedMessage,
+    quiet: QuietHours,
+    withdrawn: Callable[[], bool],
+    *,
+    paused_retry: timedelta,
+    on_paused: Callable[[], None],
+) -> MessageOutcome:
+    """The activity's outcome; raises CancelledError once `withdrawn`. A
+    message deferred past the moment it is useful comes back STALE."""
+    not_before = quiet.end(message.channel, workflow.now())
+    while True:
+        if not_before is not None:
+            if channel_policy.is_stale_at(not_before, message.kind, message.queued_at, message.details):
+                return MessageOutcome(key=request.key, channel=message.channel, state=DeliveryState.STALE)
+            await pause_until(not_before, withdrawn)
+            not_before = None
+        try:
+            outcome = await workflow.execute_activity_method(
+                MessagingActivities.send_message,
+                request,
+                retry_policy=SEND_RETRY,
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                **SEND_TIMEOUTS,
+            )
+            if outcome.state is not DeliveryState.DEFERRED:
+                return outcome
+            not_before = outcome.not_before
+            continue
+        except ActivityError as err:
+            cause = err.cause
+            # Once withdrawn, the server retries nothing: an attempt that
+            # ran on and failed is as good as cancelled.
+            if withdrawn() or isinstance(cause, CancelledError):
+                raise asyncio.CancelledError from None
+            if not (isinstance(cause, ApplicationError) and cause.type == PROVIDER_MISCONFIGURED):
+                return MessageOutcome(
+                    key=request.key, channel=message.channel, state=DeliveryState.FAILED, error=str(cause or err)
+                )
+        # Our credentials are wrong: wait for the fix instead of retrying all day.
+        on_paused()
+        await pause_until(workflow.now() + paused_retry, withdrawn)
