@@ -1,7 +1,8 @@
 """`orders`: run the system, and talk to it as a backend or an operator would.
 
-    orders up [--demo]          embedded Temporal + Web UI + PostgreSQL + worker
+    orders up [--demo]          embedded Temporal + Web UI + PostgreSQL + worker + HTTP service
     orders worker               the worker alone (TEMPORAL_ADDRESS, DATABASE_URL)
+    orders web                  the HTTP service alone (unsubscribe links, Twilio webhook)
     orders place FILE|-         start an order from JSON
     orders event ID NAME JSON   send an event (signal; --sync: update with an answer)
     orders status ID            the status query
@@ -27,6 +28,7 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError
 
+from web.config import ConfigError, WebConfig, local_secret
 from workflows import search_attributes as sa
 from workflows.models import (
     EVENT_MODELS,
@@ -164,6 +166,7 @@ def schemas() -> dict[str, Any]:
 async def up(demo: bool) -> None:
     """Everything on embedded defaults unless TEMPORAL_ADDRESS / DATABASE_URL say otherwise."""
     from starter.embedded import start_dev_server, start_postgres, stop_postgres
+    from web.server import start as start_web
     from worker import run_worker
 
     env = dict(os.environ)
@@ -180,13 +183,20 @@ async def up(demo: bool) -> None:
         embedded_pgdata = DATA_DIR / "pgdata"
         env["DATABASE_URL"] = start_postgres(embedded_pgdata)
         print(f"PostgreSQL at {env['DATABASE_URL']}")
+    # Kept in the data dir so unsubscribe links in mails sent before a restart still work.
+    env.setdefault("UNSUBSCRIBE_SECRET", local_secret(DATA_DIR / "unsubscribe-secret"))
+    web_config = WebConfig.from_env(env)
+    env.setdefault("WEB_PUBLIC_URL", web_config.public_url)  # the worker's links point at this service
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     worker_task = asyncio.create_task(run_worker(client, env["DATABASE_URL"], env, stop))
     print(f"Worker running on task queue {TASK_QUEUE!r}. Ctrl-C stops everything; state stays in {DATA_DIR}/.")
+    tasks = [worker_task]
     try:
+        tasks.append(start_web(web_config, stop, temporal_client=client))
+        print(f"HTTP service on {web_config.public_url} (unsubscribe links, Twilio webhook; API docs at /docs)")
         if demo:
             from starter.demo import run_demo
 
@@ -194,7 +204,7 @@ async def up(demo: bool) -> None:
         await worker_task
     finally:
         stop.set()
-        await asyncio.gather(worker_task, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if dev_server:
             await dev_server.shutdown()
         if embedded_pgdata:
@@ -208,6 +218,10 @@ async def run(args: argparse.Namespace) -> int:
         from worker import _main
 
         await _main()
+    elif args.command == "web":
+        from web.server import serve
+
+        await serve(WebConfig.from_env(os.environ))
     elif args.command == "schema":
         all_schemas = schemas()
         if args.name and args.name not in all_schemas:
@@ -244,6 +258,7 @@ def parser() -> argparse.ArgumentParser:
     up_cmd = sub.add_parser("up", help="run everything on embedded defaults")
     up_cmd.add_argument("--demo", action="store_true", help="also run the demo once the worker is up")
     sub.add_parser("worker", help="run the worker against TEMPORAL_ADDRESS and DATABASE_URL")
+    sub.add_parser("web", help="run the HTTP service against DATABASE_URL and TEMPORAL_ADDRESS")
     place = sub.add_parser("place", help="place an order from a JSON file (- for stdin)")
     place.add_argument("file")
     event = sub.add_parser("event", help="send an event to an order")
@@ -267,7 +282,7 @@ def run_command(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         return asyncio.run(run(args))
-    except UsageError as err:
+    except (UsageError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,233 @@
+"""The endpoints: unsubscribe links (RFC 8058 one-click included) and Twilio's
+inbound-SMS webhook. Each writes PostgreSQL, the truth read at send time,
+commits, and only then tells the customer's workflow by signal.
+
+Nothing here logs a phone number, address, message body, token or secret.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import version
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import BackgroundTasks, Depends, FastAPI, Form, Header, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.datastructures import MultiDict
+from temporalio.client import Client
+from twilio.request_validator import RequestValidator
+from twilio.twiml.messaging_response import MessagingResponse
+
+from activities.consent import customers_reached_at, lift_suppression, set_consent, suppress
+from activities.database import create_pool
+from activities.unsubscribe_tokens import InvalidToken, verify
+from web.config import ConfigError, WebConfig
+from web.signals import ConsentSignals
+from workflows.models import Channel, MessageClass
+
+log = logging.getLogger(__name__)
+
+# Twilio's own keyword lists: the whole body, trimmed, in any case.
+OPT_OUT = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"})
+OPT_IN = frozenset({"START", "YES", "UNSTOP"})
+HELP = frozenset({"HELP", "INFO"})
+
+Token = Annotated[str, Query(description="the signed token from the unsubscribe link")]
+
+# The token is in the page's URL: no referrer, no caching, no framing.
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+}
+WHAT = {Channel.EMAIL: "marketing email", Channel.SMS: "marketing text messages"}
+PAGE = """<!doctype html>
+<html lang="en"><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>Unsubscribe</title>
+<body style="font-family: sans-serif; max-width: 34em; margin: 3em auto; padding: 0 1em">
+{content}
+</body></html>
+"""
+# No action: the form posts to this very URL, token included.
+CONFIRM = """<h1>Unsubscribe?</h1>
+<p>Stop {what} from us? Messages about your orders keep coming.</p>
+<form method="post"><input type="hidden" name="List-Unsubscribe" value="One-Click">
+<button type="submit">Unsubscribe</button></form>"""
+DONE = """<h1>Unsubscribed</h1>
+<p>You will get no more {what} from us. Messages about your orders keep coming.</p>"""
+
+
+def create_app(config: WebConfig, pool: asyncpg.Pool | None = None, temporal_client: Client | None = None) -> FastAPI:
+    """With no `pool`, one is opened on DATABASE_URL for the app's lifetime;
+    with no `temporal_client`, one is connected on the first signal."""
+    if pool is None and not config.database_url:
+        raise ConfigError("DATABASE_URL is required, e.g. postgresql://user:pass@localhost:5432/orders")
+    signals = ConsentSignals(config.temporal_env, temporal_client)
+
+    @asynccontextmanager
+    async def own_pool(app: FastAPI) -> AsyncIterator[None]:
+        app.state.pool = await create_pool(config.database_url)
+        try:
+            yield
+        finally:
+            await app.state.pool.close()
+
+    app = FastAPI(
+        title="order-lifecycle HTTP service",
+        version=version("order-lifecycle"),
+        description="Unsubscribe links and provider webhooks. Writes PostgreSQL, then signals the customer's workflow.",
+        max_body_size=config.max_body_bytes,
+        lifespan=own_pool if pool is None else None,
+    )
+    app.state.pool = pool
+
+    @app.exception_handler(InvalidToken)
+    async def invalid_token(request: Request, err: InvalidToken) -> PlainTextResponse:
+        return PlainTextResponse(str(err), status_code=400, headers=PAGE_HEADERS)
+
+    refused = {400: {"description": "malformed, tampered or expired token (the text says which)"}}
+
+    @app.get("/unsubscribe", response_class=HTMLResponse, responses=refused)
+    async def unsubscribe_page(token: Token) -> HTMLResponse:
+        """The link in a marketing email: a page asking to confirm. It changes
+        nothing, because link scanners fetch every link they see."""
+        claim = verify(token, config.unsubscribe_secret)
+        return _page(CONFIRM.format(what=WHAT[claim.channel]))
+
+    @app.post("/unsubscribe", response_class=HTMLResponse, responses=refused)
+    async def unsubscribe(
+        request: Request,
+        background: BackgroundTasks,
+        token: Token,
+        one_click: Annotated[str | None, Form(alias="List-Unsubscribe", description="`One-Click` (RFC 8058)")] = None,
+    ) -> HTMLResponse:
+        """RFC 8058 one-click unsubscribe (mail clients), and the page's button.
+        Stops the marketing on the token's channel; repeating it is harmless."""
+        claim = verify(token, config.unsubscribe_secret)
+        if one_click != "One-Click" and len(await request.form()):
+            raise _invalid("List-Unsubscribe", "literal_error", "Input should be 'One-Click' (RFC 8058)", one_click)
+        async with app.state.pool.acquire() as conn, conn.transaction():
+            # Consent rows reference customers: for one unknown (erased since the
+            # mail went out) there is nothing to record, and nothing to send to.
+            known = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM customers WHERE customer_id = $1)", claim.customer_id
+            )
+            changed = known and await set_consent(
+                conn,
+                claim.customer_id,
+                MessageClass.MARKETING,
+                claim.channel,
+                False,
+                source="unsubscribe_link",
+                detail="one-click" if one_click else "link",
+            )
+        if changed:  # a repeat has nothing new to tell
+            change = _change(MessageClass.MARKETING, claim.channel, False, "unsubscribe_link")
+            background.add_task(signals.send, claim.customer_id, change)
+        return _page(DONE.format(what=WHAT[claim.channel]))
+
+    async def signed_by_twilio(
+        request: Request, signature: Annotated[str | None, Header(alias="X-Twilio-Signature")] = None
+    ) -> None:
+        if not config.twilio_auth_token:
+            raise HTTPException(503, "SMS webhook not configured: TWILIO_AUTH_TOKEN is not set")
+        # What Twilio signed: the public URL it called, not the Host a proxy passed on.
+        url = config.public_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        form = await request.form()
+        params = MultiDict([(k, v) for k, v in form.multi_items() if isinstance(v, str)])
+        if not signature or not RequestValidator(config.twilio_auth_token).validate(url, params, signature):
+            raise HTTPException(403, "missing or invalid X-Twilio-Signature")
+
+    @app.post(
+        "/webhooks/twilio/inbound",
+        dependencies=[Depends(signed_by_twilio)],
+        response_class=Response,
+        responses={
+            200: {"content": {"text/xml": {}}, "description": "TwiML"},
+            403: {"description": "missing or invalid X-Twilio-Signature"},
+            503: {"description": "TWILIO_AUTH_TOKEN is not configured"},
+        },
+    )
+    async def twilio_inbound(
+        request: Request,
+        background: BackgroundTasks,
+        from_number: Annotated[str, Form(alias="From", description="the sender, E.164")],
+        body: Annotated[str, Form(alias="Body", description="the text; empty for a picture alone")] = "",
+    ) -> Response:
+        """Twilio's inbound-message webhook: opt-out, opt-in and help keywords."""
+        # Twilio always sends Body, empty for a picture alone, which FastAPI
+        # reads as absent: so presence is checked on the form itself.
+        if "Body" not in await request.form():
+            raise _invalid("Body", "missing", "Field required")
+        keyword = body.strip().upper()
+        if keyword in HELP:
+            reply = MessagingResponse()
+            reply.message(config.sms_help_text)
+            return _twiml(reply)
+        if keyword in OPT_OUT or keyword in OPT_IN:
+            opting_out = keyword in OPT_OUT
+            async with app.state.pool.acquire() as conn, conn.transaction():
+                changed = await (_opt_out if opting_out else _opt_in)(conn, from_number, keyword)
+            log.info("SMS %s keyword changed %d customer(s)", "opt-out" if opting_out else "opt-in", len(changed))
+            klass = MessageClass.MARKETING if opting_out else MessageClass.TRANSACTIONAL
+            for customer_id in changed:
+                background.add_task(signals.send, customer_id, _change(klass, Channel.SMS, not opting_out, "sms_keyword"))
+        # Twilio's Advanced Opt-Out answers STOP and START itself.
+        return _twiml(MessagingResponse())
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+async def _opt_out(conn: asyncpg.Connection, number: str, keyword: str) -> list[str]:
+    """Nothing more to this number; marketing SMS off for every customer at it.
+    Returns the customers this changed anything for."""
+    suppressed = await suppress(conn, Channel.SMS, number, reason="STOP keyword", source="sms_keyword")
+    changed = []
+    for customer_id in await customers_reached_at(conn, Channel.SMS, number):
+        consent_changed = await set_consent(
+            conn, customer_id, MessageClass.MARKETING, Channel.SMS, False, source="sms_keyword", detail=keyword
+        )
+        if consent_changed or suppressed:
+            changed.append(customer_id)
+    return changed
+
+
+async def _opt_in(conn: asyncpg.Connection, number: str, keyword: str) -> list[str]:
+    """Order messages may go to this number again. Marketing SMS stays off:
+    START undoes the STOP, but consent to marketing must be given again
+    explicitly (as at checkout), not inferred from a keyword."""
+    lifted = await lift_suppression(conn, Channel.SMS, number)
+    changed = []
+    for customer_id in await customers_reached_at(conn, Channel.SMS, number):
+        consent_changed = await set_consent(
+            conn, customer_id, MessageClass.TRANSACTIONAL, Channel.SMS, True, source="sms_keyword", detail=keyword
+        )
+        if consent_changed or lifted:
+            changed.append(customer_id)
+    return changed
+
+
+def _change(klass: MessageClass, channel: Channel, granted: bool, source: str) -> dict[str, Any]:
+    """The `consent_changed` signal's payload: plain JSON."""
+    return {"message_class": klass.value, "channel": channel.value, "granted": granted, "source": source}
+
+
+def _invalid(field: str, kind: str, message: str, value: Any = None) -> RequestValidationError:
+    """A 422 in FastAPI's own shape, naming the form field."""
+    return RequestValidationError([{"type": kind, "loc": ("body", field), "msg": message, "input": value}])
+
+
+def _page(content: str) -> HTMLResponse:
+    return HTMLResponse(PAGE.format(content=content), headers=PAGE_HEADERS)
+
+
+def _twiml(reply: MessagingResponse) -> Response:
+    return Response(str(reply), media_type="text/xml")

@@ -1,0 +1,74 @@
+"""The HTTP service's configuration, from the environment."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+DEFAULT_HELP_TEXT = "Order updates by SMS. Reply STOP to stop all messages, START to receive them again."
+
+
+class ConfigError(ValueError):
+    """A missing or malformed setting: printed without a traceback."""
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    # Secrets stay out of repr: a logged config must not leak them.
+    unsubscribe_secret: str = field(repr=False)
+    database_url: str | None = field(default=None, repr=False)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # What Twilio signs and unsubscribe links start with: behind a proxy the
+    # Host header is not the address the outside world used.
+    public_url: str = "http://localhost:8000"
+    # Without it the SMS webhook answers 503 rather than accept unsigned posts.
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    sms_help_text: str = DEFAULT_HELP_TEXT
+    max_body_bytes: int = 64 * 1024
+    # TEMPORAL_* settings for worker.connect_temporal, used on the first signal.
+    temporal_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> WebConfig:
+        secret = env.get("UNSUBSCRIBE_SECRET")
+        if not secret:
+            raise ConfigError(
+                "UNSUBSCRIBE_SECRET is required: the key unsubscribe links are signed with, "
+                "the same for the worker and the HTTP service (e.g. `openssl rand -hex 32`)"
+            )
+        port = _int(env, "WEB_PORT", cls.port)
+        return cls(
+            unsubscribe_secret=secret,
+            database_url=env.get("DATABASE_URL") or None,
+            host=env.get("WEB_HOST") or cls.host,
+            port=port,
+            public_url=(env.get("WEB_PUBLIC_URL") or f"http://localhost:{port}").rstrip("/"),
+            twilio_auth_token=env.get("TWILIO_AUTH_TOKEN") or None,
+            sms_help_text=env.get("SMS_HELP_TEXT") or DEFAULT_HELP_TEXT,
+            max_body_bytes=_int(env, "WEB_MAX_BODY_BYTES", cls.max_body_bytes),
+            temporal_env={k: v for k, v in env.items() if k.startswith("TEMPORAL_")},
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    try:
+        return int(env.get(name) or default)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number") from None
+
+
+def local_secret(path: Path) -> str:
+    """The secret in `path`, made on first use and readable by this user only,
+    so the links in mails sent before a restart keep working (`orders up`)."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_urlsafe(32)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+            file.write(secret)
+        return secret
