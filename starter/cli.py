@@ -8,6 +8,7 @@
     orders status ID            the status query
     orders outbox               messages kept locally when no provider is configured
     orders schema [NAME]        JSON Schema of every payload
+    orders lifecycle report     customers per phase, win-backs against the holdout, coupon cost vs revenue
     orders demo                 push a handful of orders through the whole journey
 """
 
@@ -170,6 +171,11 @@ async def up(demo: bool) -> None:
     from worker import run_worker
 
     env = dict(os.environ)
+    if demo:  # this worker only: the demo customers' whole lifecycle in under two minutes
+        from starter.demo import DEMO_WORKER_ENV
+
+        env.update(DEMO_WORKER_ENV)
+        print("Demo settings for the worker: " + " ".join(f"{k}={v}" for k, v in DEMO_WORKER_ENV.items()))
     dev_server = None
     embedded_pgdata = None
     if env.get("TEMPORAL_ADDRESS"):
@@ -200,7 +206,7 @@ async def up(demo: bool) -> None:
         if demo:
             from starter.demo import run_demo
 
-            await run_demo(client)
+            await run_demo(client, lifecycle=True, database_url=env["DATABASE_URL"])
         await worker_task
     finally:
         stop.set()
@@ -227,6 +233,10 @@ async def run(args: argparse.Namespace) -> int:
         if args.name and args.name not in all_schemas:
             raise UsageError(f"no schema {args.name!r}; one of: {', '.join(all_schemas)}")
         print_json(all_schemas[args.name] if args.name else all_schemas)
+    elif args.command == "lifecycle":
+        from starter import lifecycle_report
+
+        print(await lifecycle_report.run(args, database_url()))
     elif args.command == "outbox":
         for row in await show_outbox(args.order, args.limit):
             print(f"#{row['id']} {row['created_at']:%Y-%m-%d %H:%M:%S} {row['channel']} to {row['recipient']} [{row['ledger_key']}]")
@@ -271,6 +281,10 @@ def parser() -> argparse.ArgumentParser:
     outbox = sub.add_parser("outbox", help="show messages kept in the local outbox")
     outbox.add_argument("--order", help="only this order id")
     outbox.add_argument("--limit", type=int, default=50)
+    lifecycle = sub.add_parser("lifecycle", help="the customer lifecycle").add_subparsers(dest="lifecycle_command", required=True)
+    from starter.lifecycle_report import add_arguments as add_report_arguments
+
+    add_report_arguments(lifecycle.add_parser("report", help="per month or week: phases, win-back vs holdout, coupon cost vs revenue"))
     schema = sub.add_parser("schema", help="print JSON Schemas of the payloads")
     schema.add_argument("name", nargs="?")
     sub.add_parser("demo", help="push a handful of orders through the whole journey")
