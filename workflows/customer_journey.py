@@ -68,7 +68,8 @@ class CustomerJourney:
     @workflow.init
     def __init__(self, raw_state: Any) -> None:
         self.state = CustomerState.model_validate(raw_state)
-        self._news: list[OrderNews] = []
+        self._news: list[OrderNews] = self.state.pending_news
+        self.state.pending_news = []
         self._attributes = sa.Keeper(sa.CUSTOMER, self._wanted_search_attributes)
         self._closing = False
         # The one pending timer and the moment it fires (see `_wait`).
@@ -98,6 +99,7 @@ class CustomerJourney:
         await workflow.wait_condition(workflow.all_handlers_finished)
         attributes.cancel()
         self._attributes.flush()
+        s.pending_news = self._news
         workflow.continue_as_new(s.model_dump(mode="json"))
 
     # --- what orders say ------------------------------------------------------------
@@ -213,7 +215,7 @@ class CustomerJourney:
         not one per order."""
         if moment is not None and (self._timer is None or self._timer[1].done() or self._timer[0] > moment):
             self._timer = (moment, asyncio.create_task(workflow.sleep(moment - workflow.now())))
-        timer = self._timer[1] if self._timer else None
+        timer = self._timer[1] if self._timer and not self._timer[1].done() else None
         await workflow.wait_condition(lambda: condition() or (timer is not None and timer.done()))
 
     # --- phases, coupons, messages ------------------------------------------------------

@@ -604,6 +604,8 @@ class CustomerState(BaseModel):
     messages: dict[str, DeliveryState] = {}
     consent_changes: int = 0
     timeline: list[str] = []
+    # News that came in while a run was handing over, for the next run.
+    pending_news: list[OrderNews] = []
 
 
 class CustomerView(WireModel):
