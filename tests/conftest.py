@@ -27,7 +27,7 @@ from activities.providers import Provider
 from starter.embedded import start_dev_server, start_postgres, start_time_skipping_server
 from tests.fake_providers import FakeProviders, serve
 from worker import build_worker
-from workflows.models import Channel, JourneySettings, OrderInput, OrderStatusView
+from workflows.models import Channel, JourneySettings, LifecycleSettings, OrderInput, OrderStatusView
 
 TWILIO_SID = "AC" + "0" * 32
 HISTORIES = Path(__file__).parent / "histories"
@@ -74,6 +74,8 @@ def provider_config(fakes: FakeProviders) -> ProviderConfig:
         twilio_api_base_url=fakes.base_url,
         twilio_from_number="+15005550006",
         request_timeout=5,
+        web_public_url="https://shop.example",
+        unsubscribe_secret="test-unsubscribe-secret",
     )
 
 
@@ -172,6 +174,7 @@ def make_harness(pool: asyncpg.Pool, provider_config: ProviderConfig):
         *,
         journey: JourneySettings = JourneySettings(),
         quiet_hours: bool = False,
+        lifecycle: LifecycleSettings | None = None,
         config: ProviderConfig | None = None,
         providers: dict[Channel, Provider] | None = None,
         task_queue: str | None = None,
@@ -180,7 +183,13 @@ def make_harness(pool: asyncpg.Pool, provider_config: ProviderConfig):
         if not quiet_hours:  # a test's outcome must not depend on the hour it runs at
             journey = journey.model_copy(update=NO_QUIET_HOURS)
         worker = build_worker(
-            env.client, pool, config or provider_config, journey, providers=providers, task_queue=queue
+            env.client,
+            pool,
+            config or provider_config,
+            journey,
+            lifecycle=lifecycle,
+            providers=providers,
+            task_queue=queue,
         )
         async with worker:
             harness = Harness(env, pool, queue)
