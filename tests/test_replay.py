@@ -16,6 +16,7 @@ from temporalio.worker import Replayer
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from worker import shared_module_runner
+from workflows.customer_journey import CustomerJourney
 from workflows.order_lifecycle import OrderLifecycle
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
@@ -36,6 +37,9 @@ EXPECTED = {
     "continued_as_new",
     "continued_run",
     "rejected_order",
+    # The customer's journey.
+    "customer_first_order",
+    "customer_many_orders",
 }
 
 
@@ -57,6 +61,6 @@ RUNNERS = {
 async def test_item15_history_replays(path: Path, runner: str):
     history = WorkflowHistory.from_json(f"order-{path.stem}", path.read_text())
     replayer = Replayer(
-        workflows=[OrderLifecycle], data_converter=pydantic_data_converter, workflow_runner=RUNNERS[runner]()
+        workflows=[OrderLifecycle, CustomerJourney], data_converter=pydantic_data_converter, workflow_runner=RUNNERS[runner]()
     )
     await replayer.replay_workflow(history)
