@@ -79,8 +79,11 @@ def provider_config(fakes: FakeProviders) -> ProviderConfig:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server per test: customer workflows started by one
+    test's orders, though terminated, were seen to keep a later test's
+    sleep on a shared server from completing."""
     env = await start_time_skipping_server()
     yield env
     await env.shutdown()
