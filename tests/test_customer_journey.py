@@ -141,7 +141,7 @@ async def test_new_active_loyal_with_a_welcome_and_one_loyalty_coupon(ts_env: Wo
         await c.deliver(third)
         await c.wait_for(lambda v: v.delivered_in_window == 3)
         assert await pool.fetchval("SELECT count(*) FROM coupons WHERE customer_id = $1", c.cid) == 1
-        assert await phases_recorded(pool, c.cid) == ["active", "loyal"]
+        assert await phases_recorded(pool, c.cid) == ["new", "active", "loyal"]
         assert [k.split(":")[1] for k in (await c.view()).messages] == ["welcome", "loyalty_reward"]
 
 
@@ -176,7 +176,7 @@ async def test_a_win_back_and_its_reminder_unanswered_end_in_churned(own_clock, 
         await c.wait_for(lambda v: sent(v, "win_back_reminder"))
         await own_clock.sleep(timedelta(days=1))
         view = await c.wait_for(lambda v: v.phase is CustomerPhase.CHURNED)
-        assert await phases_recorded(pool, c.cid) == ["lapsed", "churned"]
+        assert await phases_recorded(pool, c.cid) == ["new", "lapsed", "churned"]
         # Churned is not the end: an order brings the customer back, won back.
         await c.place()
         view = await c.wait_for(lambda v: v.orders_total == 2)

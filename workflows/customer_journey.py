@@ -80,6 +80,8 @@ class CustomerJourney:
         s = self.state
         attributes = asyncio.create_task(self._attributes.keep())
         lane = asyncio.create_task(self._run_lane())
+        if workflow.info().continued_run_id is None:  # the phase it starts in, for the report
+            await self._record_phase(s.phase)
         self._show()
         while True:
             while self._news:
@@ -129,7 +131,7 @@ class CustomerJourney:
         win_back = s.win_back
         if win_back is not None:
             s.win_back = None
-            won = win_back.group == "treated" and win_back.attempts > 0
+            won = win_back.group == "treated" and win_back.sent
             phase = CustomerPhase.WON_BACK if won else self._qualified_phase()
             s.won_back_total += won
             await self._enter(phase, order_id=order_id, lapse_no=win_back.lapse_no)
@@ -234,6 +236,18 @@ class CustomerJourney:
             return
         s.phase, s.phase_since = phase, workflow.now()
         self._note(f"phase {phase.value}" + (f" ({group})" if group else ""))
+        await self._record_phase(phase, order_id=order_id, lapse_no=lapse_no, group=group, coupon=coupon)
+
+    async def _record_phase(
+        self,
+        phase: CustomerPhase,
+        *,
+        order_id: str | None = None,
+        lapse_no: int | None = None,
+        group: str | None = None,
+        coupon: Coupon | None = None,
+    ) -> None:
+        s = self.state
         change = PhaseChange(
             customer_id=s.customer_id,
             phase=phase,
@@ -270,6 +284,8 @@ class CustomerJourney:
                 return  # handed over: the next run sends it
             s.outbox.pop(0)
             s.messages[self._key(message)] = outcome.state
+            if s.win_back and message.occasion == f"win_back-{s.win_back.lapse_no}" and outcome.state is DeliveryState.SENT:
+                s.win_back.sent = True
             self._note(f"{message.kind.value} by {message.channel.value}: {outcome.state.value}")
             refused = outcome.state in (DeliveryState.FAILED, DeliveryState.NOT_PERMITTED)
             fallback = channel_policy.other_channel(message.channel)

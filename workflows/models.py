@@ -576,6 +576,8 @@ class WinBack(BaseModel):
     started_at: datetime
     coupon: Coupon | None = None
     attempts: int = 0
+    # A win-back message reached the provider: only then is an order "won back".
+    sent: bool = False
 
 
 class CustomerState(BaseModel):
