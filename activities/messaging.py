@@ -14,7 +14,56 @@ Twilio's Message list can be searched for it. Its state:
 - settled, returned as they are to any later attempt: 'sent'; 'failed'
   (refused for good, so the workflow can use the other channel); 'in_doubt'
   (may have gone out, never sent again, flagged for an operator); 'skipped'
-  (nothing to recommend).
+  (nothing to recommend);
+- 'not_permitted': nothing went out, because the customer's consent or the
+  suppression list forbade it when it was due, or the provider said the
+  recipient opted out (below). Settled for the attempt that decided it, with
+  the reason (never contact data) for operators, but not for good: a later
+  send of the same key reads consent again, and if the message may go now,
+  registers it anew (rendered then, and counted by the cap from then).
+
+Each row also names its customer and its message class ('transactional' or
+'marketing'); a message of the customer's journey (welcome, loyalty reward,
+win-back) belongs to no order, and is written to the customer's contact
+details as stored in `customers` when it is sent.
+
+Permission, at send time
+------------------------
+Consent and suppressions are read when a message is due, never captured
+earlier (activities/consent.py): before a new row is registered, before a
+'pending' row is claimed, and before a taken-over row is sent again once a
+look-up proved the earlier request never arrived. No consent row means a
+transactional message goes and a marketing one does not; a suppressed
+address or number gets nothing. A refused message makes no request, is
+registered 'not_permitted' and returned as NOT_PERMITTED; the workflow may
+try the other channel, under a different key. A row an earlier attempt left
+'sending' is settled first, as below: a message that may have gone out is not
+un-sent by a consent withdrawn since.
+
+Twilio's 21610 (the number replied STOP) is an opt-out: the number is
+suppressed (source 'provider'), the row settles 'not_permitted', and
+nothing more is sent to it, on any message class, until it is lifted.
+
+The marketing cap
+-----------------
+A marketing row is registered in one transaction that takes an advisory lock
+on the customer, then counts that customer's marketing rows created within
+MARKETING_CAP_WINDOW that are 'pending', 'sending', 'sent' or 'in_doubt'. At
+MARKETING_CAP or more nothing is registered, and the outcome is DEFERRED with
+`not_before`: the moment the oldest of them that holds a slot leaves the
+window. Two sends for one customer queue on the lock, so they cannot both
+pass. The workflow sends a deferred message again at `not_before`, with the
+same key, and it is counted then.
+
+Unsubscribing
+-------------
+A marketing email carries a signed token (activities/unsubscribe_tokens.py)
+in a visible link, in text and HTML, and in RFC 8058 headers
+(List-Unsubscribe with the link and a mailto, List-Unsubscribe-Post
+One-Click). The headers are part of the stored rendering (`headers`), so
+every attempt sends the same ones. Without UNSUBSCRIBE_SECRET no marketing
+email is rendered at all: a non-retryable UnsubscribeNotConfigured error.
+Marketing SMS end with "Reply STOP to opt out".
 
 The lease
 ---------
@@ -50,6 +99,7 @@ send and, without a request, for every later one to that provider.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -58,37 +108,90 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import consent, unsubscribe_tokens
 from activities.config import ProviderConfig
 from activities.providers import Provider, ProviderFailure, RenderedMessage, SendGridEmail, TwilioSms, Verdict
 from activities.recommendations import recommend
-from activities.templates import render
-from workflows.models import Channel, DeliveryState, MessageOutcome, MessageRequest, OrderInput, Touchpoint
+from activities.templates import render, render_for_customer
+from workflows.models import (
+    Channel,
+    Customer,
+    DeliveryState,
+    MessageClass,
+    MessageOutcome,
+    MessageRequest,
+    OrderInput,
+    Touchpoint,
+    message_class,
+)
 
 log = logging.getLogger(__name__)
 
 LEDGER_ROW = """
-SELECT state, recipient, claim_token, provider_message_id, error, created_at, subject, body_text, body_html,
+SELECT state, recipient, claim_token, provider_message_id, error, created_at, subject, body_text, body_html, headers,
        coalesce(extract(epoch FROM lease_until - now()), 0)::float8 AS lease_seconds_left
 FROM message_ledger WHERE key = $1
 """
 
 # Registers the message with its rendering and claims it ('sending'), or
-# registers it as settled ('skipped'). Nothing when the row exists already.
+# registers it as settled ('skipped'). Nothing when the row exists already,
+# unless it is 'not_permitted' and the message may go now: then it is
+# registered anew, as if new (its rendering, if any, never went out).
 REGISTER = """
-INSERT INTO message_ledger (key, order_id, kind, channel, recipient, provider, state, attempts, error,
-                            subject, body_text, body_html, claim_token, lease_until)
-VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $7 = 'sending' THEN 1 ELSE 0 END, $8,
-        $9, $10, $11, $12, now() + $13::float8 * interval '1 second')
-ON CONFLICT (key) DO NOTHING
+INSERT INTO message_ledger AS l (key, order_id, customer_id, message_class, kind, channel, recipient, provider, state,
+                                 attempts, error, subject, body_text, body_html, headers, claim_token, lease_until)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, CASE WHEN $9 = 'sending' THEN 1 ELSE 0 END, $10,
+        $11, $12, $13, $14::jsonb, $15, now() + $16::float8 * interval '1 second')
+ON CONFLICT (key) DO UPDATE
+SET recipient = EXCLUDED.recipient, provider = EXCLUDED.provider, state = EXCLUDED.state,
+    attempts = l.attempts + EXCLUDED.attempts, error = EXCLUDED.error, provider_message_id = NULL,
+    subject = EXCLUDED.subject, body_text = EXCLUDED.body_text, body_html = EXCLUDED.body_html,
+    headers = EXCLUDED.headers, claim_token = EXCLUDED.claim_token, lease_until = EXCLUDED.lease_until,
+    customer_id = EXCLUDED.customer_id, message_class = EXCLUDED.message_class,
+    created_at = now(), updated_at = now()
+WHERE l.state = 'not_permitted'
 RETURNING created_at
 """
+
+# Consent or the suppression list forbids the message: a new row, or a
+# 'pending' one (never sent), settles 'not_permitted' with the reason; one
+# already 'not_permitted' gets today's reason. Nothing when the row is in any
+# other state (another attempt got there first).
+REFUSE = """
+INSERT INTO message_ledger AS l (key, order_id, customer_id, message_class, kind, channel, recipient, provider,
+                                 state, error)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'not_permitted', $9)
+ON CONFLICT (key) DO UPDATE
+SET state = 'not_permitted', error = EXCLUDED.error, claim_token = NULL, lease_until = NULL, updated_at = now()
+WHERE l.state IN ('pending', 'not_permitted')
+RETURNING key
+"""
+
+# The frequency cap, taken before counting: concurrent marketing sends for one
+# customer wait here in turn, and each counts what the others registered.
+LOCK_CUSTOMER_MARKETING = "SELECT pg_advisory_xact_lock(hashtext('marketing:' || $1))"
+
+# The customer's marketing messages holding a slot of the cap, oldest first.
+MARKETING_IN_WINDOW = """
+SELECT created_at FROM message_ledger
+WHERE customer_id = $1 AND message_class = 'marketing' AND key <> $3
+  AND created_at > now() - $2::float8 * interval '1 second'
+  AND state IN ('pending', 'sending', 'sent', 'in_doubt')
+ORDER BY created_at
+"""
+
+# A row registered meanwhile by another attempt at this message: not deferred
+# for taking its own slot, but handled as the existing row it is.
+REGISTERED = "SELECT 1 FROM message_ledger WHERE key = $1 AND state <> 'not_permitted'"
+
+CUSTOMER = "SELECT customer_id, name, email, phone, timezone FROM customers WHERE customer_id = $1"
 
 CLAIM_PENDING = """
 UPDATE message_ledger
@@ -122,6 +225,8 @@ WHERE key = $1 AND claim_token = $2 AND state = 'sending'
 RETURNING key
 """
 
+# Returned as they are to any later attempt. 'not_permitted' is not: consent
+# is read again.
 SETTLED = {"sent", "failed", "in_doubt", "skipped"}
 NOTHING_TO_RECOMMEND = "nothing to recommend"
 
@@ -178,7 +283,8 @@ class LedgerRow:
     def of(cls, key: str, row: asyncpg.Record) -> LedgerRow:
         message = None
         if row["body_text"] is not None:
-            message = RenderedMessage(key, row["recipient"], row["subject"], row["body_text"], row["body_html"])
+            headers = json.loads(row["headers"]) if row["headers"] else {}
+            message = RenderedMessage(key, row["recipient"], row["subject"], row["body_text"], row["body_html"], headers)
         return cls(row["state"], row["claim_token"], row["provider_message_id"], row["error"], row["lease_seconds_left"], message)
 
     def outcome(self, request: MessageRequest) -> MessageOutcome:
@@ -190,11 +296,18 @@ class Attempt:
     """This attempt at one message: what each of its steps needs."""
 
     request: MessageRequest
-    order_id: str
+    # The stored order the message is about; None for the customer's journey.
+    order: OrderInput | None
+    # As the order recorded them, or for the customer's journey as stored now.
+    customer: Customer
     recipient: str
     # None: the outbox.
     provider: Provider | None
     budget: Budget
+
+    @property
+    def message_class(self) -> MessageClass:
+        return message_class(self.request.kind)
 
 
 @dataclass(frozen=True)
@@ -239,6 +352,7 @@ class MessagingActivities:
         self._threads = ThreadPoolExecutor(config.provider_threads, thread_name_prefix="provider")
         self._free_threads = asyncio.Semaphore(config.provider_threads)
         self._request_timeout = config.request_timeout
+        self._config = config
         # Channels whose provider rejected our credentials, with the alert.
         self._paused: dict[Channel, str] = {}
         self._alerted: set[str] = set()
@@ -256,23 +370,22 @@ class MessagingActivities:
     @activity.defn
     async def send_message(self, request: MessageRequest) -> MessageOutcome:
         budget = Budget.of_this_attempt()
-        order = await self._recorded_order(request.order_id, budget)
-        recipient = order.customer.email if request.channel is Channel.EMAIL else order.customer.phone
+        order, customer = await self._addressee(request, budget)
+        recipient = customer.email if request.channel is Channel.EMAIL else customer.phone
         if not recipient:
             return _outcome(request, DeliveryState.SKIPPED, error="no recipient for this channel")
         await self._apply_handover(request.key, budget)
         self._refuse_while_paused(request.channel)
-        attempt = Attempt(request, order.order_id, recipient, self._providers.get(request.channel), budget)
+        attempt = Attempt(request, order, customer, recipient, self._providers.get(request.channel), budget)
         self._check_an_attempt_can_hold_a_send(attempt)
         row = await self._ledger_row(request.key, budget) if activity.info().attempt > 1 else None
         if row and row.state in SETTLED:
             return row.outcome(request)
-        message = row.message if row and row.message else await self._render(request, order, recipient)
         async with self._provider_thread(attempt):
-            return await _finish_even_if_cancelled(self._claim_and_send(attempt, message, row))
+            return await _finish_even_if_cancelled(self._claim_and_send(attempt, row))
 
-    async def _claim_and_send(self, a: Attempt, message: RenderedMessage | None, row: LedgerRow | None) -> MessageOutcome:
-        claim = await self._claim(a, message, row)
+    async def _claim_and_send(self, a: Attempt, row: LedgerRow | None) -> MessageOutcome:
+        claim = await self._claim(a, row)
         if isinstance(claim, MessageOutcome):
             return claim
         if claim.message is None:
@@ -281,22 +394,32 @@ class MessagingActivities:
             settled = await self._check_earlier_request(a, claim)
             if settled:
                 return settled
+            if a.provider:  # a look-up proved the earlier request never arrived: this is a new one
+                refused = await self._refusal(a, claim.message.recipient)
+                if refused:
+                    return await self._settle(a, claim, DeliveryState.NOT_PERMITTED, error=refused)
             await self._db(a.budget, COUNT_ATTEMPT, claim.key, claim.token)
         return await self._send(a, claim)
 
-    async def _claim(self, a: Attempt, message: RenderedMessage | None, row: LedgerRow | None) -> Claim | MessageOutcome:
+    async def _claim(self, a: Attempt, row: LedgerRow | None) -> Claim | MessageOutcome:
         """This attempt's claim on the row, or the outcome it already has."""
         key, token = a.request.key, uuid.uuid4()
-        if row is None:
-            registered = await self._register(a, message, token)
-            if registered and message is None:
-                return _outcome(a.request, DeliveryState.SKIPPED, error=NOTHING_TO_RECOMMEND)
+        if row is None or row.state in ("pending", "not_permitted"):
+            # Stored renderings keep their recipient; anything else goes to today's.
+            stored = row.message if row and row.state == "pending" else None
+            refused = await self._refuse_if_not_permitted(a, stored.recipient if stored else a.recipient)
+            if refused:
+                return refused
+        if row is None or row.state == "not_permitted":
+            registered = await self._register(a, token)
             if registered:
-                return Claim(key, token, message)
-            row = await self._ledger_row(key, a.budget)  # another run registered it first
+                return registered
+            row = await self._ledger_row(key, a.budget)  # another attempt registered it first
+            if row.state == "not_permitted":  # and was refused, just now
+                return row.outcome(a.request)
         if row.state in SETTLED:
             return row.outcome(a.request)
-        message = row.message or message
+        message = row.message or await self._render(a)
         if row.state == "pending":
             claimed = await self._db(a.budget, CLAIM_PENDING, key, token, a.budget.left())
             if not claimed:
@@ -309,27 +432,86 @@ class MessagingActivities:
             raise _claim_held(key)
         return Claim(key, token, message, taken_over=True, earlier_error=row.error)
 
-    async def _register(self, a: Attempt, message: RenderedMessage | None, token: uuid.UUID) -> asyncpg.Record | None:
-        """The new row, claimed by this attempt, or settled as 'skipped' when
-        there is nothing to send; None when it exists already."""
-        subject, text, html = (message.subject, message.text, message.html) if message else (None, None, None)
-        return await self._db(
-            a.budget,
-            REGISTER,
-            a.request.key,
-            a.order_id,
-            a.request.kind.value,
-            a.request.channel.value,
+    async def _refuse_if_not_permitted(self, a: Attempt, recipient: str) -> MessageOutcome | None:
+        """NOT_PERMITTED, recorded in the ledger, when consent or the
+        suppression list forbids this message now; None when it may go."""
+        reason = await self._refusal(a, recipient)
+        if reason is None:
+            return None
+        recorded = await self._db(a.budget, REFUSE, *self._row_identity(a), reason)
+        if not recorded:  # another attempt registered or claimed it meanwhile
+            row = await self._ledger_row(a.request.key, a.budget)
+            if row and row.state in SETTLED:
+                return row.outcome(a.request)
+            raise _claim_held(a.request.key, row.lease_seconds_left if row else 0)
+        log.info("%s not sent: %s", a.request.key, reason)
+        return _outcome(a.request, DeliveryState.NOT_PERMITTED, error=reason)
+
+    async def _refusal(self, a: Attempt, recipient: str) -> str | None:
+        """Why the customer's consent or the suppression list forbids this
+        message to `recipient` now; None when it may go."""
+        request = a.request
+        async with self._pool.acquire(timeout=a.budget.left()) as conn:
+            return await asyncio.wait_for(
+                consent.refusal(conn, request.customer_id, a.message_class, request.channel, recipient), a.budget.left()
+            )
+
+    def _row_identity(self, a: Attempt) -> tuple[Any, ...]:
+        """What a ledger row says about its message, in REGISTER's and REFUSE's order."""
+        request = a.request
+        return (
+            request.key,
+            request.order_id,
+            request.customer_id,
+            a.message_class.value,
+            request.kind.value,
+            request.channel.value,
             a.recipient,
             a.provider.name if a.provider else "outbox",
+        )
+
+    async def _register(self, a: Attempt, token: uuid.UUID) -> Claim | MessageOutcome | None:
+        """The new row, claimed by this attempt, or settled as 'skipped' when
+        there is nothing to send; DEFERRED when the marketing cap is reached;
+        None when the row exists already."""
+        message = await self._render(a)
+        values = (
+            *self._row_identity(a),
             "sending" if message else "skipped",
             None if message else NOTHING_TO_RECOMMEND,
-            subject,
-            text,
-            html,
+            message.subject if message else None,
+            message.text if message else None,
+            message.html if message else None,
+            json.dumps(dict(message.headers)) if message and message.headers else None,
             token if message else None,
             a.budget.left() if message else None,
         )
+        if message and a.message_class is MessageClass.MARKETING:
+            registered = await self._register_within_the_cap(a, values)
+        else:
+            registered = await self._db(a.budget, REGISTER, *values)
+        if isinstance(registered, MessageOutcome) or not registered:
+            return registered
+        if message is None:
+            return _outcome(a.request, DeliveryState.SKIPPED, error=NOTHING_TO_RECOMMEND)
+        return Claim(a.request.key, token, message)
+
+    async def _register_within_the_cap(self, a: Attempt, values: tuple[Any, ...]) -> asyncpg.Record | MessageOutcome | None:
+        """REGISTER, in one transaction with the count of the customer's
+        marketing messages in the window, under a lock on that customer."""
+        cap, window = self._config.marketing_cap, self._config.marketing_cap_window
+        key = a.request.key
+        async with self._pool.acquire(timeout=a.budget.left()) as conn, conn.transaction():
+            await conn.execute(LOCK_CUSTOMER_MARKETING, a.request.customer_id, timeout=a.budget.left())
+            taken = await conn.fetch(MARKETING_IN_WINDOW, a.request.customer_id, window.total_seconds(), key, timeout=a.budget.left())
+            if len(taken) < cap:
+                return await conn.fetchrow(REGISTER, *values, timeout=a.budget.left())
+            if await conn.fetchval(REGISTERED, key, timeout=a.budget.left()):
+                return None
+        # A slot frees when enough of the oldest have left the window.
+        not_before = taken[len(taken) - cap]["created_at"] + window
+        log.info("%s deferred: marketing cap of %d per %s reached", key, cap, window)
+        return _outcome(a.request, DeliveryState.DEFERRED, not_before=not_before)
 
     async def _check_earlier_request(self, a: Attempt, claim: Claim) -> MessageOutcome | None:
         """An earlier attempt died, or got no answer, after its request may
@@ -351,7 +533,7 @@ class MessagingActivities:
         return await self._settle(a, claim, DeliveryState.SENT, message_id=found)
 
     async def _after_failed_look_up(self, a: Attempt, provider: Provider, claim: Claim, failure: ProviderFailure) -> MessageOutcome:
-        if failure.verdict is Verdict.REFUSED:  # it can never tell
+        if failure.verdict in (Verdict.REFUSED, Verdict.OPTED_OUT):  # it can never tell
             log.error("message %s may or may not have been sent, and %s refused to say: %s", claim.key, provider.title, failure)
             return await self._settle(a, claim, DeliveryState.IN_DOUBT, error=str(failure))
         error = ApplicationError(f"{failure} (message look-up)", type="ProviderUnavailable")
@@ -373,6 +555,10 @@ class MessagingActivities:
         return await self._settle(a, claim, DeliveryState.SENT, message_id=message_id)
 
     async def _after_failed_send(self, a: Attempt, provider: Provider, claim: Claim, failure: ProviderFailure) -> MessageOutcome:
+        if failure.verdict is Verdict.OPTED_OUT:
+            log.warning("%s: the recipient of %s opted out (%s); suppressed", provider.title, claim.key, failure)
+            await self._suppress(a, provider, claim, failure)
+            return await self._settle(a, claim, DeliveryState.NOT_PERMITTED, error=str(failure))
         if failure.verdict is Verdict.REFUSED:
             log.warning("%s refused %s for good: %s", provider.title, claim.key, failure)
             return await self._settle(a, claim, DeliveryState.FAILED, error=str(failure))
@@ -384,6 +570,22 @@ class MessagingActivities:
         state = "sending" if failure.verdict is Verdict.MAY_HAVE_ARRIVED else "pending"
         await self._record(a, claim, state, error=str(failure))
         raise ApplicationError(str(failure), type="ProviderUnavailable")
+
+    async def _suppress(self, a: Attempt, provider: Provider, claim: Claim, failure: ProviderFailure) -> None:
+        """Nothing more to a recipient who opted out at the provider. Should
+        PostgreSQL be away, the outcome still reaches the ledger (heartbeated)
+        and the next message there meets the same refusal and suppresses it."""
+        try:
+            async with self._pool.acquire(timeout=a.budget.left()) as conn:
+                await asyncio.wait_for(
+                    consent.suppress(
+                        conn, a.request.channel, claim.message.recipient,
+                        reason=f"{provider.name} {failure.code}", source="provider",
+                    ),
+                    a.budget.left(),
+                )
+        except DATABASE_UNAVAILABLE:
+            log.warning("could not record the opt-out of %s's recipient yet: PostgreSQL is unavailable", claim.key)
 
     async def _ensure_time_for_a_request(self, a: Attempt, claim: Claim, otherwise: str) -> None:
         """A request starts only if its answer can be recorded within the
@@ -481,18 +683,21 @@ class MessagingActivities:
         self._paused.setdefault(channel, f"{failure}: {provider.sends} are paused until the configuration is fixed")
         return self._misconfigured(self._paused[channel])
 
-    def _misconfigured(self, alert: str) -> ApplicationError:
+    def _misconfigured(self, alert: str, *, error_type: str = "ProviderMisconfigured") -> ApplicationError:
         """One error line per problem per worker process, not a retry storm;
         the workflow flags the order and tries again later."""
         if alert not in self._alerted:
             self._alerted.add(alert)
             log.error("%s", alert)
-        return ApplicationError(alert, type="ProviderMisconfigured", non_retryable=True)
+        return ApplicationError(alert, type=error_type, non_retryable=True)
 
-    async def _render(self, request: MessageRequest, order: OrderInput, recipient: str) -> RenderedMessage | None:
+    async def _render(self, a: Attempt) -> RenderedMessage | None:
         """The message as this attempt would write it; None when there is nothing to recommend."""
+        request, order = a.request, a.order
         details: dict[str, Any] = dict(request.details)
         if request.kind is Touchpoint.RECOMMENDATIONS:
+            if order is None:
+                raise ApplicationError("recommendations follow an order: order_id is required", type="BadRequest", non_retryable=True)
             details["products"] = await recommend(
                 self._pool,
                 order.customer.customer_id,
@@ -501,9 +706,42 @@ class MessagingActivities:
             )
             if not details["products"]:
                 return None
-        content, html_body = render(request.kind, order, details)
+        url, headers = None, {}
+        if request.channel is Channel.EMAIL and a.message_class is MessageClass.MARKETING:
+            url, headers = self._unsubscribe(request.customer_id)
+        if order is not None:
+            content, html_body = render(request.kind, order, details, unsubscribe_url=url)
+        else:
+            content, html_body = render_for_customer(request.kind, a.customer, details, unsubscribe_url=url)
         text = content.sms if request.channel is Channel.SMS else "\n\n".join(content.paragraphs)
-        return RenderedMessage(key=request.key, recipient=recipient, subject=content.subject, text=text, html=html_body)
+        return RenderedMessage(request.key, a.recipient, content.subject, text, html_body, headers)
+
+    def _unsubscribe(self, customer_id: str) -> tuple[str, dict[str, str]]:
+        """The unsubscribe link of a marketing email, and its RFC 8058 headers.
+        No marketing email leaves without a working one."""
+        secret = self._config.unsubscribe_secret
+        if not secret:
+            raise self._misconfigured(
+                "UNSUBSCRIBE_SECRET is not set: marketing email needs a signed unsubscribe link, so none is sent",
+                error_type="UnsubscribeNotConfigured",
+            )
+        token = unsubscribe_tokens.sign(customer_id, Channel.EMAIL, secret, datetime.now(timezone.utc))
+        url = f"{self._config.web_public_url.rstrip('/')}/unsubscribe?token={token}"
+        mailto = f"mailto:{self._config.unsubscribe_address}?subject=unsubscribe%20{token}"
+        return url, {"List-Unsubscribe": f"<{url}>, <{mailto}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+
+    async def _addressee(self, request: MessageRequest, budget: Budget) -> tuple[OrderInput | None, Customer]:
+        """The order the message is about and its customer as the order
+        recorded them; for the customer's journey (no order), the customer as
+        stored now: contact details change, so they are read at every send."""
+        if request.order_id is not None:
+            order = await self._recorded_order(request.order_id, budget)
+            return order, order.customer
+        row = await self._db(budget, CUSTOMER, request.customer_id)
+        if row is None:
+            raise ApplicationError(f"customer {request.customer_id} is not recorded", type="CustomerNotRecorded")
+        # Stored from a validated order: not validated again.
+        return None, Customer.model_construct(**dict(row))
 
     async def _recorded_order(self, order_id: str, budget: Budget) -> OrderInput:
         """The order as record_order stored it. A stored order never changes
@@ -535,7 +773,7 @@ class MessagingActivities:
         row = await self._db(
             budget,
             """
-            INSERT INTO outbox (ledger_key, channel, recipient, subject, body) VALUES ($1, $2, $3, $4, $5)
+            INSERT INTO outbox (ledger_key, channel, recipient, subject, body, headers) VALUES ($1, $2, $3, $4, $5, $6::jsonb)
             ON CONFLICT (ledger_key) DO UPDATE SET ledger_key = EXCLUDED.ledger_key
             RETURNING id
             """,
@@ -544,6 +782,7 @@ class MessagingActivities:
             message.recipient,
             message.subject if channel is Channel.EMAIL else None,
             message.text,
+            json.dumps(dict(message.headers)) if message.headers else None,
         )
         return f"outbox-{row['id']}"
 
@@ -574,6 +813,14 @@ async def _finish_even_if_cancelled(work: Coroutine[Any, Any, T]) -> T:
 
 
 def _outcome(
-    request: MessageRequest, state: DeliveryState, *, message_id: str | None = None, error: str | None = None
+    request: MessageRequest,
+    state: DeliveryState,
+    *,
+    message_id: str | None = None,
+    error: str | None = None,
+    not_before: datetime | None = None,
 ) -> MessageOutcome:
-    return MessageOutcome(key=request.key, channel=request.channel, state=state, provider_message_id=message_id, error=error)
+    return MessageOutcome(
+        key=request.key, channel=request.channel, state=state, provider_message_id=message_id, error=error,
+        not_before=not_before,
+    )

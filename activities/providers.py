@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 import re
 import urllib.error
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -26,7 +26,7 @@ import requests
 import urllib3.exceptions
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
-from sendgrid.helpers.mail import CustomArg, Mail
+from sendgrid.helpers.mail import CustomArg, Header, Mail
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client as TwilioClient
@@ -41,6 +41,13 @@ class RenderedMessage:
     subject: str
     text: str
     html: str
+    # Mail headers, e.g. List-Unsubscribe: part of the rendering, so every
+    # attempt sends the same ones.
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+# Twilio: the recipient replied STOP (or opted out otherwise).
+TWILIO_OPTED_OUT = 21610
 
 
 class Verdict(StrEnum):
@@ -51,8 +58,11 @@ class Verdict(StrEnum):
     # No answer, or a gateway's answer (502, 504) after the service behind it
     # may have taken it: look it up, or leave it in doubt, never resend blindly.
     MAY_HAVE_ARRIVED = "may have arrived"
-    # Refused for good (invalid address, unsubscribed number).
+    # Refused for good (invalid address, unknown number).
     REFUSED = "refused for good"
+    # The recipient opted out at the provider (Twilio 21610, after a STOP):
+    # suppressed, nothing more goes there.
+    OPTED_OUT = "opted out"
     # Our credentials or settings were refused: nothing goes out until fixed.
     MISCONFIGURED = "misconfigured"
 
@@ -77,6 +87,8 @@ class Provider(Protocol):
 def classify(err: Exception) -> Verdict:
     """One reading for every error of the official clients. An error that
     proves nothing, whatever it is, means the request may have arrived."""
+    if _code_of(err) == TWILIO_OPTED_OUT:
+        return Verdict.OPTED_OUT
     status = _status_of(err)
     if status is not None:
         return _verdict_for_status(status, err)
@@ -97,6 +109,13 @@ def _status_of(err: Exception) -> int | None:
     # A Message list page that was not 200: TwilioException("Unable to fetch page", response).
     if isinstance(err, TwilioException) and len(err.args) > 1:
         return getattr(err.args[1], "status_code", None)
+    return None
+
+
+def _code_of(err: Exception) -> int | None:
+    """The provider's own error code (Twilio's, in either error format)."""
+    if isinstance(err, (TwilioRestException, TwilioServiceException)):
+        return err.code
     return None
 
 
@@ -127,14 +146,16 @@ class ProviderFailure(Exception):
     """An error of a provider's client, read: its verdict, and a text scrubbed
     of customer data and secrets."""
 
-    def __init__(self, verdict: Verdict, text: str) -> None:
+    def __init__(self, verdict: Verdict, text: str, code: int | None = None) -> None:
         super().__init__(text)
         self.verdict = verdict
+        # The provider's error code, where it has one (Twilio's 21610...).
+        self.code = code
 
     @classmethod
     def of(cls, provider: Provider, err: Exception) -> ProviderFailure:
         verdict = classify(err)
-        return cls(verdict, scrub(_describe(provider, err, verdict)))
+        return cls(verdict, scrub(_describe(provider, err, verdict)), _code_of(err))
 
 
 def _describe(provider: Provider, err: Exception, verdict: Verdict) -> str:
@@ -239,6 +260,9 @@ class SendGridEmail:
         # Carried into SendGrid's event webhook so deliveries map back to the
         # ledger. Per personalization: the spec types only that one as an object.
         mail.personalizations[0].add_custom_arg(CustomArg("message_key", message.key))
+        # The message's own headers (List-Unsubscribe...), in the top-level `headers` object.
+        for name, value in message.headers.items():
+            mail.add_header(Header(name, value))
         response = self._client.send(mail)
         return response.headers.get("X-Message-Id") or f"sendgrid-{message.key}"
 

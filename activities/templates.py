@@ -1,20 +1,28 @@
-"""One template per touchpoint, filled with the order's real data.
+"""One template per touchpoint, filled with the order's real data, or for
+the customer's journey (welcome, loyalty reward, win-back) with the
+customer's and the coupon's.
 
 Every value is HTML-escaped in the HTML part; dates are shown in the
-customer's timezone. Every SMS names its order, and no two touchpoints of an
-order read alike: an unanswered SMS is looked up at Twilio by its text.
+customer's timezone. Every SMS names its order, or for the customer's
+journey its coupon code (a welcome without a coupon is the customer's only
+welcome), and no two touchpoints read alike: an unanswered SMS is looked up
+at Twilio by its text. Marketing SMS end with the STOP notice; marketing
+email carries the unsubscribe link the caller passes, in text and HTML.
 """
 
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Callable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from workflows.models import OrderInput, Touchpoint
+from workflows.models import Customer, MessageClass, OrderInput, Touchpoint, message_class
+
+# CTIA: every marketing SMS says how to opt out.
+STOP_NOTICE = "Reply STOP to opt out."
 
 
 @dataclass(frozen=True)
@@ -193,6 +201,49 @@ def _parcel_lost(o: OrderInput, d: dict[str, Any]) -> Content:
     )
 
 
+def _offer(d: dict[str, Any]) -> str:
+    parts = []
+    if d.get("discount_percent"):
+        parts.append(f"{d['discount_percent']}% off")
+    if d.get("free_shipping"):
+        parts.append("free shipping")
+    return " and ".join(parts) or "a special offer"
+
+
+@dataclass(frozen=True)
+class _CouponMessage:
+    """A message of the customer's journey offering a coupon: {name}, {offer}
+    (e.g. "15% off"), {code} and {until} (its expiry, customer's timezone)."""
+
+    subject: str
+    paragraphs: tuple[str, ...]
+    sms: str
+
+    def __call__(self, c: Customer, d: dict[str, Any]) -> Content:
+        values = {"name": c.name, "offer": _offer(d), "code": d["coupon_code"], "until": local_time(d["expires_at"], c.timezone)}
+        return Content(
+            self.subject.format(**values), [p.format(**values) for p in self.paragraphs], self.sms.format(**values)
+        )
+
+
+_WELCOME_GIFT = _CouponMessage(
+    "Welcome, {name}: a gift for your next order",
+    ("Thank you for your first order, {name}. We are glad to have you with us.",
+     "As a welcome gift, your next order gets {offer} with code {code}, valid until {until}."),
+    "Welcome, {name}! Your next order gets {offer} with code {code}, until {until}.",
+)
+
+
+def _welcome(c: Customer, d: dict[str, Any]) -> Content:
+    if d.get("coupon_code"):
+        return _WELCOME_GIFT(c, d)
+    return Content(
+        f"Welcome, {c.name}",
+        [f"Thank you for your first order, {c.name}. We are glad to have you with us."],
+        f"Welcome, {c.name}! Thank you for your first order.",
+    )
+
+
 TEMPLATES: dict[Touchpoint, Callable[[OrderInput, dict[str, Any]], Content]] = {
     Touchpoint.ORDER_CONFIRMATION: _order_confirmation,
     Touchpoint.PAYMENT_REMINDER: _payment_reminder,
@@ -210,8 +261,54 @@ TEMPLATES: dict[Touchpoint, Callable[[OrderInput, dict[str, Any]], Content]] = {
 }
 
 
-def render(kind: Touchpoint, order: OrderInput, details: dict[str, Any]) -> tuple[Content, str]:
-    """The content and its HTML body."""
-    content = TEMPLATES[kind](order, details)
-    body = "".join(f"<p>{html.escape(p)}</p>" for p in content.paragraphs)
-    return content, f"<!doctype html><html><body>{body}</body></html>"
+# The customer's journey: rendered from the customer's stored contact details.
+CUSTOMER_TEMPLATES: dict[Touchpoint, Callable[[Customer, dict[str, Any]], Content]] = {
+    Touchpoint.WELCOME: _welcome,
+    Touchpoint.LOYALTY_REWARD: _CouponMessage(
+        "Thank you for your loyalty, {name}: {offer}",
+        ("Thank you for ordering with us again and again, {name}.",
+         "Here is a reward: {offer} with code {code}, valid until {until}."),
+        "Thanks for your loyalty! A reward: {offer} with code {code}, until {until}.",
+    ),
+    Touchpoint.WIN_BACK: _CouponMessage(
+        "We miss you, {name}",
+        ("It has been a while since your last order, {name}.",
+         "Come back and get {offer} with code {code}, valid until {until}."),
+        "We miss you, {name}! Come back for {offer} with code {code}, until {until}.",
+    ),
+    Touchpoint.WIN_BACK_REMINDER: _CouponMessage(
+        "Last chance, {name}: your code {code} expires soon",
+        ("A reminder, {name}: {offer} with code {code} is still yours until {until}.",
+         "After that the code expires."),
+        "Reminder: {offer} with code {code} is yours until {until}, then it expires.",
+    ),
+}
+
+
+def render(
+    kind: Touchpoint, order: OrderInput, details: dict[str, Any], *, unsubscribe_url: str | None = None
+) -> tuple[Content, str]:
+    """The content and its HTML body. A touchpoint of the customer's journey
+    is rendered for the order's customer."""
+    if kind in CUSTOMER_TEMPLATES:
+        return render_for_customer(kind, order.customer, details, unsubscribe_url=unsubscribe_url)
+    return _finish(kind, TEMPLATES[kind](order, details), unsubscribe_url)
+
+
+def render_for_customer(
+    kind: Touchpoint, customer: Customer, details: dict[str, Any], *, unsubscribe_url: str | None = None
+) -> tuple[Content, str]:
+    """A message of the customer's journey, which belongs to no order."""
+    return _finish(kind, CUSTOMER_TEMPLATES[kind](customer, details), unsubscribe_url)
+
+
+def _finish(kind: Touchpoint, content: Content, unsubscribe_url: str | None) -> tuple[Content, str]:
+    """The opt-outs marketing needs, and the HTML body."""
+    body = [f"<p>{html.escape(p)}</p>" for p in content.paragraphs]
+    if message_class(kind) is MessageClass.MARKETING:
+        content = replace(content, sms=f"{content.sms} {STOP_NOTICE}")
+    if unsubscribe_url:
+        content = replace(content, paragraphs=[*content.paragraphs, f"Unsubscribe from these emails: {unsubscribe_url}"])
+        link = html.escape(unsubscribe_url, quote=True)
+        body.append(f'<p>No longer interested? <a href="{link}">Unsubscribe from these emails</a>.</p>')
+    return content, f"<!doctype html><html><body>{''.join(body)}</body></html>"

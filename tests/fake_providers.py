@@ -5,8 +5,8 @@ resource for SMS, Twilio's paged Message list for GET), record every request
 for the spec checks, and inject the faults a test or a benchmark asks for:
 scripted status codes per recipient, a random share of 429/5xx answers,
 requests that are accepted but answered only after the client gave up,
-revoked credentials, failing message look-ups, and Twilio errors in the
-RFC 9457 format.
+revoked credentials, failing message look-ups, Twilio errors in the
+RFC 9457 format, and numbers that replied STOP (Twilio's 21610).
 
 429, 500 and 503 are answered before the message is accepted, as a provider
 that is overloaded or down does. 502 and 504 are answered after it was
@@ -43,6 +43,13 @@ SENDGRID_UNAUTHORIZED = {
 }
 TWILIO_UNAUTHORIZED = {
     "code": 20003, "message": "Authenticate", "more_info": "https://www.twilio.com/docs/errors/20003", "status": 401
+}
+# What Twilio answers a send to a number that replied STOP.
+TWILIO_OPTED_OUT = {
+    "code": 21610,
+    "message": "Attempt to send to unsubscribed recipient",
+    "more_info": "https://www.twilio.com/docs/errors/21610",
+    "status": 400,
 }
 
 
@@ -117,6 +124,7 @@ class FakeProviders:
         self._lookup_faults: dict[str, list[int]] = {}
         self._revoked: set[str] = set()
         self._problem_format: set[str] = set()
+        self._opted_out: set[str] = {UNSUBSCRIBED_PHONE}
 
     def start_outage(self, channel: str, status: int = 503) -> None:
         with self.lock:
@@ -148,6 +156,11 @@ class FakeProviders:
         """Twilio errors for `phone` in the RFC 9457 format (type, title, status, code, detail)."""
         with self.lock:
             self._problem_format.add(phone)
+
+    def opt_out(self, phone: str) -> None:
+        """`phone` replied STOP: every send to it is answered with Twilio's 21610."""
+        with self.lock:
+            self._opted_out.add(phone)
 
     def hang_next(self, recipient: str, seconds: float) -> None:
         """Accept the next message to `recipient`, then answer only after `seconds`."""
@@ -242,9 +255,10 @@ class FakeProviders:
             fault = self._outage("sms") or self._fault_for(to)
             if fault and fault not in ANSWERED_AFTER_ACCEPTING:
                 return self._twilio_error(to, fault)
-            if to == UNSUBSCRIBED_PHONE:
-                body = {"code": 21610, "message": "Attempt to send to unsubscribed recipient", "status": 400}
-                return 400, {"Content-Type": "application/json"}, json.dumps(body).encode()
+            with self.lock:
+                opted_out = to in self._opted_out
+            if opted_out:
+                return 400, {"Content-Type": "application/json"}, json.dumps(TWILIO_OPTED_OUT).encode()
             sid = f"SM{n:032x}"
             self._accept("sms", to, form.get("From"), form["Body"], None, sid)
             if fault:

@@ -28,7 +28,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.config import ProviderConfig
 from activities.database import create_pool
 from activities.messaging import MessagingActivities
-from activities.templates import render
+from activities.templates import CUSTOMER_TEMPLATES, render
 from tests.conftest import new_order, store
 from tests.fake_providers import BOUNCING_EMAIL_DOMAIN, FakeProviders, RecordedRequest
 from tests.test_journey import kinds
@@ -56,7 +56,11 @@ def request_for(
     order: dict[str, Any], channel: Channel = Channel.EMAIL, kind: Touchpoint = Touchpoint.ORDER_CONFIRMATION
 ) -> MessageRequest:
     return MessageRequest(
-        key=f"order-{order['order_id']}:{kind.value}:{channel.value}", kind=kind, channel=channel, order_id=order["order_id"]
+        key=f"order-{order['order_id']}:{kind.value}:{channel.value}",
+        kind=kind,
+        channel=channel,
+        customer_id=order["customer"]["customer_id"],
+        order_id=order["order_id"],
     )
 
 
@@ -305,15 +309,19 @@ async def test_item09_no_request_leaves_without_time_to_record_its_answer(pool, 
 # --- 10: one rendering per message ----------------------------------------------------
 
 
-def test_item10_every_sms_names_its_order_and_no_two_touchpoints_read_alike():
+def test_item10_every_sms_names_its_order_or_coupon_and_no_two_touchpoints_read_alike():
+    """Messages of the customer's journey belong to no order: they name their coupon."""
     order = OrderInput.model_validate(new_order())
     details = {
         "payment_id": "P1", "reason": "out of stock", "carrier": "DHL", "tracking_number": "T1",
         "expected_delivery": "2026-01-02", "delivered_at": "2026-01-02T10:00:00+00:00", "locker_pickup_code": "123",
         "pickup_deadline": "2026-01-05T10:00:00+00:00", "products": [{"sku": "X", "name": "Cable", "category": "c"}],
+        "coupon_code": "CPN-7Q2", "discount_percent": 10, "free_shipping": False, "expires_at": "2026-02-01T00:00:00+00:00",
     }
     texts = {kind: render(kind, order, details)[0].sms for kind in Touchpoint}
-    assert [kind for kind, text in texts.items() if order.order_id not in text] == []
+    customer_kinds = set(CUSTOMER_TEMPLATES)
+    assert [kind for kind, text in texts.items() if kind not in customer_kinds and order.order_id not in text] == []
+    assert [kind for kind in customer_kinds if "CPN-7Q2" not in texts[kind]] == []
     assert len(set(texts.values())) == len(texts)
 
 
@@ -328,7 +336,9 @@ async def test_item10_a_retry_sends_what_the_first_attempt_rendered(pool, fakes:
         return {"sku": f"{name}-{uid}", "name": f"{name} lens", "quantity": 1, "unit_price": "10", "category": f"lenses-{uid}"}
 
     await recorded_order(pool, items=[camera, lens("WIDE")])
-    order = await recorded_order(pool, items=[camera])
+    # Recommendations are marketing: this customer agreed to them by SMS.
+    customer = {**new_order()["customer"], "marketing_consent": {"email": True, "sms": True}}
+    order = await recorded_order(pool, items=[camera], customer=customer)
     phone = order["customer"]["phone"]
     fakes.hang_next(phone, 1.5)
     messaging = MessagingActivities(pool, dataclasses.replace(provider_config, request_timeout=0.5))

@@ -14,6 +14,7 @@ from openapi_core import OpenAPI
 from openapi_core.contrib.requests import RequestsOpenAPIRequest
 
 from activities.providers import RenderedMessage, TwilioSms
+from starter.embedded import start_time_skipping_server
 from tests.conftest import new_order, payment_for
 from tests.fake_providers import FakeProviders, RecordedRequest
 
@@ -43,10 +44,11 @@ def validate(req: RecordedRequest) -> None:
 
 
 @pytest.fixture(scope="module")
-async def sent_requests(ts_env, make_harness, fakes: FakeProviders, provider_config) -> list[RecordedRequest]:
+async def sent_requests(make_harness, fakes: FakeProviders, provider_config) -> list[RecordedRequest]:
     """A journey that exercises email and SMS, and a Twilio message lookup,
     on top of whatever ran before."""
     order = new_order()
+    ts_env = await start_time_skipping_server()
     async with make_harness(ts_env) as h:
         handle = await h.start(order)
         await handle.signal("payment_received", payment_for(order))
@@ -56,6 +58,7 @@ async def sent_requests(ts_env, make_harness, fakes: FakeProviders, provider_con
         )
         await h.wait_touchpoint(handle, "dispatch_notice", "sms")
         await handle.terminate("test done")
+    await ts_env.shutdown()
     phone = order["customer"]["phone"]
     sms = RenderedMessage(key="k", recipient=phone, subject="", text=fakes.deliveries_to(phone)[0], html="")
     assert TwilioSms(provider_config).look_up(sms)
@@ -80,3 +83,21 @@ def test_validator_catches_a_broken_request(sent_requests: list[RecordedRequest]
     broken_mail = RecordedRequest(mail.method, mail.path, mail.headers, b'{"subject": "no recipients"}')
     with pytest.raises(Exception):
         validate(broken_mail)
+
+
+async def test_unsubscribe_headers_conform_to_the_mail_send_spec(pool, fakes: FakeProviders, provider_config):
+    """A marketing mail's List-Unsubscribe headers go in the top-level
+    `headers` object, which the spec types as an object; a list is refused."""
+    from activities.messaging import MessagingActivities
+    from tests.test_consent_sending import customer, journey_message, mails_to, send
+    from workflows.models import Touchpoint
+
+    order = await customer(pool, marketing={"email": True})
+    await send(MessagingActivities(pool, provider_config), journey_message(order, Touchpoint.WIN_BACK))
+    [mail] = mails_to(fakes, order["customer"]["email"])
+    assert set(mail.json["headers"]) == {"List-Unsubscribe", "List-Unsubscribe-Post"}
+    assert all(isinstance(v, str) for v in mail.json["headers"].values())
+    validate(mail)
+    listed = {**mail.json, "headers": [{k: v} for k, v in mail.json["headers"].items()]}
+    with pytest.raises(Exception, match="headers"):
+        validate(RecordedRequest(mail.method, mail.path, mail.headers, json.dumps(listed).encode()))

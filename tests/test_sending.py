@@ -7,7 +7,7 @@ import dataclasses
 from activities.config import ProviderConfig
 from activities.providers import SendGridEmail, TwilioSms
 from tests.conftest import new_order, payment_for
-from tests.fake_providers import BOUNCING_EMAIL_DOMAIN, UNSUBSCRIBED_PHONE, FakeProviders
+from tests.fake_providers import BOUNCING_EMAIL_DOMAIN, FakeProviders
 from tests.test_journey import kinds
 from workflows.models import Channel
 
@@ -43,8 +43,11 @@ async def test_refused_email_goes_by_sms_and_is_flagged(ts_env, make_harness, fa
 
 
 async def test_unsubscribed_number_falls_back_to_email(ts_env, make_harness, fakes: FakeProviders):
+    """Twilio's 21610 (the number replied STOP): the number is suppressed and
+    the message not permitted; the next SMS makes no request at all."""
     order = new_order()
-    order["customer"]["phone"] = UNSUBSCRIBED_PHONE
+    phone = order["customer"]["phone"]
+    fakes.opt_out(phone)
     async with make_harness(ts_env) as h:
         handle = await h.start(order)
         await handle.signal("payment_received", payment_for(order))
@@ -52,13 +55,17 @@ async def test_unsubscribed_number_falls_back_to_email(ts_env, make_harness, fak
         await handle.signal("out_for_delivery", {"date": await h.tomorrow()})
         view = await h.wait_touchpoint(handle, "delivery_day", "email")
         await handle.terminate("test done")
-    assert ("delivery_day", "sms", "failed") in kinds(view)
-    assert "21610" in next(t.error for t in view.touchpoints if t.state == "failed")
+    assert ("delivery_day", "sms", "not_permitted") in kinds(view)
+    errors = {t.kind: t.error for t in view.touchpoints if t.state == "not_permitted"}
+    assert "21610" in errors["dispatch_notice"] and phone not in errors["dispatch_notice"]
+    assert errors["delivery_day"] == "sms recipient suppressed: twilio 21610"
+    sms_requests = [r for r in fakes.requests if r.method == "POST" and r.path.endswith("/Messages.json")]
+    assert len([r for r in sms_requests if r.form["To"] == phone]) == 1  # the dispatch notice's; none after
     # The dispatch notice already went by email, so its refused SMS is not re-sent there.
     # (Each channel sends on its own, so either may be recorded first.)
     assert sorted(k for k in kinds(view) if k[0] == "dispatch_notice") == [
         ("dispatch_notice", "email", "sent"),
-        ("dispatch_notice", "sms", "failed"),
+        ("dispatch_notice", "sms", "not_permitted"),
     ]
 
 
