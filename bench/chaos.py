@@ -55,7 +55,7 @@ MAIL_CAUSES = {
 }
 
 # Outcomes for which the ledger expects nothing at the provider.
-NOT_SENT_BY_DESIGN = ("failed", "skipped")
+NOT_SENT_BY_DESIGN = ("failed", "skipped", "not_permitted")
 # A touchpoint state: overtaken by the journey before it could go; not sent.
 SUPERSEDED = "superseded"
 # Drills whose crashes can fall between a mail's claim and its request

@@ -3,6 +3,7 @@ holdout, coupons issued once, continue-as-new, and the order telling it."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -158,7 +159,12 @@ async def test_a_lapsed_customer_gets_a_win_back_and_is_won_back_by_an_order(own
         back = await c.place(coupon_code=code)
         view = await c.wait_for(lambda v: v.orders_total == 2)
         assert view.phase is CustomerPhase.WON_BACK and view.won_back_total == 1
-        row = await pool.fetchrow("SELECT grp, reordered_order_id FROM win_backs WHERE customer_id = $1", c.cid)
+        query = "SELECT grp, reordered_order_id FROM win_backs WHERE customer_id = $1"
+        for _ in range(200):  # the phase shows before record_phase has written the re-order
+            row = await pool.fetchrow(query, c.cid)
+            if row["reordered_order_id"]:
+                break
+            await asyncio.sleep(0.05)
         assert (row["grp"], row["reordered_order_id"]) == ("treated", back)
         assert await pool.fetchval("SELECT redeemed_order_id FROM coupons WHERE code = $1", code) == back
         # Won back, the win-back is over: no reminder is due.
@@ -199,7 +205,13 @@ async def test_the_holdout_gets_no_win_back_and_is_measured_all_the_same(own_clo
         view = await c.wait_for(lambda v: v.orders_total == 2)
         # Back without a win-back: active, not won back.
         assert view.phase is CustomerPhase.ACTIVE and view.won_back_total == 0
-        row = await pool.fetchrow("SELECT grp, reordered_at IS NOT NULL AS back FROM win_backs WHERE customer_id = $1", c.cid)
+        # The phase shows before record_phase has written the re-order.
+        query = "SELECT grp, reordered_at IS NOT NULL AS back FROM win_backs WHERE customer_id = $1"
+        for _ in range(200):
+            row = await pool.fetchrow(query, c.cid)
+            if row["back"]:
+                break
+            await asyncio.sleep(0.05)
         assert (row["grp"], row["back"]) == ("holdout", True)
 
 
