@@ -203,11 +203,11 @@ class CustomerJourney:
         occasion = f"win_back-{s.lapses}"
         if in_holdout(s.customer_id, s.settings.holdout_share):
             s.win_back = WinBack(lapse_no=s.lapses, group="holdout", started_at=workflow.now())
-            await self._enter(CustomerPhase.LAPSED, lapse_no=s.lapses, group="holdout")
+            await self._enter(CustomerPhase.LAPSED, lapse_no=s.lapses, win_back_group="holdout")
             return
         coupon = await self._coupon(occasion, s.settings.win_back_coupon)
         s.win_back = WinBack(lapse_no=s.lapses, group="treated", started_at=workflow.now(), coupon=coupon, attempts=1)
-        await self._enter(CustomerPhase.LAPSED, lapse_no=s.lapses, group="treated", coupon=coupon)
+        await self._enter(CustomerPhase.LAPSED, lapse_no=s.lapses, win_back_group="treated", coupon_code=coupon.code)
         self._queue(Touchpoint.WIN_BACK, occasion, coupon.details())
 
     async def _wait(self, condition: Callable[[], bool], moment: datetime | None) -> None:
@@ -222,42 +222,20 @@ class CustomerJourney:
 
     # --- phases, coupons, messages ------------------------------------------------------
 
-    async def _enter(
-        self,
-        phase: CustomerPhase,
-        *,
-        order_id: str | None = None,
-        lapse_no: int | None = None,
-        group: str | None = None,
-        coupon: Coupon | None = None,
-    ) -> None:
+    async def _enter(self, phase: CustomerPhase, **change: Any) -> None:
+        """Move to `phase` (a lapse always counts), with the PhaseChange
+        fields that explain it: order_id, lapse_no, win_back_group, coupon_code."""
         s = self.state
         if phase is s.phase and phase is not CustomerPhase.LAPSED:
             return
         s.phase, s.phase_since = phase, workflow.now()
+        group = change.get("win_back_group")
         self._note(f"phase {phase.value}" + (f" ({group})" if group else ""))
-        await self._record_phase(phase, order_id=order_id, lapse_no=lapse_no, group=group, coupon=coupon)
+        await self._record_phase(phase, **change)
 
-    async def _record_phase(
-        self,
-        phase: CustomerPhase,
-        *,
-        order_id: str | None = None,
-        lapse_no: int | None = None,
-        group: str | None = None,
-        coupon: Coupon | None = None,
-    ) -> None:
-        s = self.state
-        change = PhaseChange(
-            customer_id=s.customer_id,
-            phase=phase,
-            at=workflow.now(),
-            order_id=order_id,
-            lapse_no=lapse_no,
-            win_back_group=group,
-            coupon_code=coupon.code if coupon else None,
-        )
-        await workflow.execute_activity_method(CustomerActivities.record_phase, change, **DB_TIMEOUTS)
+    async def _record_phase(self, phase: CustomerPhase, **change: Any) -> None:
+        record = PhaseChange(customer_id=self.state.customer_id, phase=phase, at=workflow.now(), **change)
+        await workflow.execute_activity_method(CustomerActivities.record_phase, record, **DB_TIMEOUTS)
 
     async def _coupon(self, milestone: str, terms: Any) -> Coupon:
         s = self.state
