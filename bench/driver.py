@@ -14,11 +14,11 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from bench.floor import FLOOR_TASK_QUEUE, FLOOR_WORKFLOW
+from bench.floor import FLOOR_TASK_QUEUE, FLOOR_WORKFLOW, floor_customer_workflow_id
 from starter.cli import place_order
 from starter.demo import payment as payment_for
 from tests.fake_providers import BOUNCING_EMAIL_DOMAIN, AcceptedMessage
-from workflows.models import workflow_id_for
+from workflows.models import customer_workflow_id, workflow_id_for
 
 # Categories of a small shop; every order buys two products from one or two
 # of them, so later orders have something to recommend.
@@ -35,6 +35,8 @@ MESSAGES_AFTER_STEP = {"email": (1, 2, 4, 5, 6, 7), "sms_only": (1, 2, 3, 4, 5, 
 EMAILS_AFTER_STEP = {"email": (1, 2, 3, 3, 4, 5), "sms_only": (0, 0, 0, 0, 0, 0)}
 
 ANY_CHANNEL = "any"
+# Ledger keys of the customer's journey's messages begin with its workflow id.
+CUSTOMER_KEY_PREFIX = customer_workflow_id("")
 
 THINK_TIME = 0.3  # seconds between a message and the next event
 
@@ -56,6 +58,9 @@ def bench_order(n: int, run: str) -> dict[str, Any]:
             "email": f"c{n}.{run}@bench.example",
             "phone": f"+1555{n:07d}",
             "timezone": "Europe/Warsaw",
+            # Opted in to marketing mail at checkout, so the customer's
+            # journey sends its welcome and the order its recommendations.
+            "marketing_consent": {"email": True},
         },
         "items": [
             {"sku": sku, "name": name, "quantity": 1, "unit_price": price, "category": cat}
@@ -84,6 +89,7 @@ class Tracker:
         self.loop = asyncio.get_running_loop()
         self.orders: dict[str, _Progress] = {}
         self.recipients: dict[str, str] = {}
+        self.customer_messages = 0
 
     def register(self, order: dict[str, Any]) -> None:
         oid = order["order_id"]
@@ -105,7 +111,11 @@ class Tracker:
                 progress.waiters.remove(waiter)
 
     def on_provider_request(self, message: AcceptedMessage) -> None:
-        """Called on the fake provider's thread."""
+        """Called on the fake provider's thread. The customer's journey mails
+        the same address (its welcome): not a step of the order."""
+        if message.key and message.key.startswith(CUSTOMER_KEY_PREFIX):
+            self.customer_messages += 1
+            return
         oid = self.recipients.get(message.recipient)
         if oid:
             self.loop.call_soon_threadsafe(self.arrived, oid, message.at, message.channel)
@@ -136,6 +146,7 @@ class FloorNotifications(asyncio.DatagramProtocol):
 @dataclass
 class OrderRun:
     order_id: str
+    customer_id: str
     latencies: list[float] = field(default_factory=list)
     # When the order was placed ("start") and each event signalled, monotonic.
     signalled_at: dict[str, float] = field(default_factory=dict)
@@ -154,10 +165,13 @@ class System:
     def workflow_id(self, oid: str) -> str:
         return f"floor-{oid}" if self.floor else workflow_id_for(oid)
 
+    def customer_workflow_id(self, customer_id: str) -> str:
+        return floor_customer_workflow_id(customer_id) if self.floor else customer_workflow_id(customer_id)
+
     async def start(self, order: dict[str, Any]) -> None:
         if self.floor:
             await self.client.start_workflow(
-                FLOOR_WORKFLOW, {"order_id": order["order_id"], "delays": FLOOR_DELAYS},
+                FLOOR_WORKFLOW, {"order_id": order["order_id"], "customer_id": order["customer"]["customer_id"], "delays": FLOOR_DELAYS},
                 id=self.workflow_id(order["order_id"]), task_queue=FLOOR_TASK_QUEUE,
             )
         else:
@@ -186,7 +200,7 @@ async def drive_order(
     `await_sms`, each step waits for its mails only, and latencies are those
     of the mails."""
     oid = order["order_id"]
-    run = OrderRun(oid)
+    run = OrderRun(oid, order["customer"]["customer_id"])
     bounces = order["customer"]["email"].endswith("@" + BOUNCING_EMAIL_DOMAIN)
     counts, channel = (MESSAGES_AFTER_STEP, ANY_CHANNEL) if await_sms else (EMAILS_AFTER_STEP, "email")
     after_start, after_payment, after_dispatch, after_out_for_delivery, after_delivery, after_feedback_request = (

@@ -1,7 +1,10 @@
 """The floor: a workflow of the same shape as OrderLifecycle on the happy path
 (the same signals, the same number of activities, the same timers) whose
-activities do nothing but tell the benchmark driver they ran. No database, no
-templates, no providers, no search attributes: what Temporal itself costs.
+activities do nothing but tell the benchmark driver they ran, and beside it
+one of the same shape as a first-time customer's CustomerJourney (started by
+signal-with-start from the order's first activity, told of the delivery by
+the order, one activity at start, a welcome and a lapse timer). No database,
+no templates, no providers, no search attributes: what Temporal itself costs.
 
 Run as a worker: `python -m bench.floor` (TEMPORAL_ADDRESS, BENCH_NOTIFY_ADDR).
 """
@@ -24,6 +27,9 @@ from temporalio.worker import Worker
 
 FLOOR_TASK_QUEUE = "bench-floor"
 FLOOR_WORKFLOW = "FloorOrder"
+FLOOR_CUSTOMER_WORKFLOW = "FloorCustomer"
+# The customer journey's default lapse period.
+LAPSE_AFTER = timedelta(days=90)
 # The same options as the real sends and database activities.
 ACTIVITY_OPTIONS = dict(start_to_close_timeout=timedelta(seconds=60), retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)))
 
@@ -36,6 +42,44 @@ async def floor_step(order_id: str, step: str, visible: bool) -> None:
     """Nothing, except a datagram to the driver for steps a customer would see."""
     if visible:
         _notify_socket.sendto(order_id.encode(), os.environ["BENCH_NOTIFY_ADDR"])
+
+
+def floor_customer_workflow_id(customer_id: str) -> str:
+    return f"floor-customer-{customer_id}"
+
+
+class FloorRecordOrder:
+    """The order's first activity: like record_order, it signal-with-starts
+    the customer's workflow."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    @activity.defn(name="floor_record_order")
+    async def record_order(self, customer_id: str) -> None:
+        await self.client.start_workflow(
+            FLOOR_CUSTOMER_WORKFLOW, customer_id, id=floor_customer_workflow_id(customer_id),
+            task_queue=FLOOR_TASK_QUEUE, start_signal="order_news", start_signal_args=["placed"],
+        )
+
+
+@workflow.defn(name=FLOOR_CUSTOMER_WORKFLOW)
+class FloorCustomer:
+    def __init__(self) -> None:
+        self.news: list[str] = []
+
+    @workflow.run
+    async def run(self, customer_id: str) -> None:
+        step = dict(args=[customer_id, "", False], **ACTIVITY_OPTIONS)
+        await workflow.execute_activity(floor_step, **step)  # the starting phase recorded
+        await workflow.wait_condition(lambda: "delivered" in self.news)
+        lapse = asyncio.create_task(workflow.sleep(LAPSE_AFTER))
+        await workflow.execute_activity(floor_step, **step)  # the welcome
+        await lapse
+
+    @workflow.signal
+    def order_news(self, news: str) -> None:
+        self.news.append(news)
 
 
 @workflow.defn(name=FLOOR_WORKFLOW)
@@ -61,7 +105,7 @@ class FloorOrder:
     async def run(self, order: dict[str, Any]) -> None:
         self.order_id = order["order_id"]
         delays = {k: timedelta(seconds=v) for k, v in order["delays"].items()}
-        await self._step("record_order", visible=False)
+        await workflow.execute_activity("floor_record_order", order["customer_id"], **ACTIVITY_OPTIONS)
         await self._step("order_confirmation")
         await self._wait("payment_received", delays["payment_reminder_after"])
         await self._step("payment_confirmation")
@@ -74,6 +118,8 @@ class FloorOrder:
         await workflow.wait_condition(lambda: "order_delivered" in self.events)
         deadline.cancel()
         delivered_at = workflow.now()
+        customer = workflow.get_external_workflow_handle(floor_customer_workflow_id(order["customer_id"]))
+        told_customer = asyncio.create_task(customer.signal("order_news", "delivered"))
         await self._step("delivery_confirmation")
         feedback = asyncio.create_task(self._keep_feedback())
         await self._sleep(delivered_at + delays["feedback_delay"] - workflow.now())
@@ -83,6 +129,7 @@ class FloorOrder:
         await self._step("recommendations")
         await self._wait("feedback_submitted", asked_at + delays["feedback_window"] - workflow.now())
         await feedback
+        await told_customer
 
     async def _keep_feedback(self) -> None:
         await workflow.wait_condition(lambda: "feedback_submitted" in self.events)
@@ -105,7 +152,8 @@ async def _main() -> None:
         loop.add_signal_handler(sig, stop.set)
     # The same worker settings as the real one.
     async with Worker(
-        client, task_queue=FLOOR_TASK_QUEUE, workflows=[FloorOrder], activities=[floor_step],
+        client, task_queue=FLOOR_TASK_QUEUE, workflows=[FloorOrder, FloorCustomer],
+        activities=[floor_step, FloorRecordOrder(client).record_order],
         workflow_runner=shared_module_runner("bench"),
     ):
         await stop.wait()

@@ -114,6 +114,9 @@ class Stack:
             "TWILIO_API_BASE_URL": self.fakes.base_url,
             "TWILIO_FROM_NUMBER": "+15005550006",
             "PROVIDER_TIMEOUT_SECONDS": str(provider_timeout),
+            # Marketing mail carries a signed unsubscribe link.
+            "UNSUBSCRIBE_SECRET": "bench-unsubscribe-secret",
+            "WEB_PUBLIC_URL": "http://localhost:8000",
             "LOG_LEVEL": "WARNING",
             **BENCH_JOURNEY,
             **(extra or {}),

@@ -49,6 +49,7 @@ class Chunk:
     cpu_ms: dict[str, float]
     peak_rss_mib: float
     actions: Counter[str]
+    customer_actions: Counter[str]
     sampled: int
     events: int
     history_bytes: int
@@ -63,6 +64,7 @@ async def measure(stack: Stack, system: System, worker: WorkerProcess, tracker: 
     cpu_after = cpu_seconds(stack, worker)
     worker.stop()
     actions: Counter[str] = Counter()
+    customer_actions: Counter[str] = Counter()
     events = sizes = 0
     sample = [r for r in runs if r.completed][: HISTORY_SAMPLE]
     for r in sample:
@@ -70,8 +72,11 @@ async def measure(stack: Stack, system: System, worker: WorkerProcess, tracker: 
         actions.update(billable_actions(history))
         n_events, n_bytes = history_size(history)
         events, sizes = events + n_events, sizes + n_bytes
+        # Every bench customer orders once: their journey's actions are this order's.
+        customer = await stack.client.get_workflow_handle(system.customer_workflow_id(r.customer_id)).fetch_history()
+        customer_actions.update(billable_actions(customer))
     cpu_ms = {k: 1000 * (cpu_after[k] - cpu_before[k]) for k in cpu_after}
-    return Chunk(runs, seconds, cpu_ms, worker.peak_rss_mb, actions, len(sample), events, sizes)
+    return Chunk(runs, seconds, cpu_ms, worker.peak_rss_mb, actions, customer_actions, len(sample), events, sizes)
 
 
 def actions_per_path() -> dict[str, dict[str, int]]:
@@ -93,6 +98,8 @@ def summarize(chunks: list[Chunk]) -> dict[str, Any]:
     sampled = max(sum(c.sampled for c in chunks), 1)
     actions = sum((c.actions for c in chunks), Counter())
     per_order = {k: round(v / sampled, 2) for k, v in sorted(actions.items())}
+    customer_actions = sum((c.customer_actions for c in chunks), Counter())
+    customer_per_order = {k: round(v / sampled, 2) for k, v in sorted(customer_actions.items())}
     return {
         "orders": len(runs),
         "completed": len(done),
@@ -100,8 +107,10 @@ def summarize(chunks: list[Chunk]) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         "orders_per_second": round(len(done) / seconds, 2),
         "latency_ms": {f"p{q}": round(1000 * percentile(latencies, q), 1) for q in (50, 95, 99)},
-        "actions_per_order": round(sum(per_order.values()), 2),
+        "actions_per_order": round(sum(per_order.values()) + sum(customer_per_order.values()), 2),
         "actions_breakdown": per_order,
+        "customer_actions_per_order": round(sum(customer_per_order.values()), 2),
+        "customer_actions_breakdown": customer_per_order,
         "history_events_per_order": round(sum(c.events for c in chunks) / sampled, 1),
         "history_bytes_per_order": round(sum(c.history_bytes for c in chunks) / sampled),
         "worker_peak_rss_mib": round(max(c.peak_rss_mib for c in chunks), 1),
@@ -141,6 +150,7 @@ async def run_benchmark(orders: int, concurrency: int, only: str | None = None) 
     if ours:
         ours["duplicate_messages"] = len(stack.fakes.duplicates())
         ours["provider_requests"] = sum(stack.fakes.answered.values())
+        ours["customer_journey_messages"] = tracker.customer_messages
     return {
         "machine": machine(),
         "orders": orders,
@@ -191,6 +201,7 @@ def report(result: dict[str, Any]) -> str:
         lines.append(f"{'latency ' + q + ' (ms)':24}{ours['latency_ms'][q]:>18}{floor['latency_ms'][q]:>12}")
     lines += [
         f"{'actions per order':24}{ours['actions_per_order']:>18}{floor['actions_per_order']:>12}",
+        f"{'  of which customer':24}{ours['customer_actions_per_order']:>18}{floor['customer_actions_per_order']:>12}",
         f"{'history events/order':24}{ours['history_events_per_order']:>18}{floor['history_events_per_order']:>12}",
         f"{'history bytes/order':24}{ours['history_bytes_per_order']:>18}{floor['history_bytes_per_order']:>12}",
         f"{'worker peak RSS (MiB)':24}{ours['worker_peak_rss_mib']:>18}{floor['worker_peak_rss_mib']:>12}",
@@ -199,7 +210,8 @@ def report(result: dict[str, Any]) -> str:
         lines.append(f"{'cpu ms/order ' + part[:11]:24}{ours['cpu_ms_per_order'][part]:>18}{floor['cpu_ms_per_order'][part]:>12}")
     lines += [
         f"efficiency ratio (orders/s vs floor): {result['efficiency_ratio']}",
-        f"actions breakdown: {ours['actions_breakdown']}",
+        f"actions breakdown: order {ours['actions_breakdown']}, customer {ours['customer_actions_breakdown']}",
+        f"customer journey messages at the provider: {ours['customer_journey_messages']}",
         f"duplicate messages at the provider: {ours['duplicate_messages']}",
         "actions per journey path, from the recorded histories in tests/histories (days apart, as in production):",
     ]
