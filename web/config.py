@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from worker import metrics_address
+
+DEFAULT_METRICS_PORT = 9465
 DEFAULT_HELP_TEXT = "Order updates by SMS. Reply STOP to stop all messages, START to receive them again."
 
 
@@ -31,6 +34,9 @@ class WebConfig:
     max_body_bytes: int = 64 * 1024
     # TEMPORAL_* settings for worker.connect_temporal, used on the first signal.
     temporal_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # Where `orders web` serves Prometheus metrics (METRICS_HOST:WEB_METRICS_PORT),
+    # apart from the public port; None: nowhere.
+    metrics_address: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> WebConfig:
@@ -51,6 +57,7 @@ class WebConfig:
             sms_help_text=env.get("SMS_HELP_TEXT") or DEFAULT_HELP_TEXT,
             max_body_bytes=_int(env, "WEB_MAX_BODY_BYTES", cls.max_body_bytes),
             temporal_env={k: v for k, v in env.items() if k.startswith("TEMPORAL_")},
+            metrics_address=metrics_address(env, "WEB_METRICS_PORT", DEFAULT_METRICS_PORT),
         )
 
 

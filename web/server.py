@@ -15,6 +15,7 @@ import uvicorn
 
 from web.app import create_app
 from web.config import ConfigError, WebConfig
+from worker import prometheus_runtime
 
 
 class WithoutQueryStrings(logging.Filter):
@@ -74,9 +75,10 @@ def start(config: WebConfig, stop: asyncio.Event, **app_args: Any) -> asyncio.Ta
 
 
 async def serve(config: WebConfig) -> None:
-    """`orders web`: serve until SIGINT or SIGTERM."""
+    """`orders web`: serve until SIGINT or SIGTERM, with its metrics on their own port."""
+    runtime = prometheus_runtime(config.metrics_address, "WEB_METRICS_PORT") if config.metrics_address else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await start(config, stop)
+    await start(config, stop, runtime=runtime)

@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from activities.orders import OrderActivities
-    from workflows import channel_policy, sending
+    from workflows import channel_policy, metrics, sending
     from workflows import search_attributes as sa
     from workflows.clock import end_of_local_day, local_date
     from workflows.retries import DB_TIMEOUTS
@@ -133,6 +133,7 @@ class OrderLifecycle:
         if not await self._wait_until(paid_or_cancelled, s.started_at + settings.payment_reminder_after):
             self._notify(Touchpoint.PAYMENT_REMINDER)
             if not await self._wait_until(paid_or_cancelled, s.started_at + settings.payment_deadline):
+                metrics.deadline_passed("payment_deadline")
                 hours = settings.payment_deadline.total_seconds() / 3600
                 return await self._cancel_order(f"payment not received within {hours:g} hours")
         if s.cancel:
@@ -145,9 +146,11 @@ class OrderLifecycle:
         s, settings = self.state, self.state.setup.settings
         dispatched_or_cancelled = lambda: s.dispatch or s.cancel  # noqa: E731
         if not await self._wait_until(dispatched_or_cancelled, s.paid_at + settings.dispatch_promised_within):
+            metrics.deadline_passed("dispatch_promised_within")
             self._flag("dispatch_late")
             self._notify(Touchpoint.DISPATCH_DELAYED)
             if not await self._wait_until(dispatched_or_cancelled, s.paid_at + settings.dispatch_deadline):
+                metrics.deadline_passed("dispatch_deadline")
                 days = settings.dispatch_deadline.total_seconds() / 86400
                 return await self._cancel_order(f"not dispatched within {days:g} days of payment; a full refund follows")
         if s.cancel:
@@ -168,8 +171,10 @@ class OrderLifecycle:
                 if s.order.seller.sends_delivery_day_notice:
                     self._notify(Touchpoint.DELIVERY_DAY, tracking)
             elif workflow.now() >= lost_at:
+                metrics.deadline_passed("delivery_deadline")
                 return await self._declare_lost()
             elif workflow.now() >= late_at and "delivery_late" not in s.attention:
+                metrics.deadline_passed("delivery_grace")
                 self._flag("delivery_late")
                 self._notify(Touchpoint.DELIVERY_DELAYED, tracking)
             else:
@@ -199,6 +204,7 @@ class OrderLifecycle:
             if awaiting_pickup:
                 reminder_at = pickup_deadline - settings.locker_reminder_before
                 if now >= pickup_deadline:
+                    metrics.deadline_passed("locker_pickup_window")
                     self._flag("locker_not_collected")
                 elif now >= reminder_at:
                     self._notify(Touchpoint.LOCKER_REMINDER, {"pickup_deadline": pickup_deadline.isoformat()})
@@ -390,6 +396,7 @@ class OrderLifecycle:
             if outcome is None:  # handed over: the next run sends it
                 return
             queue.pop(0)
+            metrics.message_settled(message, outcome.state)
             self._settle(message, outcome)
 
     async def _deliver(self, message: QueuedMessage) -> MessageOutcome | None:
@@ -465,6 +472,7 @@ class OrderLifecycle:
             }
             fallback = channel_policy.fallback_for(channel, used, self._reachable())
             if fallback and channel_policy.fallback_overtaken(fallback, later_sent_on):
+                metrics.count_message(kind, fallback, DeliveryState.SUPERSEDED)
                 s.touchpoints.append(
                     TouchpointRecord(kind=kind, channel=fallback, state=DeliveryState.SUPERSEDED, at=workflow.now())
                 )
@@ -553,6 +561,7 @@ class OrderLifecycle:
         except EventRejected as rejection:
             # The reason stays out of the log: it may quote a backend's free text.
             workflow.logger.warning("rejected a %s event", event)
+            metrics.event_rejected(event, rejection.kind, via="signal")
             if self.state is None:
                 return
             s = self.state
@@ -604,6 +613,7 @@ class OrderLifecycle:
         try:
             check_event(self.state, envelope.event, envelope.payload, workflow.now())
         except EventRejected as rejection:
+            metrics.event_rejected(envelope.event, rejection.kind, via="update")
             raise ValueError(str(rejection)) from None
 
     @workflow.query
