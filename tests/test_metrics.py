@@ -17,7 +17,6 @@ from datetime import datetime, timezone
 
 import httpx
 import pytest
-from temporalio.client import Client
 from twilio.request_validator import RequestValidator
 
 from bench.driver import bench_order, new_run_id
@@ -25,7 +24,8 @@ from bench.prometheus import Sample, free_port, parse, scrape, total
 from bench.stack import REPO, Stack, start_stack, wait_for_pollers
 from starter.cli import UsageError, place_order, send_event
 from starter.demo import payment
-from workflows.models import OrderStatusView, workflow_id_for
+from tests.conftest import Harness
+from workflows.models import TASK_QUEUE, OrderStatusView, workflow_id_for
 
 import worker
 
@@ -42,21 +42,13 @@ async def scrape_until(port: int, ready: Callable[[list[Sample]], bool], timeout
         await asyncio.sleep(0.5)
 
 
-async def status_until(client: Client, order_id: str, ready: Callable[[OrderStatusView], bool], timeout: float = 60) -> OrderStatusView:
-    """Poll the status query: tests may poll, the product never does."""
-    handle = client.get_workflow_handle(workflow_id_for(order_id))
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        view = await handle.query("status", result_type=OrderStatusView)
-        if ready(view):
-            return view
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out; last status: {view.model_dump_json(indent=1)}")
-        await asyncio.sleep(0.2)
-
-
 def recorded(kind: str, channel: str, state: str | None = None) -> Callable[[OrderStatusView], bool]:
     return lambda v: any(t.kind == kind and t.channel == channel and state in (None, t.state) for t in v.touchpoints)
+
+
+async def status_until(stack: Stack, order_id: str, ready: Callable[[OrderStatusView], bool]) -> OrderStatusView:
+    harness = Harness(stack.env, pool=None, task_queue=TASK_QUEUE)  # type: ignore[arg-type]
+    return await harness.wait_for(stack.client.get_workflow_handle(workflow_id_for(order_id)), ready, timeout=60)
 
 
 def test_metrics_port_settings():
@@ -110,9 +102,9 @@ async def test_worker_counts_messages_deadlines_and_rejections_by_kind_only(stac
     # delivered while Twilio is down: its SMS are overtaken, superseded.
     oid = happy["order_id"]
     await place_order(client, happy)
-    await status_until(client, oid, recorded("order_confirmation", "email"))
+    await status_until(stack, oid, recorded("order_confirmation", "email"))
     await client.get_workflow_handle(workflow_id_for(oid)).signal("payment_received", payment(happy))
-    await status_until(client, oid, recorded("payment_confirmation", "email"))
+    await status_until(stack, oid, recorded("payment_confirmation", "email"))
     await client.get_workflow_handle(workflow_id_for(oid)).signal("payment_received", payment(happy))
     with pytest.raises(UsageError, match="duplicate payment"):
         await send_event(client, oid, "payment_received", payment(happy), sync=True)
@@ -120,10 +112,10 @@ async def test_worker_counts_messages_deadlines_and_rejections_by_kind_only(stac
     fakes.start_outage("sms")
     try:
         await send_event(client, oid, "order_dispatched", {"carrier": "DHL", "tracking_number": "T1", "expected_delivery": today}, sync=False)
-        await status_until(client, oid, recorded("dispatch_notice", "email"))
+        await status_until(stack, oid, recorded("dispatch_notice", "email"))
         await send_event(client, oid, "out_for_delivery", {"date": today}, sync=False)
         await send_event(client, oid, "order_delivered", {"delivered_at": datetime.now(timezone.utc).isoformat()}, sync=False)
-        await status_until(client, oid, recorded("dispatch_notice", "sms", "superseded"))
+        await status_until(stack, oid, recorded("dispatch_notice", "sms", "superseded"))
     finally:
         fakes.end_outage("sms")
     results = [await asyncio.wait_for(client.get_workflow_handle(workflow_id_for(o["order_id"])).result(), 60) for o in (happy, unpaid)]
