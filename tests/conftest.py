@@ -163,6 +163,16 @@ class Harness:
                 raise AssertionError(f"timed out waiting; last status: {view.model_dump_json(indent=1)}")
             await asyncio.sleep(0.05)
 
+    async def settled(self, handle: WorkflowHandle) -> OrderStatusView:
+        """Wait until no message is queued or being sent. On the time-skipping
+        server, a signal that supersedes a send whose activity completes at
+        that very moment makes the workflow cancel an activity the server has
+        already closed: it refuses the task ("ACTIVITY_UNKNOWN", where the real
+        server accepts it) and never releases its time-skipping lock, so every
+        later timer waits in real time. Tests that are not about superseding
+        settle first."""
+        return await self.wait_for(handle, lambda v: not v.queued_messages)
+
     async def wait_touchpoint(self, handle: WorkflowHandle, kind: str, channel: str = "email") -> OrderStatusView:
         return await self.wait_for(
             handle, lambda v: any(t.kind == kind and t.channel == channel for t in v.touchpoints)
