@@ -81,9 +81,9 @@ def provider_config(fakes: FakeProviders) -> ProviderConfig:
 
 @pytest.fixture
 async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A time-skipping server per test: customer workflows started by one
-    test's orders, though terminated, were seen to keep a later test's
-    sleep on a shared server from completing."""
+    """A time-skipping server per test: the server's known fault (see
+    Harness.settled) leaves time skipping locked for good, and on a shared
+    server it stalled every later test."""
     env = await start_time_skipping_server()
     yield env
     await env.shutdown()
@@ -256,3 +256,39 @@ async def store(pool: asyncpg.Pool, order: dict[str, Any] | OrderInput) -> None:
 
     async with pool.acquire() as conn, conn.transaction():
         await store_order(conn, order if isinstance(order, OrderInput) else OrderInput.model_validate(order))
+
+
+# The time-skipping server's known fault (see Harness.settled): the workflow
+# cancels a send whose activity the server closed a moment before, the server
+# refuses the task with this message and keeps time skipping locked for good,
+# so the test hangs until its own timeout. A test that failed with this in
+# its output is run once more, on a fresh server; any other failure stands.
+TIME_SKIPPING_SERVER_FAULT = "ACTIVITY_UNKNOWN for scheduledEventId="
+rerun_after_server_fault: list[str] = []
+
+
+def _hit_server_fault(reports: list[pytest.TestReport]) -> bool:
+    return any(r.failed for r in reports) and any(
+        TIME_SKIPPING_SERVER_FAULT in text for r in reports for _, text in r.sections
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool:
+    from _pytest.runner import runtestprotocol
+
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    reports = runtestprotocol(item, nextitem=nextitem, log=False)
+    if _hit_server_fault(reports):
+        rerun_after_server_fault.append(item.nodeid)
+        item._initrequest()
+        reports = runtestprotocol(item, nextitem=nextitem, log=False)
+    for report in reports:
+        item.ihook.pytest_runtest_logreport(report=report)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    for nodeid in rerun_after_server_fault:
+        terminalreporter.write_line(f"run again after the time-skipping server's ACTIVITY_UNKNOWN fault: {nodeid}")
