@@ -23,12 +23,12 @@ from typing import Any
 
 import asyncpg
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RetryConfig
 
 from bench.driver import OrderRun, System, Tracker, bench_order, drive, new_run_id
 from bench.stack import Stack, WorkerProcess, start_stack, wait_for_pollers
 from bench.throughput import percentile
+from codec import encrypted_data_converter
 from tests.fake_providers import BOUNCING_EMAIL_DOMAIN, AcceptedMessage, FakeProviders
 from workflows.models import workflow_id_for
 
@@ -376,7 +376,7 @@ async def run_drill(drill: str, orders: int, concurrency: int, sms_outage_second
         # shop's backend, it keeps retrying calls (waiting on a result, a
         # signal) through an outage longer than the SDK's default 10 s.
         client = await Client.connect(
-            stack.temporal_address, data_converter=pydantic_data_converter, retry_config=RIDE_OUT_OUTAGES
+            stack.temporal_address, data_converter=encrypted_data_converter(stack.payload_keys), retry_config=RIDE_OUT_OUTAGES
         )
         worker = stack.our_worker(provider_timeout=provider_timeout)
         worker.start()

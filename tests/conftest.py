@@ -24,6 +24,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.config import ProviderConfig
 from activities.database import create_pool, migrate
 from activities.providers import Provider
+from codec import KEYS_VARIABLE, payload_keys_from_env
 from starter.embedded import start_dev_server, start_postgres, start_time_skipping_server
 from tests.fake_providers import FakeProviders, serve
 from worker import build_worker
@@ -32,6 +33,10 @@ from workflows.models import Channel, JourneySettings, LifecycleSettings, OrderI
 TWILIO_SID = "AC" + "0" * 32
 HISTORIES = Path(__file__).parent / "histories"
 NO_QUIET_HOURS = {"sms_quiet_from": timedelta(0), "sms_quiet_until": timedelta(0)}
+# The tests' own payload key, fixed so that histories recorded with it replay
+# (tests/histories, RECORD_HISTORIES=1). Never used outside the tests.
+TEST_KEY_ENV = {KEYS_VARIABLE: "test-1:b25seSB0aGUgdGVzdHMgdXNlIHRoaXMga2V5OiAzMmI="}
+TEST_PAYLOAD_KEYS = payload_keys_from_env(TEST_KEY_ENV)
 
 
 @pytest.fixture(scope="session")
@@ -84,14 +89,14 @@ async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     """A time-skipping server per test: the server's known fault (see
     Harness.settled) leaves time skipping locked for good, and on a shared
     server it stalled every later test."""
-    env = await start_time_skipping_server()
+    env = await start_time_skipping_server(TEST_PAYLOAD_KEYS)
     yield env
     await env.shutdown()
 
 
 @pytest.fixture(scope="session")
 async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await start_dev_server(None)
+    env = await start_dev_server(None, TEST_PAYLOAD_KEYS)
     yield env
     await env.shutdown()
 
