@@ -19,7 +19,6 @@ from typing import Mapping
 
 import asyncpg
 from temporalio.client import Client, TLSConfig
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -30,6 +29,7 @@ from activities.database import create_pool, migrate
 from activities.messaging import PROVIDER_REQUEST, MessagingActivities
 from activities.orders import OrderActivities
 from activities.providers import Provider, keep_customer_data_out_of
+from codec import CodecConfigError, encrypted_data_converter, payload_keys_from_env
 from workflows.customer_journey import CustomerJourney
 from workflows.metrics import MESSAGE_WAIT
 from workflows.models import TASK_QUEUE, Channel, JourneySettings, LifecycleSettings
@@ -85,8 +85,10 @@ def prometheus_runtime(address: str, variable: str) -> Runtime:
 async def connect_temporal(env: Mapping[str, str] = os.environ, runtime: Runtime | None = None) -> Client:
     """TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE, plus Temporal Cloud credentials:
     TEMPORAL_API_KEY, or TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY (mTLS paths).
+    Payloads are encrypted with PAYLOAD_ENCRYPTION_KEYS(_FILE), required.
     With a `runtime` (prometheus_runtime), the client's and its workers'
     metrics go to its endpoint."""
+    data_converter = encrypted_data_converter(payload_keys_from_env(env))
     tls: bool | TLSConfig = env.get("TEMPORAL_TLS", "").lower() in ("1", "true", "yes")
     if env.get("TEMPORAL_TLS_CERT"):
         with open(env["TEMPORAL_TLS_CERT"], "rb") as cert, open(env["TEMPORAL_TLS_KEY"], "rb") as key:
@@ -97,7 +99,7 @@ async def connect_temporal(env: Mapping[str, str] = os.environ, runtime: Runtime
         namespace=env.get("TEMPORAL_NAMESPACE", "default"),
         api_key=api_key,
         tls=tls or bool(api_key),
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter,
         runtime=runtime,
     )
 
@@ -172,7 +174,10 @@ async def _main() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    client = await connect_temporal(runtime=runtime)
+    try:
+        client = await connect_temporal(runtime=runtime)
+    except CodecConfigError as err:
+        raise SystemExit(f"error: {err}") from None
     await run_worker(client, os.environ["DATABASE_URL"], os.environ, stop)
 
 

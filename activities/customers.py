@@ -57,7 +57,10 @@ async def starting_state(conn: asyncpg.Connection, customer_id: str, settings: L
         SELECT count(*) AS n, max(placed_at) AS last_at,
                (SELECT count(*) FROM coupons WHERE customer_id = $1 AND milestone LIKE 'loyal-%') AS rewards,
                (SELECT count(*) FROM win_backs WHERE customer_id = $1) AS lapses,
-               EXISTS (SELECT 1 FROM message_ledger WHERE customer_id = $1 AND kind = 'welcome' AND state = 'sent') AS welcomed
+               EXISTS (
+                   SELECT 1 FROM message_ledger
+                   WHERE customer_id = $1 AND message_class = 'marketing' AND kind = 'welcome' AND state = 'sent'
+               ) AS welcomed
         FROM orders WHERE customer_id = $1
         """,
         customer_id,

@@ -25,13 +25,13 @@ from typing import Any
 
 import asyncpg
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RetryConfig
 
 from bench.driver import OrderRun, System, Tracker, bench_order, drive, new_run_id
 from bench.prometheus import free_port, parse, scrape, total
 from bench.stack import Stack, WorkerProcess, start_stack, wait_for_pollers
 from bench.throughput import percentile
+from codec import encrypted_data_converter
 from tests.fake_providers import BOUNCING_EMAIL_DOMAIN, AcceptedMessage, FakeProviders
 from workflows.models import workflow_id_for
 
@@ -67,9 +67,6 @@ SUPERSEDED = "superseded"
 STRANDS_IN_DOUBT = ("kill-worker", "two-workers")
 # Workers polling the task queue at once, per drill (default 1).
 WORKERS = {"two-workers": 2}
-# SMS go whatever the hour a drill runs at: at night quiet hours would hold
-# every SMS past the journey's end, and Twilio would see none.
-ANY_HOUR = {"JOURNEY_SMS_QUIET_FROM": "0s", "JOURNEY_SMS_QUIET_UNTIL": "0s"}
 UNACCOUNTED_SHOWN = 20
 
 
@@ -417,11 +414,11 @@ async def run_drill(drill: str, orders: int, concurrency: int, sms_outage_second
         # shop's backend, it keeps retrying calls (waiting on a result, a
         # signal) through an outage longer than the SDK's default 10 s.
         client = await Client.connect(
-            stack.temporal_address, data_converter=pydantic_data_converter, retry_config=RIDE_OUT_OUTAGES
+            stack.temporal_address, data_converter=encrypted_data_converter(stack.payload_keys), retry_config=RIDE_OUT_OUTAGES
         )
         # Each on its own metrics port, as several workers on one host must be.
         workers = [
-            stack.our_worker(provider_timeout=provider_timeout, extra={"METRICS_PORT": str(free_port()), **ANY_HOUR})
+            stack.our_worker(provider_timeout=provider_timeout, extra={"METRICS_PORT": str(free_port())})
             for _ in range(WORKERS.get(drill, 1))
         ]
         for worker in workers:

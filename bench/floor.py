@@ -20,9 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from temporalio import activity, workflow
-from temporalio.client import Client
 from temporalio.common import RawValue, RetryPolicy
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 FLOOR_TASK_QUEUE = "bench-floor"
@@ -143,9 +141,10 @@ class FloorOrder:
 async def _main() -> None:
     # Imported here: this module is also loaded by the workflow sandbox, where
     # the worker module's database and provider imports have no place.
-    from worker import shared_module_runner
+    from worker import connect_temporal, shared_module_runner
 
-    client = await Client.connect(os.environ.get("TEMPORAL_ADDRESS", "localhost:7233"), data_converter=pydantic_data_converter)
+    # Payloads encrypted as the real worker's are, so the floor pays that cost too.
+    client = await connect_temporal(os.environ)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from activities.database import migrate
+from codec import KEYS_VARIABLE, PayloadKeys, new_key_entry, payload_keys_from_env
 from starter.embedded import start_dev_server, start_postgres, stop_postgres
 from tests.fake_providers import FakeProviders, serve
 from workflows.models import TASK_QUEUE
@@ -23,11 +24,15 @@ REPO = Path(__file__).resolve().parents[1]
 TWILIO_SID = "AC" + "b" * 32
 
 # Short delays so a whole journey takes seconds; the deadlines stay long so the
-# happy path never hits them.
+# happy path never hits them. No SMS quiet hours: the figures must not depend
+# on the hour the benchmark runs at (in the evening every SMS would wait for
+# the morning).
 BENCH_JOURNEY = {
     "JOURNEY_FEEDBACK_DELAY": "1s",
     "JOURNEY_RECOMMENDATIONS_DELAY": "2s",
     "JOURNEY_FEEDBACK_WINDOW": "1s",
+    "JOURNEY_SMS_QUIET_FROM": "0s",
+    "JOURNEY_SMS_QUIET_UNTIL": "0s",
 }
 
 
@@ -95,7 +100,13 @@ class Stack:
     fakes: FakeProviders
     temporal_address: str
     env: object  # WorkflowEnvironment
+    # This run's payload key, for the workers' environment and the drivers' clients.
+    key_env: dict[str, str]
     workers: list[WorkerProcess] = field(default_factory=list)
+
+    @property
+    def payload_keys(self) -> PayloadKeys:
+        return payload_keys_from_env(self.key_env)
 
     @property
     def client(self):
@@ -120,6 +131,7 @@ class Stack:
             "LOG_LEVEL": "WARNING",
             # Several workers may run at once: none takes the default metrics port.
             "METRICS_PORT": "0",
+            **self.key_env,
             **BENCH_JOURNEY,
             **(extra or {}),
         }
@@ -128,7 +140,7 @@ class Stack:
         return worker
 
     def floor_worker(self, notify_addr: str) -> WorkerProcess:
-        env = {**os.environ, "TEMPORAL_ADDRESS": self.temporal_address, "BENCH_NOTIFY_ADDR": notify_addr}
+        env = {**os.environ, "TEMPORAL_ADDRESS": self.temporal_address, "BENCH_NOTIFY_ADDR": notify_addr, **self.key_env}
         worker = WorkerProcess([sys.executable, "-m", "bench.floor"], env, self.state_dir / "floor.log")
         self.workers.append(worker)
         return worker
@@ -150,7 +162,7 @@ class Stack:
         port = int(self.temporal_address.rsplit(":", 1)[1])
         await self.env.shutdown()
         await asyncio.sleep(down_seconds)
-        self.env = await start_dev_server(self.state_dir / "temporal", port=port)
+        self.env = await start_dev_server(self.state_dir / "temporal", self.payload_keys, port=port)
 
 
 async def start_stack(*, persistent_temporal: bool = False, port: int | None = None, fakes: FakeProviders | None = None) -> Stack:
@@ -159,9 +171,10 @@ async def start_stack(*, persistent_temporal: bool = False, port: int | None = N
     database_url = start_postgres(state_dir / "pg")
     await migrate(database_url)
     fakes, _ = serve(fakes or FakeProviders(keep_requests=False))
-    env = await start_dev_server(state_dir / "temporal" if persistent_temporal else None, port=port)
+    key_env = {KEYS_VARIABLE: new_key_entry("bench")}
+    env = await start_dev_server(state_dir / "temporal" if persistent_temporal else None, payload_keys_from_env(key_env), port=port)
     address = env.client.service_client.config.target_host
-    return Stack(state_dir, database_url, fakes, address, env)
+    return Stack(state_dir, database_url, fakes, address, env, key_env)
 
 
 async def wait_for_pollers(stack: Stack, task_queue: str = TASK_QUEUE, timeout: float = 60, count: int = 1) -> None:

@@ -3,6 +3,7 @@
     orders up [--demo]          embedded Temporal + Web UI + PostgreSQL + worker + HTTP service
     orders worker               the worker alone (TEMPORAL_ADDRESS, DATABASE_URL)
     orders web                  the HTTP service alone (unsubscribe links, Twilio webhook)
+    orders codec-server         decodes payloads for the Web UI and the `temporal` CLI (operators)
     orders place FILE|-         start an order from JSON
     orders event ID NAME JSON   send an event (signal; --sync: update with an answer)
     orders status ID            the status query
@@ -29,6 +30,7 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError
 
+from codec import KEY_VARIABLES, KEYS_FILE_VARIABLE, CodecConfigError, new_key_entry
 from web.config import ConfigError, WebConfig, local_secret
 from workflows import search_attributes as sa
 from workflows.models import (
@@ -43,6 +45,9 @@ from workflows.models import (
 from workflows.order_lifecycle import format_validation_error
 
 DATA_DIR = Path(os.environ.get("ORDERS_DATA_DIR", ".orders-data"))
+# Made by `orders up` on its first run, and kept: its histories need it to decode.
+LOCAL_PAYLOAD_KEYS = DATA_DIR / "payload-encryption-keys"
+UI_ORIGIN = "http://localhost:8233"
 
 
 class UsageError(Exception):
@@ -68,9 +73,13 @@ def print_json(value: Any) -> None:
 
 
 async def connect() -> Client:
+    """With no payload keys in the environment, the ones `orders up` made, if any."""
     from worker import connect_temporal
 
-    return await connect_temporal(os.environ)
+    env = dict(os.environ)
+    if not any(env.get(name) for name in KEY_VARIABLES) and LOCAL_PAYLOAD_KEYS.exists():
+        env[KEYS_FILE_VARIABLE] = str(LOCAL_PAYLOAD_KEYS)
+    return await connect_temporal(env)
 
 
 def database_url() -> str:
@@ -166,9 +175,11 @@ def schemas() -> dict[str, Any]:
 
 async def up(demo: bool) -> None:
     """Everything on embedded defaults unless TEMPORAL_ADDRESS / DATABASE_URL say otherwise."""
+    from codec import payload_keys_from_env
+    from codec.server import CodecServerConfig, start as start_codec_server
     from starter.embedded import start_dev_server, start_postgres, stop_postgres
     from web.server import start as start_web
-    from worker import run_worker
+    from worker import connect_temporal, run_worker
 
     env = dict(os.environ)
     if demo:  # this worker only: the demo customers' whole lifecycle in under two minutes
@@ -178,13 +189,30 @@ async def up(demo: bool) -> None:
         print("Demo settings for the worker: " + " ".join(f"{k}={v}" for k, v in DEMO_WORKER_ENV.items()))
     dev_server = None
     embedded_pgdata = None
+    # Generated once and kept, like the unsubscribe secret: the dev server's
+    # histories need the same key after a restart.
+    if not any(env.get(name) for name in KEY_VARIABLES):
+        local_secret(LOCAL_PAYLOAD_KEYS, new=lambda: new_key_entry("local"))
+        env[KEYS_FILE_VARIABLE] = str(LOCAL_PAYLOAD_KEYS)
+    keys = payload_keys_from_env(env)
+    token_source = "CODEC_SERVER_TOKEN"
+    if not env.get("CODEC_SERVER_TOKEN"):
+        token_source = str(DATA_DIR / "codec-server-token")
+        env["CODEC_SERVER_TOKEN"] = local_secret(Path(token_source))
+    if not env.get("TEMPORAL_ADDRESS"):  # the embedded Web UI decodes through the codec server
+        env.setdefault("CODEC_CORS_ORIGIN", UI_ORIGIN)
+        env.setdefault("CODEC_TRUST_UI_ORIGIN", "true")
+    codec_config = CodecServerConfig.from_env(env)
+    stop = asyncio.Event()
+    tasks = [start_codec_server(codec_config, keys, stop)]
+    print(f"Codec server on {codec_config.url} (bearer token in {token_source})")
     if env.get("TEMPORAL_ADDRESS"):
-        client = await connect()
+        client = await connect_temporal(env)
     else:
-        dev_server = await start_dev_server(DATA_DIR, port=7233, ui_port=8233, ui=True)
+        dev_server = await start_dev_server(DATA_DIR, keys, port=7233, ui_port=8233, ui=True, ui_codec_endpoint=codec_config.url)
         client = dev_server.client
         env["TEMPORAL_ADDRESS"] = client.service_client.config.target_host
-        print(f"Temporal dev server on {env['TEMPORAL_ADDRESS']}, Web UI on http://localhost:8233")
+        print(f"Temporal dev server on {env['TEMPORAL_ADDRESS']}, Web UI on {UI_ORIGIN} (decoding through the codec server)")
     if not env.get("DATABASE_URL"):
         embedded_pgdata = DATA_DIR / "pgdata"
         env["DATABASE_URL"] = start_postgres(embedded_pgdata)
@@ -193,13 +221,12 @@ async def up(demo: bool) -> None:
     env.setdefault("UNSUBSCRIBE_SECRET", local_secret(DATA_DIR / "unsubscribe-secret"))
     web_config = WebConfig.from_env(env)
     env.setdefault("WEB_PUBLIC_URL", web_config.public_url)  # the worker's links point at this service
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     worker_task = asyncio.create_task(run_worker(client, env["DATABASE_URL"], env, stop))
     print(f"Worker running on task queue {TASK_QUEUE!r}. Ctrl-C stops everything; state stays in {DATA_DIR}/.")
-    tasks = [worker_task]
+    tasks.append(worker_task)
     try:
         tasks.append(start_web(web_config, stop, temporal_client=client))
         print(f"HTTP service on {web_config.public_url} (unsubscribe links, Twilio webhook; API docs at /docs)")
@@ -228,6 +255,14 @@ async def run(args: argparse.Namespace) -> int:
         from web.server import serve
 
         await serve(WebConfig.from_env(os.environ))
+    elif args.command == "codec-server":
+        from codec import payload_keys_from_env
+        from codec.server import CodecServerConfig, serve as serve_codec
+
+        codec_config = CodecServerConfig.from_env(os.environ)
+        keys = payload_keys_from_env(os.environ)
+        print(f"Codec server on {codec_config.url}", flush=True)
+        await serve_codec(codec_config, keys)
     elif args.command == "schema":
         all_schemas = schemas()
         if args.name and args.name not in all_schemas:
@@ -269,6 +304,7 @@ def parser() -> argparse.ArgumentParser:
     up_cmd.add_argument("--demo", action="store_true", help="also run the demo once the worker is up")
     sub.add_parser("worker", help="run the worker against TEMPORAL_ADDRESS and DATABASE_URL")
     sub.add_parser("web", help="run the HTTP service against DATABASE_URL and TEMPORAL_ADDRESS")
+    sub.add_parser("codec-server", help="decode payloads for the Web UI and the temporal CLI (CODEC_SERVER_TOKEN)")
     place = sub.add_parser("place", help="place an order from a JSON file (- for stdin)")
     place.add_argument("file")
     event = sub.add_parser("event", help="send an event to an order")
@@ -296,7 +332,7 @@ def run_command(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         return asyncio.run(run(args))
-    except (UsageError, ConfigError) as err:
+    except (UsageError, ConfigError, CodecConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

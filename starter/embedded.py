@@ -17,9 +17,9 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.common import SearchAttributeIndexedValueType
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from codec import PayloadKeys, encrypted_data_converter
 from workflows import search_attributes as sa
 
 log = logging.getLogger(__name__)
@@ -64,16 +64,24 @@ def stop_postgres(pgdata: Path) -> None:
 
 
 async def start_dev_server(
-    state_dir: Path | None, *, port: int | None = None, ui_port: int | None = None, ui: bool = False
+    state_dir: Path | None,
+    keys: PayloadKeys,
+    *,
+    port: int | None = None,
+    ui_port: int | None = None,
+    ui: bool = False,
+    ui_codec_endpoint: str | None = None,
 ) -> WorkflowEnvironment:
-    """The Temporal dev server with this project's search attributes. With a
-    `state_dir` its database file persists between runs."""
+    """The Temporal dev server with this project's search attributes, and a
+    client that encrypts payloads with `keys`. With a `state_dir` its database
+    file persists between runs; with `ui_codec_endpoint` the Web UI decodes
+    payloads through that codec server."""
     db_file = None
     if state_dir is not None:
         state_dir.mkdir(parents=True, exist_ok=True)
         db_file = str(state_dir / "temporal.db")
     return await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
+        data_converter=encrypted_data_converter(keys),
         dev_server_existing_path=installed_binary("temporal"),
         dev_server_database_filename=db_file,
         search_attributes=sa.ALL,
@@ -82,12 +90,13 @@ async def start_dev_server(
         ui=ui,
         ui_port=ui_port,
         dev_server_log_level="error",
+        dev_server_extra_args=["--ui-codec-endpoint", ui_codec_endpoint] if ui_codec_endpoint else [],
     )
 
 
-async def start_time_skipping_server() -> WorkflowEnvironment:
+async def start_time_skipping_server(keys: PayloadKeys) -> WorkflowEnvironment:
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
+        data_converter=encrypted_data_converter(keys),
         test_server_existing_path=installed_binary("temporal-test-server"),
     )
     await register_search_attributes(env.client)

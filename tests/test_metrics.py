@@ -85,9 +85,8 @@ async def stack() -> AsyncIterator[Stack]:
 async def test_worker_counts_messages_deadlines_and_rejections_by_kind_only(stack: Stack):
     port = free_port()
     # A short provider timeout: the mail left unanswered below is in doubt
-    # within seconds. No quiet hours: the SMS are tried whatever the hour.
-    quiet_hours_off = {"JOURNEY_SMS_QUIET_FROM": "0s", "JOURNEY_SMS_QUIET_UNTIL": "0s"}
-    worker = stack.our_worker(provider_timeout=1.0, extra={"METRICS_PORT": str(port), **quiet_hours_off})
+    # within seconds. (The bench's journey has no SMS quiet hours.)
+    worker = stack.our_worker(provider_timeout=1.0, extra={"METRICS_PORT": str(port)})
     worker.start()
     await wait_for_pollers(stack)
     client, fakes = stack.client, stack.fakes
@@ -174,7 +173,7 @@ async def test_web_service_counts_rejected_requests_on_its_own_port(database_url
         "WEB_PUBLIC_URL": public_url,
         "WEB_METRICS_PORT": str(metrics_port),
         "TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
-        # Read once payload encryption is merged (issue 9): the service refuses to start without a key.
+        # The service refuses to start without a payload key.
         "PAYLOAD_ENCRYPTION_KEYS": "test:" + base64.b64encode(os.urandom(32)).decode(),
     }
     service = subprocess.Popen([sys.executable, "-m", "starter.cli", "web"], cwd=REPO, env=env)

@@ -245,7 +245,8 @@ async def test_item12_an_hour_of_one_providers_outage_has_a_capped_cost(
     sms_attempts = [
         e.activity_task_started_event_attributes.attempt
         for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED and sent_key(history, e).endswith(":dispatch_notice:sms")
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+        and (await sent_key(h.client, history, e)).endswith(":dispatch_notice:sms")
     ]
     # Doubling from 1 s to 15 min apart: 13 attempts within the hour, then one
     # that goes through after it (the previous policy, 5 min apart, made 26).
@@ -253,12 +254,13 @@ async def test_item12_an_hour_of_one_providers_outage_has_a_capped_cost(
     assert billable_actions(history)["activity_attempt"] <= 4 + 15
 
 
-def sent_key(history, started) -> str:
-    """The ledger key of the message an activity attempt sent."""
+async def sent_key(client, history, started) -> str:
+    """The ledger key of the message an activity attempt sent (the history
+    holds it encrypted)."""
     scheduled_id = started.activity_task_started_event_attributes.scheduled_event_id
     scheduled = next(e for e in history.events if e.event_id == scheduled_id)
-    data = scheduled.activity_task_scheduled_event_attributes.input.payloads[0].data
-    return json.loads(data).get("key", "") if data.startswith(b"{") else ""
+    [payload] = await client.data_converter.payload_codec.decode(scheduled.activity_task_scheduled_event_attributes.input.payloads[:1])
+    return json.loads(payload.data).get("key", "") if payload.data.startswith(b"{") else ""
 
 
 async def test_item13_a_flag_and_a_status_change_in_one_task_cost_one_upsert(

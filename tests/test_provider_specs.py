@@ -15,7 +15,7 @@ from openapi_core.contrib.requests import RequestsOpenAPIRequest
 
 from activities.providers import RenderedMessage, TwilioSms
 from starter.embedded import start_time_skipping_server
-from tests.conftest import new_order, payment_for
+from tests.conftest import TEST_PAYLOAD_KEYS, new_order, payment_for
 from tests.fake_providers import FakeProviders, RecordedRequest
 
 SPECS = Path(os.environ.get("PROVIDER_SPECS_DIR", Path(__file__).resolve().parents[2] / "shared" / "provider-specs"))
@@ -48,7 +48,7 @@ async def sent_requests(make_harness, fakes: FakeProviders, provider_config) -> 
     """A journey that exercises email and SMS, and a Twilio message lookup,
     on top of whatever ran before."""
     order = new_order()
-    ts_env = await start_time_skipping_server()
+    ts_env = await start_time_skipping_server(TEST_PAYLOAD_KEYS)
     async with make_harness(ts_env) as h:
         handle = await h.start(order)
         await handle.signal("payment_received", payment_for(order))

@@ -1,7 +1,9 @@
 """Recorded histories of every journey path replay against today's workflow
 code, under the sandbox exactly as the worker configures it and under the
 full sandbox, so a change that breaks determinism fails here before it
-breaks running orders.
+breaks running orders. They replay through the encrypting data converter the
+worker uses: the recorded ones predate encryption, so their plain payloads
+pass through it, as those of orders running when encryption was turned on do.
 Re-record deliberately with `RECORD_HISTORIES=1 pytest` only for a change
 that is meant to be incompatible (see README: workflow.patched)."""
 
@@ -11,10 +13,11 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from codec import encrypted_data_converter
+from tests.conftest import TEST_PAYLOAD_KEYS
 from worker import shared_module_runner
 from workflows.customer_journey import CustomerJourney
 from workflows.order_lifecycle import OrderLifecycle
@@ -61,6 +64,6 @@ RUNNERS = {
 async def test_item15_history_replays(path: Path, runner: str):
     history = WorkflowHistory.from_json(f"order-{path.stem}", path.read_text())
     replayer = Replayer(
-        workflows=[OrderLifecycle, CustomerJourney], data_converter=pydantic_data_converter, workflow_runner=RUNNERS[runner]()
+        workflows=[OrderLifecycle, CustomerJourney], data_converter=encrypted_data_converter(TEST_PAYLOAD_KEYS), workflow_runner=RUNNERS[runner]()
     )
     await replayer.replay_workflow(history)

@@ -27,6 +27,7 @@ from twilio.request_validator import RequestValidator
 
 from activities.consent import set_consent
 from activities.unsubscribe_tokens import sign
+from tests.conftest import TEST_KEY_ENV
 from tests.test_log_privacy import everything_at_debug, logged_text
 from web.app import create_app
 from web.config import ConfigError, WebConfig, local_secret
@@ -55,7 +56,7 @@ def config(database_url: str) -> WebConfig:
         database_url=database_url,
         public_url=PUBLIC_URL,
         twilio_auth_token=TWILIO_TOKEN,
-        temporal_env={"TEMPORAL_ADDRESS": f"127.0.0.1:{unused_port()}"},
+        temporal_env={"TEMPORAL_ADDRESS": f"127.0.0.1:{unused_port()}", **TEST_KEY_ENV},
     )
 
 
@@ -393,15 +394,18 @@ async def test_healthz_and_openapi(client):
 
 def test_config_from_environment(tmp_path: Path):
     with pytest.raises(ConfigError, match="UNSUBSCRIBE_SECRET is required"):
-        WebConfig.from_env({"DATABASE_URL": "postgresql://x"})
+        WebConfig.from_env({"DATABASE_URL": "postgresql://x", **TEST_KEY_ENV})
     with pytest.raises(ConfigError, match="WEB_PORT"):
-        WebConfig.from_env({"UNSUBSCRIBE_SECRET": "s", "WEB_PORT": "eighty"})
+        WebConfig.from_env({"UNSUBSCRIBE_SECRET": "s", "WEB_PORT": "eighty", **TEST_KEY_ENV})
+    # It signals customers' workflows, so it never starts without the payload keys.
+    with pytest.raises(ConfigError, match="PAYLOAD_ENCRYPTION_KEYS or PAYLOAD_ENCRYPTION_KEYS_FILE is required"):
+        WebConfig.from_env({"UNSUBSCRIBE_SECRET": "s"})
     config = WebConfig.from_env(
-        {"UNSUBSCRIBE_SECRET": "link-key", "TWILIO_AUTH_TOKEN": "sms-key", "WEB_PORT": "8123", "TEMPORAL_ADDRESS": "t:7233", "PATH": "/bin"}
+        {"UNSUBSCRIBE_SECRET": "link-key", "TWILIO_AUTH_TOKEN": "sms-key", "WEB_PORT": "8123", "TEMPORAL_ADDRESS": "t:7233", "PATH": "/bin", **TEST_KEY_ENV}
     )
     assert (config.host, config.port, config.public_url) == ("127.0.0.1", 8123, "http://localhost:8123")
     assert config.max_body_bytes == 65536
-    assert config.temporal_env == {"TEMPORAL_ADDRESS": "t:7233"} and config.twilio_auth_token == "sms-key"
+    assert config.temporal_env == {"TEMPORAL_ADDRESS": "t:7233", **TEST_KEY_ENV} and config.twilio_auth_token == "sms-key"
     assert "link-key" not in repr(config) and "sms-key" not in repr(config)  # a logged config leaks no secret
     with pytest.raises(ConfigError, match="DATABASE_URL"):
         create_app(config)

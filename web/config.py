@@ -6,8 +6,9 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
+from codec import KEY_VARIABLES, CodecConfigError, payload_keys_from_env
 from worker import metrics_address
 
 DEFAULT_METRICS_PORT = 9465
@@ -32,7 +33,7 @@ class WebConfig:
     twilio_auth_token: str | None = field(default=None, repr=False)
     sms_help_text: str = DEFAULT_HELP_TEXT
     max_body_bytes: int = 64 * 1024
-    # TEMPORAL_* settings for worker.connect_temporal, used on the first signal.
+    # TEMPORAL_* and the payload keys for worker.connect_temporal, used on the first signal.
     temporal_env: Mapping[str, str] = field(default_factory=dict, repr=False)
     # Where `orders web` serves Prometheus metrics (METRICS_HOST:WEB_METRICS_PORT),
     # apart from the public port; None: nowhere.
@@ -46,6 +47,10 @@ class WebConfig:
                 "UNSUBSCRIBE_SECRET is required: the key unsubscribe links are signed with, "
                 "the same for the worker and the HTTP service (e.g. `openssl rand -hex 32`)"
             )
+        try:  # checked now, though used only at the first signal: a service that cannot signal must not start
+            payload_keys_from_env(env)
+        except CodecConfigError as err:
+            raise ConfigError(str(err)) from None
         port = _int(env, "WEB_PORT", cls.port)
         return cls(
             unsubscribe_secret=secret,
@@ -56,7 +61,7 @@ class WebConfig:
             twilio_auth_token=env.get("TWILIO_AUTH_TOKEN") or None,
             sms_help_text=env.get("SMS_HELP_TEXT") or DEFAULT_HELP_TEXT,
             max_body_bytes=_int(env, "WEB_MAX_BODY_BYTES", cls.max_body_bytes),
-            temporal_env={k: v for k, v in env.items() if k.startswith("TEMPORAL_")},
+            temporal_env={k: v for k, v in env.items() if k.startswith("TEMPORAL_") or k in KEY_VARIABLES},
             metrics_address=metrics_address(env, "WEB_METRICS_PORT", DEFAULT_METRICS_PORT),
         )
 
@@ -68,14 +73,15 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be a whole number") from None
 
 
-def local_secret(path: Path) -> str:
-    """The secret in `path`, made on first use and readable by this user only,
-    so the links in mails sent before a restart keep working (`orders up`)."""
+def local_secret(path: Path, new: Callable[[], str] = lambda: secrets.token_urlsafe(32)) -> str:
+    """The secret in `path`, made by `new` on first use and readable by this
+    user only, so what depends on it survives a restart of `orders up` (the
+    links in mails already sent, the dev server's encrypted histories)."""
     try:
         return path.read_text().strip()
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
-        secret = secrets.token_urlsafe(32)
+        secret = new()
         with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
             file.write(secret)
         return secret

@@ -45,15 +45,25 @@ class _Server(uvicorn.Server):
 def start(config: WebConfig, stop: asyncio.Event, **app_args: Any) -> asyncio.Task[None]:
     """Listen at once (so a busy port fails here, plainly) and serve until
     `stop` is set; `app_args` go to create_app."""
-    app = create_app(config, **app_args)
+    logging.getLogger("uvicorn.access").addFilter(WITHOUT_QUERY_STRINGS)
+    return start_app(
+        create_app(config, **app_args), config.host, config.port, stop,
+        name="the HTTP service", address_settings="WEB_HOST or WEB_PORT",
+        start_failure_hint=": is PostgreSQL up at DATABASE_URL?",
+    )
+
+
+def start_app(
+    app: Any, host: str, port: int, stop: asyncio.Event, *, name: str, address_settings: str, start_failure_hint: str = ""
+) -> asyncio.Task[None]:
+    """Serve an ASGI app under uvicorn until `stop` is set, listening at once
+    so a busy port fails here, naming the settings that choose another."""
     try:
-        listener = socket.create_server((config.host, config.port))
+        listener = socket.create_server((host, port))
     except OSError as err:
         raise ConfigError(
-            f"the HTTP service cannot listen on {config.host}:{config.port} ({os.strerror(err.errno or 0)}); "
-            "set WEB_HOST or WEB_PORT"
+            f"{name} cannot listen on {host}:{port} ({os.strerror(err.errno or 0)}); set {address_settings}"
         ) from None
-    logging.getLogger("uvicorn.access").addFilter(WITHOUT_QUERY_STRINGS)
     # log_config=None: uvicorn logs through the process's logging set-up.
     server = _Server(uvicorn.Config(app, lifespan="on", log_config=None, timeout_graceful_shutdown=10))
 
@@ -66,7 +76,7 @@ def start(config: WebConfig, stop: asyncio.Event, **app_args: Any) -> asyncio.Ta
         try:
             await server.serve(sockets=[listener])
         except SystemExit:  # uvicorn's way to fail a start-up; it logged why
-            raise ConfigError("the HTTP service could not start (see the log): is PostgreSQL up at DATABASE_URL?") from None
+            raise ConfigError(f"{name} could not start (see the log){start_failure_hint}") from None
         finally:
             watcher.cancel()
             listener.close()
@@ -77,8 +87,13 @@ def start(config: WebConfig, stop: asyncio.Event, **app_args: Any) -> asyncio.Ta
 async def serve(config: WebConfig) -> None:
     """`orders web`: serve until SIGINT or SIGTERM, with its metrics on their own port."""
     runtime = prometheus_runtime(config.metrics_address, "WEB_METRICS_PORT") if config.metrics_address else None
+    await start(config, stop_on_signals(), runtime=runtime)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event that SIGINT or SIGTERM sets."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await start(config, stop, runtime=runtime)
+    return stop

@@ -1,0 +1,159 @@
+"""AES-256-GCM on every payload a client or worker hands to Temporal, so the
+server (or Temporal Cloud) keeps no customer data in plain text.
+
+Keys come from the environment: `PAYLOAD_ENCRYPTION_KEYS`, comma-separated
+`key_id:base64(32 bytes)`, or `PAYLOAD_ENCRYPTION_KEYS_FILE`, one such entry
+a line. The first key encrypts; every key decrypts, so a new key goes first
+and the old ones stay until no history needs them. An encrypted payload names
+its key in its metadata. A payload without that encoding was written before
+encryption (or by a tool without the codec) and passes through as it is.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from temporalio.api.common.v1 import Payload
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes, PayloadCodec
+
+KEYS_VARIABLE = "PAYLOAD_ENCRYPTION_KEYS"
+KEYS_FILE_VARIABLE = "PAYLOAD_ENCRYPTION_KEYS_FILE"
+KEY_VARIABLES = (KEYS_VARIABLE, KEYS_FILE_VARIABLE)
+
+# The metadata Temporal's encryption samples use, so their tools recognise it.
+ENCODING = b"binary/encrypted"
+KEY_ID = "encryption-key-id"
+NONCE_BYTES = 12
+KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class CodecConfigError(ValueError):
+    """Missing or malformed keys or codec-server settings: printed without a traceback."""
+
+
+class PayloadDecryptionError(ValueError):
+    """An encrypted payload that these keys cannot open."""
+
+
+class PayloadKeys:
+    """Key ids in order, each with its AES-256-GCM key; the first encrypts."""
+
+    def __init__(self, keys: Sequence[tuple[str, bytes]]) -> None:
+        if not keys:
+            raise CodecConfigError("no payload encryption key given")
+        self._ciphers: dict[str, AESGCM] = {}
+        for key_id, key in keys:
+            if key_id in self._ciphers:
+                raise CodecConfigError(f"payload encryption key id {key_id!r} is given twice")
+            self._ciphers[key_id] = AESGCM(key)
+        self.encrypting_id = keys[0][0]
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._ciphers)
+
+    def cipher(self, key_id: str) -> AESGCM:
+        try:
+            return self._ciphers[key_id]
+        except KeyError:
+            raise PayloadDecryptionError(
+                f"payload encrypted with key id {key_id!r}, which is not among the configured keys "
+                f"({', '.join(self.ids)}): add that key to {KEYS_VARIABLE} (after the one that encrypts)"
+            ) from None
+
+    @classmethod
+    def parse(cls, entries: Iterable[str], source: str) -> PayloadKeys:
+        """`key_id:base64` entries; the key itself never appears in an error."""
+        keys = []
+        for n, entry in enumerate(entries, 1):
+            key_id, colon, encoded = entry.strip().partition(":")
+            if not colon or not KEY_ID_PATTERN.fullmatch(key_id):
+                raise CodecConfigError(
+                    f"{source}, entry {n}: expected key_id:base64 with a key id of letters, digits, '.', '_' or '-'"
+                )
+            try:
+                key = base64.b64decode(encoded.strip(), validate=True)
+            except binascii.Error:
+                raise CodecConfigError(f"{source}, key {key_id!r}: not valid base64") from None
+            if len(key) != 32:
+                raise CodecConfigError(f"{source}, key {key_id!r}: {len(key)} bytes, AES-256 needs 32")
+            keys.append((key_id, key))
+        return cls(keys)
+
+
+def payload_keys_from_env(env: Mapping[str, str]) -> PayloadKeys:
+    inline, path = env.get(KEYS_VARIABLE, "").strip(), env.get(KEYS_FILE_VARIABLE, "").strip()
+    if inline and path:
+        raise CodecConfigError(f"set {KEYS_VARIABLE} or {KEYS_FILE_VARIABLE}, not both")
+    if inline:
+        return PayloadKeys.parse(inline.split(","), KEYS_VARIABLE)
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise CodecConfigError(f"{KEYS_FILE_VARIABLE}: cannot read {path} ({err.strerror})") from None
+        lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        return PayloadKeys.parse(lines, f"{KEYS_FILE_VARIABLE} ({path})")
+    raise CodecConfigError(
+        f"{KEYS_VARIABLE} or {KEYS_FILE_VARIABLE} is required: the AES-256 keys that keep customer data "
+        "encrypted on the Temporal server, as key_id:base64 (e.g. "
+        f'{KEYS_VARIABLE}="k1:$(openssl rand -base64 32)"); the first encrypts, all decrypt'
+    )
+
+
+def new_key_entry(prefix: str = "key") -> str:
+    """A fresh `key_id:base64` entry, its id dated so a rotation's order shows."""
+    return f"{prefix}-{datetime.now(timezone.utc):%Y%m%d}:{base64.b64encode(os.urandom(32)).decode()}"
+
+
+class EncryptionCodec(PayloadCodec):
+    def __init__(self, keys: PayloadKeys) -> None:
+        self._keys = keys
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        key_id = self._keys.encrypting_id
+        cipher = self._keys.cipher(key_id)
+        encrypted = []
+        for payload in payloads:
+            nonce = os.urandom(NONCE_BYTES)
+            sealed = cipher.encrypt(nonce, payload.SerializeToString(), None)
+            encrypted.append(Payload(metadata={"encoding": ENCODING, KEY_ID: key_id.encode()}, data=nonce + sealed))
+        return encrypted
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return [self._decrypt(p) if p.metadata.get("encoding") == ENCODING else p for p in payloads]
+
+    def _decrypt(self, payload: Payload) -> Payload:
+        key_id = payload.metadata.get(KEY_ID, b"").decode()
+        if not key_id:
+            raise PayloadDecryptionError(f"encrypted payload without the {KEY_ID} metadata")
+        cipher = self._keys.cipher(key_id)
+        try:
+            plain = cipher.decrypt(payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:], None)
+        except InvalidTag:
+            raise PayloadDecryptionError(
+                f"payload under key id {key_id!r} does not decrypt: the configured key of that id is not the one "
+                "that encrypted it, or the payload was altered"
+            ) from None
+        return Payload.FromString(plain)
+
+
+def encrypted_data_converter(keys: PayloadKeys) -> DataConverter:
+    """The project's converter (pydantic models as JSON) with every payload
+    encrypted, failure messages and stack traces included (they move into an
+    encrypted payload of the failure)."""
+    return dataclasses.replace(
+        pydantic_data_converter,
+        payload_codec=EncryptionCodec(keys),
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )

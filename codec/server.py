@@ -1,0 +1,173 @@
+"""The codec server: `POST /encode` and `POST /decode` as Temporal's Web UI and
+CLI call them (`{"payloads": [...]}`, protobuf JSON), so an operator can read
+encrypted payloads without the keys ever reaching the Temporal server.
+
+An operator tool, kept apart from the customer-facing service in `web/`: its
+own app and port (`orders codec-server`, `CODEC_HOST`:`CODEC_PORT`, default
+127.0.0.1:8089). Every request needs `Authorization: Bearer
+<CODEC_SERVER_TOKEN>` (the CLI's `--codec-auth`), and any request a browser
+makes from an origin other than `CODEC_CORS_ORIGIN` is refused.
+
+The Web UI cannot send that token: its "pass access token" option forwards the
+UI's own OIDC login token (the dev server's UI has no login), and only to an
+https endpoint; its other option sends cookies. So, with
+`CODEC_TRUST_UI_ORIGIN=true`, allowed only while the server listens on a
+loopback address, requests from `CODEC_CORS_ORIGIN` need no token. A browser
+cannot forge its Origin, so no other web page can use this; a program on the
+same machine can, which is why it is off by default and refused off loopback
+(see README, "PII protection").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Mapping, Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payload, Payloads
+
+from codec.encryption import CodecConfigError, EncryptionCodec, PayloadDecryptionError, PayloadKeys
+
+ORIGIN_PATTERN = re.compile(r"https?://[^/\s]+")
+# What the Web UI sends with each call; Authorization for other browser clients.
+ALLOWED_HEADERS = "Authorization, Content-Type, X-Namespace"
+
+
+@dataclass(frozen=True)
+class CodecServerConfig:
+    token: str = field(repr=False)
+    host: str = "127.0.0.1"
+    port: int = 8089
+    # The Web UI's origin, e.g. http://localhost:8233; None refuses every browser.
+    cors_origin: str | None = None
+    # Requests from cors_origin need no token (loopback only, see above).
+    trust_ui_origin: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> CodecServerConfig:
+        token = env.get("CODEC_SERVER_TOKEN", "")
+        if len(token) < 16:
+            raise CodecConfigError(
+                "CODEC_SERVER_TOKEN is required, at least 16 characters: the bearer token callers of the codec "
+                "server send (e.g. `openssl rand -hex 32`)"
+            )
+        origin = (env.get("CODEC_CORS_ORIGIN") or "").rstrip("/") or None
+        if origin and not ORIGIN_PATTERN.fullmatch(origin):
+            raise CodecConfigError(f"CODEC_CORS_ORIGIN must be an origin like http://localhost:8233, not {origin!r}")
+        try:
+            port = int(env.get("CODEC_PORT") or cls.port)
+        except ValueError:
+            raise CodecConfigError("CODEC_PORT must be a whole number") from None
+        trust = (env.get("CODEC_TRUST_UI_ORIGIN") or "").lower()
+        if trust not in ("", "true", "false", "1", "0"):
+            raise CodecConfigError("CODEC_TRUST_UI_ORIGIN must be true or false")
+        config = cls(
+            token=token, host=env.get("CODEC_HOST") or cls.host, port=port, cors_origin=origin,
+            trust_ui_origin=trust in ("true", "1"),
+        )
+        if config.trust_ui_origin and not origin:
+            raise CodecConfigError("CODEC_TRUST_UI_ORIGIN needs CODEC_CORS_ORIGIN, the Web UI's origin")
+        if config.trust_ui_origin and not is_loopback(config.host):
+            raise CodecConfigError(
+                f"CODEC_TRUST_UI_ORIGIN lets requests from the UI's origin in without a token, so only on a "
+                f"loopback address; CODEC_HOST is {config.host}"
+            )
+        return config
+
+    def refusal(self, authorization: str | None, origin: str | None) -> tuple[int, str] | None:
+        """Why a request is refused (status, reason), or None to serve it."""
+        if origin is not None and origin != self.cors_origin:
+            return 403, f"origin {origin} is not allowed"
+        if authorization is None:
+            if self.trust_ui_origin and origin is not None:
+                return None
+            return 401, "Authorization: Bearer <CODEC_SERVER_TOKEN> is required"
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.token.encode()):
+            return 403, "wrong codec server token"
+        return None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(config: CodecServerConfig, keys: PayloadKeys) -> FastAPI:
+    codec = EncryptionCodec(keys)
+    app = FastAPI(title="order-lifecycle codec server", openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        origin = request.headers.get("origin")
+        cors = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"} if origin and origin == config.cors_origin else {}
+        if request.method == "OPTIONS" and origin is not None:
+            # A browser's preflight carries no credentials: only the origin is checked.
+            if not cors:
+                return JSONResponse({"detail": f"origin {origin} is not allowed"}, status_code=403)
+            return Response(
+                status_code=204,
+                headers={
+                    **cors,
+                    "Access-Control-Allow-Methods": "POST",
+                    "Access-Control-Allow-Headers": ALLOWED_HEADERS,
+                    "Access-Control-Max-Age": "600",
+                },
+            )
+        refused = config.refusal(request.headers.get("authorization"), origin)
+        if refused:
+            status, reason = refused
+            challenge = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+            return JSONResponse({"detail": reason}, status_code=status, headers={**cors, **challenge})
+        response = await call_next(request)
+        response.headers.update(cors)
+        return response
+
+    async def convert(request: Request, step: Callable[[Sequence[Payload]], Awaitable[list[Payload]]]) -> Response:
+        try:
+            payloads = json_format.Parse(await request.body(), Payloads())
+        except json_format.ParseError:
+            return JSONResponse({"detail": 'the body must be {"payloads": [...]}, Payloads as protobuf JSON'}, status_code=400)
+        try:
+            converted = await step(payloads.payloads)
+        except PayloadDecryptionError as err:
+            return JSONResponse({"detail": str(err)}, status_code=400)
+        return Response(json_format.MessageToJson(Payloads(payloads=converted)), media_type="application/json")
+
+    @app.post("/encode")
+    async def encode(request: Request) -> Response:
+        return await convert(request, codec.encode)
+
+    @app.post("/decode")
+    async def decode(request: Request) -> Response:
+        return await convert(request, codec.decode)
+
+    return app
+
+
+def start(config: CodecServerConfig, keys: PayloadKeys, stop: asyncio.Event) -> asyncio.Task[None]:
+    """Serve until `stop` is set (`orders up` runs it next to the rest)."""
+    from web.server import start_app  # the uvicorn runner only, not the service's app
+
+    return start_app(create_app(config, keys), config.host, config.port, stop, name="the codec server", address_settings="CODEC_HOST or CODEC_PORT")
+
+
+async def serve(config: CodecServerConfig, keys: PayloadKeys) -> None:
+    """`orders codec-server`: serve until SIGINT or SIGTERM."""
+    from web.server import stop_on_signals
+
+    await start(config, keys, stop_on_signals())
