@@ -23,11 +23,14 @@ REPO = Path(__file__).resolve().parents[1]
 TWILIO_SID = "AC" + "b" * 32
 
 # Short delays so a whole journey takes seconds; the deadlines stay long so the
-# happy path never hits them.
+# happy path never hits them. No SMS quiet hours (equal times turn them off):
+# a run must not depend on the hour it starts at in the customers' timezone.
 BENCH_JOURNEY = {
     "JOURNEY_FEEDBACK_DELAY": "1s",
     "JOURNEY_RECOMMENDATIONS_DELAY": "2s",
     "JOURNEY_FEEDBACK_WINDOW": "1s",
+    "JOURNEY_SMS_QUIET_FROM": "0s",
+    "JOURNEY_SMS_QUIET_UNTIL": "0s",
 }
 
 

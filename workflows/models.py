@@ -452,6 +452,8 @@ class QueuedMessage(WireModel):
     queued_at: datetime | None = None
     # What makes it one of a kind for a customer (e.g. "loyal"): in its ledger key.
     occasion: str | None = None
+    # In doubt: when it is settled (looked up at the provider, sent if not there).
+    settle_at: datetime | None = None
 
 
 class JourneyState(BaseModel):
@@ -490,6 +492,8 @@ class JourneyState(BaseModel):
     # Per channel, messages not yet settled, oldest first; the first may be
     # in flight. A run that continues as new carries them over.
     queues: dict[Channel, list[QueuedMessage]] = {Channel.EMAIL: [], Channel.SMS: []}
+    # Messages left in doubt, each to be settled at its `settle_at`, in order.
+    settling: list[QueuedMessage] = []
 
 
 # --- The customer's journey (workflows/customer_journey.py) --------------------
