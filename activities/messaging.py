@@ -437,9 +437,10 @@ class MessagingActivities:
         self._refuse_while_paused(request.channel)
         attempt = Attempt(request, order, customer, recipient, self._providers.get(request.channel), budget)
         self._check_an_attempt_can_hold_a_send(attempt)
-        # A first attempt at a new message skips this read: registering it tells.
-        settles = request.mode is not SendMode.SEND
-        row = await self._ledger_row(request.key, budget) if activity.info().attempt > 1 or settles else None
+        # A first attempt at a new message skips this read (registering it
+        # tells); a retry, a settlement or a resend starts from the row.
+        from_the_row = activity.info().attempt > 1 or request.mode is not SendMode.SEND
+        row = await self._ledger_row(request.key, budget) if from_the_row else None
         answer = row.answer(request) if row else None
         if answer:
             return answer
@@ -619,7 +620,7 @@ class MessagingActivities:
     ) -> MessageOutcome | None:
         if failure.verdict in (Verdict.REFUSED, Verdict.OPTED_OUT):  # it can never tell
             if a.request.mode is SendMode.RESEND:
-                log.warning("%s cannot tell whether %s arrived (%s); sent again, as an operator asked", provider.title, claim.key, failure)
+                log.warning("%s cannot tell whether %s arrived (%s); sent again, as asked", provider.title, claim.key, failure)
                 return None
             log.error("message %s may or may not have been sent, and %s refused to say: %s", claim.key, provider.title, failure)
             return await self._leave_in_doubt(a, claim, error=str(failure))

@@ -32,33 +32,35 @@ from workflows.models import Channel, DeliveryState, OrderStatusView, SendMode
 # --- the crash windows --------------------------------------------------------------
 
 
-class MailLostBeforeRequest(SendGridEmail):
-    """The worker dies after claiming a mail's row, before its request leaves:
-    SendGrid never gets it. Once per mail."""
-
+class WorkerDiesOncePerMail(SendGridEmail):
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
+        self.config = config
+        # Keys of the mails whose worker died already.
         self.died: set[str] = set()
 
+    def dies(self, message: RenderedMessage) -> bool:
+        first = message.key not in self.died
+        self.died.add(message.key)
+        return first
+
+
+class MailLostBeforeRequest(WorkerDiesOncePerMail):
+    """The worker dies after claiming a mail's row, before its request leaves:
+    SendGrid never gets it."""
+
     def send(self, message: RenderedMessage) -> str:
-        if message.key not in self.died:
-            self.died.add(message.key)
+        if self.dies(message):
             raise WorkerDied("worker killed before the mail's request left")
         return super().send(message)
 
 
-class MailAcceptedThenWorkerDied(SendGridEmail):
-    """SendGrid takes the mail, then the worker dies before the answer is
-    recorded. Once per mail."""
-
-    def __init__(self, config: ProviderConfig) -> None:
-        super().__init__(config)
-        self.died: set[str] = set()
+class MailAcceptedThenWorkerDied(WorkerDiesOncePerMail):
+    """SendGrid takes the mail, then the worker dies before the answer is recorded."""
 
     def send(self, message: RenderedMessage) -> str:
         message_id = super().send(message)
-        if message.key not in self.died:
-            self.died.add(message.key)
+        if self.dies(message):
             raise WorkerDied("worker killed between SendGrid's acceptance and the ledger")
         return message_id
 
@@ -104,21 +106,31 @@ async def left_in_doubt(pool: asyncpg.Pool, messaging: MessagingActivities, requ
 # --- in the order's workflow ---------------------------------------------------------
 
 
+async def confirmation_after_a_crash(
+    ts_env, make_harness, sendgrid: WorkerDiesOncePerMail, history: str | None = None
+) -> tuple[dict[str, Any], OrderStatusView]:
+    """An order whose confirmation `sendgrid` leaves in doubt; its status once
+    the confirmation is settled (with `history`, kept under that name)."""
+    order = new_order()
+    async with make_harness(ts_env, providers=providers(sendgrid.config, sendgrid)) as h:
+        handle = await h.start(order)
+        view = await h.wait_for(handle, settled("order_confirmation"))
+        await handle.terminate("test done")
+        if history:
+            await h.keep_history(handle, history)
+    return order, view
+
+
 async def test_a_mail_lost_before_its_request_is_sent_once_after_the_window(
     ts_env, make_harness, fakes: FakeProviders, provider_config: ProviderConfig, pool
 ):
     """Nothing reached SendGrid, and Email Activity shows nothing: after the
     window the order sends it, once, and is not flagged."""
-    order = new_order()
-    email = order["customer"]["email"]
-    async with make_harness(ts_env, providers=providers(provider_config, MailLostBeforeRequest(provider_config))) as h:
-        handle = await h.start(order)
-        view = await h.wait_for(handle, settled("order_confirmation"))
-        await handle.terminate("test done")
+    order, view = await confirmation_after_a_crash(ts_env, make_harness, MailLostBeforeRequest(provider_config))
     key = key_of(order)
     assert states_of(view, "order_confirmation") == ["in_doubt", "sent"]
     assert not view.needs_attention, view.attention_reasons
-    assert len(fakes.deliveries_to(email)) == 1
+    assert len(fakes.deliveries_to(order["customer"]["email"])) == 1
     [search] = searches_for(fakes, key)
     requests = list(fakes.requests)
     assert requests.index(search) < requests.index(mail_sends_for(fakes, key)[-1]), "looked up before sending"
@@ -133,17 +145,13 @@ async def test_a_mail_sendgrid_took_is_settled_from_email_activity_not_sent_agai
     """SendGrid took the mail, the worker died before recording it: after the
     window Email Activity shows it, so it is recorded sent with SendGrid's
     message id, and never sent again."""
-    order = new_order()
-    email = order["customer"]["email"]
-    async with make_harness(ts_env, providers=providers(provider_config, MailAcceptedThenWorkerDied(provider_config))) as h:
-        handle = await h.start(order)
-        view = await h.wait_for(handle, settled("order_confirmation"))
-        await handle.terminate("test done")
-        await h.keep_history(handle, "message_settled")
+    order, view = await confirmation_after_a_crash(
+        ts_env, make_harness, MailAcceptedThenWorkerDied(provider_config), history="message_settled"
+    )
     key = key_of(order)
     assert states_of(view, "order_confirmation") == ["in_doubt", "sent"]
     assert not view.needs_attention, view.attention_reasons
-    [mail] = [m for m in fakes.accepted if m.recipient == email]
+    [mail] = [m for m in fakes.accepted if m.recipient == order["customer"]["email"]]
     assert len(mail_sends_for(fakes, key)) == 1 and len(searches_for(fakes, key)) == 1
     row = await ledger(pool, key)
     assert (row["state"], row["provider_message_id"]) == ("sent", mail.provider_id)
