@@ -29,10 +29,12 @@ Database = asyncpg.Pool | asyncpg.Connection
 
 FLAGGED_ORDERS = f'WorkflowType="{WORKFLOW_TYPE}" AND NeedsAttention=true'
 
+# The latest first, with how many there are in all.
 MESSAGES_NEEDING_ATTENTION = """
-SELECT key, order_id, kind, channel, state, error, settle_at, now() - updated_at AS age, settle_at <= now() AS settle_due
+SELECT key, order_id, kind, channel, state, error, settle_at, now() - updated_at AS age, settle_at <= now() AS settle_due,
+       count(*) OVER () AS total
 FROM message_ledger WHERE state IN ('failed', 'in_doubt')
-ORDER BY updated_at LIMIT $1
+ORDER BY updated_at DESC LIMIT $1
 """
 
 MESSAGE = """
@@ -47,13 +49,16 @@ ERROR_SHOWN = 100
 async def attention_report(client: Client, db: Database, limit: int = 100) -> str:
     now = datetime.now().astimezone()
     orders = [o async for o in client.list_workflows(FLAGGED_ORDERS, limit=limit)]
-    lines = [f"Orders needing attention (NeedsAttention=true): {len(orders)}; `orders status ID` gives the reasons"]
+    more = " or more" if len(orders) == limit else ""
+    lines = [f"Orders needing attention (NeedsAttention=true), latest first: {len(orders)}{more}; `orders status ID` gives the reasons"]
     for o in orders:
         status = o.typed_search_attributes.get(sa.ORDER_STATUS) or "?"
         run = o.status.name.lower() if o.status else "?"
         lines.append(f"  {o.id.removeprefix('order-'):<24} {status:<17} {run:<10} placed {age(now - o.start_time)} ago")
     messages = await db.fetch(MESSAGES_NEEDING_ATTENTION, limit)
-    lines.append(f"Messages failed or in doubt: {len(messages)}; `orders resend KEY` sends one once more")
+    total = messages[0]["total"] if messages else 0
+    shown = f" (the latest {len(messages)})" if total > len(messages) else ""
+    lines.append(f"Messages failed or in doubt: {total}{shown}; `orders resend KEY` sends one once more")
     for m in messages:
         lines.append(
             f"  {m['key']:<56} {m['order_id'] or '-':<24} {m['kind']:<22} {m['channel']:<5} {m['state']:<8} "
