@@ -32,6 +32,7 @@ from codec import CodecConfigError, encrypted_data_converter, payload_keys_from_
 from workflows.customer_journey import CustomerJourney
 from workflows.models import TASK_QUEUE, Channel, JourneySettings, LifecycleSettings
 from workflows.order_lifecycle import OrderLifecycle
+from workflows.resend import MessageResend
 
 log = logging.getLogger("worker")
 
@@ -78,7 +79,7 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[OrderLifecycle, CustomerJourney],
+        workflows=[OrderLifecycle, CustomerJourney, MessageResend],
         activities=[
             orders.record_order,
             orders.cancel_order,
