@@ -34,6 +34,7 @@ from workflows.customer_journey import CustomerJourney
 from workflows.metrics import MESSAGE_WAIT
 from workflows.models import TASK_QUEUE, Channel, JourneySettings, LifecycleSettings
 from workflows.order_lifecycle import OrderLifecycle
+from workflows.resend import MessageResend
 
 log = logging.getLogger("worker")
 
@@ -123,7 +124,7 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[OrderLifecycle, CustomerJourney],
+        workflows=[OrderLifecycle, CustomerJourney, MessageResend],
         activities=[
             orders.record_order,
             orders.cancel_order,

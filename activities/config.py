@@ -72,6 +72,10 @@ class ProviderConfig:
     twilio_api_base_url: str = "https://api.twilio.com"
     twilio_from_number: str | None = None
     request_timeout: float = 10.0
+    # A mail whose request may have reached SendGrid without an answer is
+    # looked up in its Email Activity this long after, and sent if it is not
+    # there: long enough for a mail SendGrid took to show there.
+    sendgrid_settle_after: timedelta = timedelta(minutes=10)
     # Threads for the blocking provider clients: as many sends at once.
     provider_threads: int = 32
     # At most this many marketing messages per customer (all channels) in any
@@ -91,11 +95,14 @@ class ProviderConfig:
             raise ValueError("MARKETING_CAP must be at least 1")
         if self.marketing_cap_window <= timedelta(0):
             raise ValueError("MARKETING_CAP_WINDOW must be longer than zero")
+        if self.sendgrid_settle_after <= timedelta(0):
+            raise ValueError("SENDGRID_SETTLE_AFTER must be longer than zero")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ProviderConfig:
         defaults = cls()
         window = env.get("MARKETING_CAP_WINDOW")
+        settle_after = env.get("SENDGRID_SETTLE_AFTER")
         return cls(
             sendgrid_api_key=env.get("SENDGRID_API_KEY") or None,
             sendgrid_api_host=env.get("SENDGRID_API_HOST") or defaults.sendgrid_api_host,
@@ -106,6 +113,7 @@ class ProviderConfig:
             twilio_api_base_url=env.get("TWILIO_API_BASE_URL") or defaults.twilio_api_base_url,
             twilio_from_number=env.get("TWILIO_FROM_NUMBER") or None,
             request_timeout=float(env.get("PROVIDER_TIMEOUT_SECONDS") or defaults.request_timeout),
+            sendgrid_settle_after=parse_duration(settle_after) if settle_after else defaults.sendgrid_settle_after,
             provider_threads=int(env.get("PROVIDER_THREADS") or defaults.provider_threads),
             marketing_cap=int(env.get("MARKETING_CAP") or defaults.marketing_cap),
             marketing_cap_window=parse_duration(window) if window else defaults.marketing_cap_window,

@@ -12,9 +12,12 @@ Twilio's Message list can be searched for it. Its state:
   never arrived (refused connection, 429, 500, 503), or the provider rejected
   our credentials. The next attempt claims it and sends;
 - settled, returned as they are to any later attempt: 'sent'; 'failed'
-  (refused for good, so the workflow can use the other channel); 'in_doubt'
-  (may have gone out, never sent again, flagged for an operator); 'skipped'
-  (nothing to recommend);
+  (refused for good, so the workflow can use the other channel; an operator
+  may resend it); 'skipped' (nothing to recommend);
+- 'in_doubt': it may have gone out, and cannot be checked yet: returned as it
+  is, with `settle_at`, the moment the provider would show it (SENDGRID_SETTLE_AFTER),
+  until a SETTLE request then (below); with no `settle_at` it cannot be
+  checked at all and stays flagged for an operator, who may resend it;
 - 'not_permitted': nothing went out, because the customer's consent or the
   suppression list forbade it when it was due, or the provider said the
   recipient opted out (below). Settled for the attempt that decided it, with
@@ -82,8 +85,9 @@ after which Temporal may start another attempt. So:
 - a 'sending' row whose lease has ended (or was ended because no answer came,
   or a gateway answered 502/504) is taken over: an earlier request may have
   arrived. Twilio is asked for a message with the same To, From and body: found
-  means 'sent', not found means it is sent now. SendGrid cannot be asked, so
-  the row becomes 'in_doubt';
+  means 'sent', not found means it is sent now. SendGrid shows a mail in its
+  Email Activity only minutes after it took it, so the row becomes 'in_doubt'
+  until then;
 - from the claim to the recorded outcome an attempt runs to its end even when
   cancelled (a worker shutting down), so no request is left behind unrecorded;
 - an outcome PostgreSQL cannot take is heartbeated; the next attempt applies
@@ -94,6 +98,22 @@ A provider that rejects our credentials (401, 403) is paused in this worker
 process, since its configuration comes from the environment: one error line,
 the row put back, and a non-retryable ProviderMisconfigured error, for this
 send and, without a request, for every later one to that provider.
+
+Settling what is in doubt
+-------------------------
+At `settle_at` the workflow sends the same key again with mode SETTLE. A row
+'sent' meanwhile (SendGrid's event webhook settles rows by the ledger key) is
+returned as it is. An 'in_doubt' row is claimed and looked up in SendGrid's
+Email Activity by its custom arg `message_key`: found means 'sent', with
+SendGrid's msg_id; not found means the earlier request never arrived, and
+the message is sent now, once (consent read again), or, when the journey has
+overtaken it (SETTLE_WITHOUT_SENDING), not sent and the row put back
+'pending'. A look-up that fails for now (429, 5xx, no answer) leaves the row
+'in_doubt', due at once, and the activity retries; one Email Activity will
+never answer (401, 403, 404: the add-on or the key's access is missing)
+leaves it 'in_doubt' for good, flagged. An operator's RESEND claims a 'failed'
+or 'in_doubt' row and sends it (an in-doubt one only if the look-up, where it
+works, does not find it).
 """
 
 from __future__ import annotations
@@ -128,6 +148,7 @@ from workflows.models import (
     MessageOutcome,
     MessageRequest,
     OrderInput,
+    SendMode,
     Touchpoint,
     message_class,
 )
@@ -136,7 +157,7 @@ log = logging.getLogger(__name__)
 
 LEDGER_ROW = """
 SELECT state, recipient, claim_token, provider_message_id, error, created_at, subject, body_text, body_html, headers,
-       coalesce(extract(epoch FROM lease_until - now()), 0)::float8 AS lease_seconds_left
+       settle_at, coalesce(extract(epoch FROM lease_until - now()), 0)::float8 AS lease_seconds_left
 FROM message_ledger WHERE key = $1
 """
 
@@ -201,6 +222,17 @@ WHERE key = $1 AND state = 'pending'
 RETURNING created_at
 """
 
+# A row in doubt being settled, or a failed one an operator resends; only if
+# no other attempt claimed it since it was read. The resend is counted here,
+# the settling attempt's own request when it is made.
+CLAIM_SETTLED = """
+UPDATE message_ledger
+SET state = 'sending', claim_token = $2, lease_until = now() + $3::float8 * interval '1 second', settle_at = NULL,
+    attempts = attempts + CASE WHEN state = 'failed' THEN 1 ELSE 0 END, updated_at = now()
+WHERE key = $1 AND state = $4
+RETURNING created_at
+"""
+
 # Only once the earlier attempt's lease has ended, and only if no other
 # attempt took the row over since it was read.
 TAKE_OVER = """
@@ -215,20 +247,21 @@ RETURNING created_at
 COUNT_ATTEMPT = "UPDATE message_ledger SET attempts = attempts + 1 WHERE key = $1 AND claim_token = $2"
 
 # Compare-and-set on the claim. A row left 'sending' (the request may have
-# arrived) has its lease ended, so the next attempt checks at once.
+# arrived) has its lease ended, so the next attempt checks at once. A row left
+# 'in_doubt' is due for settling $6 seconds from now; never, with NULL.
 COMPLETE = """
 UPDATE message_ledger
 SET state = $3, provider_message_id = $4, error = $5, updated_at = now(),
     sent_at = CASE WHEN $3 = 'sent' THEN now() END,
-    lease_until = CASE WHEN $3 = 'sending' THEN now() END
+    lease_until = CASE WHEN $3 = 'sending' THEN now() END,
+    settle_at = now() + $6::float8 * interval '1 second'
 WHERE key = $1 AND claim_token = $2 AND state = 'sending'
-RETURNING key
+RETURNING settle_at
 """
 
-# Returned as they are to any later attempt. 'not_permitted' is not: consent
-# is read again.
-SETTLED = {"sent", "failed", "in_doubt", "skipped"}
 NOTHING_TO_RECOMMEND = "nothing to recommend"
+# A mail settled without sending: found nowhere, and overtaken by the journey.
+OVERTAKEN_NOT_SENT = "not found at the provider once it could tell, and not sent: the journey overtook it"
 
 # What PostgreSQL going away looks like: lost connections, timeouts (an
 # OSError), and the errors a server answers with while it shuts down or
@@ -281,6 +314,8 @@ class LedgerRow:
     lease_seconds_left: float
     # None for rows registered before renderings were kept.
     message: RenderedMessage | None
+    # 'in_doubt': when it can be settled; None when it never can.
+    settle_at: datetime | None
 
     @classmethod
     def of(cls, key: str, row: asyncpg.Record) -> LedgerRow:
@@ -288,10 +323,28 @@ class LedgerRow:
         if row["body_text"] is not None:
             headers = json.loads(row["headers"]) if row["headers"] else {}
             message = RenderedMessage(key, row["recipient"], row["subject"], row["body_text"], row["body_html"], headers)
-        return cls(row["state"], row["claim_token"], row["provider_message_id"], row["error"], row["lease_seconds_left"], message)
+        return cls(
+            row["state"], row["claim_token"], row["provider_message_id"], row["error"], row["lease_seconds_left"], message,
+            row["settle_at"],
+        )
 
     def outcome(self, request: MessageRequest) -> MessageOutcome:
-        return _outcome(request, DeliveryState(self.state), message_id=self.provider_message_id, error=self.error)
+        not_before = self.settle_at if self.state == DeliveryState.IN_DOUBT else None
+        return _outcome(
+            request, DeliveryState(self.state), message_id=self.provider_message_id, error=self.error, not_before=not_before
+        )
+
+    def answer(self, request: MessageRequest) -> MessageOutcome | None:
+        """The outcome this row already is for `request`; None when the
+        request has work to do on it. 'not_permitted' is no answer: consent is
+        read again."""
+        if self.state in ("sent", "skipped"):
+            return self.outcome(request)
+        if self.state == "failed" and request.mode is not SendMode.RESEND:
+            return self.outcome(request)
+        if self.state == "in_doubt" and request.mode is SendMode.SEND:
+            return self.outcome(request)
+        return None
 
 
 @dataclass(frozen=True)
@@ -321,6 +374,10 @@ class Claim:
     message: RenderedMessage | None
     # An earlier attempt's request may have arrived: check before sending.
     taken_over: bool = False
+    # Claimed from 'in_doubt' once its settle moment came: a look-up tells now.
+    settling: bool = False
+    # A failed message an operator sends again.
+    resend: bool = False
     earlier_error: str | None = None
 
 
@@ -332,6 +389,8 @@ class Handover:
     state: str
     message_id: str | None = None
     error: str | None = None
+    # 'in_doubt': seconds until it is due for settling.
+    settle_after: float | None = None
 
 
 class MessagingActivities:
@@ -381,9 +440,15 @@ class MessagingActivities:
         self._refuse_while_paused(request.channel)
         attempt = Attempt(request, order, customer, recipient, self._providers.get(request.channel), budget)
         self._check_an_attempt_can_hold_a_send(attempt)
-        row = await self._ledger_row(request.key, budget) if activity.info().attempt > 1 else None
-        if row and row.state in SETTLED:
-            return row.outcome(request)
+        # A first attempt at a new message skips this read (registering it
+        # tells); a retry, a settlement or a resend starts from the row.
+        from_the_row = activity.info().attempt > 1 or request.mode is not SendMode.SEND
+        row = await self._ledger_row(request.key, budget) if from_the_row else None
+        answer = row.answer(request) if row else None
+        if answer:
+            return answer
+        if request.mode is SendMode.SETTLE_WITHOUT_SENDING and (row is None or row.state in ("pending", "not_permitted")):
+            return _outcome(request, DeliveryState.SUPERSEDED, error=OVERTAKEN_NOT_SENT)
         async with self._provider_thread(attempt):
             return await _finish_even_if_cancelled(self._claim_and_send(attempt, row))
 
@@ -397,10 +462,16 @@ class MessagingActivities:
             settled = await self._check_earlier_request(a, claim)
             if settled:
                 return settled
-            if a.provider:  # a look-up proved the earlier request never arrived: this is a new one
-                refused = await self._refusal(a, claim.message.recipient)
-                if refused:
-                    return await self._settle(a, claim, DeliveryState.NOT_PERMITTED, error=refused)
+            if a.request.mode is SendMode.SETTLE_WITHOUT_SENDING:
+                await self._record(a, claim, "pending", error=OVERTAKEN_NOT_SENT)
+                return _outcome(a.request, DeliveryState.SUPERSEDED, error=OVERTAKEN_NOT_SENT)
+        # A look-up proved the earlier request never arrived, or an operator
+        # resends a refused one: a new request, so consent is read again.
+        if (claim.taken_over and a.provider) or claim.resend:
+            refused = await self._refusal(a, claim.message.recipient)
+            if refused:
+                return await self._settle(a, claim, DeliveryState.NOT_PERMITTED, error=refused)
+        if claim.taken_over:
             await self._db(a.budget, COUNT_ATTEMPT, claim.key, claim.token)
         return await self._send(a, claim)
 
@@ -420,14 +491,21 @@ class MessagingActivities:
             row = await self._ledger_row(key, a.budget)  # another attempt registered it first
             if row.state == "not_permitted":  # and was refused, just now
                 return row.outcome(a.request)
-        if row.state in SETTLED:
-            return row.outcome(a.request)
+        answer = row.answer(a.request)
+        if answer:
+            return answer
         message = row.message or await self._render(a)
         if row.state == "pending":
             claimed = await self._db(a.budget, CLAIM_PENDING, key, token, a.budget.left())
             if not claimed:
                 raise _claim_held(key)
             return Claim(key, token, message)
+        if row.state in ("in_doubt", "failed"):  # settling it, or an operator's resend
+            claimed = await self._db(a.budget, CLAIM_SETTLED, key, token, a.budget.left(), row.state)
+            if not claimed:
+                raise _claim_held(key)
+            doubt = row.state == "in_doubt"
+            return Claim(key, token, message, taken_over=doubt, settling=doubt, resend=not doubt, earlier_error=row.error)
         if row.lease_seconds_left > 0:
             raise _claim_held(key, row.lease_seconds_left)
         taken = await self._db(a.budget, TAKE_OVER, key, token, a.budget.left(), row.claim_token)
@@ -444,8 +522,9 @@ class MessagingActivities:
         recorded = await self._db(a.budget, REFUSE, *self._row_identity(a), reason)
         if not recorded:  # another attempt registered or claimed it meanwhile
             row = await self._ledger_row(a.request.key, a.budget)
-            if row and row.state in SETTLED:
-                return row.outcome(a.request)
+            answer = row.answer(a.request) if row else None
+            if answer:
+                return answer
             raise _claim_held(a.request.key, row.lease_seconds_left if row else 0)
         log.info("%s not sent: %s", a.request.key, reason)
         return _outcome(a.request, DeliveryState.NOT_PERMITTED, error=reason)
@@ -518,14 +597,18 @@ class MessagingActivities:
 
     async def _check_earlier_request(self, a: Attempt, claim: Claim) -> MessageOutcome | None:
         """An earlier attempt died, or got no answer, after its request may
-        have arrived. Its outcome, or None when it surely did not arrive."""
+        have arrived. Its outcome, or None when it surely did not arrive (or
+        an operator resends it whatever the provider can tell)."""
         provider = a.provider
         if provider is None:
             return None  # the outbox insert is idempotent
-        if not provider.can_look_up:
-            log.error("message %s may or may not have been sent; not sending it again", claim.key)
-            return await self._settle(a, claim, DeliveryState.IN_DOUBT, error=claim.earlier_error)
-        await self._ensure_time_for_a_request(a, claim, "sending")
+        if provider.visible_after and not claim.settling:
+            log.warning(
+                "message %s may or may not have reached %s; looked up there in %s", claim.key, provider.title,
+                provider.visible_after,
+            )
+            return await self._leave_in_doubt(a, claim, settle_after=provider.visible_after)
+        await self._ensure_time_for_a_request(a, claim, *self._still_unknown(claim))
         try:
             found = await self._in_thread(provider, provider.look_up, claim.message)
         except ProviderFailure as failure:
@@ -535,16 +618,36 @@ class MessagingActivities:
         log.info("%s already had %s as %s", provider.title, claim.key, found)
         return await self._settle(a, claim, DeliveryState.SENT, message_id=found)
 
-    async def _after_failed_look_up(self, a: Attempt, provider: Provider, claim: Claim, failure: ProviderFailure) -> MessageOutcome:
+    async def _after_failed_look_up(
+        self, a: Attempt, provider: Provider, claim: Claim, failure: ProviderFailure
+    ) -> MessageOutcome | None:
         if failure.verdict in (Verdict.REFUSED, Verdict.OPTED_OUT):  # it can never tell
+            if a.request.mode is SendMode.RESEND:
+                log.warning("%s cannot tell whether %s arrived (%s); sent again, as asked", provider.title, claim.key, failure)
+                return None
             log.error("message %s may or may not have been sent, and %s refused to say: %s", claim.key, provider.title, failure)
-            return await self._settle(a, claim, DeliveryState.IN_DOUBT, error=str(failure))
+            return await self._leave_in_doubt(a, claim, error=str(failure))
         error = ApplicationError(f"{failure} (message look-up)", type="ProviderUnavailable")
         if failure.verdict is Verdict.MISCONFIGURED:
             error = self._pause(a.request.channel, provider, failure)
-        # Still unknown: the row stays 'sending' for the next look-up.
-        await self._record(a, claim, "sending", error=claim.earlier_error)
+        state, settle_after = self._still_unknown(claim)
+        await self._record(a, claim, state, error=claim.earlier_error, settle_after=settle_after)
         raise error
+
+    @staticmethod
+    def _still_unknown(claim: Claim) -> tuple[str, timedelta | None]:
+        """How a row is put back when its look-up could not be made: 'in_doubt'
+        due at once if it was being settled, else 'sending' for the next attempt."""
+        return ("in_doubt", timedelta(0)) if claim.settling else ("sending", None)
+
+    async def _leave_in_doubt(
+        self, a: Attempt, claim: Claim, *, settle_after: timedelta | None = None, error: str | None = None
+    ) -> MessageOutcome:
+        """In doubt, to be settled `settle_after` from now; without it, for
+        good: the workflow flags it for an operator."""
+        error = error or claim.earlier_error
+        settle_at = await self._record(a, claim, "in_doubt", error=error, settle_after=settle_after)
+        return _outcome(a.request, DeliveryState.IN_DOUBT, error=error, not_before=settle_at)
 
     async def _send(self, a: Attempt, claim: Claim) -> MessageOutcome:
         await self._ensure_time_for_a_request(a, claim, "pending")
@@ -590,11 +693,13 @@ class MessagingActivities:
         except DATABASE_UNAVAILABLE:
             log.warning("could not record the opt-out of %s's recipient yet: PostgreSQL is unavailable", claim.key)
 
-    async def _ensure_time_for_a_request(self, a: Attempt, claim: Claim, otherwise: str) -> None:
+    async def _ensure_time_for_a_request(
+        self, a: Attempt, claim: Claim, otherwise: str, settle_after: timedelta | None = None
+    ) -> None:
         """A request starts only if its answer can be recorded within the
         lease; otherwise the row goes back as `otherwise` for the next attempt."""
         if a.budget.left() < self._time_for_a_request(a.provider):
-            await self._record(a, claim, otherwise, error=claim.earlier_error)
+            await self._record(a, claim, otherwise, error=claim.earlier_error, settle_after=settle_after)
             raise ApplicationError(f"too little of this attempt is left to send {claim.key}", type="AttemptTooShort")
 
     def _time_for_a_request(self, provider: Provider | None) -> float:
@@ -649,20 +754,29 @@ class MessagingActivities:
         return _outcome(a.request, state, message_id=message_id, error=error)
 
     async def _record(
-        self, a: Attempt, claim: Claim, state: str, *, message_id: str | None = None, error: str | None = None
-    ) -> None:
-        """Complete the row, if this attempt still holds it. While PostgreSQL
-        is away the outcome is first heartbeated for the next attempt; then a
-        send, which no later attempt could prove, keeps trying while the lease
-        lasts, and anything else is left to the next attempt at once."""
+        self,
+        a: Attempt,
+        claim: Claim,
+        state: str,
+        *,
+        message_id: str | None = None,
+        error: str | None = None,
+        settle_after: timedelta | None = None,
+    ) -> datetime | None:
+        """Complete the row, if this attempt still holds it; returns when an
+        'in_doubt' row is due for settling. While PostgreSQL is away the
+        outcome is first heartbeated for the next attempt; then a send, which
+        no later attempt could prove, keeps trying while the lease lasts, and
+        anything else is left to the next attempt at once."""
         handed_over, delay = False, 0.5
+        seconds = settle_after.total_seconds() if settle_after is not None else None
         while True:
             try:
-                completed = await self._db(a.budget, COMPLETE, claim.key, claim.token, state, message_id, error)
+                completed = await self._db(a.budget, COMPLETE, claim.key, claim.token, state, message_id, error, seconds)
                 break
             except DATABASE_UNAVAILABLE:
                 if not handed_over:
-                    activity.heartbeat(asdict(Handover(str(claim.token), state, message_id, error)))
+                    activity.heartbeat(asdict(Handover(str(claim.token), state, message_id, error, seconds)))
                     handed_over = True
                 if state != DeliveryState.SENT or a.budget.left() < delay:
                     raise ApplicationError(
@@ -674,6 +788,7 @@ class MessagingActivities:
         if not completed:
             log.warning("%s was taken over by another attempt, which settles it", claim.key)
             raise ApplicationError(f"another attempt took {claim.key} over", type="ClaimLost")
+        return completed["settle_at"]
 
     async def _apply_handover(self, key: str, budget: Budget) -> None:
         """An earlier attempt heartbeated an outcome PostgreSQL could not take:
@@ -682,7 +797,8 @@ class MessagingActivities:
         if details:
             handover = Handover(**details[0])
             await self._db(
-                budget, COMPLETE, key, uuid.UUID(handover.claim), handover.state, handover.message_id, handover.error
+                budget, COMPLETE, key, uuid.UUID(handover.claim), handover.state, handover.message_id, handover.error,
+                handover.settle_after,
             )
 
     def _refuse_while_paused(self, channel: Channel) -> None:

@@ -14,11 +14,13 @@ the logs whatever level the process runs at.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import urllib.error
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import StrEnum
 from typing import Protocol
 
@@ -74,14 +76,20 @@ class Provider(Protocol):
     title: str
     credentials: str
     sends: str
-    # Whether `look_up` can tell if an earlier, unanswered send was accepted.
-    can_look_up: bool
+    # How long after a request `look_up` can tell whether it was accepted.
+    visible_after: timedelta
 
     def send(self, message: RenderedMessage) -> str:
         """Deliver the message; returns the provider's message id."""
 
     def look_up(self, message: RenderedMessage) -> str | None:
-        """The id of this message if the provider has it, else None."""
+        """The id of this message if the provider has it, else None. Raises
+        LookUpUnavailable when the provider will not say, for good."""
+
+
+class LookUpUnavailable(Exception):
+    """The provider will not answer look-ups at all (an add-on not bought, a
+    key without access): nothing can tell whether a message arrived."""
 
 
 def classify(err: Exception) -> Verdict:
@@ -89,6 +97,8 @@ def classify(err: Exception) -> Verdict:
     proves nothing, whatever it is, means the request may have arrived."""
     if _code_of(err) == TWILIO_OPTED_OUT:
         return Verdict.OPTED_OUT
+    if isinstance(err, LookUpUnavailable):
+        return Verdict.REFUSED
     status = _status_of(err)
     if status is not None:
         return _verdict_for_status(status, err)
@@ -160,6 +170,8 @@ class ProviderFailure(Exception):
 
 def _describe(provider: Provider, err: Exception, verdict: Verdict) -> str:
     status = _status_of(err)
+    if isinstance(err, LookUpUnavailable):
+        return str(err)
     if verdict is Verdict.MISCONFIGURED:
         if status is None:
             return f"{provider.title} is misconfigured: {err}"
@@ -234,20 +246,27 @@ def keep_customer_data_out_of(logger_names: Iterable[str]) -> None:
         logging.getLogger(name).addFilter(WITHOUT_CUSTOMER_DATA)
 
 
+# Email Activity answers these when the account lacks the add-on or the API
+# key lacks Email Activity access (401, 403), or the search is not one it takes
+# (400, 404): asking again will not help.
+EMAIL_ACTIVITY_WILL_NOT_SAY = (400, 401, 403, 404)
+
+
 class SendGridEmail:
     name = "sendgrid"
     title = "SendGrid"
     credentials = "the API key"
     sends = "email sends"
-    # Mail Send takes no idempotency key and the Email Activity API is a paid
-    # add-on that lags by minutes, so an unanswered send cannot be checked.
-    can_look_up = False
 
     def __init__(self, config: ProviderConfig) -> None:
         keep_customer_data_out_of(HTTP_CLIENT_LOGGERS)
         self._client = SendGridAPIClient(api_key=config.sendgrid_api_key, host=config.sendgrid_api_host)
         self._client.client.timeout = config.request_timeout
         self._from = (config.email_from, config.email_from_name) if config.email_from_name else config.email_from
+        # Mail Send takes no idempotency key: only Email Activity (a paid
+        # add-on) can tell whether an unanswered mail arrived, and it shows a
+        # mail only minutes after SendGrid took it.
+        self.visible_after = config.sendgrid_settle_after
 
     def send(self, message: RenderedMessage) -> str:
         mail = Mail(
@@ -267,7 +286,22 @@ class SendGridEmail:
         return response.headers.get("X-Message-Id") or f"sendgrid-{message.key}"
 
     def look_up(self, message: RenderedMessage) -> str | None:
-        raise NotImplementedError("SendGrid cannot look up a sent message")
+        """Searched in Email Activity by the custom arg every mail carries
+        (`message_key`, the ledger key): SendGrid's msg_id if it took it."""
+        if '"' in message.key or "\\" in message.key:  # the query language has no escape for these
+            raise LookUpUnavailable(f"{message.key!r} cannot be searched for in SendGrid Email Activity")
+        query = f"unique_args['message_key']=\"{message.key}\""
+        try:
+            response = self._client.client.messages.get(query_params={"query": query, "limit": 1})
+        except HTTPError as err:
+            if err.status_code in EMAIL_ACTIVITY_WILL_NOT_SAY:
+                reason = "refused the search" if err.status_code == 400 else (
+                    "is not available to this account and API key (a paid add-on, and a key with Email Activity access)"
+                )
+                raise LookUpUnavailable(f"SendGrid Email Activity {reason} ({err.status_code})") from None
+            raise
+        found = json.loads(response.body or b"{}").get("messages") or []
+        return found[0]["msg_id"] if found else None
 
 
 
@@ -277,8 +311,8 @@ class TwilioSms:
     credentials = "the account SID and auth token"
     sends = "SMS sends"
     # Twilio creates the Message resource before it answers the POST, so the
-    # Message list tells whether an unanswered request went through.
-    can_look_up = True
+    # Message list tells at once whether an unanswered request went through.
+    visible_after = timedelta(0)
 
     def __init__(self, config: ProviderConfig) -> None:
         keep_customer_data_out_of(HTTP_CLIENT_LOGGERS)

@@ -8,6 +8,8 @@
     orders event ID NAME JSON   send an event (signal; --sync: update with an answer)
     orders status ID            the status query
     orders outbox               messages kept locally when no provider is configured
+    orders attention            orders and messages an operator may have to act on (no customer data)
+    orders resend KEY           send a failed or in-doubt message once more, through the worker
     orders schema [NAME]        JSON Schema of every payload
     orders lifecycle report     customers per phase, win-backs against the holdout, coupon cost vs revenue
     orders demo                 push a handful of orders through the whole journey
@@ -288,6 +290,19 @@ async def run(args: argparse.Namespace) -> int:
                 print_json(view.model_dump(mode="json") if view else {"signalled": args.name})
             elif args.command == "status":
                 print_json((await order_status(client, args.order_id)).model_dump(mode="json"))
+            elif args.command in ("attention", "resend"):
+                import asyncpg
+
+                from starter import operator
+
+                conn = await asyncpg.connect(database_url())
+                try:
+                    if args.command == "attention":
+                        print(await operator.attention_report(client, conn, args.limit))
+                    else:
+                        print(operator.describe(await operator.resend(client, conn, args.key)))
+                finally:
+                    await conn.close()
             elif args.command == "demo":
                 from starter.demo import run_demo
 
@@ -314,6 +329,10 @@ def parser() -> argparse.ArgumentParser:
     event.add_argument("--sync", action="store_true", help="use the apply_event update and print the answer")
     status = sub.add_parser("status", help="show an order's status")
     status.add_argument("order_id")
+    attention = sub.add_parser("attention", help="list flagged orders and failed or in-doubt messages")
+    attention.add_argument("--limit", type=int, default=100, help="at most this many of each")
+    resend = sub.add_parser("resend", help="send a failed or in-doubt message once more (a worker must run)")
+    resend.add_argument("key", help="its ledger key, as `orders attention` lists it")
     outbox = sub.add_parser("outbox", help="show messages kept in the local outbox")
     outbox.add_argument("--order", help="only this order id")
     outbox.add_argument("--limit", type=int, default=50)

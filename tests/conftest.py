@@ -79,6 +79,9 @@ def provider_config(fakes: FakeProviders) -> ProviderConfig:
         twilio_api_base_url=fakes.base_url,
         twilio_from_number="+15005550006",
         request_timeout=5,
+        # In-doubt mail settles after a second, not SendGrid's minutes: the
+        # fake shows a mail in Email Activity as soon as it accepts it.
+        sendgrid_settle_after=timedelta(seconds=1),
         web_public_url="https://shop.example",
         unsubscribe_secret="test-unsubscribe-secret",
     )

@@ -1,12 +1,15 @@
 """Local stand-ins for SendGrid and Twilio on loopback.
 
 They answer like the real APIs (202 + X-Message-Id for mail, 201 + a Message
-resource for SMS, Twilio's paged Message list for GET), record every request
-for the spec checks, and inject the faults a test or a benchmark asks for:
+resource for SMS, Twilio's paged Message list for GET, SendGrid's Email
+Activity search by custom arg, from the mails actually accepted and only once
+they are `email_activity_lag` seconds old), record every request for the spec
+checks, and inject the faults a test or a benchmark asks for:
 scripted status codes per recipient, a random share of 429/5xx answers,
 requests that are accepted but answered only after the client gave up,
-revoked credentials, failing message look-ups, Twilio errors in the
-RFC 9457 format, and numbers that replied STOP (Twilio's 21610).
+revoked credentials, failing message look-ups, an Email Activity API the
+account has not bought (403), Twilio errors in the RFC 9457 format, and
+numbers that replied STOP (Twilio's 21610).
 
 429, 500 and 503 are answered before the message is accepted, as a provider
 that is overloaded or down does. 502 and 504 are answered after it was
@@ -19,6 +22,7 @@ import base64
 import itertools
 import json
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -32,6 +36,11 @@ from urllib.parse import parse_qs
 # Recipients the fakes refuse for good, the way the real APIs do.
 BOUNCING_EMAIL_DOMAIN = "bounce.invalid"
 UNSUBSCRIBED_PHONE = "+15005550009"
+
+# `fail_next(EMAIL_ACTIVITY, ...)` scripts the answers to Email Activity searches.
+EMAIL_ACTIVITY = "email activity"
+# The one search the fake understands (SendGrid's query language has more).
+EMAIL_ACTIVITY_BY_CUSTOM_ARG = re.compile(r"""^unique_args\['(?P<arg>[\w.-]+)'\]="(?P<value>[^"]*)"$""")
 
 TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
 # Gateway errors: the service behind the gateway accepted the message.
@@ -87,6 +96,7 @@ class AcceptedMessage:
     at: float
     # Wall clock, shown as the Message's date_sent.
     sent_at: datetime
+    subject: str | None = None
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -103,6 +113,8 @@ class FakeProviders:
     fault_rate: float = 0.0
     hang_rate: float = 0.0
     hang_seconds: float = 0.0
+    # How long an accepted mail takes to show in Email Activity searches.
+    email_activity_lag: float = 0.0
     # Called from the server thread for every accepted message.
     on_accept: Callable[[AcceptedMessage], None] | None = None
     # Called from the server thread for every request, before it is answered.
@@ -125,6 +137,10 @@ class FakeProviders:
         self._revoked: set[str] = set()
         self._problem_format: set[str] = set()
         self._opted_out: set[str] = {UNSUBSCRIBED_PHONE}
+        # The status every Email Activity search gets (403: the add-on was not bought).
+        self._email_activity_refusal: int | None = None
+        # Email Activity searches answered 200, by whether they found the mail.
+        self.email_activity_searches: Counter[str] = Counter()
 
     def start_outage(self, channel: str, status: int = 503) -> None:
         with self.lock:
@@ -161,6 +177,11 @@ class FakeProviders:
         """`phone` replied STOP: every send to it is answered with Twilio's 21610."""
         with self.lock:
             self._opted_out.add(phone)
+
+    def refuse_email_activity(self, status: int | None) -> None:
+        """Answer every Email Activity search with `status` (None: answer normally)."""
+        with self.lock:
+            self._email_activity_refusal = status
 
     def hang_next(self, recipient: str, seconds: float) -> None:
         """Accept the next message to `recipient`, then answer only after `seconds`."""
@@ -205,9 +226,12 @@ class FakeProviders:
         with self.lock:
             return any(secret in auth for secret in self._revoked)
 
-    def _accept(self, channel: str, recipient: str, sender: str | None, text: str, key: str | None, provider_id: str) -> None:
+    def _accept(
+        self, channel: str, recipient: str, sender: str | None, text: str, key: str | None, provider_id: str,
+        subject: str | None = None,
+    ) -> None:
         message = AcceptedMessage(
-            channel, recipient, sender, text, key, provider_id, time.monotonic(), datetime.now(timezone.utc)
+            channel, recipient, sender, text, key, provider_id, time.monotonic(), datetime.now(timezone.utc), subject
         )
         with self.lock:
             self.accepted.append(message)
@@ -242,11 +266,13 @@ class FakeProviders:
                 return 400, {"Content-Type": "application/json"}, json.dumps(body).encode()
             text = next(c["value"] for c in mail["content"] if c["type"] == "text/plain")
             key = personalization.get("custom_args", {}).get("message_key")
-            self._accept("email", to, mail["from"]["email"], mail["subject"] + "\n" + text, key, f"sg-{n}")
+            self._accept("email", to, mail["from"]["email"], mail["subject"] + "\n" + text, key, f"sg-{n}", mail["subject"])
             if fault:
                 return fault, {"Content-Type": "text/html"}, b"<html><body>Bad gateway</body></html>"
             self._hang(to)
             return 202, {"X-Message-Id": f"sg-{n}"}, b""
+        if req.method == "GET" and req.path == "/v3/messages":
+            return self._email_activity(req)
         if twilio_messages and self._is_revoked(req):
             return 401, {"Content-Type": "application/json"}, json.dumps(TWILIO_UNAUTHORIZED).encode()
         if req.method == "POST" and twilio_messages:
@@ -274,6 +300,38 @@ class FakeProviders:
                 return self._twilio_error(req.params["To"], fault)
             return self._twilio_list(req)
         return 404, {}, b'{"message":"not found"}'
+
+    def _email_activity(self, req: RecordedRequest) -> tuple[int, dict[str, str], bytes]:
+        """GET /v3/messages?query=unique_args['message_key']="...": the mails
+        accepted with that custom arg, once `email_activity_lag` old."""
+        if self._is_revoked(req):
+            return 401, {"Content-Type": "application/json"}, json.dumps(SENDGRID_UNAUTHORIZED).encode()
+        with self.lock:
+            refusal = self._email_activity_refusal
+        status = refusal or self._fault_for(EMAIL_ACTIVITY)
+        if status:
+            body = {"errors": [{"message": "access forbidden" if status == 403 else "try later"}]}
+            return status, {"Content-Type": "application/json"}, json.dumps(body).encode()
+        search = EMAIL_ACTIVITY_BY_CUSTOM_ARG.match(req.params.get("query", ""))
+        if not search or search["arg"] != "message_key":
+            body = {"errors": [{"message": f"invalid syntax: {req.params.get('query', '')!r}"}]}
+            return 400, {"Content-Type": "application/json"}, json.dumps(body).encode()
+        visible_before = time.monotonic() - self.email_activity_lag
+        with self.lock:
+            found = [
+                m for m in self.accepted
+                if m.channel == "email" and m.key == search["value"] and m.at <= visible_before
+            ][: int(req.params.get("limit", 10))]
+            self.email_activity_searches["found" if found else "not found"] += 1
+        messages = [
+            {
+                "from_email": m.sender, "msg_id": m.provider_id, "subject": m.subject, "to_email": m.recipient,
+                "status": "processed", "opens_count": 0, "clicks_count": 0,
+                "last_event_time": m.sent_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            }
+            for m in found
+        ]
+        return 200, {"Content-Type": "application/json"}, json.dumps({"messages": messages}).encode()
 
     def _twilio_error(self, to: str, status: int) -> tuple[int, dict[str, str], bytes]:
         """Twilio's legacy error body, or the RFC 9457 one, which like the real

@@ -13,7 +13,7 @@ import requests
 from openapi_core import OpenAPI
 from openapi_core.contrib.requests import RequestsOpenAPIRequest
 
-from activities.providers import RenderedMessage, TwilioSms
+from activities.providers import RenderedMessage, SendGridEmail, TwilioSms
 from starter.embedded import start_time_skipping_server
 from tests.conftest import TEST_PAYLOAD_KEYS, new_order, payment_for
 from tests.fake_providers import FakeProviders, RecordedRequest
@@ -25,6 +25,7 @@ if not SPECS.exists():
     pytest.skip(f"provider specs not found at {SPECS}; set PROVIDER_SPECS_DIR", allow_module_level=True)
 SPEC_FOR = {
     "/v3/mail/send": ("sendgrid_mail_v3.json", "https://api.sendgrid.com"),
+    "/v3/messages": ("sendgrid_email_activity_v3.json", "https://api.sendgrid.com"),
     "/2010-04-01/Accounts/": ("twilio_api_v2010.json", "https://api.twilio.com"),
 }
 
@@ -45,8 +46,8 @@ def validate(req: RecordedRequest) -> None:
 
 @pytest.fixture(scope="module")
 async def sent_requests(make_harness, fakes: FakeProviders, provider_config) -> list[RecordedRequest]:
-    """A journey that exercises email and SMS, and a Twilio message lookup,
-    on top of whatever ran before."""
+    """A journey that exercises email and SMS, a Twilio message lookup and a
+    SendGrid Email Activity search, on top of whatever ran before."""
     order = new_order()
     ts_env = await start_time_skipping_server(TEST_PAYLOAD_KEYS)
     async with make_harness(ts_env) as h:
@@ -62,14 +63,17 @@ async def sent_requests(make_harness, fakes: FakeProviders, provider_config) -> 
     phone = order["customer"]["phone"]
     sms = RenderedMessage(key="k", recipient=phone, subject="", text=fakes.deliveries_to(phone)[0], html="")
     assert TwilioSms(provider_config).look_up(sms)
+    mail = RenderedMessage(key=f"order-{order['order_id']}:order_confirmation:email", recipient="", subject="", text="", html="")
+    assert SendGridEmail(provider_config).look_up(mail)
     return list(fakes.requests)
 
 
 def test_requests_conform_to_official_specs(sent_requests: list[RecordedRequest]):
     mail = [r for r in sent_requests if r.path == "/v3/mail/send"]
     sms = [r for r in sent_requests if r.path.endswith("/Messages.json")]
-    assert mail and {r.method for r in sms} == {"GET", "POST"}
-    for req in mail + sms:
+    searches = [r for r in sent_requests if r.path == "/v3/messages"]
+    assert mail and {r.method for r in sms} == {"GET", "POST"} and searches
+    for req in mail + sms + searches:
         validate(req)
 
 
@@ -83,6 +87,10 @@ def test_validator_catches_a_broken_request(sent_requests: list[RecordedRequest]
     broken_mail = RecordedRequest(mail.method, mail.path, mail.headers, b'{"subject": "no recipients"}')
     with pytest.raises(Exception):
         validate(broken_mail)
+    search = next(r for r in sent_requests if r.path == "/v3/messages")
+    for query in ("limit=1", search.query.replace("limit=1", "limit=0")):  # no query; a limit out of range
+        with pytest.raises(Exception, match="query|limit"):
+            validate(RecordedRequest(search.method, search.path, search.headers, b"", query))
 
 
 async def test_unsubscribe_headers_conform_to_the_mail_send_spec(pool, fakes: FakeProviders, provider_config):

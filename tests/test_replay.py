@@ -35,7 +35,10 @@ EXPECTED = {
     "locker_deadline",
     "feedback_window_expired",
     "failed_message",
+    # Recorded before in-doubt mail was settled: flagged, as a mail Email
+    # Activity cannot check still is.
     "message_in_doubt",
+    "message_settled",
     "superseded",
     "continued_as_new",
     "continued_run",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Awaitable
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
@@ -45,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
         OrderNews,
         PhaseChange,
         QueuedMessage,
+        SendMode,
         Touchpoint,
         WinBack,
     )
@@ -261,7 +263,7 @@ class CustomerJourney:
             except asyncio.CancelledError:
                 return  # handed over: the next run sends it
             s.outbox.pop(0)
-            metrics.message_settled(message, outcome.state)
+            metrics.message_settled(message, outcome)
             s.messages[self._key(message)] = outcome.state
             if s.win_back and message.occasion == f"win_back-{s.win_back.lapse_no}" and outcome.state is DeliveryState.SENT:
                 s.win_back.sent = True
@@ -273,14 +275,20 @@ class CustomerJourney:
             self._show()
 
     async def _send(self, message: QueuedMessage) -> MessageOutcome:
+        """A message left in doubt is settled here, in the lane: nothing
+        overtakes this journey's messages, and they may wait."""
         s = self.state
-        request = MessageRequest(
-            key=self._key(message), kind=message.kind, channel=message.channel, customer_id=s.customer_id, details=message.details
-        )
         quiet = sending.QuietHours(s.timezone, s.settings.sms_quiet_from, s.settings.sms_quiet_until)
-        return await sending.send(
-            request, message, quiet, lambda: self._closing, paused_retry=PAUSED_CHANNEL_RETRY, on_paused=lambda: None
-        )
+        closing = lambda: self._closing  # noqa: E731
+
+        def attempt(mode: SendMode) -> Awaitable[MessageOutcome]:
+            request = MessageRequest(
+                key=self._key(message), kind=message.kind, channel=message.channel, customer_id=s.customer_id,
+                details=message.details, mode=mode,
+            )
+            return sending.send(request, message, quiet, closing, paused_retry=PAUSED_CHANNEL_RETRY, on_paused=lambda: None)
+
+        return await sending.settle_in_doubt(await attempt(SendMode.SEND), lambda: attempt(SendMode.SETTLE), closing)
 
     def _key(self, message: QueuedMessage) -> str:
         return f"{workflow.info().workflow_id}:{message.kind.value}:{message.occasion}:{message.channel.value}"

@@ -16,7 +16,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from workflows.event_rules import Rejection
-    from workflows.models import Channel, DeliveryState, QueuedMessage, Touchpoint
+    from workflows.models import Channel, DeliveryState, MessageOutcome, QueuedMessage, Touchpoint
 
 MESSAGES = "orders_messages"
 MESSAGE_WAIT = "orders_message_wait"
@@ -24,12 +24,16 @@ DEADLINE_BREACHES = "orders_deadline_breaches"
 EVENTS_REJECTED = "orders_events_rejected"
 
 
-def message_settled(message: QueuedMessage, outcome: DeliveryState) -> None:
-    """A lane's message reached its outcome."""
-    count_message(message.kind, message.channel, outcome)
+def message_settled(message: QueuedMessage, outcome: MessageOutcome) -> None:
+    """A message reached its outcome. A mail in doubt that is to be settled
+    later (from SendGrid's Email Activity) is counted then, with the outcome
+    it settles to, so each message is counted once."""
+    if outcome.state is DeliveryState.IN_DOUBT and outcome.not_before is not None:
+        return
+    count_message(message.kind, message.channel, outcome.state)
     workflow.metric_meter().create_histogram_timedelta(
         MESSAGE_WAIT, "Time from the journey queueing a message to its outcome"
-    ).record(workflow.now() - message.queued_at, {"channel": message.channel.value, "outcome": outcome.value})
+    ).record(workflow.now() - message.queued_at, {"channel": message.channel.value, "outcome": outcome.state.value})
 
 
 def count_message(kind: Touchpoint, channel: Channel, outcome: DeliveryState) -> None:

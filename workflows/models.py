@@ -386,6 +386,21 @@ class OrderSetup(WireModel):
     settings: JourneySettings
 
 
+class SendMode(StrEnum):
+    """What a send_message call may do with its message."""
+
+    # The journey's message: sent once, whatever earlier attempts did. A
+    # message an earlier attempt left in doubt comes back IN_DOUBT with the
+    # moment it can be settled (`not_before`).
+    SEND = "send"
+    # At that moment: looked up at the provider, and sent if it has no trace.
+    SETTLE = "settle"
+    # The same, but the journey has overtaken it: looked up, never sent anew.
+    SETTLE_WITHOUT_SENDING = "settle_without_sending"
+    # An operator's `orders resend`: a failed or in-doubt message is sent once more.
+    RESEND = "resend"
+
+
 class MessageRequest(WireModel):
     key: str
     kind: Touchpoint
@@ -397,6 +412,7 @@ class MessageRequest(WireModel):
     order_id: str | None = None
     # Event data the template shows (tracking, dates, pickup code, reason...).
     details: dict[str, Any] = {}
+    mode: SendMode = SendMode.SEND
 
 
 class MessageOutcome(WireModel):
@@ -405,7 +421,9 @@ class MessageOutcome(WireModel):
     state: DeliveryState
     provider_message_id: str | None = None
     error: str | None = None
-    # DEFERRED: the earliest moment the frequency cap allows it.
+    # DEFERRED: the earliest moment the frequency cap allows it. IN_DOUBT: the
+    # moment it can be settled (SETTLE); None when it cannot be, for good:
+    # the order is flagged for an operator.
     not_before: datetime | None = None
 
 
@@ -434,6 +452,8 @@ class QueuedMessage(WireModel):
     queued_at: datetime | None = None
     # What makes it one of a kind for a customer (e.g. "loyal"): in its ledger key.
     occasion: str | None = None
+    # In doubt: when it is settled (looked up at the provider, sent if not there).
+    settle_at: datetime | None = None
 
 
 class JourneyState(BaseModel):
@@ -472,6 +492,8 @@ class JourneyState(BaseModel):
     # Per channel, messages not yet settled, oldest first; the first may be
     # in flight. A run that continues as new carries them over.
     queues: dict[Channel, list[QueuedMessage]] = {Channel.EMAIL: [], Channel.SMS: []}
+    # Messages left in doubt, each to be settled at its `settle_at`, in order.
+    settling: list[QueuedMessage] = []
 
 
 # --- The customer's journey (workflows/customer_journey.py) --------------------

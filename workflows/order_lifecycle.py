@@ -9,7 +9,8 @@ Messages never hold up the journey: `_notify` hands each message to its
 channel's lane, and each lane sends its messages in journey order on its
 own, so an outage of one provider delays neither the other channel nor the
 next step (workflows/channel_policy.py decides channels, fallback and
-superseded messages).
+superseded messages). A mail left in doubt moves to a lane of its own, which
+settles it once SendGrid could show it, so that wait holds up no other mail.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         OrderStatusView,
         QueuedMessage,
         RejectedEvent,
+        SendMode,
         Touchpoint,
         TouchpointRecord,
     )
@@ -99,6 +101,7 @@ class OrderLifecycle:
         s = self.state
         attributes = asyncio.create_task(self._attributes.keep())
         self._lanes = [asyncio.create_task(self._run_lane(channel)) for channel in Channel]
+        self._lanes.append(asyncio.create_task(self._run_settlements()))
         try:
             if s.setup is None:
                 await self._record_order()
@@ -396,19 +399,47 @@ class OrderLifecycle:
             if outcome is None:  # handed over: the next run sends it
                 return
             queue.pop(0)
-            metrics.message_settled(message, outcome.state)
+            metrics.message_settled(message, outcome)
             self._settle(message, outcome)
 
-    async def _deliver(self, message: QueuedMessage) -> MessageOutcome | None:
+    async def _run_settlements(self) -> None:
+        """Settle the mails an earlier attempt left in doubt, one at a time,
+        each at the moment its activity named (when SendGrid's Email Activity
+        would show it), until the run hands over to the next one."""
+        settling = self.state.settling
+        while True:
+            await workflow.wait_condition(lambda: bool(settling) or self._closing_lanes)
+            if self._closing_lanes:
+                return
+            message = settling[0]
+            if message.settle_at > workflow.now():
+                try:
+                    await sending.pause_until(message.settle_at, lambda: self._closing_lanes)
+                except asyncio.CancelledError:
+                    return  # handed over: the next run settles it
+            outcome = await self._deliver(message, settle=True)
+            if outcome is None:
+                return
+            settling.pop(0)
+            metrics.message_settled(message, outcome)
+            self._settle(message, outcome)
+
+    async def _deliver(self, message: QueuedMessage, *, settle: bool = False) -> MessageOutcome | None:
         """Send `message`, unless the journey overtakes it first. A send that
         is overtaken while it waits for a retry is withdrawn; an attempt
-        already running is let finish and its outcome kept."""
+        already running is let finish and its outcome kept. Settling a message
+        in doubt is withdrawn only by the hand-over; once overtaken, it is
+        settled without sending."""
         superseded = MessageOutcome(key=self._key(message), channel=message.channel, state=DeliveryState.SUPERSEDED)
         overtaken = lambda: channel_policy.is_superseded(message.kind, self._progress())  # noqa: E731
-        withdrawn = lambda: overtaken() or self._closing_lanes  # noqa: E731
-        if overtaken():
-            return superseded
-        sending = asyncio.create_task(self._send(message, withdrawn))
+        if settle:
+            mode = SendMode.SETTLE_WITHOUT_SENDING if overtaken() else SendMode.SETTLE
+            withdrawn = lambda: self._closing_lanes  # noqa: E731
+        else:
+            if overtaken():
+                return superseded
+            mode, withdrawn = SendMode.SEND, lambda: overtaken() or self._closing_lanes
+        sending = asyncio.create_task(self._send(message, withdrawn, mode))
         await workflow.wait_condition(lambda: sending.done() or withdrawn())
         if not sending.done():
             sending.cancel()
@@ -417,7 +448,7 @@ class OrderLifecycle:
         except asyncio.CancelledError:
             return None if self._closing_lanes else superseded
 
-    async def _send(self, message: QueuedMessage, withdrawn: Callable[[], bool]) -> MessageOutcome:
+    async def _send(self, message: QueuedMessage, withdrawn: Callable[[], bool], mode: SendMode) -> MessageOutcome:
         """The activity's outcome; raises CancelledError once `withdrawn`."""
         s = self.state
         request = MessageRequest(
@@ -427,6 +458,7 @@ class OrderLifecycle:
             customer_id=s.order.customer.customer_id,
             order_id=s.order.order_id,
             details=message.details,
+            mode=mode,
         )
         settings, tz = s.setup.settings, s.order.customer.timezone
         # The delivery-day notice goes on its day, whatever the hour.
@@ -481,14 +513,17 @@ class OrderLifecycle:
                 at = channel_policy.place_in_journey_order([rank(m.kind) for m in queue], rank(kind))
                 queue.insert(at, message.model_copy(update={"channel": fallback}))
         elif outcome.state is DeliveryState.IN_DOUBT:
-            self._flag(f"message_in_doubt:{kind.value}:{channel.value}")
+            if outcome.not_before is not None:  # settled then, off the lane
+                s.settling.append(message.model_copy(update={"settle_at": outcome.not_before}))
+            else:  # nothing can tell: an operator's
+                self._flag(f"message_in_doubt:{kind.value}:{channel.value}")
         self._show_details()
 
     def _key(self, message: QueuedMessage) -> str:
         return f"{workflow.info().workflow_id}:{message.kind.value}:{message.channel.value}"
 
     def _lanes_idle(self) -> bool:
-        return not any(self.state.queues.values())
+        return not any(self.state.queues.values()) and not self.state.settling
 
     def _progress(self) -> channel_policy.Progress:
         s = self.state
@@ -513,6 +548,11 @@ class OrderLifecycle:
         workflow.logger.warning("order needs attention: %s", reason)
         self._show_details()
 
+    def _unflag(self, reason: str) -> None:
+        if reason in self.state.attention:
+            self.state.attention.remove(reason)
+            self._show_details()
+
     def _wanted_search_attributes(self) -> dict[Any, Any]:
         s = self.state
         return {
@@ -531,6 +571,8 @@ class OrderLifecycle:
             lines.append(f"- {t.at:%Y-%m-%d %H:%M} UTC {t.kind.value} by {t.channel.value}: {t.state.value}{ref}")
         for m in (m for q in s.queues.values() for m in q):
             lines.append(f"- queued: {m.kind.value} by {m.channel.value}")
+        for m in s.settling:
+            lines.append(f"- in doubt, settled at {m.settle_at:%Y-%m-%d %H:%M:%S} UTC: {m.kind.value} by {m.channel.value}")
         if s.rejected:
             lines.append(f"- {s.rejected_total} rejected event(s), latest: {s.rejected[-1].reason}")
         workflow.set_current_details("\n".join(lines))
@@ -599,6 +641,28 @@ class OrderLifecycle:
     @workflow.signal
     def feedback_submitted(self, payload: Any) -> None:
         self._on_signal("feedback_submitted", payload)
+
+    @workflow.signal
+    def message_resent(self, outcome: MessageOutcome) -> None:
+        """What an operator's `orders resend` of one of this order's messages
+        came to (workflows/resend.py): recorded, and its flag lifted once sent."""
+        s, channel = self.state, outcome.channel
+        kinds = {f"{workflow.info().workflow_id}:{kind.value}:{channel.value}": kind for kind in Touchpoint}
+        kind = kinds.get(outcome.key)
+        if s is None or kind is None:
+            workflow.logger.warning("ignored a message_resent signal about no message of this order")
+            return
+        metrics.count_message(kind, channel, outcome.state)
+        s.touchpoints.append(
+            TouchpointRecord(
+                kind=kind, channel=channel, state=outcome.state, at=workflow.now(),
+                provider_message_id=outcome.provider_message_id, error=outcome.error,
+            )
+        )
+        if outcome.state is DeliveryState.SENT:
+            self._unflag(f"message_failed:{kind.value}:{channel.value}")
+            self._unflag(f"message_in_doubt:{kind.value}:{channel.value}")
+        self._show_details()
 
     @workflow.update
     def apply_event(self, envelope: EventEnvelope) -> OrderStatusView:

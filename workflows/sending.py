@@ -1,11 +1,12 @@
 """One message sent from a workflow, whichever workflow sends it: the
 activity with its retry policy, the customer's quiet hours for SMS, the wait
-the marketing frequency cap asks for, staleness, and the pause while a
-provider rejects our credentials."""
+the marketing frequency cap asks for, staleness, the pause while a provider
+rejects our credentials, and the wait before a message in doubt is settled."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
@@ -93,3 +94,16 @@ async def send(
         # Our credentials are wrong: wait for the fix instead of retrying all day.
         on_paused()
         await pause_until(workflow.now() + paused_retry, withdrawn)
+
+
+async def settle_in_doubt(
+    outcome: MessageOutcome, settle: Callable[[], Awaitable[MessageOutcome]], withdrawn: Callable[[], bool]
+) -> MessageOutcome:
+    """A message in doubt with its settle moment: one durable timer until
+    then, and `settle` (the same key, mode SETTLE); again should that leave it
+    in doubt anew. Raises CancelledError if `withdrawn` while it waits."""
+    while outcome.state is DeliveryState.IN_DOUBT and outcome.not_before is not None:
+        if outcome.not_before > workflow.now():
+            await pause_until(outcome.not_before, withdrawn)
+        outcome = await settle()
+    return outcome
