@@ -87,6 +87,8 @@ class AcceptedMessage:
     at: float
     # Wall clock, shown as the Message's date_sent.
     sent_at: datetime
+    # SMS: where Twilio would post this message's status callbacks.
+    status_callback: str | None = None
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -205,9 +207,18 @@ class FakeProviders:
         with self.lock:
             return any(secret in auth for secret in self._revoked)
 
-    def _accept(self, channel: str, recipient: str, sender: str | None, text: str, key: str | None, provider_id: str) -> None:
+    def _accept(
+        self,
+        channel: str,
+        recipient: str,
+        sender: str | None,
+        text: str,
+        key: str | None,
+        provider_id: str,
+        status_callback: str | None = None,
+    ) -> None:
         message = AcceptedMessage(
-            channel, recipient, sender, text, key, provider_id, time.monotonic(), datetime.now(timezone.utc)
+            channel, recipient, sender, text, key, provider_id, time.monotonic(), datetime.now(timezone.utc), status_callback
         )
         with self.lock:
             self.accepted.append(message)
@@ -260,7 +271,7 @@ class FakeProviders:
             if opted_out:
                 return 400, {"Content-Type": "application/json"}, json.dumps(TWILIO_OPTED_OUT).encode()
             sid = f"SM{n:032x}"
-            self._accept("sms", to, form.get("From"), form["Body"], None, sid)
+            self._accept("sms", to, form.get("From"), form["Body"], None, sid, form.get("StatusCallback"))
             if fault:
                 return self._twilio_error(to, fault)
             self._hang(to)
