@@ -565,6 +565,8 @@ async def test_a_bounced_confirmation_goes_by_sms_once_and_the_address_gets_noth
         # Signals are taken in order: once the payment is in, both reports were.
         await handle.signal("payment_received", payment_for(order))
         view = await h.wait_touchpoint(handle, "payment_confirmation", "sms")
+        await handle.terminate("test done")
+        await h.keep_history(handle, "message_undelivered")
 
     assert touchpoints(view, "order_confirmation") == [("email", "sent"), ("email", "undelivered"), ("sms", "sent")]
     assert touchpoints(view, "payment_confirmation") == [("email", "not_permitted"), ("sms", "sent")]

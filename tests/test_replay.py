@@ -36,6 +36,7 @@ EXPECTED = {
     "feedback_window_expired",
     "failed_message",
     "message_in_doubt",
+    "message_undelivered",
     "superseded",
     "continued_as_new",
     "continued_run",
