@@ -26,7 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from twilio.request_validator import RequestValidator
 
 from activities.messaging import MessagingActivities
-from tests.conftest import new_order, payment_for
+from tests.conftest import TEST_KEY_ENV, new_order, payment_for
 from tests.fake_providers import FakeProviders
 from tests.test_consent_sending import customer, journey_message, order_message, send
 from tests.test_exactly_once import wait_until
@@ -116,7 +116,7 @@ def config(database_url: str, provider_config) -> WebConfig:
         public_url=provider_config.web_public_url,
         twilio_auth_token=provider_config.twilio_auth_token,
         sendgrid_webhook_public_key=PUBLIC_KEY,
-        temporal_env={"TEMPORAL_ADDRESS": f"127.0.0.1:{unused_port()}"},
+        temporal_env={"TEMPORAL_ADDRESS": f"127.0.0.1:{unused_port()}", **TEST_KEY_ENV},
     )
 
 
@@ -270,7 +270,7 @@ async def test_without_a_public_key_the_sendgrid_webhook_is_503_not_open(config,
 
 
 def test_sendgrid_webhook_configuration_from_the_environment():
-    base = {"UNSUBSCRIBE_SECRET": "s"}
+    base = {"UNSUBSCRIBE_SECRET": "s", **TEST_KEY_ENV}
     config = WebConfig.from_env({**base, "SENDGRID_WEBHOOK_PUBLIC_KEY": PUBLIC_KEY, "SENDGRID_WEBHOOK_TOLERANCE": "2m"})
     assert config.sendgrid_webhook_public_key == PUBLIC_KEY
     assert config.sendgrid_webhook_tolerance == timedelta(minutes=2)
