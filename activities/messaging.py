@@ -25,6 +25,10 @@ Twilio's Message list can be searched for it. Its state:
   send of the same key reads consent again, and if the message may go now,
   registers it anew (rendered then, and counted by the cap from then).
 
+What the provider reports later (activities/provider_events.py) settles a
+row still 'sending' or 'in_doubt' as 'sent', and goes in `delivery`
+(delivered, bounced, dropped, undelivered, failed, spam_report).
+
 Each row also names its customer and its message class ('transactional' or
 'marketing'); a message of the customer's journey (welcome, loyalty reward,
 win-back) belongs to no order, and is written to the customer's contact

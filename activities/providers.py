@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import urllib.error
+from urllib.parse import urlencode
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -50,6 +51,9 @@ class RenderedMessage:
 
 # Twilio: the recipient replied STOP (or opted out otherwise).
 TWILIO_OPTED_OUT = 21610
+# Where the HTTP service (web/) takes Twilio's status callbacks; each SMS
+# names its ledger key there, in the URL Twilio signs.
+SMS_STATUS_CALLBACK_PATH = "/webhooks/twilio/status"
 
 
 class Verdict(StrEnum):
@@ -323,9 +327,15 @@ class TwilioSms:
         )
         self._client.api.base_url = config.twilio_api_base_url
         self._from = config.twilio_from_number
+        self._status_callback = config.web_public_url.rstrip("/") + SMS_STATUS_CALLBACK_PATH
 
     def send(self, message: RenderedMessage) -> str:
-        return self._client.api.v2010.account.messages.create(to=message.recipient, from_=self._from, body=message.text).sid
+        # The key in the callback URL, not the SID: a callback can come before
+        # the send has recorded the SID (or before a look-up has found it).
+        callback = f"{self._status_callback}?{urlencode({'key': message.key})}"
+        return self._client.api.v2010.account.messages.create(
+            to=message.recipient, from_=self._from, body=message.text, status_callback=callback
+        ).sid
 
     def look_up(self, message: RenderedMessage) -> str | None:
         """Matched on To, From and the body, which names the order and the

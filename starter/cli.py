@@ -40,6 +40,7 @@ from workflows.models import (
     TASK_QUEUE,
     WORKFLOW_TYPE,
     EventEnvelope,
+    MessageUndelivered,
     OrderInput,
     OrderStatusView,
     workflow_id_for,
@@ -171,7 +172,14 @@ async def show_outbox(order_id: str | None, limit: int) -> list[dict[str, Any]]:
 
 
 def schemas() -> dict[str, Any]:
-    models = {"order": OrderInput, "status": OrderStatusView, "apply_event": EventEnvelope, **EVENT_MODELS}
+    models = {
+        "order": OrderInput,
+        "status": OrderStatusView,
+        "apply_event": EventEnvelope,
+        **EVENT_MODELS,
+        # From the HTTP service, not from backends.
+        "message_undelivered": MessageUndelivered,
+    }
     return {name: model.model_json_schema() for name, model in models.items()}
 
 

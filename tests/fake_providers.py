@@ -97,6 +97,8 @@ class AcceptedMessage:
     # Wall clock, shown as the Message's date_sent.
     sent_at: datetime
     subject: str | None = None
+    # SMS: where Twilio would post this message's status callbacks.
+    status_callback: str | None = None
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -227,11 +229,19 @@ class FakeProviders:
             return any(secret in auth for secret in self._revoked)
 
     def _accept(
-        self, channel: str, recipient: str, sender: str | None, text: str, key: str | None, provider_id: str,
+        self,
+        channel: str,
+        recipient: str,
+        sender: str | None,
+        text: str,
+        key: str | None,
+        provider_id: str,
+        *,
         subject: str | None = None,
+        status_callback: str | None = None,
     ) -> None:
         message = AcceptedMessage(
-            channel, recipient, sender, text, key, provider_id, time.monotonic(), datetime.now(timezone.utc), subject
+            channel, recipient, sender, text, key, provider_id, time.monotonic(), datetime.now(timezone.utc), subject, status_callback
         )
         with self.lock:
             self.accepted.append(message)
@@ -266,7 +276,7 @@ class FakeProviders:
                 return 400, {"Content-Type": "application/json"}, json.dumps(body).encode()
             text = next(c["value"] for c in mail["content"] if c["type"] == "text/plain")
             key = personalization.get("custom_args", {}).get("message_key")
-            self._accept("email", to, mail["from"]["email"], mail["subject"] + "\n" + text, key, f"sg-{n}", mail["subject"])
+            self._accept("email", to, mail["from"]["email"], mail["subject"] + "\n" + text, key, f"sg-{n}", subject=mail["subject"])
             if fault:
                 return fault, {"Content-Type": "text/html"}, b"<html><body>Bad gateway</body></html>"
             self._hang(to)
@@ -286,7 +296,7 @@ class FakeProviders:
             if opted_out:
                 return 400, {"Content-Type": "application/json"}, json.dumps(TWILIO_OPTED_OUT).encode()
             sid = f"SM{n:032x}"
-            self._accept("sms", to, form.get("From"), form["Body"], None, sid)
+            self._accept("sms", to, form.get("From"), form["Body"], None, sid, status_callback=form.get("StatusCallback"))
             if fault:
                 return self._twilio_error(to, fault)
             self._hang(to)

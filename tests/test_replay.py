@@ -39,6 +39,7 @@ EXPECTED = {
     # Activity cannot check still is.
     "message_in_doubt",
     "message_settled",
+    "message_undelivered",
     "superseded",
     "continued_as_new",
     "continued_run",

@@ -86,7 +86,7 @@ def temporal() -> FakeTemporal:
 @pytest.fixture
 async def client(config: WebConfig, pool: asyncpg.Pool, temporal: FakeTemporal) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(config, pool=pool, temporal_client=temporal)  # type: ignore[arg-type]
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=PUBLIC_URL) as http:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=config.public_url) as http:
         yield http
 
 

@@ -1,6 +1,7 @@
 """The endpoints: unsubscribe links (RFC 8058 one-click included) and Twilio's
 inbound-SMS webhook. Each writes PostgreSQL, the truth read at send time,
-commits, and only then tells the customer's workflow by signal.
+commits, and only then tells the customer's workflow by signal. The
+providers' reports on messages they took are in web/webhooks.py.
 
 Nothing here logs a phone number, address, message body, token or secret.
 """
@@ -14,14 +15,12 @@ from importlib.metadata import version
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import BackgroundTasks, Depends, FastAPI, Form, Header, HTTPException, Query, Request
+from fastapi import BackgroundTasks, Depends, FastAPI, Form, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
-from starlette.datastructures import MultiDict
 from temporalio.client import Client
 from temporalio.common import MetricMeter
 from temporalio.runtime import Runtime
-from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
 from activities.consent import customers_reached_at, lift_suppression, set_consent, suppress
@@ -29,8 +28,9 @@ from activities.database import create_pool
 from activities.unsubscribe_tokens import InvalidToken, verify
 from web.config import ConfigError, WebConfig
 from web.metrics import CountRejections
-from web.signals import ConsentSignals
-from workflows.models import Channel, MessageClass
+from web.signals import Signals
+from web.webhooks import add_event_webhooks, twilio_signature
+from workflows.models import Channel, MessageClass, customer_workflow_id
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def create_app(
     calls are counted on its metrics endpoint."""
     if pool is None and not config.database_url:
         raise ConfigError("DATABASE_URL is required, e.g. postgresql://user:pass@localhost:5432/orders")
-    signals = ConsentSignals(config.temporal_env, temporal_client, runtime)
+    signals = Signals(config.temporal_env, temporal_client, runtime)
 
     @asynccontextmanager
     async def own_pool(app: FastAPI) -> AsyncIterator[None]:
@@ -89,7 +89,7 @@ def create_app(
     app = FastAPI(
         title="order-lifecycle HTTP service",
         version=version("order-lifecycle"),
-        description="Unsubscribe links and provider webhooks. Writes PostgreSQL, then signals the customer's workflow.",
+        description="Unsubscribe links and provider webhooks. Writes PostgreSQL, then signals the workflow concerned.",
         max_body_size=config.max_body_bytes,
         lifespan=own_pool if pool is None else None,
     )
@@ -139,24 +139,16 @@ def create_app(
             )
         if changed:  # a repeat has nothing new to tell
             change = _change(MessageClass.MARKETING, claim.channel, False, "unsubscribe_link")
-            background.add_task(signals.send, claim.customer_id, change)
+            background.add_task(_tell_customer, claim.customer_id, change)
         return _page(DONE.format(what=WHAT[claim.channel]))
 
-    async def signed_by_twilio(
-        request: Request, signature: Annotated[str | None, Header(alias="X-Twilio-Signature")] = None
-    ) -> None:
-        if not config.twilio_auth_token:
-            raise HTTPException(503, "SMS webhook not configured: TWILIO_AUTH_TOKEN is not set")
-        # What Twilio signed: the public URL it called, not the Host a proxy passed on.
-        url = config.public_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        form = await request.form()
-        params = MultiDict([(k, v) for k, v in form.multi_items() if isinstance(v, str)])
-        if not signature or not RequestValidator(config.twilio_auth_token).validate(url, params, signature):
-            raise HTTPException(403, "missing or invalid X-Twilio-Signature")
+    async def _tell_customer(customer_id: str, change: dict[str, Any]) -> None:
+        """Best effort: consent is read at send time, so a signal lost loses nothing."""
+        await signals.send(customer_workflow_id(customer_id), "consent_changed", change)
 
     @app.post(
         "/webhooks/twilio/inbound",
-        dependencies=[Depends(signed_by_twilio)],
+        dependencies=[Depends(twilio_signature(config))],
         response_class=Response,
         responses={
             200: {"content": {"text/xml": {}}, "description": "TwiML"},
@@ -187,9 +179,11 @@ def create_app(
             log.info("SMS %s keyword changed %d customer(s)", "opt-out" if opting_out else "opt-in", len(changed))
             klass = MessageClass.MARKETING if opting_out else MessageClass.TRANSACTIONAL
             for customer_id in changed:
-                background.add_task(signals.send, customer_id, _change(klass, Channel.SMS, not opting_out, "sms_keyword"))
+                background.add_task(_tell_customer, customer_id, _change(klass, Channel.SMS, not opting_out, "sms_keyword"))
         # Twilio's Advanced Opt-Out answers STOP and START itself.
         return _twiml(MessagingResponse())
+
+    add_event_webhooks(app, config, signals)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Mapping
 
+from activities.config import parse_duration
 from codec import KEY_VARIABLES, CodecConfigError, payload_keys_from_env
 from worker import metrics_address
 
@@ -33,6 +35,14 @@ class WebConfig:
     twilio_auth_token: str | None = field(default=None, repr=False)
     sms_help_text: str = DEFAULT_HELP_TEXT
     max_body_bytes: int = 64 * 1024
+    # SendGrid's Event Webhook verification key (base64 DER, as its settings
+    # show it). Without it the endpoint answers 503 rather than accept
+    # unsigned posts.
+    sendgrid_webhook_public_key: str | None = None
+    # A signed post older (or newer) than this is a replay: refused.
+    sendgrid_webhook_tolerance: timedelta = timedelta(minutes=5)
+    # SendGrid posts events in batches of up to 768 KB.
+    sendgrid_webhook_max_body_bytes: int = 1024 * 1024
     # TEMPORAL_* and the payload keys for worker.connect_temporal, used on the first signal.
     temporal_env: Mapping[str, str] = field(default_factory=dict, repr=False)
     # Where `orders web` serves Prometheus metrics (METRICS_HOST:WEB_METRICS_PORT),
@@ -61,6 +71,11 @@ class WebConfig:
             twilio_auth_token=env.get("TWILIO_AUTH_TOKEN") or None,
             sms_help_text=env.get("SMS_HELP_TEXT") or DEFAULT_HELP_TEXT,
             max_body_bytes=_int(env, "WEB_MAX_BODY_BYTES", cls.max_body_bytes),
+            sendgrid_webhook_public_key=env.get("SENDGRID_WEBHOOK_PUBLIC_KEY") or None,
+            sendgrid_webhook_tolerance=_duration(env, "SENDGRID_WEBHOOK_TOLERANCE", cls.sendgrid_webhook_tolerance),
+            sendgrid_webhook_max_body_bytes=_int(
+                env, "SENDGRID_WEBHOOK_MAX_BODY_BYTES", cls.sendgrid_webhook_max_body_bytes
+            ),
             temporal_env={k: v for k, v in env.items() if k.startswith("TEMPORAL_") or k in KEY_VARIABLES},
             metrics_address=metrics_address(env, "WEB_METRICS_PORT", DEFAULT_METRICS_PORT),
         )
@@ -71,6 +86,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(env.get(name) or default)
     except ValueError:
         raise ConfigError(f"{name} must be a whole number") from None
+
+
+def _duration(env: Mapping[str, str], name: str, default: timedelta) -> timedelta:
+    try:
+        return parse_duration(env[name]) if env.get(name) else default
+    except ValueError as err:
+        raise ConfigError(f"{name}: {err}") from None
 
 
 def local_secret(path: Path, new: Callable[[], str] = lambda: secrets.token_urlsafe(32)) -> str:

@@ -1,6 +1,7 @@
-"""Consent changes told to the customer's workflow, best effort: PostgreSQL
-is the truth and consent is read again at send time, so a signal that cannot
-be delivered loses nothing."""
+"""Signals from the HTTP service to workflows, sent after PostgreSQL has
+the change. A workflow that is not running has nothing to act on it with,
+which is no failure: consent is read at send time, and an order that has
+finished sends nothing more. Temporal out of reach is told to the caller."""
 
 from __future__ import annotations
 
@@ -14,18 +15,16 @@ from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from worker import connect_temporal
-from workflows.models import customer_workflow_id
 
 log = logging.getLogger(__name__)
 
-SIGNAL = "consent_changed"
 # Short: a request must not wait out the SDK's long default retries while
 # Temporal is down.
 CONNECT_TIMEOUT = 5.0
 RPC_TIMEOUT = timedelta(seconds=5)
 
 
-class ConsentSignals:
+class Signals:
     def __init__(self, temporal_env: Mapping[str, str], client: Client | None = None, runtime: Runtime | None = None) -> None:
         self._env = temporal_env
         self._client = client
@@ -33,21 +32,25 @@ class ConsentSignals:
         self._connecting = asyncio.Lock()
 
     async def _connected(self) -> Client:
-        # Lazily, so the service starts and records consent while Temporal is down.
+        # Lazily, so the service starts and records what it is told while Temporal is down.
         async with self._connecting:
             if self._client is None:
                 self._client = await asyncio.wait_for(connect_temporal(self._env, self._runtime), CONNECT_TIMEOUT)
         return self._client
 
-    async def send(self, customer_id: str, payload: dict[str, Any]) -> None:
-        workflow_id = customer_workflow_id(customer_id)
+    async def send(self, workflow_id: str, signal: str, payload: dict[str, Any]) -> bool:
+        """True once the workflow has the signal or is not running; False
+        when Temporal could not take it, so the caller may try again."""
         try:
             client = await self._connected()
-            await client.get_workflow_handle(workflow_id).signal(SIGNAL, payload, rpc_timeout=RPC_TIMEOUT)
+            await client.get_workflow_handle(workflow_id).signal(signal, payload, rpc_timeout=RPC_TIMEOUT)
         except RPCError as err:
             if err.status is RPCStatusCode.NOT_FOUND:
-                log.info("%s not signalled: no running workflow (consent is read at send time)", workflow_id)
-            else:
-                log.warning("%s not signalled: Temporal answered %s", workflow_id, err.status.name)
+                log.info("%s not signalled: no running workflow", workflow_id)
+                return True
+            log.warning("%s not signalled: Temporal answered %s", workflow_id, err.status.name)
+            return False
         except Exception as err:  # noqa: BLE001 - unreachable, refused, timed out: the change is already stored
             log.warning("%s not signalled: Temporal unreachable (%s)", workflow_id, type(err).__name__)
+            return False
+        return True

@@ -344,6 +344,10 @@ class DeliveryState(StrEnum):
     # Overtaken by the journey before it could go (e.g. "on its way" once the
     # parcel is delivered): not sent late. Decided by the workflow; no ledger row.
     SUPERSEDED = "superseded"
+    # The provider took it, then reported that it did not reach the customer
+    # (a bounce, a dropped mail, an undelivered SMS): recorded next to the
+    # touchpoint's `sent`, and the message goes to the other channel.
+    UNDELIVERED = "undelivered"
 
 
 class TouchpointRecord(WireModel):
@@ -427,6 +431,19 @@ class MessageOutcome(WireModel):
     not_before: datetime | None = None
 
 
+class MessageUndelivered(WireModel):
+    """Signal `message_undelivered` to `order-{order_id}`, from the HTTP
+    service: the provider took the order's message, then reported that it
+    did not reach the customer."""
+
+    kind: Touchpoint
+    channel: Channel
+    # bounced or dropped (email); undelivered or failed (SMS).
+    event: Literal["bounced", "dropped", "undelivered", "failed"]
+    # The provider's reason, scrubbed of contact data.
+    reason: Annotated[str, Field(max_length=300)] | None = None
+
+
 class CancelRecord(WireModel):
     order_id: str
     reason: str
@@ -494,6 +511,11 @@ class JourneyState(BaseModel):
     queues: dict[Channel, list[QueuedMessage]] = {Channel.EMAIL: [], Channel.SMS: []}
     # Messages left in doubt, each to be settled at its `settle_at`, in order.
     settling: list[QueuedMessage] = []
+    # Messages a provider took, kept so one it reports undelivered later can
+    # go on the other channel with the same details.
+    taken: list[QueuedMessage] = []
+    # Reports of undelivered messages that came before the send's outcome.
+    undelivered: list[MessageUndelivered] = []
 
 
 # --- The customer's journey (workflows/customer_journey.py) --------------------

@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         JourneyState,
         MessageOutcome,
         MessageRequest,
+        MessageUndelivered,
         OrderInput,
         OrderStatus,
         OrderStatusView,
@@ -493,31 +494,66 @@ class OrderLifecycle:
         if outcome.state in (DeliveryState.FAILED, DeliveryState.NOT_PERMITTED):
             if outcome.state is DeliveryState.FAILED:
                 self._flag(f"message_failed:{kind.value}:{channel.value}")
-            used = {t.channel for t in s.touchpoints if t.kind is kind} | {
-                m.channel for q in s.queues.values() for m in q if m.kind is kind
-            }
-            rank = s.notified.index
-            later_sent_on = {
-                t.channel
-                for t in s.touchpoints
-                if rank(t.kind) > rank(kind) and t.state in (DeliveryState.SENT, DeliveryState.IN_DOUBT)
-            }
-            fallback = channel_policy.fallback_for(channel, used, self._reachable())
-            if fallback and channel_policy.fallback_overtaken(fallback, later_sent_on):
-                metrics.count_message(kind, fallback, DeliveryState.SUPERSEDED)
-                s.touchpoints.append(
-                    TouchpointRecord(kind=kind, channel=fallback, state=DeliveryState.SUPERSEDED, at=workflow.now())
-                )
-            elif fallback:
-                queue = s.queues[fallback]
-                at = channel_policy.place_in_journey_order([rank(m.kind) for m in queue], rank(kind))
-                queue.insert(at, message.model_copy(update={"channel": fallback}))
-        elif outcome.state is DeliveryState.IN_DOUBT:
-            if outcome.not_before is not None:  # settled then, off the lane
-                s.settling.append(message.model_copy(update={"settle_at": outcome.not_before}))
-            else:  # nothing can tell: an operator's
+            self._hand_over(message)
+        elif outcome.state is DeliveryState.IN_DOUBT and outcome.not_before is not None:
+            # Settled then, off the lane; a report of it waits for that.
+            s.settling.append(message.model_copy(update={"settle_at": outcome.not_before}))
+        elif outcome.state in (DeliveryState.SENT, DeliveryState.IN_DOUBT):
+            if outcome.state is DeliveryState.IN_DOUBT:  # nothing can tell: an operator's
                 self._flag(f"message_in_doubt:{kind.value}:{channel.value}")
+            s.taken.append(message)
+        if s.undelivered:
+            self._act_on_undelivered()
         self._show_details()
+
+    def _hand_over(self, message: QueuedMessage) -> None:
+        """The other channel carries a message its own channel did not, once:
+        not if that channel carries it already, nor after a later message
+        went there (it would arrive out of journey order)."""
+        s = self.state
+        kind, channel = message.kind, message.channel
+        used = {t.channel for t in s.touchpoints if t.kind is kind} | {
+            m.channel for q in s.queues.values() for m in q if m.kind is kind
+        }
+        rank = s.notified.index
+        later_sent_on = {
+            t.channel
+            for t in s.touchpoints
+            if rank(t.kind) > rank(kind) and t.state in (DeliveryState.SENT, DeliveryState.IN_DOUBT)
+        }
+        fallback = channel_policy.fallback_for(channel, used, self._reachable())
+        if fallback and channel_policy.fallback_overtaken(fallback, later_sent_on):
+            metrics.count_message(kind, fallback, DeliveryState.SUPERSEDED)
+            s.touchpoints.append(
+                TouchpointRecord(kind=kind, channel=fallback, state=DeliveryState.SUPERSEDED, at=workflow.now())
+            )
+        elif fallback:
+            queue = s.queues[fallback]
+            at = channel_policy.place_in_journey_order([rank(m.kind) for m in queue], rank(kind))
+            queue.insert(at, message.model_copy(update={"channel": fallback}))
+
+    def _act_on_undelivered(self) -> None:
+        """Each message reported undelivered is recorded so, flagged, and
+        handed to the other channel while still worth sending. A report that
+        came before the send's outcome waits for it; a repeat changes nothing."""
+        s = self.state
+        for report in list(s.undelivered):
+            settled = [t.state for t in s.touchpoints if t.kind is report.kind and t.channel is report.channel]
+            if not settled:
+                continue  # its send has not settled yet: _settle comes back here
+            s.undelivered.remove(report)
+            taken = next((m for m in s.taken if m.kind is report.kind and m.channel is report.channel), None)
+            if taken is None or DeliveryState.UNDELIVERED in settled:
+                continue  # it never went, or was reported already
+            now = workflow.now()
+            error = f"{report.event}: {report.reason}" if report.reason else report.event
+            metrics.count_message(report.kind, report.channel, DeliveryState.UNDELIVERED)
+            s.touchpoints.append(
+                TouchpointRecord(kind=report.kind, channel=report.channel, state=DeliveryState.UNDELIVERED, at=now, error=error)
+            )
+            self._flag(f"message_undelivered:{report.kind.value}:{report.channel.value}")
+            if not channel_policy.is_stale_at(now, taken.kind, taken.queued_at, taken.details):
+                self._hand_over(taken)
 
     def _key(self, message: QueuedMessage) -> str:
         return f"{workflow.info().workflow_id}:{message.kind.value}:{message.channel.value}"
@@ -662,6 +698,20 @@ class OrderLifecycle:
         if outcome.state is DeliveryState.SENT:
             self._unflag(f"message_failed:{kind.value}:{channel.value}")
             self._unflag(f"message_in_doubt:{kind.value}:{channel.value}")
+
+    @workflow.signal
+    def message_undelivered(self, raw: Any) -> None:
+        """From the HTTP service: a provider reported a message it took as not
+        delivered (bounced, dropped, undelivered, failed)."""
+        try:
+            report = MessageUndelivered.model_validate(raw)
+        except ValidationError as err:
+            workflow.logger.warning("rejected a message_undelivered report: %d error(s)", err.error_count())
+            return
+        if self.state is None or report in self.state.undelivered:
+            return
+        self.state.undelivered.append(report)
+        self._act_on_undelivered()
         self._show_details()
 
     @workflow.update

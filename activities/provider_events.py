@@ -1,0 +1,239 @@
+"""What providers report about a message after they took it (SendGrid's
+Event Webhook, Twilio's status callbacks), read and written to PostgreSQL.
+The HTTP service calls this in its own transaction, then signals the order.
+
+Each event is kept once in `provider_events` (its id is unique, so a repeat
+changes nothing) and, when it is about one of our messages (the ledger key
+SendGrid carries as the custom arg `message_key`, and Twilio in the
+StatusCallback URL), it:
+
+- settles a ledger row still 'sending' or 'in_doubt' as 'sent', with the
+  provider's message id: any event proves the provider had the message, so
+  no attempt sends it again (the in-doubt settlement reads this);
+- records what it says about delivery in the row's `delivery`: delivered,
+  bounced, dropped, undelivered, failed, spam_report (a later 'delivered'
+  never hides an earlier failure or complaint);
+- suppresses the recipient when nothing more should go there: a hard bounce,
+  a spam report, a mail SendGrid drops because the address is on one of its
+  suppression lists, an SMS to a number that opted out or does not exist;
+- for an order's message that did not arrive, names the signal its workflow
+  must hear (`message_undelivered`), kept until it is delivered.
+
+Messages of the customer's journey get the first three only: the journey's
+next send reads the suppression and hands itself to SMS where consent allows.
+Nothing here keeps an address, a number or a message body; reasons are
+scrubbed of them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import asyncpg
+
+from activities.consent import suppress
+from activities.providers import TWILIO_OPTED_OUT, scrub
+from workflows.models import Channel, MessageUndelivered, workflow_id_for
+
+
+class Delivery(StrEnum):
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    DROPPED = "dropped"
+    UNDELIVERED = "undelivered"
+    FAILED = "failed"
+    SPAM_REPORT = "spam_report"
+
+
+# The message did not reach the recipient: the other channel may carry it.
+NOT_DELIVERED = frozenset({Delivery.BOUNCED, Delivery.DROPPED, Delivery.UNDELIVERED, Delivery.FAILED})
+
+# SendGrid drops mail to addresses on its own suppression lists, and to
+# invalid ones: every later mail there would be dropped too.
+SENDGRID_DROPPED_FOR_GOOD = frozenset({"Bounced Address", "Spam Reporting Address", "Unsubscribed Address", "Invalid"})
+# Twilio error codes that no later SMS to the number gets past: opted out
+# (21610), unknown destination (30005), landline or unreachable carrier (30006).
+TWILIO_GONE_FOR_GOOD = frozenset({TWILIO_OPTED_OUT, 30005, 30006})
+TWILIO_DELIVERY = {"delivered": Delivery.DELIVERED, "undelivered": Delivery.UNDELIVERED, "failed": Delivery.FAILED}
+
+REASON_LENGTH = 300
+SIGNAL = "message_undelivered"
+
+
+@dataclass(frozen=True)
+class ProviderEvent:
+    """One event, read: what it says about its message."""
+
+    provider: str
+    event_id: str
+    # As the provider names it.
+    event: str
+    # None: not one of our messages.
+    ledger_key: str | None
+    provider_message_id: str | None
+    occurred_at: datetime | None
+    # Scrubbed of contact data.
+    detail: str | None
+    delivery: Delivery | None = None
+    # Why nothing more should go to the recipient; None: it may.
+    suppression: str | None = None
+
+
+@dataclass(frozen=True)
+class Signal:
+    workflow_id: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    event_id: str
+    duplicate: bool
+    # What an order's workflow has still to hear of this event.
+    signal: Signal | None = None
+
+
+def from_sendgrid(
+    *,
+    event_id: str,
+    event: str,
+    occurred_at: datetime,
+    message_key: str | None,
+    sg_message_id: str | None,
+    bounce_type: str | None,
+    reason: str | None,
+) -> ProviderEvent:
+    delivery, suppression, detail = None, None, reason
+    if event == "delivered":
+        delivery = Delivery.DELIVERED
+    elif event == "bounce":
+        # 'blocked' is the receiving server refusing for now (reputation,
+        # content): this mail is lost, the address is not.
+        delivery = Delivery.BOUNCED
+        detail = f"{bounce_type or 'bounce'}: {reason}" if reason else bounce_type or "bounce"
+        if bounce_type != "blocked":
+            suppression = "SendGrid bounce"
+    elif event == "dropped":
+        delivery = Delivery.DROPPED
+        detail = f"dropped: {reason}" if reason else "dropped"
+        if reason in SENDGRID_DROPPED_FOR_GOOD:
+            suppression = f"SendGrid dropped: {reason}"
+    elif event == "spamreport":
+        delivery, suppression = Delivery.SPAM_REPORT, "SendGrid spam report"
+    return ProviderEvent(
+        provider="sendgrid",
+        event_id=event_id,
+        event=event,
+        ledger_key=message_key,
+        # sg_message_id is the X-Message-Id the send got, then SendGrid's own suffix.
+        provider_message_id=sg_message_id.split(".", 1)[0] if sg_message_id else None,
+        occurred_at=occurred_at,
+        detail=_scrubbed(detail),
+        delivery=delivery,
+        suppression=suppression,
+    )
+
+
+def from_twilio(*, ledger_key: str, message_sid: str, status: str, error_code: int | None) -> ProviderEvent:
+    delivery = TWILIO_DELIVERY.get(status)
+    gone = delivery in NOT_DELIVERED and error_code in TWILIO_GONE_FOR_GOOD
+    return ProviderEvent(
+        provider="twilio",
+        # A message reaches each status once; Twilio's retries repeat the pair.
+        event_id=f"{message_sid}:{status}",
+        event=status,
+        ledger_key=ledger_key,
+        provider_message_id=message_sid,
+        occurred_at=None,
+        detail=f"{status}: Twilio error {error_code}" if error_code else None,
+        delivery=delivery,
+        suppression=f"Twilio {error_code}" if gone else None,
+    )
+
+
+def _scrubbed(text: str | None) -> str | None:
+    return scrub(text)[:REASON_LENGTH] if text else None
+
+
+INSERT_EVENT = """
+INSERT INTO provider_events (provider, event_id, event, ledger_key, provider_message_id, detail, occurred_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (provider, event_id) DO NOTHING
+RETURNING 1
+"""
+
+# A repeat of an event whose order has not heard of it yet.
+UNSIGNALLED = """
+SELECT workflow_id, signal FROM provider_events
+WHERE provider = $1 AND event_id = $2 AND signal IS NOT NULL AND signalled_at IS NULL
+"""
+
+# Every expression reads the row as it was. Only the provider that sent the
+# message can report on it.
+APPLY_TO_LEDGER = """
+UPDATE message_ledger
+SET state = CASE WHEN state IN ('sending', 'in_doubt') THEN 'sent' ELSE state END,
+    provider_message_id = CASE WHEN state IN ('sending', 'in_doubt') THEN coalesce(provider_message_id, $3)
+                               ELSE provider_message_id END,
+    sent_at = CASE WHEN state IN ('sending', 'in_doubt') THEN now() ELSE sent_at END,
+    claim_token = CASE WHEN state IN ('sending', 'in_doubt') THEN NULL ELSE claim_token END,
+    lease_until = CASE WHEN state IN ('sending', 'in_doubt') THEN NULL ELSE lease_until END,
+    delivery = CASE WHEN $4::text IS NULL OR ($4 = 'delivered' AND delivery IS NOT NULL) THEN delivery ELSE $4 END,
+    delivery_at = CASE WHEN $4::text IS NULL OR ($4 = 'delivered' AND delivery IS NOT NULL) THEN delivery_at
+                       ELSE coalesce($5, now()) END,
+    updated_at = now()
+WHERE key = $1 AND provider = $2
+RETURNING order_id, kind, channel, recipient
+"""
+
+KEEP_SIGNAL = "UPDATE provider_events SET workflow_id = $3, signal = $4::jsonb WHERE provider = $1 AND event_id = $2"
+
+SIGNALLED = "UPDATE provider_events SET signalled_at = now() WHERE provider = $1 AND event_id = ANY($2::text[])"
+
+
+async def record(conn: asyncpg.Connection, event: ProviderEvent) -> Recorded:
+    """Keep the event and apply it, in the caller's transaction; a repeat
+    applies nothing, but brings back a signal still owed."""
+    inserted = await conn.fetchval(
+        INSERT_EVENT,
+        event.provider,
+        event.event_id,
+        event.event,
+        event.ledger_key,
+        event.provider_message_id,
+        event.detail,
+        event.occurred_at,
+    )
+    if not inserted:
+        owed = await conn.fetchrow(UNSIGNALLED, event.provider, event.event_id)
+        signal = Signal(owed["workflow_id"], json.loads(owed["signal"])) if owed else None
+        return Recorded(event.event_id, duplicate=True, signal=signal)
+    if event.ledger_key is None:
+        return Recorded(event.event_id, duplicate=False)
+    row = await conn.fetchrow(
+        APPLY_TO_LEDGER,
+        event.ledger_key,
+        event.provider,
+        event.provider_message_id,
+        event.delivery.value if event.delivery else None,
+        event.occurred_at,
+    )
+    if row is None:  # a key we never sent (another deployment's, or long deleted)
+        return Recorded(event.event_id, duplicate=False)
+    if event.suppression:
+        await suppress(conn, Channel(row["channel"]), row["recipient"], reason=event.suppression, source="provider")
+    if event.delivery not in NOT_DELIVERED or row["order_id"] is None:
+        return Recorded(event.event_id, duplicate=False)
+    report = MessageUndelivered(kind=row["kind"], channel=row["channel"], event=event.delivery.value, reason=event.detail)
+    signal = Signal(workflow_id_for(row["order_id"]), report.model_dump(mode="json"))
+    await conn.execute(KEEP_SIGNAL, event.provider, event.event_id, signal.workflow_id, json.dumps(signal.payload))
+    return Recorded(event.event_id, duplicate=False, signal=signal)
+
+
+async def mark_signalled(conn: asyncpg.Connection | asyncpg.Pool, provider: str, event_ids: Sequence[str]) -> None:
+    await conn.execute(SIGNALLED, provider, list(event_ids))
