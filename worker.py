@@ -19,17 +19,19 @@ from typing import Mapping
 
 import asyncpg
 from temporalio.client import Client, TLSConfig
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.config import ProviderConfig, journey_settings_from_env, lifecycle_settings_from_env
 from activities.customers import CustomerActivities
 from activities.database import create_pool, migrate
-from activities.messaging import MessagingActivities
+from activities.messaging import PROVIDER_REQUEST, MessagingActivities
 from activities.orders import OrderActivities
 from activities.providers import Provider, keep_customer_data_out_of
 from codec import CodecConfigError, encrypted_data_converter, payload_keys_from_env
 from workflows.customer_journey import CustomerJourney
+from workflows.metrics import MESSAGE_WAIT
 from workflows.models import TASK_QUEUE, Channel, JourneySettings, LifecycleSettings
 from workflows.order_lifecycle import OrderLifecycle
 from workflows.resend import MessageResend
@@ -40,11 +42,53 @@ log = logging.getLogger("worker")
 # payloads included: the order, with the customer's address.
 TEMPORAL_PAYLOAD_LOGGERS = ("temporalio.worker._workflow", "temporalio.worker._workflow_instance", "temporalio.worker._activity")
 
+DEFAULT_METRICS_PORT = 9464
+# Buckets of this project's histograms, in seconds: a provider request takes
+# milliseconds up to its timeouts; a message may wait for hours (quiet hours,
+# the marketing cap, a provider's outage).
+HISTOGRAM_BUCKETS = {
+    PROVIDER_REQUEST: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    MESSAGE_WAIT: [0.1, 0.5, 1, 5, 30, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 7 * 86400],
+}
 
-async def connect_temporal(env: Mapping[str, str] = os.environ) -> Client:
+
+def metrics_address(env: Mapping[str, str], variable: str, default_port: int) -> str | None:
+    """METRICS_HOST (default 127.0.0.1) and the port in `variable`; None when
+    that is 0 or empty: no metrics."""
+    raw = env.get(variable)
+    port = default_port if raw is None else raw.strip()
+    if port in ("", "0"):
+        return None
+    if not str(port).isdigit() or not 0 < int(port) < 65536:
+        raise SystemExit(f"error: {variable} must be a port number, or 0 to serve no metrics; got {raw!r}")
+    return f"{env.get('METRICS_HOST') or '127.0.0.1'}:{port}"
+
+
+def prometheus_runtime(address: str, variable: str) -> Runtime:
+    """A Temporal runtime serving Prometheus metrics at http://<address>/metrics:
+    the SDK's and this project's, in Prometheus' conventions (counters end in
+    _total, durations in seconds). `variable` is the setting that chose the port."""
+    prometheus = PrometheusConfig(
+        bind_address=address,
+        counters_total_suffix=True,
+        unit_suffix=True,
+        durations_as_seconds=True,
+        histogram_bucket_overrides=HISTOGRAM_BUCKETS,
+    )
+    try:
+        runtime = Runtime(telemetry=TelemetryConfig(metrics=prometheus))
+    except ValueError as err:  # what the SDK raises for an address it cannot bind
+        raise SystemExit(f"error: no metrics on {address} ({err}); set {variable} to a free port, or 0 to serve none") from None
+    log.info("Prometheus metrics on http://%s/metrics", address)
+    return runtime
+
+
+async def connect_temporal(env: Mapping[str, str] = os.environ, runtime: Runtime | None = None) -> Client:
     """TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE, plus Temporal Cloud credentials:
     TEMPORAL_API_KEY, or TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY (mTLS paths).
-    Payloads are encrypted with PAYLOAD_ENCRYPTION_KEYS(_FILE), required."""
+    Payloads are encrypted with PAYLOAD_ENCRYPTION_KEYS(_FILE), required.
+    With a `runtime` (prometheus_runtime), the client's and its workers'
+    metrics go to its endpoint."""
     data_converter = encrypted_data_converter(payload_keys_from_env(env))
     tls: bool | TLSConfig = env.get("TEMPORAL_TLS", "").lower() in ("1", "true", "yes")
     if env.get("TEMPORAL_TLS_CERT"):
@@ -57,6 +101,7 @@ async def connect_temporal(env: Mapping[str, str] = os.environ) -> Client:
         api_key=api_key,
         tls=tls or bool(api_key),
         data_converter=data_converter,
+        runtime=runtime,
     )
 
 
@@ -124,12 +169,14 @@ async def run_worker(client: Client, database_url: str, env: Mapping[str, str], 
 async def _main() -> None:
     if "DATABASE_URL" not in os.environ:
         raise SystemExit("DATABASE_URL is required, e.g. postgresql://user:pass@localhost:5432/orders")
+    metrics_at = metrics_address(os.environ, "METRICS_PORT", DEFAULT_METRICS_PORT)
+    runtime = prometheus_runtime(metrics_at, "METRICS_PORT") if metrics_at else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        client = await connect_temporal()
+        client = await connect_temporal(runtime=runtime)
     except CodecConfigError as err:
         raise SystemExit(f"error: {err}") from None
     await run_worker(client, os.environ["DATABASE_URL"], os.environ, stop)

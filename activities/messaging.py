@@ -281,6 +281,9 @@ DATABASE_UNAVAILABLE = (
 # when the lease covers the request and then this.
 RECORD_RESERVE_SECONDS = 5.0
 
+# The histogram of provider requests (README, "Metrics").
+PROVIDER_REQUEST = "orders_provider_request"
+
 # Parsed orders kept by a worker (about 2 KB each).
 ORDERS_KEPT_IN_MEMORY = 4096
 
@@ -733,11 +736,20 @@ class MessagingActivities:
 
     async def _in_thread(self, provider: Provider, call: Callable[..., T], *args: Any) -> T:
         """A provider call in a provider thread; any error it raises, whatever
-        it is, comes out read as a ProviderFailure."""
+        it is, comes out read as a ProviderFailure. Timed for Prometheus by
+        provider, request (send, look_up) and result (ok, or the verdict)."""
+        began, result = time.monotonic(), "ok"
         try:
             return await asyncio.get_running_loop().run_in_executor(self._threads, call, *args)
         except Exception as err:
-            raise ProviderFailure.of(provider, err) from None
+            failure = ProviderFailure.of(provider, err)
+            result = failure.verdict.name.lower()
+            raise failure from None
+        finally:
+            activity.metric_meter().create_histogram_timedelta(PROVIDER_REQUEST, "Requests to SendGrid and Twilio").record(
+                timedelta(seconds=time.monotonic() - began),
+                {"provider": provider.name, "request": call.__name__, "result": result},
+            )
 
     async def _settle(
         self, a: Attempt, claim: Claim, state: DeliveryState, *, message_id: str | None = None, error: str | None = None

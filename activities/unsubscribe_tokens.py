@@ -24,7 +24,12 @@ TOKEN_LIFETIME = timedelta(days=90)
 
 
 class InvalidToken(ValueError):
-    """Forged, tampered, malformed or expired; the message says which."""
+    """Forged, tampered, malformed or expired; the message says which, and
+    `kind` in one word (malformed, signature, expired) for metrics."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -58,9 +63,9 @@ def verify(token: str, secret: str, now: datetime | None = None) -> UnsubscribeC
         encoded_payload, encoded_signature = token.split(".")
         payload, signature = _unb64(encoded_payload), _unb64(encoded_signature)
     except ValueError:
-        raise InvalidToken("malformed unsubscribe token") from None
+        raise InvalidToken("malformed unsubscribe token", "malformed") from None
     if not hmac.compare_digest(signature, _signature(payload, secret)):
-        raise InvalidToken("unsubscribe token signature does not match")
+        raise InvalidToken("unsubscribe token signature does not match", "signature")
     try:
         fields = json.loads(payload)
         claim = UnsubscribeClaim(
@@ -69,7 +74,7 @@ def verify(token: str, secret: str, now: datetime | None = None) -> UnsubscribeC
             expires_at=datetime.fromtimestamp(int(fields["exp"]), timezone.utc),
         )
     except (ValueError, KeyError, TypeError):
-        raise InvalidToken("malformed unsubscribe token") from None
+        raise InvalidToken("malformed unsubscribe token", "malformed") from None
     if claim.expires_at <= now:
-        raise InvalidToken("unsubscribe token has expired")
+        raise InvalidToken("unsubscribe token has expired", "expired")
     return claim

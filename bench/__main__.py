@@ -17,7 +17,7 @@ def main() -> None:
     chaos = sub.add_parser("chaos", help="failure drills")
     chaos.add_argument(
         "drills", nargs="*",
-        help="kill-worker, deploy, provider-faults, postgres-outage, temporal-restart, channel-outage (default: all)",
+        help="kill-worker, deploy, provider-faults, postgres-outage, temporal-restart, channel-outage, two-workers (default: all)",
     )
     chaos.add_argument("--orders", type=int, default=300)
     chaos.add_argument("--concurrency", type=int, default=100)

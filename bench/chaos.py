@@ -9,7 +9,9 @@ worker drains and exits by itself, restart, several times), provider-faults
 (30 % 429/5xx, some requests answered only after the client gave up,
 permanent refusals), postgres-outage (stopped for 30 s), temporal-restart
 (dev server restarted on its database file), channel-outage (Twilio answers
-503 to every SMS for a while; mails must not wait for it).
+503 to every SMS for a while; mails must not wait for it), two-workers (two
+workers share the task queue; one is SIGKILLed mid-flight and never comes
+back, and the other finishes every order).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from temporalio.client import Client
 from temporalio.service import RetryConfig
 
 from bench.driver import OrderRun, System, Tracker, bench_order, drive, new_run_id
+from bench.prometheus import free_port, parse, scrape, total
 from bench.stack import Stack, WorkerProcess, start_stack, wait_for_pollers
 from bench.throughput import percentile
 from codec import encrypted_data_converter
@@ -59,6 +62,8 @@ MAIL_CAUSES = {
 NOT_SENT_BY_DESIGN = ("failed", "skipped", "not_permitted")
 # A touchpoint state: overtaken by the journey before it could go; not sent.
 SUPERSEDED = "superseded"
+# Workers polling the task queue at once, per drill (default 1).
+WORKERS = {"two-workers": 2}
 UNACCOUNTED_SHOWN = 20
 
 # A mail in doubt is looked up this long after (SENDGRID_SETTLE_AFTER, 10
@@ -96,6 +101,9 @@ class DrillReport:
     unaccounted: list[str] = field(default_factory=list)
     # deploy: seconds from each SIGTERM until the worker had exited.
     shutdown_seconds: list[float] = field(default_factory=list)
+    # two-workers: messages each worker had settled (orders_messages_total on
+    # its metrics port): the killed one just before SIGKILL, the survivor at the end.
+    messages_settled_by_worker: list[int] = field(default_factory=list)
     # channel-outage: seconds into the drill the SMS outage began and ended,
     # and signal-to-SendGrid-request latency of mails signalled during it and outside it.
     sms_outage: tuple[float, float] | None = None
@@ -127,11 +135,15 @@ class Scene:
     """What a drill breaks while `driving` drives the orders."""
 
     stack: Stack
-    worker: WorkerProcess
+    workers: list[WorkerProcess]
     report: DrillReport
     driving: asyncio.Task
     began: float
     sms_outage_seconds: float
+
+    @property
+    def worker(self) -> WorkerProcess:
+        return self.workers[0]
 
 
 def other_channel_key(key: str) -> str:
@@ -315,6 +327,31 @@ async def sms_outage(scene: Scene) -> None:
     scene.report.notes.append(f"Twilio answered 503 to every SMS for {scene.sms_outage_seconds:g} s")
 
 
+async def kill_one_of_two(scene: Scene) -> None:
+    """SIGKILL the first worker mid-flight, for good: its workflow tasks go
+    back to the shared queue and its activities are retried once their
+    timeouts pass, all on the survivor. Mid-flight is measured: once the
+    first worker has settled about one message per order, a ninth of the
+    journeys' messages, with orders still being driven."""
+    victim, survivor = scene.workers
+    settled_by_victim = 0
+    while not scene.driving.done():
+        settled_by_victim = await messages_settled(victim)
+        if settled_by_victim >= scene.report.orders:
+            victim.kill()
+            scene.report.notes.append(
+                f"SIGKILL of worker 1 of 2 at {time.strftime('%X')}, after it settled {settled_by_victim} messages; not restarted"
+            )
+            break
+        await asyncio.sleep(0.5)
+    await scene.driving
+    scene.report.messages_settled_by_worker = [settled_by_victim, await messages_settled(survivor)]
+
+
+async def messages_settled(worker: WorkerProcess) -> int:
+    return int(total(parse(await scrape(int(worker.env["METRICS_PORT"]))), "orders_messages_total"))
+
+
 async def nothing_to_break(scene: Scene) -> None:
     """provider-faults: the fake providers misbehave all along."""
 
@@ -326,6 +363,7 @@ DRILLS: dict[str, Callable[[Scene], Awaitable[None]]] = {
     "postgres-outage": stop_postgres,
     "temporal-restart": restart_temporal,
     "channel-outage": sms_outage,
+    "two-workers": kill_one_of_two,
 }
 
 
@@ -365,9 +403,17 @@ async def run_drill(drill: str, orders: int, concurrency: int, sms_outage_second
         client = await Client.connect(
             stack.temporal_address, data_converter=encrypted_data_converter(stack.payload_keys), retry_config=RIDE_OUT_OUTAGES
         )
-        worker = stack.our_worker(provider_timeout=provider_timeout, extra={"SENDGRID_SETTLE_AFTER": SETTLE_AFTER})
-        worker.start()
-        await wait_for_pollers(stack)
+        # Each on its own metrics port, as several workers on one host must be.
+        workers = [
+            stack.our_worker(
+                provider_timeout=provider_timeout,
+                extra={"SENDGRID_SETTLE_AFTER": SETTLE_AFTER, "METRICS_PORT": str(free_port())},
+            )
+            for _ in range(WORKERS.get(drill, 1))
+        ]
+        for worker in workers:
+            worker.start()
+        await wait_for_pollers(stack, count=len(workers))
         tracker = Tracker()
         stack.fakes.on_accept = tracker.on_provider_request
         batch = orders_for(drill, orders)
@@ -378,7 +424,7 @@ async def run_drill(drill: str, orders: int, concurrency: int, sms_outage_second
                 **driving_for(drill, sms_outage_seconds),
             )
         )
-        await DRILLS[drill](Scene(stack, worker, report, driving, began, sms_outage_seconds))
+        await DRILLS[drill](Scene(stack, workers, report, driving, began, sms_outage_seconds))
         runs, _ = await driving
         report.seconds = round(time.monotonic() - began, 1)
         await audit(stack, report, runs, batch)

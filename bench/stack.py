@@ -129,6 +129,8 @@ class Stack:
             "UNSUBSCRIBE_SECRET": "bench-unsubscribe-secret",
             "WEB_PUBLIC_URL": "http://localhost:8000",
             "LOG_LEVEL": "WARNING",
+            # Several workers may run at once: none takes the default metrics port.
+            "METRICS_PORT": "0",
             **self.key_env,
             **BENCH_JOURNEY,
             **(extra or {}),
@@ -175,8 +177,8 @@ async def start_stack(*, persistent_temporal: bool = False, port: int | None = N
     return Stack(state_dir, database_url, fakes, address, env, key_env)
 
 
-async def wait_for_pollers(stack: Stack, task_queue: str = TASK_QUEUE, timeout: float = 60) -> None:
-    """Until a worker polls the queue, so timings do not include start-up."""
+async def wait_for_pollers(stack: Stack, task_queue: str = TASK_QUEUE, timeout: float = 60, count: int = 1) -> None:
+    """Until `count` workers poll the queue, so timings do not include start-up."""
     from temporalio.api.enums.v1 import TaskQueueType
     from temporalio.api.taskqueue.v1 import TaskQueue
     from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -190,10 +192,10 @@ async def wait_for_pollers(stack: Stack, task_queue: str = TASK_QUEUE, timeout: 
                 task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
             )
         )
-        if resp.pollers:
+        if len(resp.pollers) >= count:
             return
         await asyncio.sleep(0.2)
-    raise RuntimeError(f"no worker polled {task_queue} within {timeout} s")
+    raise RuntimeError(f"fewer than {count} worker(s) polled {task_queue} within {timeout} s")
 
 
 def cpu_seconds(stack: Stack, worker: WorkerProcess) -> dict[str, float]:

@@ -1,10 +1,11 @@
 """The failure drills of `python -m bench chaos`, small enough for CI (named
 to run after the time-skipping tests, which share one test server): orders
 in flight while the worker is killed or redeployed, the providers misbehave,
-PostgreSQL goes away for 30 s, the Temporal server restarts and Twilio is
-down. Every order completes; no message is sent twice; none is lost; none
-is left in doubt: a mail a crash or a timeout left unanswered is settled
-from the fake's Email Activity (found there, or sent then)."""
+PostgreSQL goes away for 30 s, the Temporal server restarts, Twilio is
+down, and one of two workers is killed for good. Every order completes; no
+message is sent twice; none is lost; none is left in doubt: a mail a crash
+or a timeout left unanswered is settled from the fake's Email Activity
+(found there, or sent then)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from bench.chaos import DEPLOY_GRACE_SECONDS, DRILLS, run_drill
 
 # Enough orders that the worker restarts while many are in flight.
-ORDERS = {"kill-worker": 60, "deploy": 60}
+ORDERS = {"kill-worker": 60, "deploy": 60, "two-workers": 40}
 # Long enough that a mail waiting for the SMS channel would show, far
 # shorter than the bench's two minutes.
 SMS_OUTAGE_SECONDS = 30.0
@@ -30,6 +31,10 @@ async def test_drill(drill: str):
     assert report.in_doubt == 0, why
     if drill in ("kill-worker", "deploy"):
         assert report.notes, "the worker was never restarted while orders were in flight"
+    if drill == "two-workers":
+        assert report.notes, "no worker was killed while orders were in flight"
+        # Both took work (each counted on its own metrics port); the survivor finished it.
+        assert len(report.messages_settled_by_worker) == 2 and min(report.messages_settled_by_worker) > 0, report.notes
     if drill == "deploy":
         assert max(report.shutdown_seconds) < DEPLOY_GRACE_SECONDS, "a worker had to be killed after SIGTERM"
     if drill == "provider-faults":

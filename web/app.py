@@ -19,12 +19,15 @@ from fastapi import BackgroundTasks, Depends, FastAPI, Form, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from temporalio.client import Client
+from temporalio.common import MetricMeter
+from temporalio.runtime import Runtime
 from twilio.twiml.messaging_response import MessagingResponse
 
 from activities.consent import customers_reached_at, lift_suppression, set_consent, suppress
 from activities.database import create_pool
 from activities.unsubscribe_tokens import InvalidToken, verify
 from web.config import ConfigError, WebConfig
+from web.metrics import CountRejections
 from web.signals import Signals
 from web.webhooks import add_event_webhooks, twilio_signature
 from workflows.models import Channel, MessageClass, customer_workflow_id
@@ -61,12 +64,19 @@ DONE = """<h1>Unsubscribed</h1>
 <p>You will get no more {what} from us. Messages about your orders keep coming.</p>"""
 
 
-def create_app(config: WebConfig, pool: asyncpg.Pool | None = None, temporal_client: Client | None = None) -> FastAPI:
+def create_app(
+    config: WebConfig,
+    pool: asyncpg.Pool | None = None,
+    temporal_client: Client | None = None,
+    runtime: Runtime | None = None,
+) -> FastAPI:
     """With no `pool`, one is opened on DATABASE_URL for the app's lifetime;
-    with no `temporal_client`, one is connected on the first signal."""
+    with no `temporal_client`, one is connected on the first signal. With a
+    `runtime` (worker.prometheus_runtime), refused requests and that client's
+    calls are counted on its metrics endpoint."""
     if pool is None and not config.database_url:
         raise ConfigError("DATABASE_URL is required, e.g. postgresql://user:pass@localhost:5432/orders")
-    signals = Signals(config.temporal_env, temporal_client)
+    signals = Signals(config.temporal_env, temporal_client, runtime)
 
     @asynccontextmanager
     async def own_pool(app: FastAPI) -> AsyncIterator[None]:
@@ -84,9 +94,11 @@ def create_app(config: WebConfig, pool: asyncpg.Pool | None = None, temporal_cli
         lifespan=own_pool if pool is None else None,
     )
     app.state.pool = pool
+    app.add_middleware(CountRejections, meter=runtime.metric_meter if runtime else MetricMeter.noop)
 
     @app.exception_handler(InvalidToken)
     async def invalid_token(request: Request, err: InvalidToken) -> PlainTextResponse:
+        request.state.rejection = f"token_{err.kind}"  # for CountRejections
         return PlainTextResponse(str(err), status_code=400, headers=PAGE_HEADERS)
 
     refused = {400: {"description": "malformed, tampered or expired token (the text says which)"}}

@@ -11,7 +11,9 @@ from typing import Callable, Mapping
 
 from activities.config import parse_duration
 from codec import KEY_VARIABLES, CodecConfigError, payload_keys_from_env
+from worker import metrics_address
 
+DEFAULT_METRICS_PORT = 9465
 DEFAULT_HELP_TEXT = "Order updates by SMS. Reply STOP to stop all messages, START to receive them again."
 
 
@@ -43,6 +45,9 @@ class WebConfig:
     sendgrid_webhook_max_body_bytes: int = 1024 * 1024
     # TEMPORAL_* and the payload keys for worker.connect_temporal, used on the first signal.
     temporal_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # Where `orders web` serves Prometheus metrics (METRICS_HOST:WEB_METRICS_PORT),
+    # apart from the public port; None: nowhere.
+    metrics_address: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> WebConfig:
@@ -72,6 +77,7 @@ class WebConfig:
                 env, "SENDGRID_WEBHOOK_MAX_BODY_BYTES", cls.sendgrid_webhook_max_body_bytes
             ),
             temporal_env={k: v for k, v in env.items() if k.startswith("TEMPORAL_") or k in KEY_VARIABLES},
+            metrics_address=metrics_address(env, "WEB_METRICS_PORT", DEFAULT_METRICS_PORT),
         )
 
 

@@ -15,6 +15,7 @@ import uvicorn
 
 from web.app import create_app
 from web.config import ConfigError, WebConfig
+from worker import prometheus_runtime
 
 
 class WithoutQueryStrings(logging.Filter):
@@ -84,8 +85,9 @@ def start_app(
 
 
 async def serve(config: WebConfig) -> None:
-    """`orders web`: serve until SIGINT or SIGTERM."""
-    await start(config, stop_on_signals())
+    """`orders web`: serve until SIGINT or SIGTERM, with its metrics on their own port."""
+    runtime = prometheus_runtime(config.metrics_address, "WEB_METRICS_PORT") if config.metrics_address else None
+    await start(config, stop_on_signals(), runtime=runtime)
 
 
 def stop_on_signals() -> asyncio.Event:

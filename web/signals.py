@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any, Mapping
 
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from worker import connect_temporal
@@ -24,16 +25,17 @@ RPC_TIMEOUT = timedelta(seconds=5)
 
 
 class Signals:
-    def __init__(self, temporal_env: Mapping[str, str], client: Client | None = None) -> None:
+    def __init__(self, temporal_env: Mapping[str, str], client: Client | None = None, runtime: Runtime | None = None) -> None:
         self._env = temporal_env
         self._client = client
+        self._runtime = runtime
         self._connecting = asyncio.Lock()
 
     async def _connected(self) -> Client:
         # Lazily, so the service starts and records what it is told while Temporal is down.
         async with self._connecting:
             if self._client is None:
-                self._client = await asyncio.wait_for(connect_temporal(self._env), CONNECT_TIMEOUT)
+                self._client = await asyncio.wait_for(connect_temporal(self._env, self._runtime), CONNECT_TIMEOUT)
         return self._client
 
     async def send(self, workflow_id: str, signal: str, payload: dict[str, Any]) -> bool:

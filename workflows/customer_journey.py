@@ -29,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from activities.customers import CustomerActivities
-    from workflows import channel_policy, sending
+    from workflows import channel_policy, metrics, sending
     from workflows import search_attributes as sa
     from workflows.retries import DB_TIMEOUTS
     from workflows.models import (
@@ -263,6 +263,7 @@ class CustomerJourney:
             except asyncio.CancelledError:
                 return  # handed over: the next run sends it
             s.outbox.pop(0)
+            metrics.message_settled(message, outcome)
             s.messages[self._key(message)] = outcome.state
             if s.win_back and message.occasion == f"win_back-{s.win_back.lapse_no}" and outcome.state is DeliveryState.SENT:
                 s.win_back.sent = True

@@ -3,12 +3,14 @@ journey state, unit-tested without a server (tests/test_event_rules.py).
 
 `check_event` parses an event and holds it against what the order has
 accepted and decided so far. It changes nothing; `accept_event` records an
-accepted one. A rejection carries the reason the caller (and the Web UI) sees.
+accepted one. A rejection carries the reason the caller (and the Web UI) sees,
+and its kind: one of a few fixed words, which metrics count by.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from pydantic import ValidationError
@@ -34,8 +36,29 @@ DELIVERY_CLOCK_SKEW = timedelta(minutes=15)
 FINAL_STATUSES = (OrderStatus.CANCELLED, OrderStatus.COMPLETED, OrderStatus.LOST)
 
 
+class Rejection(StrEnum):
+    """Why an event was refused, without what it said (amounts, ids, dates)."""
+
+    UNKNOWN_EVENT = "unknown_event"
+    MALFORMED = "malformed"
+    ORDER_REJECTED = "order_rejected"
+    ORDER_OVER = "order_over"
+    DECIDED = "decided"
+    DUPLICATE = "duplicate"
+    OUT_OF_ORDER = "out_of_order"
+    CANCELLED = "cancelled"
+    ALREADY_DISPATCHED = "already_dispatched"
+    AMOUNT_MISMATCH = "amount_mismatch"
+    LOCKER_CODE_MISSING = "locker_code_missing"
+    IN_THE_FUTURE = "in_the_future"
+    NOT_A_LOCKER = "not_a_locker"
+    WINDOW_CLOSED = "window_closed"
+
+
 class EventRejected(Exception):
-    pass
+    def __init__(self, kind: Rejection, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 def format_validation_error(err: ValidationError) -> str:
@@ -50,20 +73,20 @@ def format_validation_error(err: ValidationError) -> str:
 def parse_event(event: str, raw: Any) -> WireModel:
     model = EVENT_MODELS.get(event)
     if model is None:
-        raise EventRejected(f"unknown event {event!r}")
+        raise EventRejected(Rejection.UNKNOWN_EVENT, f"unknown event {event!r}")
     try:
         return model.model_validate(raw)
     except ValidationError as err:
-        raise EventRejected(f"malformed {event}: {format_validation_error(err)}") from None
+        raise EventRejected(Rejection.MALFORMED, f"malformed {event}: {format_validation_error(err)}") from None
 
 
 def check_event(state: JourneyState | None, event: str, raw: Any, now: datetime) -> WireModel:
     """The parsed event if the order accepts it now; raises EventRejected."""
     parsed = parse_event(event, raw)
     if state is None:
-        raise EventRejected("the order was rejected")
+        raise EventRejected(Rejection.ORDER_REJECTED, "the order was rejected")
     if state.status in FINAL_STATUSES:
-        raise EventRejected(f"order is already {state.status.value}")
+        raise EventRejected(Rejection.ORDER_OVER, f"order is already {state.status.value}")
     _RULES[type(parsed)](state, parsed, now)
     return parsed
 
@@ -79,77 +102,78 @@ def _not_decided(state: JourneyState) -> None:
     """Once the journey has decided to end, what it excludes is refused,
     though carrying the decision out (a database write, a message) takes time."""
     if state.decision:
-        raise EventRejected(f"order is {state.decision}")
+        raise EventRejected(Rejection.DECIDED, f"order is {state.decision}")
 
 
 def _payment(state: JourneyState, payment: PaymentReceived, now: datetime) -> None:
     if state.payment:
-        raise EventRejected(f"duplicate payment: {state.payment.payment_id} was already received")
+        raise EventRejected(Rejection.DUPLICATE, f"duplicate payment: {state.payment.payment_id} was already received")
     if state.cancel:
-        raise EventRejected("order is cancelled")
+        raise EventRejected(Rejection.CANCELLED, "order is cancelled")
     _not_decided(state)
     order = state.order
     if payment.currency != order.currency or payment.amount != order.total:
         raise EventRejected(
+            Rejection.AMOUNT_MISMATCH,
             f"payment of {payment.amount} {payment.currency} does not match the order total "
-            f"{order.total} {order.currency}"
+            f"{order.total} {order.currency}",
         )
 
 
 def _cancellation(state: JourneyState, cancel: OrderCancelled, now: datetime) -> None:
     if state.cancel:
-        raise EventRejected("duplicate cancellation")
+        raise EventRejected(Rejection.DUPLICATE, "duplicate cancellation")
     if state.dispatch:
-        raise EventRejected("cannot cancel: the order has already been dispatched")
+        raise EventRejected(Rejection.ALREADY_DISPATCHED, "cannot cancel: the order has already been dispatched")
     _not_decided(state)
 
 
 def _dispatch(state: JourneyState, dispatch: OrderDispatched, now: datetime) -> None:
     if state.dispatch:
-        raise EventRejected("duplicate dispatch")
+        raise EventRejected(Rejection.DUPLICATE, "duplicate dispatch")
     if state.cancel:
-        raise EventRejected("order is cancelled")
+        raise EventRejected(Rejection.CANCELLED, "order is cancelled")
     _not_decided(state)
     if not state.payment:
-        raise EventRejected("out of order: dispatched before payment was received")
+        raise EventRejected(Rejection.OUT_OF_ORDER, "out of order: dispatched before payment was received")
 
 
 def _out_for_delivery(state: JourneyState, notice: OutForDelivery, now: datetime) -> None:
     if not state.dispatch:
-        raise EventRejected("out of order: out for delivery before dispatch")
+        raise EventRejected(Rejection.OUT_OF_ORDER, "out of order: out for delivery before dispatch")
     if state.delivery_day or state.delivered:
-        raise EventRejected("duplicate out_for_delivery")
+        raise EventRejected(Rejection.DUPLICATE, "duplicate out_for_delivery")
     _not_decided(state)
 
 
 def _delivery(state: JourneyState, delivered: OrderDelivered, now: datetime) -> None:
     if not state.dispatch:
-        raise EventRejected("out of order: delivered before dispatch")
+        raise EventRejected(Rejection.OUT_OF_ORDER, "out of order: delivered before dispatch")
     if state.delivered:
-        raise EventRejected("duplicate delivery")
+        raise EventRejected(Rejection.DUPLICATE, "duplicate delivery")
     _not_decided(state)
     if state.order.delivery.method == "locker" and not delivered.locker_pickup_code:
-        raise EventRejected("locker delivery needs locker_pickup_code")
+        raise EventRejected(Rejection.LOCKER_CODE_MISSING, "locker delivery needs locker_pickup_code")
     if delivered.delivered_at > now + DELIVERY_CLOCK_SKEW:
-        raise EventRejected(f"delivered_at {delivered.delivered_at.isoformat()} is in the future")
+        raise EventRejected(Rejection.IN_THE_FUTURE, f"delivered_at {delivered.delivered_at.isoformat()} is in the future")
 
 
 def _collection(state: JourneyState, collected: ParcelCollected, now: datetime) -> None:
     if state.order.delivery.method != "locker":
-        raise EventRejected("parcel_collected applies to locker deliveries only")
+        raise EventRejected(Rejection.NOT_A_LOCKER, "parcel_collected applies to locker deliveries only")
     if not state.delivered:
-        raise EventRejected("out of order: collected before delivery")
+        raise EventRejected(Rejection.OUT_OF_ORDER, "out of order: collected before delivery")
     if state.collected:
-        raise EventRejected("duplicate parcel_collected")
+        raise EventRejected(Rejection.DUPLICATE, "duplicate parcel_collected")
 
 
 def _feedback(state: JourneyState, feedback: FeedbackSubmitted, now: datetime) -> None:
     if not state.delivered:
-        raise EventRejected("out of order: feedback before delivery")
+        raise EventRejected(Rejection.OUT_OF_ORDER, "out of order: feedback before delivery")
     if state.feedback:
-        raise EventRejected("duplicate feedback")
+        raise EventRejected(Rejection.DUPLICATE, "duplicate feedback")
     if state.feedback_asked_at and state.setup and now > state.feedback_asked_at + state.setup.settings.feedback_window:
-        raise EventRejected("the feedback window has closed")
+        raise EventRejected(Rejection.WINDOW_CLOSED, "the feedback window has closed")
 
 
 # Where the journey state keeps each accepted event, and, for the events

@@ -26,7 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from activities.orders import OrderActivities
-    from workflows import channel_policy, sending
+    from workflows import channel_policy, metrics, sending
     from workflows import search_attributes as sa
     from workflows.clock import end_of_local_day, local_date
     from workflows.retries import DB_TIMEOUTS
@@ -137,6 +137,7 @@ class OrderLifecycle:
         if not await self._wait_until(paid_or_cancelled, s.started_at + settings.payment_reminder_after):
             self._notify(Touchpoint.PAYMENT_REMINDER)
             if not await self._wait_until(paid_or_cancelled, s.started_at + settings.payment_deadline):
+                metrics.deadline_passed("payment_deadline")
                 hours = settings.payment_deadline.total_seconds() / 3600
                 return await self._cancel_order(f"payment not received within {hours:g} hours")
         if s.cancel:
@@ -149,9 +150,11 @@ class OrderLifecycle:
         s, settings = self.state, self.state.setup.settings
         dispatched_or_cancelled = lambda: s.dispatch or s.cancel  # noqa: E731
         if not await self._wait_until(dispatched_or_cancelled, s.paid_at + settings.dispatch_promised_within):
+            metrics.deadline_passed("dispatch_promised_within")
             self._flag("dispatch_late")
             self._notify(Touchpoint.DISPATCH_DELAYED)
             if not await self._wait_until(dispatched_or_cancelled, s.paid_at + settings.dispatch_deadline):
+                metrics.deadline_passed("dispatch_deadline")
                 days = settings.dispatch_deadline.total_seconds() / 86400
                 return await self._cancel_order(f"not dispatched within {days:g} days of payment; a full refund follows")
         if s.cancel:
@@ -172,8 +175,10 @@ class OrderLifecycle:
                 if s.order.seller.sends_delivery_day_notice:
                     self._notify(Touchpoint.DELIVERY_DAY, tracking)
             elif workflow.now() >= lost_at:
+                metrics.deadline_passed("delivery_deadline")
                 return await self._declare_lost()
             elif workflow.now() >= late_at and "delivery_late" not in s.attention:
+                metrics.deadline_passed("delivery_grace")
                 self._flag("delivery_late")
                 self._notify(Touchpoint.DELIVERY_DELAYED, tracking)
             else:
@@ -203,6 +208,7 @@ class OrderLifecycle:
             if awaiting_pickup:
                 reminder_at = pickup_deadline - settings.locker_reminder_before
                 if now >= pickup_deadline:
+                    metrics.deadline_passed("locker_pickup_window")
                     self._flag("locker_not_collected")
                 elif now >= reminder_at:
                     self._notify(Touchpoint.LOCKER_REMINDER, {"pickup_deadline": pickup_deadline.isoformat()})
@@ -394,6 +400,7 @@ class OrderLifecycle:
             if outcome is None:  # handed over: the next run sends it
                 return
             queue.pop(0)
+            metrics.message_settled(message, outcome)
             self._settle(message, outcome)
 
     async def _run_settlements(self) -> None:
@@ -415,6 +422,7 @@ class OrderLifecycle:
             if outcome is None:
                 return
             settling.pop(0)
+            metrics.message_settled(message, outcome)
             self._settle(message, outcome)
 
     async def _deliver(self, message: QueuedMessage, *, settle: bool = False) -> MessageOutcome | None:
@@ -515,6 +523,7 @@ class OrderLifecycle:
         }
         fallback = channel_policy.fallback_for(channel, used, self._reachable())
         if fallback and channel_policy.fallback_overtaken(fallback, later_sent_on):
+            metrics.count_message(kind, fallback, DeliveryState.SUPERSEDED)
             s.touchpoints.append(
                 TouchpointRecord(kind=kind, channel=fallback, state=DeliveryState.SUPERSEDED, at=workflow.now())
             )
@@ -538,6 +547,7 @@ class OrderLifecycle:
                 continue  # it never went, or was reported already
             now = workflow.now()
             error = f"{report.event}: {report.reason}" if report.reason else report.event
+            metrics.count_message(report.kind, report.channel, DeliveryState.UNDELIVERED)
             s.touchpoints.append(
                 TouchpointRecord(kind=report.kind, channel=report.channel, state=DeliveryState.UNDELIVERED, at=now, error=error)
             )
@@ -629,6 +639,7 @@ class OrderLifecycle:
         except EventRejected as rejection:
             # The reason stays out of the log: it may quote a backend's free text.
             workflow.logger.warning("rejected a %s event", event)
+            metrics.event_rejected(event, rejection.kind, via="signal")
             if self.state is None:
                 return
             s = self.state
@@ -677,6 +688,7 @@ class OrderLifecycle:
         if s is None or kind is None:
             workflow.logger.warning("ignored a message_resent signal about no message of this order")
             return
+        metrics.count_message(kind, channel, outcome.state)
         s.touchpoints.append(
             TouchpointRecord(
                 kind=kind, channel=channel, state=outcome.state, at=workflow.now(),
@@ -715,6 +727,7 @@ class OrderLifecycle:
         try:
             check_event(self.state, envelope.event, envelope.payload, workflow.now())
         except EventRejected as rejection:
+            metrics.event_rejected(envelope.event, rejection.kind, via="update")
             raise ValueError(str(rejection)) from None
 
     @workflow.query
