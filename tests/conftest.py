@@ -159,12 +159,13 @@ class Harness:
         return await asyncio.wait_for(handle.result(), timeout)
 
     async def wait_for(
-        self, handle: WorkflowHandle, predicate: Callable[[OrderStatusView], bool], timeout: float = 20
-    ) -> OrderStatusView:
-        """Poll the status query: tests may poll, the product never does."""
+        self, handle: WorkflowHandle, predicate: Callable[[Any], bool], timeout: float = 20, view_type: type = OrderStatusView
+    ) -> Any:
+        """Poll the status query (an order's, or with `view_type` another
+        workflow's): tests may poll, the product never does."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            view = await handle.query("status", result_type=OrderStatusView)
+            view = await handle.query("status", result_type=view_type)
             if predicate(view):
                 return view
             if asyncio.get_running_loop().time() > deadline:

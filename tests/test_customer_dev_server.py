@@ -33,17 +33,6 @@ async def listed(dev_env, query: str, timeout: float = 20) -> list[str]:
         await asyncio.sleep(0.2)
 
 
-async def customer_view(handle, predicate, timeout: float = 30) -> CustomerView:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        view = await handle.query("status", result_type=CustomerView)
-        if predicate(view):
-            return view
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting; last view: {view.model_dump_json(indent=1)}")
-        await asyncio.sleep(0.1)
-
-
 async def test_customer_phase_is_queryable_and_an_unsubscribe_reaches_the_running_journey(
     dev_env, make_harness, provider_config, pool, database_url
 ):
@@ -57,7 +46,7 @@ async def test_customer_phase_is_queryable_and_an_unsubscribe_reaches_the_runnin
         await handle.signal("order_delivered", {"delivered_at": await h.now_iso()})
 
         assert await listed(dev_env, f'CustomerPhase="new" AND CustomerId="{customer_id}"') == [customer_workflow_id(customer_id)]
-        view = await customer_view(customer, lambda v: v.phase is CustomerPhase.LAPSED)
+        view = await h.wait_for(customer, lambda v: v.phase is CustomerPhase.LAPSED, timeout=30, view_type=CustomerView)
         assert view.win_back_group == "treated"
         assert await listed(dev_env, f'CustomerPhase="lapsed" AND CustomerId="{customer_id}"') == [customer_workflow_id(customer_id)]
         assert await listed(dev_env, f'CustomerPhase="new" AND CustomerId="{customer_id}"', timeout=0) == []
@@ -73,5 +62,5 @@ async def test_customer_phase_is_queryable_and_an_unsubscribe_reaches_the_runnin
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=PUBLIC_URL) as http:
             response = await http.post(f"/unsubscribe?token={token}", data=ONE_CLICK)
         assert response.status_code == 200
-        view = await customer_view(customer, lambda v: any("consent" in line for line in v.timeline))
+        view = await h.wait_for(customer, lambda v: any("consent" in line for line in v.timeline), timeout=30, view_type=CustomerView)
         assert any("marketing email: withdrawn (unsubscribe_link)" in line for line in view.timeline), view.timeline
