@@ -111,11 +111,14 @@ class DrillReport:
     provider_answers: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # Why the drill's failure never happened (then it proved nothing).
+    not_disrupted: str | None = None
 
     @property
     def passed(self) -> bool:
         return (
-            self.completed == self.orders
+            self.not_disrupted is None
+            and self.completed == self.orders
             and self.lost == 0
             and self.duplicates == 0
             and self.in_doubt == 0
@@ -127,6 +130,7 @@ class DrillReport:
         return (
             f"{self.drill}: {verdict}: {self.completed}/{self.orders} orders completed, lost {self.lost}, "
             f"duplicated {self.duplicates}, left in doubt {self.in_doubt} (settled from doubt {self.settled_from_doubt})"
+            + (f"; {self.not_disrupted}" if self.not_disrupted else "")
         )
 
 
@@ -344,6 +348,8 @@ async def kill_one_of_two(scene: Scene) -> None:
             )
             break
         await asyncio.sleep(0.5)
+    else:
+        scene.report.not_disrupted = f"worker 1 settled only {settled_by_victim} messages before the orders were driven: never killed"
     await scene.driving
     scene.report.messages_settled_by_worker = [settled_by_victim, await messages_settled(survivor)]
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes, PayloadCodec
@@ -34,6 +35,7 @@ KEY_VARIABLES = (KEYS_VARIABLE, KEYS_FILE_VARIABLE)
 ENCODING = b"binary/encrypted"
 KEY_ID = "encryption-key-id"
 NONCE_BYTES = 12
+TAG_BYTES = 16  # AES-GCM appends its tag to the ciphertext
 KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -134,10 +136,15 @@ class EncryptionCodec(PayloadCodec):
         return [self._decrypt(p) if p.metadata.get("encoding") == ENCODING else p for p in payloads]
 
     def _decrypt(self, payload: Payload) -> Payload:
-        key_id = payload.metadata.get(KEY_ID, b"").decode()
+        try:
+            key_id = payload.metadata.get(KEY_ID, b"").decode()
+        except UnicodeDecodeError:
+            raise PayloadDecryptionError(f"encrypted payload whose {KEY_ID} is not text") from None
         if not key_id:
             raise PayloadDecryptionError(f"encrypted payload without the {KEY_ID} metadata")
         cipher = self._keys.cipher(key_id)
+        if len(payload.data) < NONCE_BYTES + TAG_BYTES:
+            raise PayloadDecryptionError(f"payload under key id {key_id!r} is too short to be one this codec wrote")
         try:
             plain = cipher.decrypt(payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:], None)
         except InvalidTag:
@@ -145,7 +152,10 @@ class EncryptionCodec(PayloadCodec):
                 f"payload under key id {key_id!r} does not decrypt: the configured key of that id is not the one "
                 "that encrypted it, or the payload was altered"
             ) from None
-        return Payload.FromString(plain)
+        try:
+            return Payload.FromString(plain)
+        except DecodeError:
+            raise PayloadDecryptionError(f"payload under key id {key_id!r} decrypts to no Temporal payload") from None
 
 
 def encrypted_data_converter(keys: PayloadKeys) -> DataConverter:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Mapping, Sequence
@@ -37,6 +38,9 @@ from codec.encryption import CodecConfigError, EncryptionCodec, PayloadDecryptio
 ORIGIN_PATTERN = re.compile(r"https?://[^/\s]+")
 # What the Web UI sends with each call; Authorization for other browser clients.
 ALLOWED_HEADERS = "Authorization, Content-Type, X-Namespace"
+# Set by proxies: a request carrying one did not come straight from a local browser.
+FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,18 +88,30 @@ class CodecServerConfig:
             )
         return config
 
-    def refusal(self, authorization: str | None, origin: str | None) -> tuple[int, str] | None:
+    def refusal(self, authorization: str | None, origin: str | None, headers: Mapping[str, str]) -> tuple[int, str] | None:
         """Why a request is refused (status, reason), or None to serve it."""
         if origin is not None and origin != self.cors_origin:
             return 403, f"origin {origin} is not allowed"
         if authorization is None:
-            if self.trust_ui_origin and origin is not None:
+            if self.trust_ui_origin and origin is not None and came_directly_from_this_machine(headers):
                 return None
             return 401, "Authorization: Bearer <CODEC_SERVER_TOKEN> is required"
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.token.encode()):
             return 403, "wrong codec server token"
         return None
+
+
+def came_directly_from_this_machine(headers: Mapping[str, str]) -> bool:
+    """Whether a request looks like the operator's browser calling this
+    loopback server itself: a proxy or tunnel in between would let a remote
+    caller borrow the trusted origin, so a forwarded request, or one addressed
+    to another host name, must bring the token."""
+    if any(name in headers for name in FORWARDING_HEADERS):
+        return False
+    host = headers.get("host", "")
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+    return is_loopback(name.strip("[]"))
 
 
 def is_loopback(host: str) -> bool:
@@ -128,7 +144,7 @@ def create_app(config: CodecServerConfig, keys: PayloadKeys) -> FastAPI:
                     "Access-Control-Max-Age": "600",
                 },
             )
-        refused = config.refusal(request.headers.get("authorization"), origin)
+        refused = config.refusal(request.headers.get("authorization"), origin, request.headers)
         if refused:
             status, reason = refused
             challenge = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
@@ -139,14 +155,27 @@ def create_app(config: CodecServerConfig, keys: PayloadKeys) -> FastAPI:
 
     async def convert(request: Request, step: Callable[[Sequence[Payload]], Awaitable[list[Payload]]]) -> Response:
         try:
-            payloads = json_format.Parse(await request.body(), Payloads())
-        except json_format.ParseError:
+            payloads = json_format.Parse(await request.body(), Payloads(), ignore_unknown_fields=True)
+        except (json_format.ParseError, UnicodeDecodeError):
             return JSONResponse({"detail": 'the body must be {"payloads": [...]}, Payloads as protobuf JSON'}, status_code=400)
-        try:
-            converted = await step(payloads.payloads)
-        except PayloadDecryptionError as err:
-            return JSONResponse({"detail": str(err)}, status_code=400)
-        return Response(json_format.MessageToJson(Payloads(payloads=converted)), media_type="application/json")
+        converted = await step(payloads.payloads)
+        return Response(
+            json_format.MessageToJson(Payloads(payloads=converted), always_print_fields_with_no_presence=True),
+            media_type="application/json",
+        )
+
+    async def decode_each(payloads: Sequence[Payload]) -> list[Payload]:
+        """The Web UI shows whatever comes back and checks no status: a payload
+        that does not decrypt (a key not configured here) is returned as it
+        came, so it shows as ciphertext, and the rest of the batch decoded."""
+        decoded = []
+        for payload in payloads:
+            try:
+                decoded.extend(await codec.decode([payload]))
+            except PayloadDecryptionError as err:
+                log.warning("left a payload encrypted: %s", err)
+                decoded.append(payload)
+        return decoded
 
     @app.post("/encode")
     async def encode(request: Request) -> Response:
@@ -154,7 +183,7 @@ def create_app(config: CodecServerConfig, keys: PayloadKeys) -> FastAPI:
 
     @app.post("/decode")
     async def decode(request: Request) -> Response:
-        return await convert(request, codec.decode)
+        return await convert(request, decode_each)
 
     return app
 

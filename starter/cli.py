@@ -76,11 +76,13 @@ def print_json(value: Any) -> None:
 
 
 async def connect() -> Client:
-    """With no payload keys in the environment, the ones `orders up` made, if any."""
+    """With no payload keys in the environment, the ones `orders up` made, if
+    any, but only for its embedded dev server: a real cluster's workers could
+    not read what a laptop's key encrypted."""
     from worker import connect_temporal
 
     env = dict(os.environ)
-    if not any(env.get(name) for name in KEY_VARIABLES) and LOCAL_PAYLOAD_KEYS.exists():
+    if not any(env.get(name) for name in KEY_VARIABLES) and not env.get("TEMPORAL_ADDRESS") and LOCAL_PAYLOAD_KEYS.exists():
         env[KEYS_FILE_VARIABLE] = str(LOCAL_PAYLOAD_KEYS)
     return await connect_temporal(env)
 
@@ -200,8 +202,9 @@ async def up(demo: bool) -> None:
     dev_server = None
     embedded_pgdata = None
     # Generated once and kept, like the unsubscribe secret: the dev server's
-    # histories need the same key after a restart.
-    if not any(env.get(name) for name in KEY_VARIABLES):
+    # histories need the same key after a restart. Only for that dev server:
+    # against TEMPORAL_ADDRESS the cluster's keys are required.
+    if not any(env.get(name) for name in KEY_VARIABLES) and not env.get("TEMPORAL_ADDRESS"):
         local_secret(LOCAL_PAYLOAD_KEYS, new=lambda: new_key_entry("local"))
         env[KEYS_FILE_VARIABLE] = str(LOCAL_PAYLOAD_KEYS)
     keys = payload_keys_from_env(env)
@@ -213,31 +216,34 @@ async def up(demo: bool) -> None:
         env.setdefault("CODEC_CORS_ORIGIN", UI_ORIGIN)
         env.setdefault("CODEC_TRUST_UI_ORIGIN", "true")
     codec_config = CodecServerConfig.from_env(env)
-    stop = asyncio.Event()
-    tasks = [start_codec_server(codec_config, keys, stop)]
-    print(f"Codec server on {codec_config.url} (bearer token in {token_source})")
-    if env.get("TEMPORAL_ADDRESS"):
-        client = await connect_temporal(env)
-    else:
-        dev_server = await start_dev_server(DATA_DIR, keys, port=7233, ui_port=8233, ui=True, ui_codec_endpoint=codec_config.url)
-        client = dev_server.client
-        env["TEMPORAL_ADDRESS"] = client.service_client.config.target_host
-        print(f"Temporal dev server on {env['TEMPORAL_ADDRESS']}, Web UI on {UI_ORIGIN} (decoding through the codec server)")
-    if not env.get("DATABASE_URL"):
-        embedded_pgdata = DATA_DIR / "pgdata"
-        env["DATABASE_URL"] = start_postgres(embedded_pgdata)
-        print(f"PostgreSQL at {env['DATABASE_URL']}")
     # Kept in the data dir so unsubscribe links in mails sent before a restart still work.
     env.setdefault("UNSUBSCRIBE_SECRET", local_secret(DATA_DIR / "unsubscribe-secret"))
+    # Every setting is checked before anything starts, so a bad one leaves nothing running.
     web_config = WebConfig.from_env(env)
     env.setdefault("WEB_PUBLIC_URL", web_config.public_url)  # the worker's links point at this service
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    worker_task = asyncio.create_task(run_worker(client, env["DATABASE_URL"], env, stop))
-    print(f"Worker running on task queue {TASK_QUEUE!r}. Ctrl-C stops everything; state stays in {DATA_DIR}/.")
-    tasks.append(worker_task)
+    tasks = [start_codec_server(codec_config, keys, stop)]
+    print(f"Codec server on {codec_config.url} (bearer token in {token_source})")
     try:
+        if env.get("TEMPORAL_ADDRESS"):
+            client = await connect_temporal(env)
+        else:
+            dev_server = await start_dev_server(
+                DATA_DIR, keys, port=7233, ui_port=8233, ui=True, ui_codec_endpoint=codec_config.url
+            )
+            client = dev_server.client
+            env["TEMPORAL_ADDRESS"] = client.service_client.config.target_host
+            print(f"Temporal dev server on {env['TEMPORAL_ADDRESS']}, Web UI on {UI_ORIGIN} (decoding through the codec server)")
+        if not env.get("DATABASE_URL"):
+            embedded_pgdata = DATA_DIR / "pgdata"
+            env["DATABASE_URL"] = start_postgres(embedded_pgdata)
+            print(f"PostgreSQL at {env['DATABASE_URL']}")
+        worker_task = asyncio.create_task(run_worker(client, env["DATABASE_URL"], env, stop))
+        print(f"Worker running on task queue {TASK_QUEUE!r}. Ctrl-C stops everything; state stays in {DATA_DIR}/.")
+        tasks.append(worker_task)
         tasks.append(start_web(web_config, stop, temporal_client=client))
         print(f"HTTP service on {web_config.public_url} (unsubscribe links, Twilio webhook; API docs at /docs)")
         if demo:

@@ -137,6 +137,7 @@ def test_keys_from_the_environment_or_a_file(tmp_path: Path):
 def test_the_worker_refuses_to_start_without_keys():
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAYLOAD_ENCRYPTION_KEYS")}
     env["DATABASE_URL"] = "postgresql://nobody@127.0.0.1:1/none"
+    env["METRICS_PORT"] = "0"  # the refusal, not a busy metrics port
     result = subprocess.run([sys.executable, "worker.py"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "error: PAYLOAD_ENCRYPTION_KEYS or PAYLOAD_ENCRYPTION_KEYS_FILE is required" in result.stderr
@@ -149,7 +150,7 @@ def payloads_json(*payloads: Payload) -> str:
     return json_format.MessageToJson(Payloads(payloads=payloads))
 
 
-async def call(config: CodecServerConfig, path: str, body: str = "", **headers: str) -> httpx.Response:
+async def call(config: CodecServerConfig, path: str, body: str | bytes = "", **headers: str) -> httpx.Response:
     app = create_app(config, TEST_PAYLOAD_KEYS)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8089") as http:
         if path == "preflight":
@@ -222,6 +223,51 @@ async def test_the_web_ui_origin_without_a_token_only_when_trusted_on_loopback()
         with pytest.raises(CodecConfigError, match=message):
             CodecServerConfig.from_env(env)
     assert TOKEN not in repr(config)
+
+
+def test_the_cli_takes_the_key_orders_up_made_only_for_the_embedded_dev_server(tmp_path: Path):
+    """A laptop's generated key must never encrypt what a real cluster's
+    workers would have to decrypt: against TEMPORAL_ADDRESS, keys are required."""
+    (tmp_path / "payload-encryption-keys").write_text(new_key_entry("local") + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PAYLOAD_ENCRYPTION_KEYS", "TEMPORAL_ADDRESS"))}
+    env.update(ORDERS_DATA_DIR=str(tmp_path), TEMPORAL_ADDRESS="127.0.0.1:1")
+    result = subprocess.run(
+        [sys.executable, "-m", "starter.cli", "status", "A1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: PAYLOAD_ENCRYPTION_KEYS or PAYLOAD_ENCRYPTION_KEYS_FILE is required")
+
+
+async def test_a_payload_the_codec_server_cannot_decrypt_comes_back_as_it_was_and_the_rest_decoded():
+    """The Web UI shows what /decode answers and checks no status: a refused
+    batch would show every payload of the event as empty."""
+    config = CodecServerConfig(token=TOKEN, cors_origin=UI)
+    [sealed] = await EncryptionCodec(TEST_PAYLOAD_KEYS).encode([a_payload("hello")])
+    [other_key] = await EncryptionCodec(keys("k-other:" + base64.b64encode(os.urandom(32)).decode())).encode([a_payload(1)])
+    broken = [
+        other_key,
+        Payload(metadata={"encoding": b"binary/encrypted", "encryption-key-id": sealed.metadata["encryption-key-id"]}, data=b"short"),
+        Payload(metadata={"encoding": b"binary/encrypted", "encryption-key-id": b"\xff\xfe"}, data=sealed.data),
+    ]
+    answer = await call(config, "/decode", payloads_json(*broken, sealed), Authorization=f"Bearer {TOKEN}", Origin=UI)
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == UI
+    assert list(json_format.Parse(answer.text, Payloads()).payloads) == [*broken, a_payload("hello")]
+    not_utf8 = await call(config, "/decode", b'{"payloads": [\xff]}', Authorization=f"Bearer {TOKEN}", Origin=UI)
+    assert not_utf8.status_code == 400 and not_utf8.headers["access-control-allow-origin"] == UI
+    empty = await call(config, "/decode", payloads_json(), Authorization=f"Bearer {TOKEN}")
+    assert empty.json() == {"payloads": []}
+
+
+async def test_the_trusted_ui_origin_is_not_trusted_through_a_proxy():
+    """Trust rests on the caller being a browser on this machine: a request a
+    proxy or tunnel forwarded needs the token."""
+    config = CodecServerConfig(token=TOKEN, cors_origin=UI, trust_ui_origin=True)
+    body = payloads_json(a_payload(1))
+    assert (await call(config, "/decode", body, Origin=UI)).status_code == 200
+    for header in ("X-Forwarded-For", "Forwarded", "X-Forwarded-Host", "X-Real-IP"):
+        assert (await call(config, "/decode", body, Origin=UI, **{header: "203.0.113.9"})).status_code == 401, header
+    assert (await call(config, "/decode", body, Origin=UI, Host="codec.example.com")).status_code == 401
+    assert (await call(config, "/decode", body, Origin=UI, Host="codec.example.com", Authorization=f"Bearer {TOKEN}")).status_code == 200
 
 
 def test_orders_codec_server_refuses_to_start_without_a_token():
