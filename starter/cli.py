@@ -43,6 +43,7 @@ from workflows.models import (
     MessageUndelivered,
     OrderInput,
     OrderStatusView,
+    customer_id_problem,
     workflow_id_for,
 )
 from workflows.order_lifecycle import format_validation_error
@@ -108,6 +109,8 @@ async def place_order(client: Client, raw: Any) -> str:
         order = OrderInput.model_validate(raw)
     except ValidationError as err:
         raise UsageError(f"invalid order: {format_validation_error(err)}") from None
+    if problem := customer_id_problem(order):
+        raise UsageError(f"invalid order: {problem}")
     workflow_id = workflow_id_for(order.order_id)
     handle = await client.start_workflow(
         WORKFLOW_TYPE,

@@ -20,6 +20,9 @@ from workflows.models import EventEnvelope, OrderStatusView
         (lambda o: o["customer"].update(phone="600123123"), "customer.phone: String should match pattern"),
         (lambda o: o["delivery"].update(method="drone"), "delivery: Input tag 'drone' found using 'method' does not match"),
         (lambda o: o["customer"].update(timezone="Mars/Olympus"), "customer.timezone: Value error, unknown timezone 'Mars/Olympus'"),
+        # Customer ids go into workflow ids and a search attribute, which stay plain on the server.
+        (lambda o: o["customer"].update(customer_id="ada@example.com"), "customer.customer_id: must be an opaque id"),
+        (lambda o: o["customer"].update(customer_id="+48600123123"), "customer.customer_id: must be an opaque id"),
     ],
 )
 async def test_invalid_order_ends_promptly_as_rejected(ts_env: WorkflowEnvironment, make_harness, change, reason):

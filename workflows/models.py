@@ -36,6 +36,9 @@ EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 E164_PATTERN = r"^\+[1-9]\d{6,14}$"
 
 NonEmpty = Annotated[str, Field(min_length=1, max_length=200)]
+# Customer ids become workflow ids and the CustomerId search attribute, which
+# the server keeps in plain text: an opaque id, never an email or a phone number.
+CUSTOMER_ID_PATTERN = r"^[A-Za-z0-9._\-]{1,64}$"
 Money = Annotated[Decimal, Field(gt=0, max_digits=15, decimal_places=3)]
 CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 Rating = Annotated[int, Field(ge=1, le=5)]
@@ -54,7 +57,9 @@ class MarketingConsent(WireModel):
 
 
 class Customer(WireModel):
-    customer_id: NonEmpty
+    # Checked on new orders only (customer_id_problem): orders already running
+    # with another shape of id must still load.
+    customer_id: Annotated[NonEmpty, Field(json_schema_extra={"pattern": CUSTOMER_ID_PATTERN})]
     name: NonEmpty
     email: Annotated[str, Field(max_length=254)]
     phone: Annotated[str, Field(pattern=E164_PATTERN)] | None = None
@@ -668,3 +673,13 @@ class CustomerView(WireModel):
     win_back_group: str | None
     messages: dict[str, DeliveryState]
     timeline: list[str]
+
+
+def customer_id_problem(order: OrderInput) -> str | None:
+    """Why a new order's customer id cannot be used, or None."""
+    if re.fullmatch(CUSTOMER_ID_PATTERN, order.customer.customer_id):
+        return None
+    return (
+        "customer.customer_id: must be an opaque id (letters, digits, '.', '_', '-', at most 64), "
+        "never an email or a phone number: it is stored unencrypted"
+    )

@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         WORKFLOW_TYPE,
         OrderFacts,
         OrderNews,
+        customer_id_problem,
         customer_workflow_id,
         CancelRecord,
         Channel,
@@ -61,6 +62,7 @@ MAX_REJECTED_KEPT = 50
 # Well below the server's limits (10,240 events suggested, 10,000 signals per
 # run), so a flood of events cannot lock an order out of its real ones.
 CONTINUE_AS_NEW_AFTER_EVENTS = 4_000
+CUSTOMER_ID_CHECK = "customer-id-opaque"
 
 
 class ContinueAsNewDue(Exception):
@@ -86,7 +88,12 @@ class OrderLifecycle:
             except ValidationError as err:
                 self.rejection_reason = format_validation_error(err)
             else:
-                self.state = JourneyState(order=order, started_at=info.workflow_start_time)
+                problem = customer_id_problem(order)
+                # Patched: an order started before this check replays as it ran.
+                if problem and workflow.patched(CUSTOMER_ID_CHECK):
+                    self.rejection_reason = problem
+                else:
+                    self.state = JourneyState(order=order, started_at=info.workflow_start_time)
         self._attributes = sa.Keeper(sa.ORDER, self._wanted_search_attributes)
         self._lanes: list[asyncio.Task] = []
         self._closing_lanes = False
