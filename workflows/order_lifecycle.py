@@ -121,11 +121,14 @@ class OrderLifecycle:
                 await self._await_delivery()
             if s.status in (OrderStatus.DELIVERED, OrderStatus.FEEDBACK_REQUESTED):
                 await self._after_delivery()
-            # Every message settled before the order is over.
+            # The customer's workflow told and every message settled before the
+            # order is over. In this order: once the lanes are idle nothing
+            # waits for the server, so no report of a message can come in
+            # between and queue a message that would never be sent.
+            await asyncio.gather(*self._customer_news)
             await self._wait_until(self._lanes_idle)
         except ContinueAsNewDue:
             await self._continue_as_new()
-        await asyncio.gather(*self._customer_news)
         await workflow.wait_condition(workflow.all_handlers_finished)
         attributes.cancel()
         self._attributes.flush()
