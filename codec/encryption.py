@@ -104,6 +104,8 @@ def payload_keys_from_env(env: Mapping[str, str]) -> PayloadKeys:
             text = Path(path).read_text()
         except OSError as err:
             raise CodecConfigError(f"{KEYS_FILE_VARIABLE}: cannot read {path} ({err.strerror})") from None
+        except UnicodeDecodeError:
+            raise CodecConfigError(f"{KEYS_FILE_VARIABLE}: {path} is not text (one key_id:base64 a line)") from None
         lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
         return PayloadKeys.parse(lines, f"{KEYS_FILE_VARIABLE} ({path})")
     raise CodecConfigError(

@@ -119,6 +119,8 @@ def test_keys_from_the_environment_or_a_file(tmp_path: Path):
     assert from_file.ids == ["k-0", first.split(":")[0]] and from_file.encrypting_id == "k-0"
 
     short = "k:" + base64.b64encode(b"16 bytes only!!!").decode()
+    binary = tmp_path / "keys.bin"
+    binary.write_bytes(b"k:\xff\xfe" + os.urandom(32))
     refusals = {
         "PAYLOAD_ENCRYPTION_KEYS or PAYLOAD_ENCRYPTION_KEYS_FILE is required": {},
         "not both": {"PAYLOAD_ENCRYPTION_KEYS": first, "PAYLOAD_ENCRYPTION_KEYS_FILE": str(path)},
@@ -127,11 +129,14 @@ def test_keys_from_the_environment_or_a_file(tmp_path: Path):
         "entry 2: expected key_id:base64": {"PAYLOAD_ENCRYPTION_KEYS": f"{first},no-colon"},
         "key id 'k-0' is given twice": {"PAYLOAD_ENCRYPTION_KEYS": f"{second},{second}"},
         "cannot read": {"PAYLOAD_ENCRYPTION_KEYS_FILE": str(tmp_path / "missing")},
+        "is not text": {"PAYLOAD_ENCRYPTION_KEYS_FILE": str(binary)},
     }
     for message, env in refusals.items():
         with pytest.raises(CodecConfigError, match=message) as refused:
             payload_keys_from_env(env)
-        assert second.split(":")[1] not in str(refused.value)  # a key never appears in an error
+        # A key, good or bad, never appears in an error.
+        secrets = [entry.split(":", 1)[1] for value in env.values() for entry in value.split(",") if ":" in entry]
+        assert not [k for k in secrets if k and k in str(refused.value)], message
 
 
 def test_the_worker_refuses_to_start_without_keys():
@@ -199,6 +204,7 @@ async def test_the_web_ui_origin_without_a_token_only_when_trusted_on_loopback()
         {"CODEC_SERVER_TOKEN": TOKEN, "CODEC_CORS_ORIGIN": UI + "/", "CODEC_TRUST_UI_ORIGIN": "true"}
     )
     assert (config.host, config.port, config.cors_origin) == ("127.0.0.1", 8089, UI)
+    assert CodecServerConfig(token=TOKEN, host="::1").url == "http://[::1]:8089"
     preflight = await call(config, "preflight", Origin=UI, **{"Access-Control-Request-Headers": "content-type,x-namespace"})
     assert preflight.status_code == 204 and preflight.headers["access-control-allow-origin"] == UI
     assert "X-Namespace" in preflight.headers["access-control-allow-headers"]
