@@ -18,6 +18,7 @@ from bench.floor import FLOOR_TASK_QUEUE, FLOOR_WORKFLOW, floor_customer_workflo
 from starter.cli import place_order
 from starter.demo import payment as payment_for
 from tests.fake_providers import BOUNCING_EMAIL_DOMAIN, AcceptedMessage
+from workflows.clock import local_date
 from workflows.models import customer_workflow_id, workflow_id_for
 
 # Categories of a small shop; every order buys two products from one or two
@@ -206,7 +207,8 @@ async def drive_order(
     after_start, after_payment, after_dispatch, after_out_for_delivery, after_delivery, after_feedback_request = (
         counts["sms_only" if bounces else "email"]
     )
-    today = datetime.now(timezone.utc).date().isoformat()
+    # The customer's date: "today" by UTC is yesterday in Warsaw after 23:00 UTC.
+    today = local_date(datetime.now(timezone.utc), order["customer"]["timezone"]).isoformat()
 
     stage = "start"
     # Messages given up on after `patience`: the counts of later steps do not include them.

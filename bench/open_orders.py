@@ -16,6 +16,7 @@ from bench.driver import System, Tracker, bench_order, new_run_id
 from bench.stack import start_stack, wait_for_pollers
 from bench.throughput import RESULTS, machine
 from starter.demo import payment as payment_for
+from workflows.clock import local_date
 
 PAID = 2  # confirmation and payment confirmation
 
@@ -58,7 +59,7 @@ async def run(orders: int, concurrency: int, sample: int) -> dict[str, Any]:
         await asyncio.sleep(5)
         settled_rss = worker.rss_mb()
         # The oldest orders were evicted from the worker's cache long ago.
-        today = datetime.now(timezone.utc).date().isoformat()
+        today = local_date(datetime.now(timezone.utc), batch[0]["customer"]["timezone"]).isoformat()
         resumed_began = time.monotonic()
         oldest = batch[:sample]
         for order in oldest:

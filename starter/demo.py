@@ -16,6 +16,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from starter.cli import place_order, send_event
+from workflows.clock import local_date
 from workflows.customer_journey import in_holdout
 from workflows.models import CustomerPhase, CustomerView, DeliveryState, OrderStatusView, customer_workflow_id, workflow_id_for
 
@@ -91,9 +92,15 @@ def payment(order: dict[str, Any]) -> dict[str, Any]:
     return {"payment_id": f"pay-{order['order_id']}", "amount": str(total), "currency": order["currency"]}
 
 
+def customers_today(order: dict[str, Any]) -> str:
+    """The date where the customer is: a delivery expected "today" by the UTC
+    date would already be late in Warsaw between 23:00 and midnight UTC."""
+    return local_date(datetime.now(timezone.utc), order["customer"]["timezone"]).isoformat()
+
+
 async def happy(client: Client, order: dict[str, Any], *, collect: bool = True) -> None:
     oid = order["order_id"]
-    today = datetime.now(timezone.utc).date().isoformat()
+    today = customers_today(order)
     await asyncio.sleep(1)
     await send_event(client, oid, "payment_received", payment(order), sync=True)
     await asyncio.sleep(2)
@@ -128,7 +135,7 @@ async def late_dispatch(client: Client, order: dict[str, Any]) -> None:
     await asyncio.sleep(8)  # past the 6 s promise: an apology and a flag
     await send_event(
         client, order["order_id"], "order_dispatched",
-        {"carrier": "DHL", "tracking_number": "TRK-LATE", "expected_delivery": datetime.now(timezone.utc).date().isoformat()},
+        {"carrier": "DHL", "tracking_number": "TRK-LATE", "expected_delivery": customers_today(order)},
         sync=True,
     )
     await asyncio.sleep(2)
@@ -203,7 +210,7 @@ def customer_order(customer: dict[str, Any], n: int, k: int, run: str, coupon_co
 async def deliver(client: Client, order: dict[str, Any]) -> None:
     """Paid, dispatched and delivered at once; the order completes by itself
     once its feedback window and recommendations are over."""
-    oid, today = order["order_id"], datetime.now(timezone.utc).date().isoformat()
+    oid, today = order["order_id"], customers_today(order)
     await send_event(client, oid, "payment_received", payment(order), sync=True)
     await send_event(client, oid, "order_dispatched", {"carrier": "DHL", "tracking_number": f"TRK-{oid}", "expected_delivery": today}, sync=True)
     await send_event(client, oid, "order_delivered", {"delivered_at": datetime.now(timezone.utc).isoformat()}, sync=True)
