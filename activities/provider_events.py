@@ -17,7 +17,8 @@ StatusCallback URL), it:
   a spam report, a mail SendGrid drops because the address is on one of its
   suppression lists, an SMS to a number that opted out or does not exist;
 - for an order's message that did not arrive, names the signal its workflow
-  must hear (`message_undelivered`), kept until it is delivered.
+  must hear (`message_undelivered`), owed until it is delivered (the HTTP
+  service's relay, web/signals.py).
 
 Messages of the customer's journey get the first three only: the journey's
 next send reads the suppression and hands itself to SMS where consent allows.
@@ -193,6 +194,17 @@ RETURNING order_id, kind, channel, recipient
 
 KEEP_SIGNAL = "UPDATE provider_events SET workflow_id = $3, signal = $4::jsonb WHERE provider = $1 AND event_id = $2"
 
+# Signals still owed, oldest first; those of one post when it names them. A
+# row another replica is delivering is skipped, not waited for.
+OWED = """
+SELECT provider, event_id, workflow_id, signal FROM provider_events
+WHERE signal IS NOT NULL AND signalled_at IS NULL
+  AND ($2::text IS NULL OR provider = $2) AND ($3::text[] IS NULL OR event_id = ANY($3))
+ORDER BY received_at
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+
 SIGNALLED = "UPDATE provider_events SET signalled_at = now() WHERE provider = $1 AND event_id = ANY($2::text[])"
 
 
@@ -235,5 +247,22 @@ async def record(conn: asyncpg.Connection, event: ProviderEvent) -> Recorded:
     return Recorded(event.event_id, duplicate=False, signal=signal)
 
 
-async def mark_signalled(conn: asyncpg.Connection | asyncpg.Pool, provider: str, event_ids: Sequence[str]) -> None:
-    await conn.execute(SIGNALLED, provider, list(event_ids))
+@dataclass(frozen=True)
+class OwedSignal:
+    provider: str
+    event_id: str
+    signal: Signal
+
+
+async def lock_owed(
+    conn: asyncpg.Connection, limit: int, provider: str | None = None, event_ids: Sequence[str] | None = None
+) -> list[OwedSignal]:
+    """Signals still owed, locked until the caller's transaction ends, so
+    that replicas delivering at once each deliver different ones."""
+    rows = await conn.fetch(OWED, limit, provider, list(event_ids) if event_ids is not None else None)
+    return [OwedSignal(r["provider"], r["event_id"], Signal(r["workflow_id"], json.loads(r["signal"]))) for r in rows]
+
+
+async def mark_signalled(conn: asyncpg.Connection, delivered: Sequence[OwedSignal]) -> None:
+    for provider in {d.provider for d in delivered}:
+        await conn.execute(SIGNALLED, provider, [d.event_id for d in delivered if d.provider == provider])

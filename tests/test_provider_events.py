@@ -404,27 +404,6 @@ async def test_an_event_for_a_finished_order_is_recorded_and_answered_200(config
     assert (await ledger(pool, key))["delivery"] == "bounced"
 
 
-async def test_temporal_unreachable_is_503_so_sendgrid_posts_again_and_the_order_hears_once(config, pool, messaging):
-    order, key = await sent_mail(pool, messaging)
-    bounce = sendgrid_event("bounce", key, type="bounce")
-    unreachable = create_app(config, pool=pool)  # connects on the first signal, to a closed port
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=unreachable), base_url=config.public_url) as client:
-        response = await post_events(client, [bounce])
-    assert response.status_code == 503
-    # Recorded all the same: the ledger and the suppression do not wait for Temporal.
-    assert (await ledger(pool, key))["delivery"] == "bounced"
-    assert await suppressed(pool, "email", order["customer"]["email"]) is not None
-
-    temporal = FakeTemporal()
-    app = create_app(config, pool=pool, temporal_client=temporal)  # type: ignore[arg-type]
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=config.public_url) as client:
-        retried = await post_events(client, [bounce])
-        again = await post_events(client, [bounce])
-    assert retried.status_code == again.status_code == 200
-    assert retried.json() == {"received": 1, "duplicates": 1}
-    assert [name for _, name, _ in temporal.sent] == ["message_undelivered"]
-
-
 # --- Twilio status callbacks -----------------------------------------------------------
 
 

@@ -8,6 +8,8 @@ Nothing here logs a phone number, address, message body, token or secret.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,7 +30,7 @@ from activities.database import create_pool
 from activities.unsubscribe_tokens import InvalidToken, verify
 from web.config import ConfigError, WebConfig
 from web.metrics import CountRejections
-from web.signals import Signals
+from web.signals import OwedSignals, RelayTiming, Signals
 from web.webhooks import add_event_webhooks, twilio_signature
 from workflows.models import Channel, MessageClass, customer_workflow_id
 
@@ -69,31 +71,40 @@ def create_app(
     pool: asyncpg.Pool | None = None,
     temporal_client: Client | None = None,
     runtime: Runtime | None = None,
+    relay_timing: RelayTiming = RelayTiming(),
 ) -> FastAPI:
     """With no `pool`, one is opened on DATABASE_URL for the app's lifetime;
     with no `temporal_client`, one is connected on the first signal. With a
     `runtime` (worker.prometheus_runtime), refused requests and that client's
-    calls are counted on its metrics endpoint."""
+    calls are counted on its metrics endpoint. While the app runs (its
+    lifespan), the relay delivers the signals provider reports owe."""
     if pool is None and not config.database_url:
         raise ConfigError("DATABASE_URL is required, e.g. postgresql://user:pass@localhost:5432/orders")
     signals = Signals(config.temporal_env, temporal_client, runtime)
 
     @asynccontextmanager
-    async def own_pool(app: FastAPI) -> AsyncIterator[None]:
-        app.state.pool = await create_pool(config.database_url)
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if pool is None:
+            app.state.pool = await create_pool(config.database_url)
+        relay = asyncio.create_task(app.state.owed_signals.run())
         try:
             yield
         finally:
-            await app.state.pool.close()
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
+            if pool is None:
+                await app.state.pool.close()
 
     app = FastAPI(
         title="order-lifecycle HTTP service",
         version=version("order-lifecycle"),
         description="Unsubscribe links and provider webhooks. Writes PostgreSQL, then signals the workflow concerned.",
         max_body_size=config.max_body_bytes,
-        lifespan=own_pool if pool is None else None,
+        lifespan=lifespan,
     )
     app.state.pool = pool
+    app.state.owed_signals = OwedSignals(lambda: app.state.pool, signals, relay_timing)
     app.add_middleware(CountRejections, meter=runtime.metric_meter if runtime else MetricMeter.noop)
 
     @app.exception_handler(InvalidToken)
@@ -183,7 +194,7 @@ def create_app(
         # Twilio's Advanced Opt-Out answers STOP and START itself.
         return _twiml(MessagingResponse())
 
-    add_event_webhooks(app, config, signals)
+    add_event_webhooks(app, config, app.state.owed_signals)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

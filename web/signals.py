@@ -1,19 +1,31 @@
 """Signals from the HTTP service to workflows, sent after PostgreSQL has
 the change. A workflow that is not running has nothing to act on it with,
 which is no failure: consent is read at send time, and an order that has
-finished sends nothing more. Temporal out of reach is told to the caller."""
+finished sends nothing more. Temporal out of reach is told to the caller.
+
+The signals provider reports owe orders are kept in PostgreSQL with the
+report (activities/provider_events.py) and delivered by OwedSignals: at
+once, and again, with backoff, while Temporal is away, and by whichever
+replica starts or sweeps next when the process stopped in between. So a
+report that was answered 200 always reaches its order; a repeat is harmless
+to the order."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Mapping
 
+import asyncpg
 from temporalio.client import Client
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities import provider_events
 from worker import connect_temporal
 
 log = logging.getLogger(__name__)
@@ -54,3 +66,68 @@ class Signals:
             log.warning("%s not signalled: Temporal unreachable (%s)", workflow_id, type(err).__name__)
             return False
         return True
+
+
+@dataclass(frozen=True)
+class RelayTiming:
+    """Seconds. Retries double from `first_retry` to `max_retry` while
+    Temporal is away; `sweep_every` finds what another replica left owed."""
+
+    first_retry: float = 1.0
+    max_retry: float = 60.0
+    sweep_every: float = 60.0
+    batch: int = 100
+
+
+class OwedSignals:
+    """Delivers the signals recorded provider reports owe, oldest first."""
+
+    def __init__(self, pool: Callable[[], asyncpg.Pool], signals: Signals, timing: RelayTiming = RelayTiming()) -> None:
+        self._pool = pool
+        self._signals = signals
+        self._timing = timing
+        self._owed = asyncio.Event()
+        # Temporal did not take the last one: posts leave theirs to the relay
+        # rather than each waiting out the timeouts.
+        self.temporal_away = False
+
+    async def deliver(self, provider: str | None = None, event_ids: Sequence[str] | None = None) -> bool:
+        """Deliver what is owed (of `event_ids` only, when given); False if
+        Temporal could not take one, which is then left to the relay."""
+        while True:
+            async with self._pool().acquire() as conn, conn.transaction():
+                owed = await provider_events.lock_owed(conn, self._timing.batch, provider, event_ids)
+                delivered = []
+                for item in owed:
+                    if not await self._signals.send(item.signal.workflow_id, provider_events.SIGNAL, item.signal.payload):
+                        break
+                    delivered.append(item)
+                await provider_events.mark_signalled(conn, delivered)
+            self.temporal_away = len(delivered) < len(owed)
+            if self.temporal_away:
+                self._owed.set()
+                return False
+            if len(owed) < self._timing.batch:
+                return True
+
+    def leave_to_relay(self) -> None:
+        self._owed.set()
+
+    async def run(self) -> None:
+        """Until cancelled: at start (a stopped process may have left some),
+        when a delivery failed, and every sweep."""
+        delay = self._timing.first_retry
+        while True:
+            self._owed.clear()
+            try:
+                delivered = await self.deliver()
+            except (OSError, asyncpg.PostgresError) as err:  # PostgreSQL away: its rows wait
+                log.warning("owed signals not read: %s", type(err).__name__)
+                delivered = False
+            if delivered:
+                delay = self._timing.first_retry
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._owed.wait(), self._timing.sweep_every)
+            else:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._timing.max_retry)

@@ -2,7 +2,8 @@
 which providers report on messages they took (SendGrid's Event Webhook,
 Twilio's status callbacks). Each event is written to PostgreSQL
 (activities/provider_events.py) and committed; only then is the order's
-workflow told of a message that did not arrive.
+workflow told of a message that did not arrive, now or, while Temporal is
+away, by the relay (web/signals.py).
 
 Nothing here logs an address, a number, a reason or a secret.
 """
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
+import asyncpg
 from fastapi import Depends, FastAPI, Form, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -26,7 +28,7 @@ from twilio.request_validator import RequestValidator
 from activities import provider_events
 from activities.providers import SMS_STATUS_CALLBACK_PATH
 from web.config import ConfigError, WebConfig
-from web.signals import Signals
+from web.signals import OwedSignals
 
 log = logging.getLogger(__name__)
 
@@ -117,28 +119,25 @@ def _verified(verifier: EventWebhook, body: bytes, signature: str, timestamp: st
         return False
 
 
-def add_event_webhooks(app: FastAPI, config: WebConfig, signals: Signals) -> None:
+def add_event_webhooks(app: FastAPI, config: WebConfig, relay: OwedSignals) -> None:
     signed_by_sendgrid = sendgrid_signature(config)
     signed_by_twilio = twilio_signature(config)
 
     async def record_and_tell(provider: str, events: Sequence[provider_events.ProviderEvent]) -> list[provider_events.Recorded]:
-        """Every event of a post in one transaction, then the orders told. A
-        post is answered 503 while Temporal cannot take a signal owed: the
-        provider posts it again, and the repeat, changing nothing else,
-        signals then."""
+        """Every event of a post in one transaction, then the orders told.
+        Once committed, a post is answered 200 whether Temporal takes the
+        signal now or not: what it owes is delivered by the relay."""
         async with app.state.pool.acquire() as conn, conn.transaction():
             recorded = [await provider_events.record(conn, event) for event in events]
-        told = []
-        for r in recorded:
-            if r.signal is None:
-                continue
-            if not await signals.send(r.signal.workflow_id, provider_events.SIGNAL, r.signal.payload):
-                break  # the rest stay owed too
-            told.append(r.event_id)
-        if told:
-            await provider_events.mark_signalled(app.state.pool, provider, told)
-        if len(told) < sum(r.signal is not None for r in recorded):
-            raise HTTPException(503, "events recorded, but Temporal could not be told yet: post them again")
+        owed = [r.event_id for r in recorded if r.signal is not None]
+        if owed and relay.temporal_away:
+            relay.leave_to_relay()
+        elif owed:
+            try:
+                await relay.deliver(provider, owed)
+            except (OSError, asyncpg.PostgresError) as err:  # the events are committed; the relay has them
+                log.warning("owed signals left to the relay: %s", type(err).__name__)
+                relay.leave_to_relay()
         return recorded
 
     @app.post(
@@ -153,7 +152,7 @@ def add_event_webhooks(app: FastAPI, config: WebConfig, signals: Signals) -> Non
         },
         responses={
             403: {"description": "missing or invalid signature, or a timestamp outside the tolerance"},
-            503: {"description": "SENDGRID_WEBHOOK_PUBLIC_KEY is not configured, or Temporal could not be told: post again"},
+            503: {"description": "SENDGRID_WEBHOOK_PUBLIC_KEY is not configured"},
         },
     )
     async def sendgrid_events(request: Request) -> dict[str, int]:
@@ -185,7 +184,7 @@ def add_event_webhooks(app: FastAPI, config: WebConfig, signals: Signals) -> Non
         dependencies=[Depends(signed_by_twilio)],
         responses={
             403: {"description": "missing or invalid X-Twilio-Signature"},
-            503: {"description": "TWILIO_AUTH_TOKEN is not configured, or Temporal could not be told"},
+            503: {"description": "TWILIO_AUTH_TOKEN is not configured"},
         },
     )
     async def twilio_status(

@@ -1,0 +1,160 @@
+"""A provider's report the HTTP service has recorded reaches the order's
+workflow even when Temporal could not take the signal at that moment (a
+restart, an outage) or the service stopped between recording and signalling:
+Twilio posts a status callback once, so the service itself owes the signal
+until it is delivered."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import asyncpg
+import httpx
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities import provider_events
+from tests.conftest import new_order, payment_for
+from tests.fake_providers import FakeProviders
+from tests.test_exactly_once import wait_until
+from tests.test_provider_events import (  # noqa: F401 (fixtures)
+    config,
+    ledger,
+    messaging,
+    post_callback,
+    post_events,
+    sendgrid_event,
+    sent_mail,
+    sent_sms,
+    touchpoints,
+)
+from tests.test_web import FakeTemporal
+from web.app import create_app
+from web.signals import RelayTiming
+
+# Quick, so a test waits fractions of a second for a retry.
+QUICK = RelayTiming(first_retry=0.05, max_retry=0.2, sweep_every=0.2)
+
+
+class TemporalAway:
+    """A client that cannot reach Temporal while `down`; otherwise `client`'s."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.down = True
+        self.attempts = 0
+
+    def get_workflow_handle(self, workflow_id: str) -> Any:
+        away, real = self, self.client.get_workflow_handle(workflow_id)
+
+        class Handle:
+            async def signal(self, name: str, arg: Any, **kwargs: Any) -> None:
+                away.attempts += 1
+                if away.down:
+                    raise RPCError("tcp connect error", RPCStatusCode.UNAVAILABLE, b"")
+                await real.signal(name, arg, **kwargs)
+
+        return Handle()
+
+
+async def owed(pool: asyncpg.Pool) -> int:
+    return await pool.fetchval("SELECT count(*) FROM provider_events WHERE signal IS NOT NULL AND signalled_at IS NULL")
+
+
+async def test_an_sms_reported_undelivered_while_temporal_is_away_reaches_the_order_when_it_is_back(
+    ts_env, make_harness, config, pool, fakes: FakeProviders, provider_config
+):
+    order = new_order()
+    away = TemporalAway(ts_env.client)
+    app = create_app(config, pool=pool, temporal_client=away, relay_timing=QUICK)  # type: ignore[arg-type]
+    async with (
+        make_harness(ts_env) as h,
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=config.public_url) as web,
+    ):
+        handle = await h.start(order)
+        await handle.signal("payment_received", payment_for(order))
+        await handle.signal("order_dispatched", {"carrier": "DHL", "tracking_number": "T7", "expected_delivery": await h.tomorrow()})
+        await handle.signal("out_for_delivery", {"date": await h.tomorrow()})
+        view = await h.wait_touchpoint(handle, "delivery_day", "sms")
+        sms = next(t for t in view.touchpoints if t.kind.value == "delivery_day")
+        taken = next(m for m in fakes.accepted if m.provider_id == sms.provider_message_id)
+        # Twilio posts this once: the answer must not depend on Temporal.
+        response = await post_callback(
+            web, taken.status_callback, taken.provider_id, "undelivered", 30003, token=provider_config.twilio_auth_token
+        )
+        assert response.status_code == 200
+        key = f"order-{order['order_id']}:delivery_day:sms"
+        assert (await ledger(pool, key))["delivery"] == "undelivered"
+        await wait_until(lambda: away.attempts >= 3, timeout=10)  # retried while away
+        assert touchpoints(await h.wait_touchpoint(handle, "delivery_day", "sms"), "delivery_day") == [("sms", "sent")]
+
+        away.down = False
+        view = await h.wait_touchpoint(handle, "delivery_day", "email")
+        await h.settled(handle)
+        await handle.terminate("test done")
+    assert touchpoints(view, "delivery_day") == [("sms", "sent"), ("sms", "undelivered"), ("email", "sent")]
+    assert await owed(pool) == 0
+
+
+async def test_a_sendgrid_post_while_temporal_is_away_is_answered_200_and_the_order_hears_once_when_it_is_back(
+    config, pool, messaging
+):
+    order, key = await sent_mail(pool, messaging)
+    away = TemporalAway(FakeTemporal())
+    app = create_app(config, pool=pool, temporal_client=away, relay_timing=QUICK)  # type: ignore[arg-type]
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=config.public_url) as web,
+    ):
+        bounce = sendgrid_event("bounce", key, type="bounce")
+        assert (await post_events(web, [bounce])).status_code == 200
+        assert (await ledger(pool, key))["delivery"] == "bounced"
+        await wait_until(lambda: away.attempts >= 2, timeout=10)
+        # SendGrid's own repeat changes nothing, while away or after.
+        assert (await post_events(web, [bounce])).json() == {"received": 1, "duplicates": 1}
+        away.down = False
+        await wait_until(lambda: away.client.sent, timeout=10)
+        assert (await post_events(web, [bounce])).status_code == 200
+        await asyncio.sleep(3 * QUICK.sweep_every)
+    assert [(wf, name) for wf, name, _ in away.client.sent] == [(f"order-{order['order_id']}", "message_undelivered")]
+    assert await owed(pool) == 0
+
+
+async def test_a_report_recorded_by_a_service_that_stopped_before_signalling_is_signalled_when_one_starts(
+    config, pool, messaging, fakes: FakeProviders
+):
+    order, key, _ = await sent_sms(pool, messaging, fakes)
+    # What a process killed between its commit and its signal leaves behind.
+    event = provider_events.from_twilio(ledger_key=key, message_sid="SM" + uuid.uuid4().hex, status="failed", error_code=30008)
+    async with pool.acquire() as conn, conn.transaction():
+        assert (await provider_events.record(conn, event)).signal is not None
+    temporal = FakeTemporal()
+    app = create_app(config, pool=pool, temporal_client=temporal, relay_timing=QUICK)  # type: ignore[arg-type]
+    async with app.router.lifespan_context(app):
+        await wait_until(lambda: temporal.sent, timeout=10)
+    assert temporal.sent == [
+        (
+            f"order-{order['order_id']}",
+            "message_undelivered",
+            {"kind": "delivery_day", "channel": "sms", "event": "failed", "reason": "failed: Twilio error 30008"},
+        )
+    ]
+    assert await owed(pool) == 0
+
+
+async def test_replicas_relaying_the_same_owed_signals_send_each_once(config, pool, messaging, fakes: FakeProviders):
+    orders = []
+    async with pool.acquire() as conn, conn.transaction():
+        for _ in range(40):
+            order, key, _ = await sent_sms(pool, messaging, fakes)
+            event = provider_events.from_twilio(ledger_key=key, message_sid="SM" + uuid.uuid4().hex, status="undelivered", error_code=30003)
+            await provider_events.record(conn, event)
+            orders.append(f"order-{order['order_id']}")
+    replicas = [FakeTemporal() for _ in range(3)]
+    apps = [create_app(config, pool=pool, temporal_client=t, relay_timing=QUICK) for t in replicas]  # type: ignore[arg-type]
+    await asyncio.gather(*(app.state.owed_signals.deliver() for app in apps))
+    sent = sorted(wf for t in replicas for wf, _, _ in t.sent)
+    assert sent == sorted(orders)
+    assert await owed(pool) == 0
