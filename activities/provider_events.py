@@ -205,7 +205,10 @@ LIMIT $1
 FOR UPDATE SKIP LOCKED
 """
 
-SIGNALLED = "UPDATE provider_events SET signalled_at = now() WHERE provider = $1 AND event_id = ANY($2::text[])"
+SIGNALLED = """
+UPDATE provider_events SET signalled_at = now(), workflow_ended = $3
+WHERE provider = $1 AND event_id = ANY($2::text[])
+"""
 
 
 async def record(conn: asyncpg.Connection, event: ProviderEvent) -> Recorded:
@@ -263,6 +266,8 @@ async def lock_owed(
     return [OwedSignal(r["provider"], r["event_id"], Signal(r["workflow_id"], json.loads(r["signal"]))) for r in rows]
 
 
-async def mark_signalled(conn: asyncpg.Connection, delivered: Sequence[OwedSignal]) -> None:
-    for provider in {d.provider for d in delivered}:
-        await conn.execute(SIGNALLED, provider, [d.event_id for d in delivered if d.provider == provider])
+async def mark_signalled(conn: asyncpg.Connection, delivered: Sequence[OwedSignal], ended: Sequence[OwedSignal]) -> None:
+    """`ended`: the workflow was over, so no one took the signal up."""
+    for items, workflow_ended in ((delivered, False), (ended, True)):
+        for provider in {i.provider for i in items}:
+            await conn.execute(SIGNALLED, provider, [i.event_id for i in items if i.provider == provider], workflow_ended)

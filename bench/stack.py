@@ -31,6 +31,9 @@ BENCH_JOURNEY = {
     "JOURNEY_FEEDBACK_DELAY": "1s",
     "JOURNEY_RECOMMENDATIONS_DELAY": "2s",
     "JOURNEY_FEEDBACK_WINDOW": "1s",
+    # A report of a message after the journey is over waits for nothing here:
+    # with delays of seconds, the window would keep every order open.
+    "JOURNEY_REPORT_WINDOW": "0s",
     "JOURNEY_SMS_QUIET_FROM": "0s",
     "JOURNEY_SMS_QUIET_UNTIL": "0s",
 }

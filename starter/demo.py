@@ -46,6 +46,7 @@ DEMO_JOURNEY = {
     "feedback_delay": "PT5S",
     "recommendations_delay": "PT10S",
     "feedback_window": "PT8S",
+    "report_window": "PT5S",
     # No quiet hours: an SMS at night goes at once instead of in the morning.
     "sms_quiet_from": "PT0S",
     "sms_quiet_until": "PT0S",

@@ -1,8 +1,9 @@
 """The operator's commands: `orders attention` and `orders resend KEY`.
 
 `attention` reads only what costs no Temporal Cloud action: the visibility
-list of orders with NeedsAttention=true, and the ledger's failed and in-doubt
-messages. It prints ids, states and ages, never a customer's address, number
+list of orders with NeedsAttention=true, the ledger's failed and in-doubt
+messages, and the providers' reports of messages not delivered that came
+after their order was over. It prints ids, states and ages, never a customer's address, number
 or name (`orders status ID` gives an order's reasons; a query is billed).
 
 `resend` checks the ledger, then runs the send on the worker as a
@@ -37,6 +38,16 @@ FROM message_ledger WHERE state IN ('failed', 'in_doubt')
 ORDER BY updated_at DESC LIMIT $1
 """
 
+# Reports of messages not delivered that came once the order was over: no
+# workflow took them up. Kept in the list for a month.
+REPORTED_AFTER_THE_ORDER = """
+SELECT e.ledger_key AS key, l.order_id, l.kind, l.channel, l.delivery, e.detail, now() - e.received_at AS age,
+       count(*) OVER () AS total
+FROM provider_events e JOIN message_ledger l ON l.key = e.ledger_key
+WHERE e.workflow_ended AND e.received_at > now() - interval '30 days'
+ORDER BY e.received_at DESC LIMIT $1
+"""
+
 MESSAGE = """
 SELECT l.key, l.order_id, coalesce(l.customer_id, o.customer_id) AS customer_id, l.kind, l.channel, l.state,
        l.provider_message_id, l.settle_at, l.settle_at > now() AS settling_later, l.body_text IS NOT NULL AS rendered
@@ -63,6 +74,15 @@ async def attention_report(client: Client, db: Database, limit: int = 100) -> st
         lines.append(
             f"  {m['key']:<56} {m['order_id'] or '-':<24} {m['kind']:<22} {m['channel']:<5} {m['state']:<8} "
             f"{age(m['age']):>4}  {note(m)}"
+        )
+    reports = await db.fetch(REPORTED_AFTER_THE_ORDER, limit)
+    total = reports[0]["total"] if reports else 0
+    shown = f" (the latest {len(reports)})" if total > len(reports) else ""
+    lines.append(f"Messages reported not delivered after their order was over, last 30 days: {total}{shown}")
+    for r in reports:
+        lines.append(
+            f"  {r['key']:<56} {r['order_id'] or '-':<24} {r['kind']:<22} {r['channel']:<5} {r['delivery']:<11} "
+            f"{age(r['age']):>4}  {scrub(r['detail'] or '')[:ERROR_SHOWN]}"
         )
     return "\n".join(lines)
 

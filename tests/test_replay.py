@@ -40,6 +40,9 @@ EXPECTED = {
     "message_in_doubt",
     "message_settled",
     "message_undelivered",
+    # Cancelled, and its mail reported bounced inside the report window: the
+    # window (workflow.patched "report-window") and the hand-over to SMS.
+    "cancelled_then_bounced",
     "superseded",
     "continued_as_new",
     "continued_run",

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import Enum
 from typing import Any, Mapping
 
 import asyncpg
@@ -36,6 +37,14 @@ CONNECT_TIMEOUT = 5.0
 RPC_TIMEOUT = timedelta(seconds=5)
 
 
+class Delivery(Enum):
+    DELIVERED = "delivered"
+    # Over (or never started): nothing to act on the signal.
+    NOT_RUNNING = "not_running"
+    # Temporal could not take it: worth trying again.
+    UNREACHABLE = "unreachable"
+
+
 class Signals:
     def __init__(self, temporal_env: Mapping[str, str], client: Client | None = None, runtime: Runtime | None = None) -> None:
         self._env = temporal_env
@@ -50,22 +59,20 @@ class Signals:
                 self._client = await asyncio.wait_for(connect_temporal(self._env, self._runtime), CONNECT_TIMEOUT)
         return self._client
 
-    async def send(self, workflow_id: str, signal: str, payload: dict[str, Any]) -> bool:
-        """True once the workflow has the signal or is not running; False
-        when Temporal could not take it, so the caller may try again."""
+    async def send(self, workflow_id: str, signal: str, payload: dict[str, Any]) -> Delivery:
         try:
             client = await self._connected()
             await client.get_workflow_handle(workflow_id).signal(signal, payload, rpc_timeout=RPC_TIMEOUT)
         except RPCError as err:
             if err.status is RPCStatusCode.NOT_FOUND:
                 log.info("%s not signalled: no running workflow", workflow_id)
-                return True
+                return Delivery.NOT_RUNNING
             log.warning("%s not signalled: Temporal answered %s", workflow_id, err.status.name)
-            return False
+            return Delivery.UNREACHABLE
         except Exception as err:  # noqa: BLE001 - unreachable, refused, timed out: the change is already stored
             log.warning("%s not signalled: Temporal unreachable (%s)", workflow_id, type(err).__name__)
-            return False
-        return True
+            return Delivery.UNREACHABLE
+        return Delivery.DELIVERED
 
 
 @dataclass(frozen=True)
@@ -97,13 +104,14 @@ class OwedSignals:
         while True:
             async with self._pool().acquire() as conn, conn.transaction():
                 owed = await provider_events.lock_owed(conn, self._timing.batch, provider, event_ids)
-                delivered = []
+                delivered, ended = [], []
                 for item in owed:
-                    if not await self._signals.send(item.signal.workflow_id, provider_events.SIGNAL, item.signal.payload):
+                    outcome = await self._signals.send(item.signal.workflow_id, provider_events.SIGNAL, item.signal.payload)
+                    if outcome is Delivery.UNREACHABLE:
                         break
-                    delivered.append(item)
-                await provider_events.mark_signalled(conn, delivered)
-            self.temporal_away = len(delivered) < len(owed)
+                    (ended if outcome is Delivery.NOT_RUNNING else delivered).append(item)
+                await provider_events.mark_signalled(conn, delivered, ended)
+            self.temporal_away = len(delivered) + len(ended) < len(owed)
             if self.temporal_away:
                 self._owed.set()
                 return False

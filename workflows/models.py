@@ -133,6 +133,11 @@ class JourneySettings(WireModel):
     feedback_delay: timedelta = timedelta(days=3)
     recommendations_delay: timedelta = timedelta(days=7)
     feedback_window: timedelta = timedelta(days=14)
+    # Providers report a bounce or an undelivered SMS after they took the
+    # message: within minutes mostly, up to 72 hours for mail SendGrid keeps
+    # retrying. The order stays open this long after its last order message,
+    # so that a report of it is still acted on.
+    report_window: timedelta = timedelta(days=3)
     # A channel whose provider rejects our credentials is tried again this
     # often, instead of a retry storm, until the configuration is fixed.
     paused_channel_retry: timedelta = timedelta(hours=1)

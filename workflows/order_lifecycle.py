@@ -37,12 +37,14 @@ with workflow.unsafe.imports_passed_through():
         OrderNews,
         customer_id_problem,
         customer_workflow_id,
+        message_class,
         CancelRecord,
         Channel,
         DeliveryState,
         EventEnvelope,
         FeedbackRecord,
         JourneyState,
+        MessageClass,
         MessageOutcome,
         MessageRequest,
         MessageUndelivered,
@@ -63,6 +65,7 @@ MAX_REJECTED_KEPT = 50
 # run), so a flood of events cannot lock an order out of its real ones.
 CONTINUE_AS_NEW_AFTER_EVENTS = 4_000
 CUSTOMER_ID_CHECK = "customer-id-opaque"
+REPORT_WINDOW = "report-window"
 
 
 class ContinueAsNewDue(Exception):
@@ -127,12 +130,40 @@ class OrderLifecycle:
             # between and queue a message that would never be sent.
             await asyncio.gather(*self._customer_news)
             await self._wait_until(self._lanes_idle)
+            # Patched: an order that ended before the window replays as it ran.
+            if workflow.patched(REPORT_WINDOW):
+                await self._wait_for_late_reports()
         except ContinueAsNewDue:
             await self._continue_as_new()
         await workflow.wait_condition(workflow.all_handlers_finished)
         attributes.cancel()
         self._attributes.flush()
         return self.view()
+
+    async def _wait_for_late_reports(self) -> None:
+        """The journey is over; a report of its last order message may still
+        come (the cancellation, the lost-parcel notice), and the other channel
+        carry it. Open until `report_window` after that message was sent, and
+        again after any message a report hands over. For a completed order the
+        window has mostly passed already (the feedback request is days before
+        the recommendations), so it costs no timer."""
+        s = self.state
+        window = s.setup.settings.report_window
+        while True:
+            last_sent = max(
+                (
+                    t.at
+                    for t in s.touchpoints
+                    if t.state is DeliveryState.SENT and message_class(t.kind) is MessageClass.TRANSACTIONAL
+                ),
+                default=None,
+            )
+            if last_sent is None:
+                return
+            handed_over = await self._wait_until(lambda: not self._lanes_idle(), last_sent + window)
+            if not handed_over and self._lanes_idle():
+                return
+            await self._wait_until(self._lanes_idle)
 
     async def _record_order(self) -> None:
         s = self.state

@@ -3,3 +3,8 @@
 -- service delivers them, oldest first, and sweeps for them every minute, so
 -- the index is nearly always empty.
 CREATE INDEX provider_events_owed ON provider_events (received_at) WHERE signal IS NOT NULL AND signalled_at IS NULL;
+
+-- A report of a message not delivered that came when its order's workflow
+-- was already over: nothing took it up, so `orders attention` lists it.
+ALTER TABLE provider_events ADD COLUMN workflow_ended boolean NOT NULL DEFAULT false;
+CREATE INDEX provider_events_unheard ON provider_events (received_at) WHERE workflow_ended;
