@@ -21,9 +21,14 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
 
 
+# JourneySettings.report_window has no default of its own: orders recorded
+# before it existed have none.
+DEFAULT_REPORT_WINDOW = timedelta(days=3)
+
+
 def journey_settings_from_env(env: Mapping[str, str]) -> JourneySettings:
     """JOURNEY_<FIELD> overrides each default, e.g. JOURNEY_FEEDBACK_DELAY=20s."""
-    overrides = {}
+    overrides = {"report_window": DEFAULT_REPORT_WINDOW}
     for field in JourneySettings.model_fields:
         value = env.get(f"JOURNEY_{field.upper()}")
         if value:

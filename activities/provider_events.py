@@ -17,8 +17,10 @@ StatusCallback URL), it:
   a spam report, a mail SendGrid drops because the address is on one of its
   suppression lists, an SMS to a number that opted out or does not exist;
 - for an order's message that did not arrive, names the signal its workflow
-  must hear (`message_undelivered`), owed until it is delivered (the HTTP
-  service's relay, web/signals.py).
+  must hear (`message_undelivered`), and for an order's mail left in doubt
+  for good (flagged: Email Activity could not tell) the one that settles it
+  (`message_settled`), owed until delivered (the HTTP service's relay,
+  web/signals.py).
 
 Messages of the customer's journey get the first three only: the journey's
 next send reads the suppression and hands itself to SMS where consent allows.
@@ -39,7 +41,7 @@ import asyncpg
 
 from activities.consent import suppress
 from activities.providers import TWILIO_OPTED_OUT, scrub
-from workflows.models import Channel, MessageUndelivered, workflow_id_for
+from workflows.models import Channel, DeliveryState, MessageOutcome, MessageUndelivered, workflow_id_for
 
 
 class Delivery(StrEnum):
@@ -63,7 +65,8 @@ TWILIO_GONE_FOR_GOOD = frozenset({TWILIO_OPTED_OUT, 30005, 30006})
 TWILIO_DELIVERY = {"delivered": Delivery.DELIVERED, "undelivered": Delivery.UNDELIVERED, "failed": Delivery.FAILED}
 
 REASON_LENGTH = 300
-SIGNAL = "message_undelivered"
+UNDELIVERED_SIGNAL = "message_undelivered"
+SETTLED_SIGNAL = "message_settled"
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class ProviderEvent:
 @dataclass(frozen=True)
 class Signal:
     workflow_id: str
+    name: str
     payload: dict[str, Any]
 
 
@@ -170,9 +174,13 @@ RETURNING 1
 
 # A repeat of an event whose order has not heard of it yet.
 UNSIGNALLED = """
-SELECT workflow_id, signal FROM provider_events
+SELECT workflow_id, signal_name, signal FROM provider_events
 WHERE provider = $1 AND event_id = $2 AND signal IS NOT NULL AND signalled_at IS NULL
 """
+
+# Read before the event changes it: a mail in doubt with no settlement to
+# come has flagged its order, which the event must now tell.
+LEDGER_BEFORE = "SELECT state = 'in_doubt' AND settle_at IS NULL FROM message_ledger WHERE key = $1 AND provider = $2 FOR UPDATE"
 
 # Every expression reads the row as it was. Only the provider that sent the
 # message can report on it.
@@ -189,15 +197,17 @@ SET state = CASE WHEN state IN ('sending', 'in_doubt') THEN 'sent' ELSE state EN
                        ELSE coalesce($5, now()) END,
     updated_at = now()
 WHERE key = $1 AND provider = $2
-RETURNING order_id, kind, channel, recipient
+RETURNING order_id, kind, channel, recipient, provider_message_id
 """
 
-KEEP_SIGNAL = "UPDATE provider_events SET workflow_id = $3, signal = $4::jsonb WHERE provider = $1 AND event_id = $2"
+KEEP_SIGNAL = """
+UPDATE provider_events SET workflow_id = $3, signal_name = $4, signal = $5::jsonb WHERE provider = $1 AND event_id = $2
+"""
 
 # Signals still owed, oldest first; those of one post when it names them. A
 # row another replica is delivering is skipped, not waited for.
 OWED = """
-SELECT provider, event_id, workflow_id, signal FROM provider_events
+SELECT provider, event_id, workflow_id, signal_name, signal FROM provider_events
 WHERE signal IS NOT NULL AND signalled_at IS NULL
   AND ($2::text IS NULL OR provider = $2) AND ($3::text[] IS NULL OR event_id = ANY($3))
 ORDER BY received_at
@@ -226,10 +236,10 @@ async def record(conn: asyncpg.Connection, event: ProviderEvent) -> Recorded:
     )
     if not inserted:
         owed = await conn.fetchrow(UNSIGNALLED, event.provider, event.event_id)
-        signal = Signal(owed["workflow_id"], json.loads(owed["signal"])) if owed else None
-        return Recorded(event.event_id, duplicate=True, signal=signal)
+        return Recorded(event.event_id, duplicate=True, signal=_signal(owed) if owed else None)
     if event.ledger_key is None:
         return Recorded(event.event_id, duplicate=False)
+    flagged_in_doubt = await conn.fetchval(LEDGER_BEFORE, event.ledger_key, event.provider)
     row = await conn.fetchrow(
         APPLY_TO_LEDGER,
         event.ledger_key,
@@ -242,12 +252,26 @@ async def record(conn: asyncpg.Connection, event: ProviderEvent) -> Recorded:
         return Recorded(event.event_id, duplicate=False)
     if event.suppression:
         await suppress(conn, Channel(row["channel"]), row["recipient"], reason=event.suppression, source="provider")
-    if event.delivery not in NOT_DELIVERED or row["order_id"] is None:
+    if row["order_id"] is None:
         return Recorded(event.event_id, duplicate=False)
-    report = MessageUndelivered(kind=row["kind"], channel=row["channel"], event=event.delivery.value, reason=event.detail)
-    signal = Signal(workflow_id_for(row["order_id"]), report.model_dump(mode="json"))
-    await conn.execute(KEEP_SIGNAL, event.provider, event.event_id, signal.workflow_id, json.dumps(signal.payload))
+    if event.delivery in NOT_DELIVERED:  # the order hands it over, and lifts an in-doubt flag
+        report = MessageUndelivered(kind=row["kind"], channel=row["channel"], event=event.delivery.value, reason=event.detail)
+        signal = Signal(workflow_id_for(row["order_id"]), UNDELIVERED_SIGNAL, report.model_dump(mode="json"))
+    elif flagged_in_doubt:
+        outcome = MessageOutcome(
+            key=event.ledger_key, channel=row["channel"], state=DeliveryState.SENT, provider_message_id=row["provider_message_id"]
+        )
+        signal = Signal(workflow_id_for(row["order_id"]), SETTLED_SIGNAL, outcome.model_dump(mode="json"))
+    else:
+        return Recorded(event.event_id, duplicate=False)
+    await conn.execute(
+        KEEP_SIGNAL, event.provider, event.event_id, signal.workflow_id, signal.name, json.dumps(signal.payload)
+    )
     return Recorded(event.event_id, duplicate=False, signal=signal)
+
+
+def _signal(row: asyncpg.Record) -> Signal:
+    return Signal(row["workflow_id"], row["signal_name"], json.loads(row["signal"]))
 
 
 @dataclass(frozen=True)
@@ -263,7 +287,7 @@ async def lock_owed(
     """Signals still owed, locked until the caller's transaction ends, so
     that replicas delivering at once each deliver different ones."""
     rows = await conn.fetch(OWED, limit, provider, list(event_ids) if event_ids is not None else None)
-    return [OwedSignal(r["provider"], r["event_id"], Signal(r["workflow_id"], json.loads(r["signal"]))) for r in rows]
+    return [OwedSignal(r["provider"], r["event_id"], _signal(r)) for r in rows]
 
 
 async def mark_signalled(conn: asyncpg.Connection, delivered: Sequence[OwedSignal], ended: Sequence[OwedSignal]) -> None:

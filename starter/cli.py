@@ -40,6 +40,7 @@ from workflows.models import (
     TASK_QUEUE,
     WORKFLOW_TYPE,
     EventEnvelope,
+    MessageOutcome,
     MessageUndelivered,
     OrderInput,
     OrderStatusView,
@@ -184,6 +185,7 @@ def schemas() -> dict[str, Any]:
         **EVENT_MODELS,
         # From the HTTP service, not from backends.
         "message_undelivered": MessageUndelivered,
+        "message_settled": MessageOutcome,
     }
     return {name: model.model_json_schema() for name, model in models.items()}
 

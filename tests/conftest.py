@@ -21,7 +21,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.config import ProviderConfig
+from activities.config import ProviderConfig, journey_settings_from_env
 from activities.database import create_pool, migrate
 from activities.providers import Provider
 from codec import KEYS_VARIABLE, payload_keys_from_env
@@ -194,7 +194,7 @@ def make_harness(pool: asyncpg.Pool, provider_config: ProviderConfig):
     async def factory(
         env: WorkflowEnvironment,
         *,
-        journey: JourneySettings = JourneySettings(),
+        journey: JourneySettings = journey_settings_from_env({}),
         quiet_hours: bool = False,
         lifecycle: LifecycleSettings | None = None,
         config: ProviderConfig | None = None,

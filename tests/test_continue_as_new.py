@@ -15,8 +15,7 @@ from workflows.models import JourneySettings, OrderStatusView
 FLOOD = 12_000
 SERVER_SIGNAL_LIMIT = 10_000
 QUICK = JourneySettings(
-    feedback_delay=timedelta(seconds=1), recommendations_delay=timedelta(seconds=2), feedback_window=timedelta(seconds=1),
-    report_window=timedelta(0),
+    feedback_delay=timedelta(seconds=1), recommendations_delay=timedelta(seconds=2), feedback_window=timedelta(seconds=1)
 )
 
 

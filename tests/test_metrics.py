@@ -95,7 +95,7 @@ async def test_worker_counts_messages_deadlines_and_rejections_by_kind_only(stac
     run = new_run_id()
     happy, unpaid = bench_order(0, run), bench_order(1, run)
     # Never paid: the payment deadline passes; its confirmation goes unanswered.
-    unpaid["journey"] = {"payment_reminder_after": "PT1S", "payment_deadline": "PT3S", "report_window": "PT0S"}
+    unpaid["journey"] = {"payment_reminder_after": "PT1S", "payment_deadline": "PT3S"}
     fakes.hang_next(unpaid["customer"]["email"], 3.0)
     await place_order(client, unpaid)
 

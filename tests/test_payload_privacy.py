@@ -15,9 +15,7 @@ from starter.cli import place_order
 from tests.conftest import new_order, payment_for
 from workflows.models import TASK_QUEUE, JourneySettings, OrderStatusView, customer_workflow_id
 
-SHORT_JOURNEY = JourneySettings(
-    feedback_delay=timedelta(seconds=1), recommendations_delay=timedelta(seconds=2), report_window=timedelta(0)
-)
+SHORT_JOURNEY = JourneySettings(feedback_delay=timedelta(seconds=1), recommendations_delay=timedelta(seconds=2))
 
 
 def failures_in(history: History) -> list:

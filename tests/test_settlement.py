@@ -26,6 +26,7 @@ from tests.conftest import new_order, payment_for
 from tests.fake_providers import EMAIL_ACTIVITY, FakeProviders, RecordedRequest
 from tests.test_exactly_once import attempt, ledger, recorded_order, request_for
 from tests.test_journey import kinds
+from tests.test_provider_events import config, journey_web, post_events, sendgrid_event  # noqa: F401 (fixtures)
 from tests.test_sending import WorkerDied
 from workflows import order_lifecycle
 from workflows.models import Channel, DeliveryState, OrderStatusView, SendMode
@@ -201,6 +202,48 @@ async def test_without_email_activity_the_mail_stays_in_doubt_and_the_order_is_f
     assert fakes.deliveries_to(order["customer"]["email"]) == []
     assert len(searches_for(fakes, key)) == 1
     assert (await ledger(pool, key))["state"] == "in_doubt"
+
+
+@pytest.mark.parametrize("event", ["processed", "delivered", "bounce"])
+async def test_without_email_activity_sendgrids_event_settles_the_mail_and_lifts_the_flag(
+    ts_env, make_harness, journey_web, fakes: FakeProviders, provider_config: ProviderConfig, pool, event: str
+):
+    """Email Activity is not bought, so the mail SendGrid took is left in
+    doubt and flagged; then SendGrid's Event Webhook reports on it. The report
+    proves SendGrid had it: settled as sent, the flag lifted, nothing sent
+    again; a bounce is then acted on as any bounce."""
+    order = new_order()
+    email, phone = order["customer"]["email"], order["customer"]["phone"]
+    fakes.refuse_email_activity(403)
+    try:
+        async with (
+            make_harness(ts_env, providers=providers(provider_config, MailAcceptedThenWorkerDied(provider_config))) as h,
+            journey_web(ts_env) as web,
+        ):
+            handle = await h.start(order)
+            await h.wait_for(handle, lambda v: "message_in_doubt:order_confirmation:email" in v.attention_reasons)
+            [taken] = [m for m in fakes.accepted if m.recipient == email]
+            report = sendgrid_event(
+                event, key_of(order), sg_message_id=f"{taken.provider_id}.filter0001.1.2.0",
+                **({"type": "bounce", "reason": "550 5.1.1 user unknown"} if event == "bounce" else {}),
+            )
+            assert (await post_events(web, [report])).status_code == 200
+            view = await h.wait_for(handle, lambda v: "message_in_doubt:order_confirmation:email" not in v.attention_reasons)
+            if event == "bounce":
+                view = await h.wait_touchpoint(handle, "order_confirmation", "sms")
+            await h.settled(handle)
+            await handle.terminate("test done")
+    finally:
+        fakes.refuse_email_activity(None)
+    assert (await ledger(pool, key_of(order)))["state"] == "sent"
+    assert len(fakes.deliveries_to(email)) == 1
+    if event == "bounce":
+        assert states_of(view, "order_confirmation") == ["in_doubt", "in_doubt", "undelivered"]
+        assert states_of(view, "order_confirmation", "sms") == ["sent"]
+        assert view.attention_reasons == ["message_undelivered:order_confirmation:email"]
+    else:
+        assert states_of(view, "order_confirmation") == ["in_doubt", "in_doubt", "sent"]
+        assert not view.needs_attention and fakes.deliveries_to(phone) == []
 
 
 async def test_the_window_holds_up_no_other_mail_and_an_overtaken_mail_is_not_sent_late(

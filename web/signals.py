@@ -106,7 +106,7 @@ class OwedSignals:
                 owed = await provider_events.lock_owed(conn, self._timing.batch, provider, event_ids)
                 delivered, ended = [], []
                 for item in owed:
-                    outcome = await self._signals.send(item.signal.workflow_id, provider_events.SIGNAL, item.signal.payload)
+                    outcome = await self._signals.send(item.signal.workflow_id, item.signal.name, item.signal.payload)
                     if outcome is Delivery.UNREACHABLE:
                         break
                     (ended if outcome is Delivery.NOT_RUNNING else delivered).append(item)

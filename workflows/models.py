@@ -136,8 +136,10 @@ class JourneySettings(WireModel):
     # Providers report a bounce or an undelivered SMS after they took the
     # message: within minutes mostly, up to 72 hours for mail SendGrid keeps
     # retrying. The order stays open this long after its last order message,
-    # so that a report of it is still acted on.
-    report_window: timedelta = timedelta(days=3)
+    # so that a report of it is still acted on. The worker's configuration
+    # gives it (3 days by default); None, as for orders whose first activity
+    # ran before it existed: no window.
+    report_window: timedelta | None = None
     # A channel whose provider rejects our credentials is tried again this
     # often, instead of a retry storm, until the configuration is fixed.
     paused_channel_retry: timedelta = timedelta(hours=1)

@@ -65,7 +65,7 @@ MAX_REJECTED_KEPT = 50
 # run), so a flood of events cannot lock an order out of its real ones.
 CONTINUE_AS_NEW_AFTER_EVENTS = 4_000
 CUSTOMER_ID_CHECK = "customer-id-opaque"
-REPORT_WINDOW = "report-window"
+REPORT_SETTLES_DOUBT = "report-settles-doubt"
 
 
 class ContinueAsNewDue(Exception):
@@ -130,9 +130,7 @@ class OrderLifecycle:
             # between and queue a message that would never be sent.
             await asyncio.gather(*self._customer_news)
             await self._wait_until(self._lanes_idle)
-            # Patched: an order that ended before the window replays as it ran.
-            if workflow.patched(REPORT_WINDOW):
-                await self._wait_for_late_reports()
+            await self._wait_for_late_reports()
         except ContinueAsNewDue:
             await self._continue_as_new()
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -149,6 +147,8 @@ class OrderLifecycle:
         the recommendations), so it costs no timer."""
         s = self.state
         window = s.setup.settings.report_window
+        if window is None:  # captured before there was a window
+            return
         while True:
             last_sent = max(
                 (
@@ -168,7 +168,13 @@ class OrderLifecycle:
     async def _record_order(self) -> None:
         s = self.state
         setup = await workflow.execute_activity_method(OrderActivities.record_order, s.order, **DB_TIMEOUTS)
-        s.setup = setup.model_copy(update={"settings": s.order.journey}) if s.order.journey else setup
+        if s.order.journey:
+            # The order's own delays; the worker's report window unless it has one.
+            window = s.order.journey.report_window
+            if window is None:
+                window = setup.settings.report_window
+            setup = setup.model_copy(update={"settings": s.order.journey.model_copy(update={"report_window": window})})
+        s.setup = setup
         self._show_details()
         self._notify(Touchpoint.ORDER_CONFIRMATION)
 
@@ -587,6 +593,10 @@ class OrderLifecycle:
             if taken is None or DeliveryState.UNDELIVERED in settled:
                 continue  # it never went, or was reported already
             now = workflow.now()
+            # A report proves the provider had a mail left in doubt for good.
+            # Patched: an order that heard such a report before replays as it ran.
+            if settled[-1] is DeliveryState.IN_DOUBT and workflow.patched(REPORT_SETTLES_DOUBT):
+                self._unflag(f"message_in_doubt:{report.kind.value}:{report.channel.value}")
             error = f"{report.event}: {report.reason}" if report.reason else report.event
             metrics.count_message(report.kind, report.channel, DeliveryState.UNDELIVERED)
             s.touchpoints.append(
@@ -723,11 +733,20 @@ class OrderLifecycle:
     def message_resent(self, outcome: MessageOutcome) -> None:
         """What an operator's `orders resend` of one of this order's messages
         came to (workflows/resend.py): recorded, and its flag lifted once sent."""
+        self._settled_elsewhere("message_resent", outcome)
+
+    @workflow.signal
+    def message_settled(self, outcome: MessageOutcome) -> None:
+        """From the HTTP service: a mail left in doubt for good (Email Activity
+        could not tell) that the provider has since reported on, so it had it."""
+        self._settled_elsewhere("message_settled", outcome)
+
+    def _settled_elsewhere(self, signal: str, outcome: MessageOutcome) -> None:
         s, channel = self.state, outcome.channel
         kinds = {f"{workflow.info().workflow_id}:{kind.value}:{channel.value}": kind for kind in Touchpoint}
         kind = kinds.get(outcome.key)
         if s is None or kind is None:
-            workflow.logger.warning("ignored a message_resent signal about no message of this order")
+            workflow.logger.warning("ignored a %s signal about no message of this order", signal)
             return
         metrics.count_message(kind, channel, outcome.state)
         s.touchpoints.append(
