@@ -176,8 +176,9 @@ async def _main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        ProviderConfig.from_env(os.environ)  # every setting checked before anything starts
         client = await connect_temporal(runtime=runtime)
-    except CodecConfigError as err:
+    except (CodecConfigError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     await run_worker(client, os.environ["DATABASE_URL"], os.environ, stop)
 

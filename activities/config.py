@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Mapping
+from urllib.parse import urlsplit
 
 from workflows.models import CouponTerms, JourneySettings, LifecycleSettings
 
@@ -66,6 +68,16 @@ def lifecycle_settings_from_env(env: Mapping[str, str], journey: JourneySettings
     return LifecycleSettings(**values)
 
 
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class ProviderConfig:
     sendgrid_api_key: str | None = None
@@ -102,6 +114,14 @@ class ProviderConfig:
             raise ValueError("MARKETING_CAP_WINDOW must be longer than zero")
         if self.sendgrid_settle_after <= timedelta(0):
             raise ValueError("SENDGRID_SETTLE_AFTER must be longer than zero")
+        # Providers on loopback are a local stand-in, and the service is local too.
+        calls_back = self.sms_configured and not _is_loopback(self.twilio_api_base_url)
+        links_out = self.email_configured and self.unsubscribe_secret and not _is_loopback(self.sendgrid_api_host)
+        if (calls_back or links_out) and _is_loopback(self.web_public_url):
+            raise ValueError(
+                f"WEB_PUBLIC_URL {self.web_public_url} is a loopback address: Twilio's status callbacks and "
+                "customers' unsubscribe links could not reach `orders web` there; set it to the service's public address"
+            )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ProviderConfig:

@@ -192,6 +192,7 @@ def schemas() -> dict[str, Any]:
 
 async def up(demo: bool) -> None:
     """Everything on embedded defaults unless TEMPORAL_ADDRESS / DATABASE_URL say otherwise."""
+    from activities.config import ProviderConfig
     from codec import payload_keys_from_env
     from codec.server import CodecServerConfig, start as start_codec_server
     from starter.embedded import start_dev_server, start_postgres, stop_postgres
@@ -226,6 +227,10 @@ async def up(demo: bool) -> None:
     # Every setting is checked before anything starts, so a bad one leaves nothing running.
     web_config = WebConfig.from_env(env)
     env.setdefault("WEB_PUBLIC_URL", web_config.public_url)  # the worker's links point at this service
+    try:
+        ProviderConfig.from_env(env)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

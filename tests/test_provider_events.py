@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -25,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from temporalio.service import RPCError, RPCStatusCode
 from twilio.request_validator import RequestValidator
 
+from activities.config import ProviderConfig
 from activities.messaging import MessagingActivities
 from tests.conftest import TEST_KEY_ENV, new_order, payment_for
 from tests.fake_providers import FakeProviders
@@ -35,6 +40,7 @@ from web.app import create_app
 from web.config import ConfigError, WebConfig
 from workflows.models import Channel, DeliveryState, Touchpoint
 
+REPO = Path(__file__).resolve().parent.parent
 SENDGRID_EVENTS = "/webhooks/sendgrid/events"
 TWILIO_STATUS = "/webhooks/twilio/status"
 SIGNATURE = "X-Twilio-Email-Event-Webhook-Signature"
@@ -413,6 +419,44 @@ async def test_every_sms_asks_for_status_callbacks_at_the_web_service(pool, mess
     assert f"{url.scheme}://{url.netloc}" == provider_config.web_public_url
     assert url.path == TWILIO_STATUS
     assert parse_qs(url.query) == {"key": [key]}
+
+
+REAL_TWILIO = {"TWILIO_ACCOUNT_SID": "AC" + "1" * 32, "TWILIO_AUTH_TOKEN": "t" * 32, "TWILIO_FROM_NUMBER": "+15005550006"}
+REAL_SENDGRID = {"SENDGRID_API_KEY": "SG.x", "UNSUBSCRIBE_SECRET": "s" * 32}
+
+
+@pytest.mark.parametrize("providers", [REAL_TWILIO, REAL_SENDGRID], ids=["twilio", "sendgrid"])
+@pytest.mark.parametrize("public_url", [None, "http://localhost:8000", "http://127.0.0.1:8000", "https://[::1]/"])
+def test_real_providers_with_a_loopback_public_url_are_refused(providers: dict[str, str], public_url: str | None):
+    """Twilio would post every status callback, and customers would open
+    every unsubscribe link, at an address only this machine can reach."""
+    env = {**providers, **({"WEB_PUBLIC_URL": public_url} if public_url else {})}
+    with pytest.raises(ValueError, match="WEB_PUBLIC_URL .* is a loopback address"):
+        ProviderConfig.from_env(env)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {**REAL_TWILIO, **REAL_SENDGRID, "WEB_PUBLIC_URL": "https://orders.example.com"},
+        # Providers on loopback (the tests' fakes, a local mock): the service is there too.
+        {**REAL_TWILIO, "TWILIO_API_BASE_URL": "http://127.0.0.1:9999", "SENDGRID_API_KEY": "SG.x",
+         "SENDGRID_API_HOST": "http://localhost:9998", "UNSUBSCRIBE_SECRET": "s"},
+        # No marketing email without the secret, so no unsubscribe link.
+        {"SENDGRID_API_KEY": "SG.x"},
+        {},
+    ],
+)
+def test_a_public_url_or_providers_on_loopback_are_accepted(env: dict[str, str]):
+    ProviderConfig.from_env(env)
+
+
+def test_the_worker_refuses_to_start_with_real_twilio_and_a_loopback_public_url():
+    env = {**os.environ, **TEST_KEY_ENV, **REAL_TWILIO, "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none", "METRICS_PORT": "0"}
+    env.pop("WEB_PUBLIC_URL", None)
+    result = subprocess.run([sys.executable, "worker.py"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "error: WEB_PUBLIC_URL http://localhost:8000 is a loopback address" in result.stderr, result.stderr
 
 
 async def test_a_signed_status_callback_updates_the_ledger(client, pool, messaging, fakes, config):
