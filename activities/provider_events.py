@@ -290,6 +290,10 @@ async def lock_owed(
     return [OwedSignal(r["provider"], r["event_id"], _signal(r)) for r in rows]
 
 
+async def count_owed(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    return await conn.fetchval("SELECT count(*) FROM provider_events WHERE signal IS NOT NULL AND signalled_at IS NULL")
+
+
 async def mark_signalled(conn: asyncpg.Connection, delivered: Sequence[OwedSignal], ended: Sequence[OwedSignal]) -> None:
     """`ended`: the workflow was over, so no one took the signal up."""
     for items, workflow_ended in ((delivered, False), (ended, True)):

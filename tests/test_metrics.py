@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 
+import asyncpg
 import httpx
 import pytest
 from twilio.request_validator import RequestValidator
@@ -180,6 +181,14 @@ async def test_web_service_counts_rejected_requests_on_its_own_port(database_url
         # The service refuses to start without a payload key.
         "PAYLOAD_ENCRYPTION_KEYS": "test:" + base64.b64encode(os.urandom(32)).decode(),
     }
+    # A report recorded while Temporal was away: the relay owes its signal.
+    owed_event = uuid.uuid4().hex
+    conn = await asyncpg.connect(database_url)
+    await conn.execute(
+        "INSERT INTO provider_events (provider, event_id, event, workflow_id, signal_name, signal)"
+        " VALUES ('twilio', $1, 'undelivered', 'order-owed', 'message_undelivered', '{}')",
+        owed_event,
+    )
     service = subprocess.Popen([sys.executable, "-m", "starter.cli", "web"], cwd=REPO, env=env)
     try:
         async with httpx.AsyncClient(base_url=public_url) as http:
@@ -191,10 +200,17 @@ async def test_web_service_counts_rejected_requests_on_its_own_port(database_url
             assert (await http.get("/unsubscribe", params={"token": "not-a-token"})).status_code == 400
             assert (await http.get("/no-such-page")).status_code == 404
             assert (await http.get("/metrics")).status_code == 404  # not on the public port
-        text, samples = await scrape_until(metrics_port, lambda s: total(s, "orders_web_rejected_requests_total") >= 4)
+        text, samples = await scrape_until(
+            metrics_port,
+            lambda s: total(s, "orders_web_rejected_requests_total") >= 4
+            and total(s, "orders_web_signals_total", outcome="unreachable") >= 1
+            and total(s, "orders_web_owed_signals") >= 1,
+        )
     finally:
         service.terminate()
         service.wait(30)
+        await conn.execute("DELETE FROM provider_events WHERE event_id = $1", owed_event)
+        await conn.close()
 
     def rejected(**labels: str) -> float:
         return total(samples, "orders_web_rejected_requests_total", **labels)
@@ -206,6 +222,10 @@ async def test_web_service_counts_rejected_requests_on_its_own_port(database_url
     assert rejected(endpoint="unmatched", status="404", reason="not_found") == 2
     assert rejected() == 5
     assert "+48600100200" not in text and "no-such-page" not in text and "not-a-token" not in text
+    # Temporal is at a closed port: the owed signal is retried, and still owed.
+    assert total(samples, "orders_web_signals_total", signal="message_undelivered", outcome="unreachable") >= 1
+    assert total(samples, "orders_web_signals_total", outcome="delivered") == 0
+    assert "order-owed" not in text
 
 
 async def until_healthy(http: httpx.AsyncClient, service: subprocess.Popen, timeout: float = 30) -> None:

@@ -104,8 +104,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.pool = pool
-    app.state.owed_signals = OwedSignals(lambda: app.state.pool, signals, relay_timing)
-    app.add_middleware(CountRejections, meter=runtime.metric_meter if runtime else MetricMeter.noop)
+    meter = runtime.metric_meter if runtime else MetricMeter.noop
+    app.state.owed_signals = OwedSignals(lambda: app.state.pool, signals, relay_timing, meter)
+    app.add_middleware(CountRejections, meter=meter)
 
     @app.exception_handler(InvalidToken)
     async def invalid_token(request: Request, err: InvalidToken) -> PlainTextResponse:

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 import asyncpg
 from temporalio.client import Client
+from temporalio.common import MetricMeter
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -30,6 +31,9 @@ from activities import provider_events
 from worker import connect_temporal
 
 log = logging.getLogger(__name__)
+
+SIGNALS_SENT = "orders_web_signals"
+OWED_SIGNALS = "orders_web_owed_signals"
 
 # Short: a request must not wait out the SDK's long default retries while
 # Temporal is down.
@@ -89,10 +93,18 @@ class RelayTiming:
 class OwedSignals:
     """Delivers the signals recorded provider reports owe, oldest first."""
 
-    def __init__(self, pool: Callable[[], asyncpg.Pool], signals: Signals, timing: RelayTiming = RelayTiming()) -> None:
+    def __init__(
+        self,
+        pool: Callable[[], asyncpg.Pool],
+        signals: Signals,
+        timing: RelayTiming = RelayTiming(),
+        meter: MetricMeter = MetricMeter.noop,
+    ) -> None:
         self._pool = pool
         self._signals = signals
         self._timing = timing
+        self._sent = meter.create_counter(SIGNALS_SENT, "Signals the HTTP service sent workflows for provider reports")
+        self._still_owed = meter.create_gauge(OWED_SIGNALS, "Signals recorded provider reports still owe workflows")
         self._owed = asyncio.Event()
         # Temporal did not take the last one: posts leave theirs to the relay
         # rather than each waiting out the timeouts.
@@ -107,6 +119,7 @@ class OwedSignals:
                 delivered, ended = [], []
                 for item in owed:
                     outcome = await self._signals.send(item.signal.workflow_id, item.signal.name, item.signal.payload)
+                    self._sent.add(1, {"signal": item.signal.name, "outcome": outcome.value})
                     if outcome is Delivery.UNREACHABLE:
                         break
                     (ended if outcome is Delivery.NOT_RUNNING else delivered).append(item)
@@ -132,6 +145,8 @@ class OwedSignals:
             except (OSError, asyncpg.PostgresError) as err:  # PostgreSQL away: its rows wait
                 log.warning("owed signals not read: %s", type(err).__name__)
                 delivered = False
+            with contextlib.suppress(OSError, asyncpg.PostgresError):
+                self._still_owed.set(await provider_events.count_owed(self._pool()))
             if delivered:
                 delay = self._timing.first_retry
                 with contextlib.suppress(TimeoutError):
