@@ -318,6 +318,22 @@ async def test_start_lifts_the_suppression_but_leaves_marketing_off(client, pool
     )
 
 
+async def test_a_replayed_start_cannot_undo_a_later_stop(client, pool, temporal):
+    """Twilio's signature carries no timestamp: a signed START captured and
+    posted again after the customer's next STOP must change nothing. Twilio
+    gives every message its own MessageSid, so a repeat is known."""
+    customer = await new_customer(pool)
+    start = {"MessageSid": "SM" + uuid.uuid4().hex, "AccountSid": "AC" + "0" * 32, "To": "+15005550006",
+             "From": customer.phone, "Body": "START"}
+    assert (await sms(client, "STOP", customer.phone)).status_code == 200
+    assert (await client.post(INBOUND, data=start, headers=signed(start))).status_code == 200
+    assert (await sms(client, "STOP", customer.phone)).status_code == 200
+    replayed = await client.post(INBOUND, data=start, headers=signed(start))
+    assert replayed.status_code == 200 and replayed.text.endswith("<Response />")
+    assert await pool.fetchval("SELECT count(*) FROM suppressions WHERE recipient = $1", customer.phone) == 1
+    assert [row[2:] for row in await audit(pool, customer.customer_id)][-1] == (True, "sms_keyword", "START")
+
+
 async def test_help_answers_with_the_configured_text_and_other_texts_change_nothing(config, pool):
     customer = await new_customer(pool)
     app = create_app(replace(config, sms_help_text="Shop & Co: reply STOP to stop."), pool=pool)

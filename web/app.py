@@ -172,6 +172,9 @@ def create_app(
         request: Request,
         background: BackgroundTasks,
         from_number: Annotated[str, Form(alias="From", description="the sender, E.164")],
+        message_sid: Annotated[
+            str, Form(alias="MessageSid", pattern=r"^(SM|MM)[0-9a-fA-F]{32}$", description="Twilio's id of the message")
+        ],
         body: Annotated[str, Form(alias="Body", description="the text; empty for a picture alone")] = "",
     ) -> Response:
         """Twilio's inbound-message webhook: opt-out, opt-in and help keywords."""
@@ -187,7 +190,11 @@ def create_app(
         if keyword in OPT_OUT or keyword in OPT_IN:
             opting_out = keyword in OPT_OUT
             async with app.state.pool.acquire() as conn, conn.transaction():
-                changed = await (_opt_out if opting_out else _opt_in)(conn, from_number, keyword)
+                first_time = await conn.fetchval(
+                    "INSERT INTO sms_keywords_seen (message_sid) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true", message_sid
+                )
+                # A repeat of a message already acted on: Twilio's retry, or a replay.
+                changed = await (_opt_out if opting_out else _opt_in)(conn, from_number, keyword) if first_time else []
             log.info("SMS %s keyword changed %d customer(s)", "opt-out" if opting_out else "opt-in", len(changed))
             klass = MessageClass.MARKETING if opting_out else MessageClass.TRANSACTIONAL
             for customer_id in changed:
