@@ -7,6 +7,7 @@ until it is delivered."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -25,6 +26,7 @@ from tests.test_provider_events import (  # noqa: F401 (fixtures)
     post_callback,
     post_events,
     sendgrid_event,
+    sendgrid_headers,
     sent_mail,
     sent_sms,
     touchpoints,
@@ -168,3 +170,49 @@ async def test_replicas_relaying_the_same_owed_signals_send_each_once(config, po
     sent = sorted(wf for t in replicas for wf, _, _ in sent_to(t, *orders))
     assert sent == sorted(orders)
     assert await owed(pool, *orders) == 0
+
+
+async def test_a_report_is_answered_before_its_order_is_told(config, pool, messaging):
+    """However long Temporal takes to take the signal, the provider has its
+    200 first: SendGrid and Twilio time out slow webhooks and post again."""
+    order, key = await sent_mail(pool, messaging)
+    release = asyncio.Event()
+
+    class SlowTemporal(FakeTemporal):
+        def get_workflow_handle(self, workflow_id: str) -> Any:
+            temporal = self
+
+            class Handle:
+                async def signal(self, name: str, arg: Any, **kwargs: Any) -> None:
+                    await release.wait()
+                    temporal.sent.append((workflow_id, name, arg))
+
+            return Handle()
+
+    temporal = SlowTemporal()
+    app = create_app(config, pool=pool, temporal_client=temporal)  # type: ignore[arg-type]
+    body = json.dumps([sendgrid_event("bounce", key, type="bounce")]).encode()
+    headers = [(k.lower().encode(), v.encode()) for k, v in sendgrid_headers(body).items()]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/webhooks/sendgrid/events", "raw_path": b"/webhooks/sendgrid/events", "query_string": b"",
+        "headers": [(b"host", b"localhost"), (b"content-length", str(len(body)).encode()), *headers],
+        "client": ("127.0.0.1", 1), "server": ("localhost", 80), "state": {},
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    call = asyncio.create_task(app(scope, receive, send))
+    try:
+        await wait_until(lambda: any(m["type"] == "http.response.body" and not m.get("more_body") for m in sent))
+        assert next(m["status"] for m in sent if m["type"] == "http.response.start") == 200
+        assert temporal.sent == []  # answered; the order not told yet
+    finally:
+        release.set()
+    await asyncio.wait_for(call, 10)
+    assert [name for _, name, _ in temporal.sent] == ["message_undelivered"]

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Literal
 
 import asyncpg
-from fastapi import Depends, FastAPI, Form, Header, HTTPException, Query, Request
+from fastapi import BackgroundTasks, Depends, FastAPI, Form, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from sendgrid.helpers.eventwebhook import EventWebhook
@@ -123,22 +123,29 @@ def add_event_webhooks(app: FastAPI, config: WebConfig, relay: OwedSignals) -> N
     signed_by_sendgrid = sendgrid_signature(config)
     signed_by_twilio = twilio_signature(config)
 
-    async def record_and_tell(provider: str, events: Sequence[provider_events.ProviderEvent]) -> list[provider_events.Recorded]:
-        """Every event of a post in one transaction, then the orders told.
-        Once committed, a post is answered 200 whether Temporal takes the
-        signal now or not: what it owes is delivered by the relay."""
+    async def record_and_tell(
+        provider: str, background: BackgroundTasks, events: Sequence[provider_events.ProviderEvent]
+    ) -> list[provider_events.Recorded]:
+        """Every event of a post in one transaction; once committed, the post
+        is answered, and the orders told after the answer, so how long
+        Temporal takes (or whether it is there at all) never holds up the
+        provider: what a signal could not deliver, the relay does."""
         async with app.state.pool.acquire() as conn, conn.transaction():
             recorded = [await provider_events.record(conn, event) for event in events]
         owed = [r.event_id for r in recorded if r.signal is not None]
-        if owed and relay.temporal_away:
-            relay.leave_to_relay()
-        elif owed:
-            try:
-                await relay.deliver(provider, owed)
-            except (OSError, asyncpg.PostgresError) as err:  # the events are committed; the relay has them
-                log.warning("owed signals left to the relay: %s", type(err).__name__)
-                relay.leave_to_relay()
+        if owed:
+            background.add_task(tell, provider, owed)
         return recorded
+
+    async def tell(provider: str, owed: list[str]) -> None:
+        if relay.temporal_away:
+            relay.leave_to_relay()
+            return
+        try:
+            await relay.deliver(provider, owed)
+        except (OSError, asyncpg.PostgresError) as err:  # the events are committed; the relay has them
+            log.warning("owed signals left to the relay: %s", type(err).__name__)
+            relay.leave_to_relay()
 
     @app.post(
         SENDGRID_EVENTS_PATH,
@@ -155,7 +162,7 @@ def add_event_webhooks(app: FastAPI, config: WebConfig, relay: OwedSignals) -> N
             503: {"description": "SENDGRID_WEBHOOK_PUBLIC_KEY is not configured"},
         },
     )
-    async def sendgrid_events(request: Request) -> dict[str, int]:
+    async def sendgrid_events(request: Request, background: BackgroundTasks) -> dict[str, int]:
         """SendGrid's signed Event Webhook: a batch of events, each kept once."""
         # Parsed here, after the signature: an unsigned post is 403 whatever its body.
         try:
@@ -163,7 +170,7 @@ def add_event_webhooks(app: FastAPI, config: WebConfig, relay: OwedSignals) -> N
         except ValidationError as err:
             errors = err.errors(include_url=False, include_context=False)
             raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
-        recorded = await record_and_tell("sendgrid", [
+        recorded = await record_and_tell("sendgrid", background, [
             provider_events.from_sendgrid(
                 event_id=e.sg_event_id,
                 event=e.event,
@@ -191,10 +198,11 @@ def add_event_webhooks(app: FastAPI, config: WebConfig, relay: OwedSignals) -> N
         key: Annotated[str, Query(max_length=512, description="the message's ledger key, as the send put it in StatusCallback")],
         message_sid: Annotated[str, Form(alias="MessageSid", pattern=r"^(SM|MM)[0-9a-fA-F]{32}$")],
         status: Annotated[TwilioStatus, Form(alias="MessageStatus")],
+        background: BackgroundTasks,
         error_code: Annotated[int | None, Form(alias="ErrorCode")] = None,
     ) -> dict[str, bool]:
         """Twilio's status callback for an SMS we sent."""
         event = provider_events.from_twilio(ledger_key=key, message_sid=message_sid, status=status, error_code=error_code)
-        [recorded] = await record_and_tell("twilio", [event])
+        [recorded] = await record_and_tell("twilio", background, [event])
         log.info("Twilio status %s for %s%s", status, key, " (already recorded)" if recorded.duplicate else "")
         return {"duplicate": recorded.duplicate}
