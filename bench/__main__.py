@@ -22,6 +22,11 @@ def main() -> None:
     chaos.add_argument("--orders", type=int, default=300)
     chaos.add_argument("--concurrency", type=int, default=100)
     chaos.add_argument("--sms-outage-seconds", type=float, help="channel-outage: how long Twilio answers 503 (default: 120)")
+    chaos.add_argument(
+        "--email-activity-lag", type=float,
+        help="seconds before the fake Email Activity shows a mail (default: 1, under the 5 s settle window; "
+        "above it, the window of risk: mails sent twice)",
+    )
     open_orders = sub.add_parser("open-orders", help="worker memory with many open orders")
     open_orders.add_argument("--orders", type=int, default=10_000)
     open_orders.add_argument("--concurrency", type=int, default=200)
@@ -45,13 +50,14 @@ def main() -> None:
 
         recommendations(args.orders, args.queries)
     elif args.command == "chaos":
-        from bench.chaos import DRILLS, SMS_OUTAGE_SECONDS, main as chaos_main
+        from bench.chaos import DRILLS, EMAIL_ACTIVITY_LAG_SECONDS, SMS_OUTAGE_SECONDS, main as chaos_main
 
         unknown = set(args.drills) - set(DRILLS)
         if unknown:
             parser.error(f"unknown drill(s): {', '.join(sorted(unknown))}; one of {', '.join(DRILLS)}")
         sms_outage_seconds = args.sms_outage_seconds or SMS_OUTAGE_SECONDS
-        if not chaos_main(args.drills or list(DRILLS), args.orders, args.concurrency, sms_outage_seconds):
+        lag = EMAIL_ACTIVITY_LAG_SECONDS if args.email_activity_lag is None else args.email_activity_lag
+        if not chaos_main(args.drills or list(DRILLS), args.orders, args.concurrency, sms_outage_seconds, lag):
             raise SystemExit(1)
 
 

@@ -2,13 +2,17 @@
 drives real orders through the whole journey and then checks, at the fake
 provider and in the ledger, that every order completed, no message was lost,
 none was sent twice and none was left in doubt: a mail whose send a crash or
-a timeout left unanswered is settled from the fake's Email Activity.
+a timeout left unanswered is settled by SendGrid's event or from the fake's
+Email Activity. It reports how close those look-ups came to the window of
+risk.
 
 Drills: kill-worker (SIGKILL, restart, several times), deploy (SIGTERM, the
 worker drains and exits by itself, restart, several times), provider-faults
 (30 % 429/5xx, some requests answered only after the client gave up,
-permanent refusals), postgres-outage (stopped for 30 s), temporal-restart
-(dev server restarted on its database file), channel-outage (Twilio answers
+permanent refusals, and the providers' reports posted to the HTTP service,
+bounces among them), postgres-outage (stopped for 30 s), temporal-restart
+(dev server restarted on its database file while the reports keep coming),
+channel-outage (Twilio answers
 503 to every SMS for a while; mails must not wait for it), two-workers (two
 workers share the task queue; one is SIGKILLed mid-flight and never comes
 back, and the other finishes every order).
@@ -30,10 +34,11 @@ from temporalio.service import RetryConfig
 
 from bench.driver import OrderRun, System, Tracker, bench_order, drive, new_run_id
 from bench.prometheus import free_port, parse, scrape, total
-from bench.stack import Stack, WorkerProcess, start_stack, wait_for_pollers
+from bench.stack import TWILIO_TOKEN, Stack, WorkerProcess, start_stack, wait_for_pollers
 from bench.throughput import percentile
 from codec import encrypted_data_converter
 from tests.fake_providers import BOUNCING_EMAIL_DOMAIN, AcceptedMessage, FakeProviders
+from tests.fake_reports import BOUNCES_LATER_DOMAIN, ProviderReports, new_key_pair
 from workflows.models import workflow_id_for
 
 RIDE_OUT_OUTAGES = RetryConfig(max_interval_millis=2000, max_elapsed_time_millis=120_000, max_retries=100)
@@ -72,6 +77,17 @@ UNACCOUNTED_SHOWN = 20
 SETTLE_AFTER = "5s"
 EMAIL_ACTIVITY_LAG_SECONDS = 1.0
 
+# Drills with the HTTP service taking the providers' reports (SendGrid's
+# events, Twilio's status callbacks), posted 0.5 to 8 s after each send: a
+# mail in doubt is settled by its `processed` event or, when that comes after
+# the window, from Email Activity; every 10th customer's mail is taken, then
+# reported bounced, and goes by SMS. In temporal-restart, reports keep coming
+# while Temporal is down.
+REPORTED = {"provider-faults", "temporal-restart"}
+# How long an order stays open for a report of its last message: the reports
+# come within 8.4 s of a send.
+REPORT_WINDOW = "10s"
+
 
 @dataclass
 class DrillReport:
@@ -109,6 +125,14 @@ class DrillReport:
     sms_outage: tuple[float, float] | None = None
     email_latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     provider_answers: dict[str, int] = field(default_factory=dict)
+    # How close the settlement of mails in doubt came to the window of risk.
+    window_of_risk: dict[str, Any] = field(default_factory=dict)
+    # REPORTED drills: the reports posted (by what they said), the HTTP
+    # service's answers, the touchpoints reported undelivered and those of
+    # them the other channel then carried, the reports that came once the
+    # order was over, and the signals still owed at the end: must be zero.
+    provider_reports: dict[str, Any] = field(default_factory=dict)
+    reports_owed: int = 0
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     # Why the drill's failure never happened (then it proved nothing).
@@ -123,6 +147,7 @@ class DrillReport:
             and self.duplicates == 0
             and self.in_doubt == 0
             and self.refused_not_handed_over == 0
+            and self.reports_owed == 0
         )
 
     def headline(self) -> str:
@@ -131,6 +156,24 @@ class DrillReport:
             f"{self.drill}: {verdict}: {self.completed}/{self.orders} orders completed, lost {self.lost}, "
             f"duplicated {self.duplicates}, left in doubt {self.in_doubt} (settled from doubt {self.settled_from_doubt})"
             + (f"; {self.not_disrupted}" if self.not_disrupted else "")
+            + (self._risk() if self.window_of_risk.get("searches") else "")
+            + (self._reports() if self.provider_reports else "")
+        )
+
+    def _reports(self) -> str:
+        r = self.provider_reports
+        return (
+            f"; {sum(r['posted'].values())} provider reports, {r['undelivered_touchpoints']} messages reported undelivered "
+            f"(the other channel then: {r['other_channel_then']}), signals still owed {self.reports_owed}"
+        )
+
+    def _risk(self) -> str:
+        w = self.window_of_risk
+        held = w["held_when_searched_s"]
+        return (
+            f"; Email Activity searched {w['searches']} time(s), {w['taken_when_searched']} for mails SendGrid had"
+            + (f" (held {held['min']}-{held['max']} s; shown after {w['email_activity_lag_s']:g} s)" if held else "")
+            + f", {w['taken_but_not_yet_visible']} of them not yet visible (sent again unless the journey had moved on)"
         )
 
 
@@ -250,6 +293,37 @@ async def audit(stack: Stack, report: DrillReport, runs: list[OrderRun], orders:
         1 for r in rows if r["state"] == "failed" and other_channel_key(r["key"]) not in recorded
     )
     report.provider_answers = {str(k): v for k, v in sorted(stack.fakes.answered.items())}
+    report.window_of_risk = window_of_risk(stack.fakes)
+    if report.provider_reports:
+        reported = [key for key, states in history.items() if any(t["state"] == "undelivered" for t in states)]
+        report.provider_reports["undelivered_touchpoints"] = len(reported)
+        # The other channel's touchpoint after the report: sent, superseded (a
+        # later message had gone there already), none (stale, or not permitted).
+        report.provider_reports["other_channel_then"] = dict(
+            Counter(recorded.get(other_channel_key(key), {}).get("state", "none") for key in reported)
+        )
+
+
+def window_of_risk(fakes: FakeProviders) -> dict[str, Any]:
+    """Each Email Activity search against what the fake had in fact taken:
+    how long SendGrid had held each mail when it was looked up (at least the
+    settle window; safe while above the lag before a mail shows there), and
+    how many mails it had taken that the search could not see yet: the
+    window of risk, each sent a second time unless the journey had moved on."""
+    first_taken: dict[str, float] = {}
+    for mail in fakes.accepted:
+        if mail.channel == "email" and mail.key:
+            first_taken.setdefault(mail.key, mail.at)
+    held = [at - first_taken[key] for key, at, _ in fakes.email_activity_log if first_taken.get(key, at) < at]
+    not_visible = sum(not found and first_taken.get(key, at) < at for key, at, found in fakes.email_activity_log)
+    return {
+        "settle_after_s": float(SETTLE_AFTER.removesuffix("s")),
+        "email_activity_lag_s": fakes.email_activity_lag,
+        "searches": len(fakes.email_activity_log),
+        "taken_when_searched": len(held),
+        "held_when_searched_s": {"min": round(min(held), 2), "max": round(max(held), 2)} if held else {},
+        "taken_but_not_yet_visible": not_visible,
+    }
 
 
 def latency_summary(seconds: list[float]) -> dict[str, float]:
@@ -373,8 +447,8 @@ DRILLS: dict[str, Callable[[Scene], Awaitable[None]]] = {
 }
 
 
-def fake_providers_for(drill: str, provider_timeout: float) -> FakeProviders:
-    fakes = FakeProviders(keep_requests=False, email_activity_lag=EMAIL_ACTIVITY_LAG_SECONDS)
+def fake_providers_for(drill: str, provider_timeout: float, email_activity_lag: float) -> FakeProviders:
+    fakes = FakeProviders(keep_requests=False, email_activity_lag=email_activity_lag)
     if drill == "provider-faults":
         fakes.fault_rate, fakes.hang_rate, fakes.hang_seconds = 0.3, 0.03, provider_timeout + 1.5
     return fakes
@@ -386,6 +460,9 @@ def orders_for(drill: str, orders: int) -> list[dict[str, Any]]:
     if drill == "provider-faults":
         for order in batch[::10]:  # refused for good: the SMS carries what the mail could not
             order["customer"]["email"] = f"{order['order_id']}@{BOUNCING_EMAIL_DOMAIN}"
+    if drill in REPORTED:
+        for order in batch[5::10]:  # taken, then reported bounced: the SMS carries it
+            order["customer"]["email"] = f"{order['order_id']}@{BOUNCES_LATER_DOMAIN}"
     return batch
 
 
@@ -398,9 +475,16 @@ def driving_for(drill: str, sms_outage_seconds: float) -> dict[str, Any]:
     return {}
 
 
-async def run_drill(drill: str, orders: int, concurrency: int, sms_outage_seconds: float = SMS_OUTAGE_SECONDS) -> DrillReport:
+async def run_drill(
+    drill: str,
+    orders: int,
+    concurrency: int,
+    sms_outage_seconds: float = SMS_OUTAGE_SECONDS,
+    email_activity_lag: float = EMAIL_ACTIVITY_LAG_SECONDS,
+) -> DrillReport:
     provider_timeout = 1.0 if drill == "provider-faults" else 5.0
-    stack = await start_stack(persistent_temporal=drill == "temporal-restart", fakes=fake_providers_for(drill, provider_timeout))
+    fakes = fake_providers_for(drill, provider_timeout, email_activity_lag)
+    stack = await start_stack(persistent_temporal=drill == "temporal-restart", fakes=fakes)
     report = DrillReport(drill, orders)
     try:
         # Its own client, so it outlives a restart of the dev server. Like a
@@ -409,19 +493,24 @@ async def run_drill(drill: str, orders: int, concurrency: int, sms_outage_second
         client = await Client.connect(
             stack.temporal_address, data_converter=encrypted_data_converter(stack.payload_keys), retry_config=RIDE_OUT_OUTAGES
         )
+        extra = {"SENDGRID_SETTLE_AFTER": SETTLE_AFTER}
+        reports = None
+        if drill in REPORTED:
+            web_port, web_metrics_port, (sendgrid_key, sendgrid_public_key) = free_port(), free_port(), new_key_pair()
+            stack.our_web(web_port, sendgrid_public_key, web_metrics_port).start()
+            web_url = f"http://127.0.0.1:{web_port}"
+            reports = ProviderReports(web_url, sendgrid_key, TWILIO_TOKEN)
+            extra.update(WEB_PUBLIC_URL=web_url, JOURNEY_REPORT_WINDOW=REPORT_WINDOW)
         # Each on its own metrics port, as several workers on one host must be.
         workers = [
-            stack.our_worker(
-                provider_timeout=provider_timeout,
-                extra={"SENDGRID_SETTLE_AFTER": SETTLE_AFTER, "METRICS_PORT": str(free_port())},
-            )
+            stack.our_worker(provider_timeout=provider_timeout, extra={**extra, "METRICS_PORT": str(free_port())})
             for _ in range(WORKERS.get(drill, 1))
         ]
         for worker in workers:
             worker.start()
         await wait_for_pollers(stack, count=len(workers))
         tracker = Tracker()
-        stack.fakes.on_accept = tracker.on_provider_request
+        stack.fakes.on_accept = tracker.on_provider_request if reports is None else both(tracker.on_provider_request, reports.on_accept)
         batch = orders_for(drill, orders)
         began = time.monotonic()
         driving = asyncio.create_task(
@@ -433,20 +522,77 @@ async def run_drill(drill: str, orders: int, concurrency: int, sms_outage_second
         await DRILLS[drill](Scene(stack, workers, report, driving, began, sms_outage_seconds))
         runs, _ = await driving
         report.seconds = round(time.monotonic() - began, 1)
+        if reports:
+            await asyncio.to_thread(reports.drain)
+            await reports_heard(stack, report, reports, web_metrics_port)
         await audit(stack, report, runs, batch)
         if report.sms_outage:
             outage_began, outage_ended = (began + t for t in report.sms_outage)
             report.email_latency_ms = email_latencies(runs, list(stack.fakes.accepted), outage_began, outage_ended)
     finally:
+        if reports:
+            reports.close()
         await stack.shutdown()
     return report
 
 
-def main(drills: list[str], orders: int, concurrency: int, sms_outage_seconds: float = SMS_OUTAGE_SECONDS) -> bool:
+def both(*callbacks: Callable[[AcceptedMessage], None]) -> Callable[[AcceptedMessage], None]:
+    def call(message: AcceptedMessage) -> None:
+        for callback in callbacks:
+            callback(message)
+
+    return call
+
+
+OWED_SIGNALS = "SELECT count(*) FROM provider_events WHERE signal IS NOT NULL AND signalled_at IS NULL"
+REPORT_COUNTS = """
+SELECT count(*) FILTER (WHERE signal_name = 'message_undelivered') AS undelivered,
+       count(*) FILTER (WHERE workflow_ended) AS after_the_order
+FROM provider_events
+"""
+
+
+async def reports_heard(
+    stack: Stack, report: DrillReport, reports: ProviderReports, web_metrics_port: int, timeout: float = 90
+) -> None:
+    """Once every report is posted: until the HTTP service has delivered
+    every signal they owe (its relay retries while Temporal is away), and
+    how its signals went, from its metrics."""
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while (owed := await conn.fetchval(OWED_SIGNALS)) and time.monotonic() < deadline:
+            await asyncio.sleep(1)
+        counts = await conn.fetchrow(REPORT_COUNTS)
+    finally:
+        await conn.close()
+    report.reports_owed = owed
+    signals: Counter[str] = Counter()
+    for sample in parse(await scrape(web_metrics_port)):
+        if sample.name == "orders_web_signals_total":
+            signals[sample.labels["outcome"]] += int(sample.value)
+    report.provider_reports = {
+        # The HTTP service's signals by outcome; `unreachable` ones were retried.
+        "signals": dict(signals),
+        "posted": dict(reports.posted),
+        "answers": {str(k): v for k, v in sorted(reports.answers.items())},
+        "given_up": reports.gave_up,
+        "reported_undelivered": counts["undelivered"],
+        "after_the_order_was_over": counts["after_the_order"],
+    }
+
+
+def main(
+    drills: list[str],
+    orders: int,
+    concurrency: int,
+    sms_outage_seconds: float = SMS_OUTAGE_SECONDS,
+    email_activity_lag: float = EMAIL_ACTIVITY_LAG_SECONDS,
+) -> bool:
     ok = True
     for drill in drills:
         print(f"{drill}: {orders} orders, {concurrency} in flight ...", flush=True)
-        report = asyncio.run(run_drill(drill, orders, concurrency, sms_outage_seconds))
+        report = asyncio.run(run_drill(drill, orders, concurrency, sms_outage_seconds, email_activity_lag))
         print(report.headline(), flush=True)
         print(json.dumps({**report.__dict__, "passed": report.passed}), flush=True)
         ok &= report.passed

@@ -22,6 +22,7 @@ from workflows.models import TASK_QUEUE
 
 REPO = Path(__file__).resolve().parents[1]
 TWILIO_SID = "AC" + "b" * 32
+TWILIO_TOKEN = "bench-token"
 
 # Short delays so a whole journey takes seconds; the deadlines stay long so the
 # happy path never hits them. No SMS quiet hours: the figures must not depend
@@ -124,7 +125,7 @@ class Stack:
             "SENDGRID_API_HOST": self.fakes.base_url,
             "EMAIL_FROM": "orders@shop.example",
             "TWILIO_ACCOUNT_SID": TWILIO_SID,
-            "TWILIO_AUTH_TOKEN": "bench-token",
+            "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
             "TWILIO_API_BASE_URL": self.fakes.base_url,
             "TWILIO_FROM_NUMBER": "+15005550006",
             "PROVIDER_TIMEOUT_SECONDS": str(provider_timeout),
@@ -141,6 +142,28 @@ class Stack:
         worker = WorkerProcess([sys.executable, "worker.py"], env, self.state_dir / "worker.log")
         self.workers.append(worker)
         return worker
+
+    def our_web(self, port: int, sendgrid_public_key: str, metrics_port: int) -> WorkerProcess:
+        """`orders web` on 127.0.0.1:`port`, verifying what the fakes sign:
+        SendGrid's events with `sendgrid_public_key`, Twilio's with the
+        workers' auth token; its metrics on `metrics_port`."""
+        env = {
+            **os.environ,
+            "TEMPORAL_ADDRESS": self.temporal_address,
+            "DATABASE_URL": self.database_url,
+            "UNSUBSCRIBE_SECRET": "bench-unsubscribe-secret",
+            "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+            "SENDGRID_WEBHOOK_PUBLIC_KEY": sendgrid_public_key,
+            "WEB_HOST": "127.0.0.1",
+            "WEB_PORT": str(port),
+            "WEB_PUBLIC_URL": f"http://127.0.0.1:{port}",
+            "WEB_METRICS_PORT": str(metrics_port),
+            "LOG_LEVEL": "WARNING",
+            **self.key_env,
+        }
+        web = WorkerProcess([sys.executable, "-m", "starter.cli", "web"], env, self.state_dir / "web.log")
+        self.workers.append(web)
+        return web
 
     def floor_worker(self, notify_addr: str) -> WorkerProcess:
         env = {**os.environ, "TEMPORAL_ADDRESS": self.temporal_address, "BENCH_NOTIFY_ADDR": notify_addr, **self.key_env}

@@ -143,6 +143,8 @@ class FakeProviders:
         self._email_activity_refusal: int | None = None
         # Email Activity searches answered 200, by whether they found the mail.
         self.email_activity_searches: Counter[str] = Counter()
+        # Each of them: (the ledger key searched for, when, whether found).
+        self.email_activity_log: list[tuple[str, float, bool]] = []
 
     def start_outage(self, channel: str, status: int = 503) -> None:
         with self.lock:
@@ -333,6 +335,7 @@ class FakeProviders:
                 if m.channel == "email" and m.key == search["value"] and m.at <= visible_before
             ][: int(req.params.get("limit", 10))]
             self.email_activity_searches["found" if found else "not found"] += 1
+            self.email_activity_log.append((search["value"], time.monotonic(), bool(found)))
         messages = [
             {
                 "from_email": m.sender, "msg_id": m.provider_id, "subject": m.subject, "to_email": m.recipient,

@@ -24,7 +24,6 @@ from urllib.parse import parse_qs, quote, urlsplit
 import asyncpg
 import httpx
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from temporalio.service import RPCError, RPCStatusCode
 from twilio.request_validator import RequestValidator
@@ -33,6 +32,8 @@ from activities.config import ProviderConfig
 from activities.messaging import MessagingActivities
 from tests.conftest import TEST_KEY_ENV, new_order, payment_for
 from tests.fake_providers import FakeProviders
+from tests.fake_reports import SIGNATURE, TIMESTAMP, new_key_pair
+from tests.fake_reports import sendgrid_headers as signed_as_sendgrid
 from tests.test_consent_sending import customer, journey_message, order_message, send
 from tests.test_exactly_once import wait_until
 from tests.test_web import FakeTemporal, client, temporal, unused_port  # noqa: F401 (fixtures)
@@ -43,16 +44,6 @@ from workflows.models import Channel, DeliveryState, Touchpoint
 REPO = Path(__file__).resolve().parent.parent
 SENDGRID_EVENTS = "/webhooks/sendgrid/events"
 TWILIO_STATUS = "/webhooks/twilio/status"
-SIGNATURE = "X-Twilio-Email-Event-Webhook-Signature"
-TIMESTAMP = "X-Twilio-Email-Event-Webhook-Timestamp"
-
-
-def new_key_pair() -> tuple[ec.EllipticCurvePrivateKey, str]:
-    """A P-256 key, and its public half as SendGrid shows the verification
-    key: base64 of the DER SubjectPublicKeyInfo."""
-    private = ec.generate_private_key(ec.SECP256R1())
-    der = private.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return private, base64.b64encode(der).decode()
 
 
 SIGNING_KEY, PUBLIC_KEY = new_key_pair()
@@ -60,10 +51,7 @@ OTHER_KEY, _ = new_key_pair()
 
 
 def sendgrid_headers(body: bytes, *, at: float | None = None, key: ec.EllipticCurvePrivateKey = SIGNING_KEY) -> dict[str, str]:
-    """As SendGrid signs a post: ECDSA P-256 / SHA-256 over the timestamp, then the body."""
-    timestamp = str(int(time.time() if at is None else at))
-    signature = key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
-    return {SIGNATURE: base64.b64encode(signature).decode(), TIMESTAMP: timestamp, "Content-Type": "application/json"}
+    return signed_as_sendgrid(body, key, at)
 
 
 def sendgrid_event(event: str, key: str | None, **fields: Any) -> dict[str, Any]:
