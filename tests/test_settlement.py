@@ -440,6 +440,26 @@ async def test_resend_sends_a_failed_mail_once_however_often_it_is_run(
     assert (row["state"], row["attempts"]) == ("sent", 2)
 
 
+async def test_resending_a_customers_message_shows_on_their_timeline(dev_env, make_harness, fakes: FakeProviders, pool):
+    """SendGrid refused the welcome of the customer's journey; the resend
+    sends it and the customer's workflow records it, as an order's does."""
+    from starter.operator import resend
+    from tests.test_customer_journey import QUICK, Customer, customer_id
+
+    async with make_harness(dev_env, lifecycle=QUICK) as h:
+        c = Customer(h, pool, customer_id(holdout=False))
+        first = await c.place()
+        await c.wait_for(lambda v: v.orders_total == 1)
+        fakes.fail_next(await pool.fetchval("SELECT email FROM customers WHERE customer_id = $1", c.cid), 400)
+        await c.deliver(first)
+        view = await c.wait_for(lambda v: DeliveryState.FAILED in v.messages.values())
+        [key] = [k for k, state in view.messages.items() if state is DeliveryState.FAILED]
+        assert ":welcome:" in key and key.endswith(":email")
+        assert (await resend(h.client, pool, key, task_queue=h.task_queue)).state is DeliveryState.SENT
+        view = await c.wait_for(lambda v: v.messages[key] is DeliveryState.SENT)
+    assert view.timeline[-1].endswith("welcome by email: sent (resent by an operator)")
+
+
 async def test_resend_refuses_what_it_cannot_resend(ts_env, pool, provider_config: ProviderConfig):
     from starter.cli import UsageError
     from starter.operator import resend

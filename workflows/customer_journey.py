@@ -349,6 +349,20 @@ class CustomerJourney:
             workflow.logger.warning("rejected order news: %d error(s)", err.error_count())
 
     @workflow.signal
+    def message_resent(self, outcome: MessageOutcome) -> None:
+        """What an operator's `orders resend` of one of this customer's
+        messages came to (workflows/resend.py): recorded and on the timeline."""
+        s = self.state
+        if outcome.key not in s.messages:
+            workflow.logger.warning("ignored a message_resent signal about no message of this customer")
+            return
+        kind = Touchpoint(outcome.key.split(":")[1])
+        metrics.count_message(kind, outcome.channel, outcome.state)
+        s.messages[outcome.key] = outcome.state
+        self._note(f"{kind.value} by {outcome.channel.value}: {outcome.state.value} (resent by an operator)")
+        self._show()
+
+    @workflow.signal
     def consent_changed(self, raw: Any) -> None:
         """From the HTTP service: consent itself is read at send time from
         PostgreSQL; here it is shown on the customer's timeline."""
