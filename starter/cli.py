@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -250,6 +251,7 @@ async def up(demo: bool) -> None:
         if not env.get("DATABASE_URL"):
             embedded_pgdata = DATA_DIR / "pgdata"
             env["DATABASE_URL"] = start_postgres(embedded_pgdata)
+            web_config = dataclasses.replace(web_config, database_url=env["DATABASE_URL"])
             print(f"PostgreSQL at {env['DATABASE_URL']}")
         worker_task = asyncio.create_task(run_worker(client, env["DATABASE_URL"], env, stop))
         print(f"Worker running on task queue {TASK_QUEUE!r}. Ctrl-C stops everything; state stays in {DATA_DIR}/.")
