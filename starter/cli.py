@@ -194,6 +194,7 @@ def schemas() -> dict[str, Any]:
 async def up(demo: bool) -> None:
     """Everything on embedded defaults unless TEMPORAL_ADDRESS / DATABASE_URL say otherwise."""
     from activities.config import ProviderConfig
+    from activities.database import migrate
     from codec import payload_keys_from_env
     from codec.server import CodecServerConfig, start as start_codec_server
     from starter.embedded import start_dev_server, start_postgres, stop_postgres
@@ -253,6 +254,8 @@ async def up(demo: bool) -> None:
             env["DATABASE_URL"] = start_postgres(embedded_pgdata)
             web_config = dataclasses.replace(web_config, database_url=env["DATABASE_URL"])
             print(f"PostgreSQL at {env['DATABASE_URL']}")
+        # Before the HTTP service, which reads tables of the schema at once.
+        await migrate(env["DATABASE_URL"])
         worker_task = asyncio.create_task(run_worker(client, env["DATABASE_URL"], env, stop))
         print(f"Worker running on task queue {TASK_QUEUE!r}. Ctrl-C stops everything; state stays in {DATA_DIR}/.")
         tasks.append(worker_task)
