@@ -13,6 +13,7 @@ running order's status and flags follow.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -66,25 +67,27 @@ async def attention_report(client: Client, db: Database, limit: int = 100) -> st
         status = o.typed_search_attributes.get(sa.ORDER_STATUS) or "?"
         run = o.status.name.lower() if o.status else "?"
         lines.append(f"  {o.id.removeprefix('order-'):<24} {status:<17} {run:<10} placed {age(now - o.start_time)} ago")
-    messages = await db.fetch(MESSAGES_NEEDING_ATTENTION, limit)
-    total = messages[0]["total"] if messages else 0
-    shown = f" (the latest {len(messages)})" if total > len(messages) else ""
-    lines.append(f"Messages failed or in doubt: {total}{shown}; `orders resend KEY` sends one once more")
-    for m in messages:
-        lines.append(
-            f"  {m['key']:<56} {m['order_id'] or '-':<24} {m['kind']:<22} {m['channel']:<5} {m['state']:<8} "
-            f"{age(m['age']):>4}  {note(m)}"
-        )
-    reports = await db.fetch(REPORTED_AFTER_THE_ORDER, limit)
-    total = reports[0]["total"] if reports else 0
-    shown = f" (the latest {len(reports)})" if total > len(reports) else ""
-    lines.append(f"Messages reported not delivered after their order was over, last 30 days: {total}{shown}")
-    for r in reports:
-        lines.append(
-            f"  {r['key']:<56} {r['order_id'] or '-':<24} {r['kind']:<22} {r['channel']:<5} {r['delivery']:<11} "
-            f"{age(r['age']):>4}  {scrub(r['detail'] or '')[:ERROR_SHOWN]}"
-        )
+    lines += message_lines(
+        "Messages failed or in doubt: {}; `orders resend KEY` sends one once more",
+        await db.fetch(MESSAGES_NEEDING_ATTENTION, limit), "state", note,
+    )
+    lines += message_lines(
+        "Messages reported not delivered after their order was over, last 30 days: {}",
+        await db.fetch(REPORTED_AFTER_THE_ORDER, limit), "delivery", lambda r: scrub(r["detail"] or "")[:ERROR_SHOWN],
+    )
     return "\n".join(lines)
+
+
+def message_lines(heading: str, rows: list[asyncpg.Record], state: str, why: Callable[[asyncpg.Record], str]) -> list[str]:
+    """A heading with how many there are in all, then a line for each row
+    (the latest first): ledger key, order, touchpoint, channel, `state`, age, `why`."""
+    total = rows[0]["total"] if rows else 0
+    shown = f" (the latest {len(rows)})" if total > len(rows) else ""
+    return [heading.format(f"{total}{shown}")] + [
+        f"  {r['key']:<56} {r['order_id'] or '-':<24} {r['kind']:<22} {r['channel']:<5} {r[state]:<11} "
+        f"{age(r['age']):>4}  {why(r)}"
+        for r in rows
+    ]
 
 
 def note(message: asyncpg.Record) -> str:

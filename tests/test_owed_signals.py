@@ -16,11 +16,12 @@ import httpx
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities import provider_events
-from tests.conftest import new_order, payment_for
+from tests.conftest import new_order
 from tests.fake_providers import FakeProviders
 from tests.test_exactly_once import wait_until
 from tests.test_provider_events import (  # noqa: F401 (fixtures)
     config,
+    delivery_day_sms,
     ledger,
     messaging,
     post_callback,
@@ -84,12 +85,7 @@ async def test_an_sms_reported_undelivered_while_temporal_is_away_reaches_the_or
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=config.public_url) as web,
     ):
         handle = await h.start(order)
-        await handle.signal("payment_received", payment_for(order))
-        await handle.signal("order_dispatched", {"carrier": "DHL", "tracking_number": "T7", "expected_delivery": await h.tomorrow()})
-        await handle.signal("out_for_delivery", {"date": await h.tomorrow()})
-        view = await h.wait_touchpoint(handle, "delivery_day", "sms")
-        sms = next(t for t in view.touchpoints if t.kind.value == "delivery_day")
-        taken = next(m for m in fakes.accepted if m.provider_id == sms.provider_message_id)
+        taken = await delivery_day_sms(h, handle, order, fakes, "T7")
         # Twilio posts this once: the answer must not depend on Temporal.
         response = await post_callback(
             web, taken.status_callback, taken.provider_id, "undelivered", 30003, token=provider_config.twilio_auth_token

@@ -607,17 +607,24 @@ async def test_a_bounce_reported_while_the_send_still_waits_for_sendgrid_is_acte
     assert len(fakes.deliveries_to(email)) == 1
 
 
+async def delivery_day_sms(h, handle, order: dict[str, Any], fakes: FakeProviders, tracking_number: str):
+    """Pay, dispatch and send the order out for delivery: the delivery-day SMS, as Twilio took it."""
+    await handle.signal("payment_received", payment_for(order))
+    await handle.signal(
+        "order_dispatched", {"carrier": "DHL", "tracking_number": tracking_number, "expected_delivery": await h.tomorrow()}
+    )
+    await handle.signal("out_for_delivery", {"date": await h.tomorrow()})
+    view = await h.wait_touchpoint(handle, "delivery_day", "sms")
+    sms = next(t for t in view.touchpoints if t.kind.value == "delivery_day")
+    return next(m for m in fakes.accepted if m.provider_id == sms.provider_message_id)
+
+
 async def test_an_undelivered_delivery_day_sms_goes_by_email(ts_env, make_harness, journey_web, fakes: FakeProviders, provider_config):
     order = new_order()
     phone = order["customer"]["phone"]
     async with make_harness(ts_env) as h, journey_web(ts_env) as web:
         handle = await h.start(order)
-        await handle.signal("payment_received", payment_for(order))
-        await handle.signal("order_dispatched", {"carrier": "DHL", "tracking_number": "T9", "expected_delivery": await h.tomorrow()})
-        await handle.signal("out_for_delivery", {"date": await h.tomorrow()})
-        view = await h.wait_touchpoint(handle, "delivery_day", "sms")
-        sms = next(t for t in view.touchpoints if t.kind.value == "delivery_day")
-        taken = next(m for m in fakes.accepted if m.provider_id == sms.provider_message_id)
+        taken = await delivery_day_sms(h, handle, order, fakes, "T9")
         assert taken.recipient == phone
         response = await post_callback(
             web, taken.status_callback, taken.provider_id, "undelivered", 30003, token=provider_config.twilio_auth_token
