@@ -204,19 +204,27 @@ KEEP_SIGNAL = """
 UPDATE provider_events SET workflow_id = $3, signal_name = $4, signal = $5::jsonb WHERE provider = $1 AND event_id = $2
 """
 
-# Signals still owed, oldest first; those of one post when it names them. A
-# row another replica is delivering is skipped, not waited for.
-OWED = """
-SELECT provider, event_id, workflow_id, signal_name, signal FROM provider_events
-WHERE signal IS NOT NULL AND signalled_at IS NULL
-  AND ($2::text IS NULL OR provider = $2) AND ($3::text[] IS NULL OR event_id = ANY($3))
-ORDER BY received_at
-LIMIT $1
-FOR UPDATE SKIP LOCKED
+# Signals still owed and not claimed by a relay, oldest first (those of one
+# post when it names them), claimed for a while: another replica skips what
+# one is delivering, and none holds a lock while it calls Temporal.
+CLAIM_OWED = """
+UPDATE provider_events e SET claimed_until = now() + make_interval(secs => $4)
+FROM (
+    SELECT provider, event_id FROM provider_events
+    WHERE signal IS NOT NULL AND signalled_at IS NULL AND (claimed_until IS NULL OR claimed_until < now())
+      AND ($2::text IS NULL OR provider = $2) AND ($3::text[] IS NULL OR event_id = ANY($3))
+    ORDER BY received_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) owed
+WHERE e.provider = owed.provider AND e.event_id = owed.event_id
+RETURNING e.provider, e.event_id, e.workflow_id, e.signal_name, e.signal, e.received_at
 """
 
+RELEASE = "UPDATE provider_events SET claimed_until = NULL WHERE provider = $1 AND event_id = ANY($2::text[])"
+
 SIGNALLED = """
-UPDATE provider_events SET signalled_at = now(), workflow_ended = $3
+UPDATE provider_events SET signalled_at = now(), workflow_ended = $3, claimed_until = NULL
 WHERE provider = $1 AND event_id = ANY($2::text[])
 """
 
@@ -281,13 +289,23 @@ class OwedSignal:
     signal: Signal
 
 
-async def lock_owed(
-    conn: asyncpg.Connection, limit: int, provider: str | None = None, event_ids: Sequence[str] | None = None
+async def claim_owed(
+    conn: asyncpg.Connection,
+    limit: int,
+    claim_for: float,
+    provider: str | None = None,
+    event_ids: Sequence[str] | None = None,
 ) -> list[OwedSignal]:
-    """Signals still owed, locked until the caller's transaction ends, so
-    that replicas delivering at once each deliver different ones."""
-    rows = await conn.fetch(OWED, limit, provider, list(event_ids) if event_ids is not None else None)
-    return [OwedSignal(r["provider"], r["event_id"], _signal(r)) for r in rows]
+    """Signals still owed that no relay is delivering, claimed for
+    `claim_for` seconds, oldest first: replicas at once each get others."""
+    rows = await conn.fetch(CLAIM_OWED, limit, provider, list(event_ids) if event_ids is not None else None, claim_for)
+    return [OwedSignal(r["provider"], r["event_id"], _signal(r)) for r in sorted(rows, key=lambda r: r["received_at"])]
+
+
+async def release(conn: asyncpg.Connection, items: Sequence[OwedSignal]) -> None:
+    """Not delivered now (Temporal away): the next pass, any replica's, takes them."""
+    for provider in {i.provider for i in items}:
+        await conn.execute(RELEASE, provider, [i.event_id for i in items if i.provider == provider])
 
 
 async def count_owed(conn: asyncpg.Connection | asyncpg.Pool) -> int:

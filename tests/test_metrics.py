@@ -184,13 +184,14 @@ async def test_web_service_counts_rejected_requests_on_its_own_port(database_url
     # A report recorded while Temporal was away: the relay owes its signal.
     owed_event = uuid.uuid4().hex
     conn = await asyncpg.connect(database_url)
-    await conn.execute(
-        "INSERT INTO provider_events (provider, event_id, event, workflow_id, signal_name, signal)"
-        " VALUES ('twilio', $1, 'undelivered', 'order-owed', 'message_undelivered', '{}')",
-        owed_event,
-    )
-    service = subprocess.Popen([sys.executable, "-m", "starter.cli", "web"], cwd=REPO, env=env)
+    service = None
     try:
+        await conn.execute(
+            "INSERT INTO provider_events (provider, event_id, event, workflow_id, signal_name, signal)"
+            " VALUES ('twilio', $1, 'undelivered', 'order-owed', 'message_undelivered', '{}')",
+            owed_event,
+        )
+        service = subprocess.Popen([sys.executable, "-m", "starter.cli", "web"], cwd=REPO, env=env)
         async with httpx.AsyncClient(base_url=public_url) as http:
             await until_healthy(http, service)
             params = {"From": "+48600100200", "To": "+15005550006"}  # no Body
@@ -207,8 +208,9 @@ async def test_web_service_counts_rejected_requests_on_its_own_port(database_url
             and total(s, "orders_web_owed_signals") >= 1,
         )
     finally:
-        service.terminate()
-        service.wait(30)
+        if service:
+            service.terminate()
+            service.wait(30)
         await conn.execute("DELETE FROM provider_events WHERE event_id = $1", owed_event)
         await conn.close()
 

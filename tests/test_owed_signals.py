@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections import Counter
 from typing import Any
 
 import asyncpg
@@ -46,14 +47,15 @@ class TemporalAway:
     def __init__(self, client: Any) -> None:
         self.client = client
         self.down = True
-        self.attempts = 0
+        # By workflow id: other tests' owed signals in the session's database come too.
+        self.attempts: Counter[str] = Counter()
 
     def get_workflow_handle(self, workflow_id: str) -> Any:
         away, real = self, self.client.get_workflow_handle(workflow_id)
 
         class Handle:
             async def signal(self, name: str, arg: Any, **kwargs: Any) -> None:
-                away.attempts += 1
+                away.attempts[workflow_id] += 1
                 if away.down:
                     raise RPCError("tcp connect error", RPCStatusCode.UNAVAILABLE, b"")
                 await real.signal(name, arg, **kwargs)
@@ -93,7 +95,7 @@ async def test_an_sms_reported_undelivered_while_temporal_is_away_reaches_the_or
         assert response.status_code == 200
         key = f"order-{order['order_id']}:delivery_day:sms"
         assert (await ledger(pool, key))["delivery"] == "undelivered"
-        await wait_until(lambda: away.attempts >= 3, timeout=10)  # retried while away
+        await wait_until(lambda: away.attempts[handle.id] >= 3, timeout=10)  # retried while away
         assert touchpoints(await h.wait_touchpoint(handle, "delivery_day", "sms"), "delivery_day") == [("sms", "sent")]
 
         away.down = False
@@ -118,7 +120,7 @@ async def test_a_sendgrid_post_while_temporal_is_away_is_answered_200_and_the_or
         bounce = sendgrid_event("bounce", key, type="bounce")
         assert (await post_events(web, [bounce])).status_code == 200
         assert (await ledger(pool, key))["delivery"] == "bounced"
-        await wait_until(lambda: away.attempts >= 2, timeout=10)
+        await wait_until(lambda: away.attempts[workflow_id] >= 2, timeout=10)
         # SendGrid's own repeat changes nothing, while away or after.
         assert (await post_events(web, [bounce])).json() == {"received": 1, "duplicates": 1}
         away.down = False
@@ -212,3 +214,57 @@ async def test_a_report_is_answered_before_its_order_is_told(config, pool, messa
         release.set()
     await asyncio.wait_for(call, 10)
     assert [name for _, name, _ in temporal.sent] == ["message_undelivered"]
+
+
+async def test_a_signal_temporal_refuses_holds_up_none_of_the_others(config, pool, messaging, fakes: FakeProviders):
+    """One report's signal is refused (not Temporal being away): it stays
+    owed, for a later pass, and the ones after it are delivered now."""
+    orders = []
+    async with pool.acquire() as conn, conn.transaction():
+        for _ in range(3):
+            order, key, _ = await sent_sms(pool, messaging, fakes)
+            event = provider_events.from_twilio(ledger_key=key, message_sid="SM" + uuid.uuid4().hex, status="undelivered", error_code=30003)
+            await provider_events.record(conn, event)
+            orders.append(f"order-{order['order_id']}")
+    refused = orders[0]
+
+    class Refusing(FakeTemporal):
+        def get_workflow_handle(self, workflow_id: str) -> Any:
+            handle = super().get_workflow_handle(workflow_id)
+            if workflow_id != refused:
+                return handle
+
+            class Refused:
+                async def signal(self, name: str, arg: Any, **kwargs: Any) -> None:
+                    raise RPCError("bad request", RPCStatusCode.INVALID_ARGUMENT, b"")
+
+            return Refused()
+
+    temporal = Refusing()
+    relay = create_app(config, pool=pool, temporal_client=temporal, relay_timing=QUICK).state.owed_signals  # type: ignore[arg-type]
+    assert await relay.deliver() is True and not relay.temporal_away
+    assert sorted(wf for wf, _, _ in sent_to(temporal, *orders)) == sorted(orders[1:])
+    assert await owed(pool, refused) == 1 and await owed(pool, *orders[1:]) == 0
+
+
+async def test_the_relay_goes_on_after_a_pass_that_failed(config, pool, messaging, fakes: FakeProviders):
+    order, key, _ = await sent_sms(pool, messaging, fakes)
+    async with pool.acquire() as conn, conn.transaction():
+        event = provider_events.from_twilio(ledger_key=key, message_sid="SM" + uuid.uuid4().hex, status="failed", error_code=30008)
+        await provider_events.record(conn, event)
+    workflow_id = f"order-{order['order_id']}"
+    temporal = FakeTemporal()
+    app = create_app(config, pool=pool, temporal_client=temporal, relay_timing=QUICK)  # type: ignore[arg-type]
+    passes = 0
+
+    def flaky_pool() -> asyncpg.Pool:  # a bug, or the pool closing: the first pass fails
+        nonlocal passes
+        passes += 1
+        if passes == 1:
+            raise asyncpg.InterfaceError("pool is closing")
+        return pool
+
+    app.state.owed_signals._pool = flaky_pool
+    async with app.router.lifespan_context(app):
+        await wait_until(lambda: sent_to(temporal, workflow_id), timeout=10)
+    assert passes > 1

@@ -45,8 +45,16 @@ class Delivery(Enum):
     DELIVERED = "delivered"
     # Over (or never started): nothing to act on the signal.
     NOT_RUNNING = "not_running"
-    # Temporal could not take it: worth trying again.
+    # Temporal could not take it now (down, restarting, overloaded): the
+    # relay waits, then tries this and the rest again.
     UNREACHABLE = "unreachable"
+    # Temporal refused this signal (or it could not be sent): the others go
+    # on, and this one is tried again once its claim runs out.
+    REFUSED = "refused"
+
+
+# The answers of a Temporal that is away rather than refusing.
+AWAY = frozenset({RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.CANCELLED})
 
 
 class Signals:
@@ -72,10 +80,13 @@ class Signals:
                 log.info("%s not signalled: no running workflow", workflow_id)
                 return Delivery.NOT_RUNNING
             log.warning("%s not signalled: Temporal answered %s", workflow_id, err.status.name)
-            return Delivery.UNREACHABLE
-        except Exception as err:  # noqa: BLE001 - unreachable, refused, timed out: the change is already stored
+            return Delivery.UNREACHABLE if err.status in AWAY else Delivery.REFUSED
+        except (OSError, TimeoutError, RuntimeError) as err:  # no connection (the SDK's is a RuntimeError)
             log.warning("%s not signalled: Temporal unreachable (%s)", workflow_id, type(err).__name__)
             return Delivery.UNREACHABLE
+        except Exception as err:  # noqa: BLE001 - whatever it is, the report is stored and retried
+            log.warning("%s not signalled: %s", workflow_id, type(err).__name__)
+            return Delivery.REFUSED
         return Delivery.DELIVERED
 
 
@@ -88,6 +99,9 @@ class RelayTiming:
     max_retry: float = 60.0
     sweep_every: float = 60.0
     batch: int = 100
+    # How long a relay keeps what it took to deliver: a replica that died
+    # with some leaves them to the others after this; a refused one waits it.
+    claim_for: float = 60.0
 
 
 class OwedSignals:
@@ -112,23 +126,29 @@ class OwedSignals:
 
     async def deliver(self, provider: str | None = None, event_ids: Sequence[str] | None = None) -> bool:
         """Deliver what is owed (of `event_ids` only, when given); False if
-        Temporal could not take one, which is then left to the relay."""
+        Temporal was away, which leaves the rest to the relay. The rows are
+        claimed, not locked, while Temporal is called."""
+        timing = self._timing
         while True:
-            async with self._pool().acquire() as conn, conn.transaction():
-                owed = await provider_events.lock_owed(conn, self._timing.batch, provider, event_ids)
-                delivered, ended = [], []
-                for item in owed:
-                    outcome = await self._signals.send(item.signal.workflow_id, item.signal.name, item.signal.payload)
-                    self._sent.add(1, {"signal": item.signal.name, "outcome": outcome.value})
-                    if outcome is Delivery.UNREACHABLE:
-                        break
+            async with self._pool().acquire() as conn:
+                owed = await provider_events.claim_owed(conn, timing.batch, timing.claim_for, provider, event_ids)
+            delivered, ended, left = [], [], []
+            for n, item in enumerate(owed):
+                outcome = await self._signals.send(item.signal.workflow_id, item.signal.name, item.signal.payload)
+                self._sent.add(1, {"signal": item.signal.name, "outcome": outcome.value})
+                if outcome is Delivery.UNREACHABLE:
+                    left = owed[n:]
+                    break
+                if outcome is not Delivery.REFUSED:
                     (ended if outcome is Delivery.NOT_RUNNING else delivered).append(item)
+            async with self._pool().acquire() as conn, conn.transaction():
                 await provider_events.mark_signalled(conn, delivered, ended)
-            self.temporal_away = len(delivered) + len(ended) < len(owed)
+                await provider_events.release(conn, left)
+            self.temporal_away = bool(left)
             if self.temporal_away:
                 self._owed.set()
                 return False
-            if len(owed) < self._timing.batch:
+            if len(owed) < timing.batch:
                 return True
 
     def leave_to_relay(self) -> None:
@@ -142,11 +162,10 @@ class OwedSignals:
             self._owed.clear()
             try:
                 delivered = await self.deliver()
-            except (OSError, asyncpg.PostgresError) as err:  # PostgreSQL away: its rows wait
-                log.warning("owed signals not read: %s", type(err).__name__)
-                delivered = False
-            with contextlib.suppress(OSError, asyncpg.PostgresError):
                 self._still_owed.set(await provider_events.count_owed(self._pool()))
+            except Exception as err:  # noqa: BLE001 - PostgreSQL away, or a bug: the relay must go on
+                log.warning("owed signals not delivered this pass: %s", type(err).__name__)
+                delivered = False
             if delivered:
                 delay = self._timing.first_retry
                 with contextlib.suppress(TimeoutError):
