@@ -68,14 +68,16 @@ def lifecycle_settings_from_env(env: Mapping[str, str], journey: JourneySettings
     return LifecycleSettings(**values)
 
 
-def _is_loopback(url: str) -> bool:
+def _is_local(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    # 0.0.0.0 and :: are no address anyone else could reach either.
+    return address.is_loopback or address.is_unspecified
 
 
 @dataclass(frozen=True)
@@ -115,11 +117,11 @@ class ProviderConfig:
         if self.sendgrid_settle_after <= timedelta(0):
             raise ValueError("SENDGRID_SETTLE_AFTER must be longer than zero")
         # Providers on loopback are a local stand-in, and the service is local too.
-        calls_back = self.sms_configured and not _is_loopback(self.twilio_api_base_url)
-        links_out = self.email_configured and self.unsubscribe_secret and not _is_loopback(self.sendgrid_api_host)
-        if (calls_back or links_out) and _is_loopback(self.web_public_url):
+        calls_back = self.sms_configured and not _is_local(self.twilio_api_base_url)
+        links_out = self.email_configured and self.unsubscribe_secret and not _is_local(self.sendgrid_api_host)
+        if (calls_back or links_out) and _is_local(self.web_public_url):
             raise ValueError(
-                f"WEB_PUBLIC_URL {self.web_public_url} is a loopback address: Twilio's status callbacks and "
+                f"WEB_PUBLIC_URL {self.web_public_url} is a local address: Twilio's status callbacks and "
                 "customers' unsubscribe links could not reach `orders web` there; set it to the service's public address"
             )
 

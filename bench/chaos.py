@@ -32,6 +32,7 @@ import asyncpg
 from temporalio.client import Client
 from temporalio.service import RetryConfig
 
+from activities import provider_events
 from bench.driver import OrderRun, System, Tracker, bench_order, drive, new_run_id
 from bench.prometheus import free_port, parse, scrape, total
 from bench.stack import TWILIO_TOKEN, Stack, WorkerProcess, start_stack, wait_for_pollers
@@ -130,7 +131,8 @@ class DrillReport:
     # REPORTED drills: the reports posted (by what they said), the HTTP
     # service's answers, the touchpoints reported undelivered and those of
     # them the other channel then carried, the reports that came once the
-    # order was over, and the signals still owed at the end: must be zero.
+    # order was over, and the signals still owed at the end: must be zero, as
+    # must the reports the fake gave up posting.
     provider_reports: dict[str, Any] = field(default_factory=dict)
     reports_owed: int = 0
     notes: list[str] = field(default_factory=list)
@@ -148,6 +150,7 @@ class DrillReport:
             and self.in_doubt == 0
             and self.refused_not_handed_over == 0
             and self.reports_owed == 0
+            and self.provider_reports.get("given_up", 0) == 0
         )
 
     def headline(self) -> str:
@@ -544,7 +547,6 @@ def both(*callbacks: Callable[[AcceptedMessage], None]) -> Callable[[AcceptedMes
     return call
 
 
-OWED_SIGNALS = "SELECT count(*) FROM provider_events WHERE signal IS NOT NULL AND signalled_at IS NULL"
 REPORT_COUNTS = """
 SELECT count(*) FILTER (WHERE signal_name = 'message_undelivered') AS undelivered,
        count(*) FILTER (WHERE workflow_ended) AS after_the_order
@@ -561,7 +563,7 @@ async def reports_heard(
     conn = await asyncpg.connect(stack.database_url)
     try:
         deadline = time.monotonic() + timeout
-        while (owed := await conn.fetchval(OWED_SIGNALS)) and time.monotonic() < deadline:
+        while (owed := await provider_events.count_owed(conn)) and time.monotonic() < deadline:
             await asyncio.sleep(1)
         counts = await conn.fetchrow(REPORT_COUNTS)
     finally:

@@ -24,7 +24,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from activities.providers import scrub
 from starter.cli import UsageError
 from workflows import search_attributes as sa
-from workflows.models import TASK_QUEUE, WORKFLOW_TYPE, MessageOutcome, MessageRequest, SendMode
+from workflows.models import MARKETING_TOUCHPOINTS, TASK_QUEUE, WORKFLOW_TYPE, MessageOutcome, MessageRequest, SendMode
 from workflows.resend import RESEND_WORKFLOW_TYPE, resend_workflow_id
 
 Database = asyncpg.Pool | asyncpg.Connection
@@ -39,13 +39,15 @@ FROM message_ledger WHERE state IN ('failed', 'in_doubt')
 ORDER BY updated_at DESC LIMIT $1
 """
 
-# Reports of messages not delivered that came once the order was over: no
-# workflow took them up. Kept in the list for a month.
+# Reports of order messages not delivered that came once the order was over:
+# no workflow took them up. Kept in the list for a month; marketing (the
+# recommendations) is left out: not worth a person reaching the customer.
 REPORTED_AFTER_THE_ORDER = """
 SELECT e.ledger_key AS key, l.order_id, l.kind, l.channel, l.delivery, e.detail, now() - e.received_at AS age,
        count(*) OVER () AS total
 FROM provider_events e JOIN message_ledger l ON l.key = e.ledger_key
-WHERE e.workflow_ended AND e.received_at > now() - interval '30 days'
+WHERE e.workflow_ended AND e.signal_name = 'message_undelivered' AND e.received_at > now() - interval '30 days'
+  AND NOT l.kind = ANY($2::text[])
 ORDER BY e.received_at DESC LIMIT $1
 """
 
@@ -73,7 +75,8 @@ async def attention_report(client: Client, db: Database, limit: int = 100) -> st
     )
     lines += message_lines(
         "Messages reported not delivered after their order was over, last 30 days: {}",
-        await db.fetch(REPORTED_AFTER_THE_ORDER, limit), "delivery", lambda r: scrub(r["detail"] or "")[:ERROR_SHOWN],
+        await db.fetch(REPORTED_AFTER_THE_ORDER, limit, [kind.value for kind in MARKETING_TOUCHPOINTS]),
+        "delivery", lambda r: scrub(r["detail"] or "")[:ERROR_SHOWN],
     )
     return "\n".join(lines)
 

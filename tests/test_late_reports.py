@@ -13,6 +13,7 @@ import httpx
 
 from starter.operator import attention_report
 from tests.conftest import new_order
+from tests.test_settlement import MailAcceptedThenWorkerDied, providers
 from tests.test_provider_events import (  # noqa: F401 (fixtures)
     FinishedOrders,
     config,
@@ -52,6 +53,33 @@ async def test_a_cancellation_mail_that_bounces_after_the_order_was_cancelled_go
     assert final.status is OrderStatus.CANCELLED and "message_undelivered:order_cancelled:email" in final.attention_reasons
     assert view.status is OrderStatus.CANCELLED
     assert any("cancel" in text.lower() for text in fakes.deliveries_to(order["customer"]["phone"]))
+
+
+async def test_a_cancellation_left_in_doubt_is_settled_by_sendgrids_report_after_the_order_was_cancelled(
+    ts_env, make_harness, journey_web, fakes, provider_config
+):
+    """Without Email Activity every mail the worker died on is left in doubt
+    for good; the cancellation is the order's last message, and its report
+    still finds the order open, which records it sent and lifts the flag."""
+    order = new_order()
+    fakes.refuse_email_activity(403)
+    try:
+        email = MailAcceptedThenWorkerDied(provider_config)
+        async with make_harness(ts_env, providers=providers(provider_config, email)) as h, journey_web(ts_env) as web:
+            handle = await h.start(order)
+            await h.wait_for(handle, lambda v: "message_in_doubt:order_confirmation:email" in v.attention_reasons)
+            await handle.signal("order_cancelled", {"reason": "customer changed their mind"})
+            await h.wait_for(handle, lambda v: "message_in_doubt:order_cancelled:email" in v.attention_reasons)
+            await ts_env.sleep(timedelta(hours=1))
+            key = f"order-{order['order_id']}:order_cancelled:email"
+            [taken] = [m for m in fakes.accepted if m.key == key]
+            report = sendgrid_event("processed", key, sg_message_id=f"{taken.provider_id}.filter0001.1.2.0")
+            assert (await post_events(web, [report])).status_code == 200
+            final = await h.result(handle)
+    finally:
+        fakes.refuse_email_activity(None)
+    assert touchpoints(final, "order_cancelled") == [("email", "in_doubt"), ("email", "in_doubt"), ("email", "sent")]
+    assert final.attention_reasons == ["message_in_doubt:order_confirmation:email"]
 
 
 async def test_an_order_stays_open_for_reports_only_as_long_as_the_window(ts_env, make_harness):

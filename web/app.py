@@ -26,7 +26,7 @@ from temporalio.runtime import Runtime
 from twilio.twiml.messaging_response import MessagingResponse
 
 from activities.consent import customers_reached_at, lift_suppression, set_consent, suppress
-from activities.database import create_pool
+from activities.database import create_pool, migrate
 from activities.unsubscribe_tokens import InvalidToken, verify
 from web.config import ConfigError, WebConfig
 from web.metrics import CountRejections
@@ -85,6 +85,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if pool is None:
+            # As the worker does, under the same lock: the service may start
+            # first, and it reads and writes tables of the latest schema.
+            await migrate(config.database_url)
             app.state.pool = await create_pool(config.database_url)
         relay = asyncio.create_task(app.state.owed_signals.run())
         try:

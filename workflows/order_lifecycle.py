@@ -154,7 +154,9 @@ class OrderLifecycle:
                 (
                     t.at
                     for t in s.touchpoints
-                    if t.state is DeliveryState.SENT and message_class(t.kind) is MessageClass.TRANSACTIONAL
+                    # A mail in doubt SendGrid may have: its report may come too.
+                    if t.state in (DeliveryState.SENT, DeliveryState.IN_DOUBT)
+                    and message_class(t.kind) is MessageClass.TRANSACTIONAL
                 ),
                 default=None,
             )
@@ -606,7 +608,7 @@ class OrderLifecycle:
             if not channel_policy.is_stale_at(now, taken.kind, taken.queued_at, taken.details):
                 self._hand_over(taken)
 
-    def _key(self, message: QueuedMessage) -> str:
+    def _key(self, message: QueuedMessage | TouchpointRecord) -> str:
         return f"{workflow.info().workflow_id}:{message.kind.value}:{message.channel.value}"
 
     def _lanes_idle(self) -> bool:
@@ -738,8 +740,12 @@ class OrderLifecycle:
     @workflow.signal
     def message_settled(self, outcome: MessageOutcome) -> None:
         """From the HTTP service: a mail left in doubt for good (Email Activity
-        could not tell) that the provider has since reported on, so it had it."""
-        self._settled_elsewhere("message_settled", outcome)
+        could not tell) that the provider has since reported on, so it had it.
+        Only while it is still in doubt here: a repeat changes nothing."""
+        touchpoints = self.state.touchpoints if self.state else []
+        latest = next((t.state for t in reversed(touchpoints) if self._key(t) == outcome.key), None)
+        if latest is DeliveryState.IN_DOUBT:
+            self._settled_elsewhere("message_settled", outcome)
 
     def _settled_elsewhere(self, signal: str, outcome: MessageOutcome) -> None:
         s, channel = self.state, outcome.channel
