@@ -548,7 +548,7 @@ def both(*callbacks: Callable[[AcceptedMessage], None]) -> Callable[[AcceptedMes
 
 
 REPORT_COUNTS = """
-SELECT count(*) FILTER (WHERE signal_name = 'message_undelivered') AS undelivered,
+SELECT count(*) FILTER (WHERE signal IS NOT NULL AND signal_name = 'message_undelivered') AS undelivered,
        count(*) FILTER (WHERE workflow_ended) AS after_the_order
 FROM provider_events
 """
