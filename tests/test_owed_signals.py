@@ -75,6 +75,21 @@ def sent_to(temporal: FakeTemporal, *workflow_ids: str) -> list[tuple[str, str, 
     return [s for s in temporal.sent if s[0] in workflow_ids]
 
 
+async def reports_left_owed(pool, messaging, fakes: FakeProviders, n: int = 1, status: str = "undelivered") -> list[str]:
+    """`n` SMS sent and reported `status`, recorded with their signals still
+    owed, as a service killed between its commit and its signal leaves them;
+    the orders' workflow ids."""
+    orders = []
+    for _ in range(n):
+        order, key, _ = await sent_sms(pool, messaging, fakes)
+        code = 30008 if status == "failed" else 30003
+        event = provider_events.from_twilio(ledger_key=key, message_sid="SM" + uuid.uuid4().hex, status=status, error_code=code)
+        async with pool.acquire() as conn, conn.transaction():
+            assert (await provider_events.record(conn, event)).signal is not None
+        orders.append(f"order-{order['order_id']}")
+    return orders
+
+
 async def test_an_sms_reported_undelivered_while_temporal_is_away_reaches_the_order_when_it_is_back(
     ts_env, make_harness, config, pool, fakes: FakeProviders, provider_config
 ):
@@ -134,12 +149,7 @@ async def test_a_sendgrid_post_while_temporal_is_away_is_answered_200_and_the_or
 async def test_a_report_recorded_by_a_service_that_stopped_before_signalling_is_signalled_when_one_starts(
     config, pool, messaging, fakes: FakeProviders
 ):
-    order, key, _ = await sent_sms(pool, messaging, fakes)
-    # What a process killed between its commit and its signal leaves behind.
-    event = provider_events.from_twilio(ledger_key=key, message_sid="SM" + uuid.uuid4().hex, status="failed", error_code=30008)
-    async with pool.acquire() as conn, conn.transaction():
-        assert (await provider_events.record(conn, event)).signal is not None
-    workflow_id = f"order-{order['order_id']}"
+    [workflow_id] = await reports_left_owed(pool, messaging, fakes, status="failed")
     temporal = FakeTemporal()
     app = create_app(config, pool=pool, temporal_client=temporal, relay_timing=QUICK)  # type: ignore[arg-type]
     async with app.router.lifespan_context(app):
@@ -155,13 +165,7 @@ async def test_a_report_recorded_by_a_service_that_stopped_before_signalling_is_
 
 
 async def test_replicas_relaying_the_same_owed_signals_send_each_once(config, pool, messaging, fakes: FakeProviders):
-    orders = []
-    async with pool.acquire() as conn, conn.transaction():
-        for _ in range(40):
-            order, key, _ = await sent_sms(pool, messaging, fakes)
-            event = provider_events.from_twilio(ledger_key=key, message_sid="SM" + uuid.uuid4().hex, status="undelivered", error_code=30003)
-            await provider_events.record(conn, event)
-            orders.append(f"order-{order['order_id']}")
+    orders = await reports_left_owed(pool, messaging, fakes, 40)
     replicas = [FakeTemporal() for _ in range(3)]
     apps = [create_app(config, pool=pool, temporal_client=t, relay_timing=QUICK) for t in replicas]  # type: ignore[arg-type]
     await asyncio.gather(*(app.state.owed_signals.deliver() for app in apps))
@@ -219,13 +223,7 @@ async def test_a_report_is_answered_before_its_order_is_told(config, pool, messa
 async def test_a_signal_temporal_refuses_holds_up_none_of_the_others(config, pool, messaging, fakes: FakeProviders):
     """One report's signal is refused (not Temporal being away): it stays
     owed, for a later pass, and the ones after it are delivered now."""
-    orders = []
-    async with pool.acquire() as conn, conn.transaction():
-        for _ in range(3):
-            order, key, _ = await sent_sms(pool, messaging, fakes)
-            event = provider_events.from_twilio(ledger_key=key, message_sid="SM" + uuid.uuid4().hex, status="undelivered", error_code=30003)
-            await provider_events.record(conn, event)
-            orders.append(f"order-{order['order_id']}")
+    orders = await reports_left_owed(pool, messaging, fakes, 3)
     refused = orders[0]
 
     class Refusing(FakeTemporal):
@@ -248,11 +246,7 @@ async def test_a_signal_temporal_refuses_holds_up_none_of_the_others(config, poo
 
 
 async def test_the_relay_goes_on_after_a_pass_that_failed(config, pool, messaging, fakes: FakeProviders):
-    order, key, _ = await sent_sms(pool, messaging, fakes)
-    async with pool.acquire() as conn, conn.transaction():
-        event = provider_events.from_twilio(ledger_key=key, message_sid="SM" + uuid.uuid4().hex, status="failed", error_code=30008)
-        await provider_events.record(conn, event)
-    workflow_id = f"order-{order['order_id']}"
+    [workflow_id] = await reports_left_owed(pool, messaging, fakes, status="failed")
     temporal = FakeTemporal()
     app = create_app(config, pool=pool, temporal_client=temporal, relay_timing=QUICK)  # type: ignore[arg-type]
     passes = 0
