@@ -238,10 +238,16 @@ async def test_a_coupon_is_issued_once_per_customer_and_milestone(pool):
 
 
 async def test_a_customer_with_many_orders_continues_as_new_and_keeps_count(
-    ts_env, make_harness, pool, monkeypatch: pytest.MonkeyPatch
+    dev_env, make_harness, pool, monkeypatch: pytest.MonkeyPatch
 ):
+    """On the dev server: news signalled while a run hands over to the next
+    is what this is about, and the time-skipping server fumbles it about
+    once in twenty runs (the worker logs "Task not found when completing:
+    workflow execution already completed", and queries of the next run time
+    out; seen on this code and on the code before it), while the real server
+    refuses a hand-over until the news that came meanwhile is handled."""
     monkeypatch.setattr(customer_journey, "CONTINUE_AS_NEW_AFTER_EVENTS", 60)
-    async with make_harness(ts_env, lifecycle=QUICK) as h:
+    async with make_harness(dev_env, lifecycle=QUICK) as h:
         c = Customer(h, pool, customer_id(holdout=False))
         first_run = None
         for n in range(40):
