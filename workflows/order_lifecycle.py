@@ -31,11 +31,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.models import (
         WORKFLOW_TYPE,
         CancelRecord,
-        DeliveryState,
         EventEnvelope,
         FeedbackRecord,
         JourneyState,
-        MessageClass,
         MessageOutcome,
         MessageUndelivered,
         OrderFacts,
@@ -47,7 +45,6 @@ with workflow.unsafe.imports_passed_through():
         Touchpoint,
         customer_id_problem,
         customer_workflow_id,
-        message_class,
     )
     from workflows.order_messages import OrderMessages
     from workflows.order_view import OrderView
@@ -129,7 +126,7 @@ class OrderLifecycle:
             # between and queue a message that would never be sent.
             await asyncio.gather(*self._customer_news)
             await self._waits.until(lanes.idle)
-            await self._wait_for_late_reports()
+            await self._messages.wait_for_late_reports(self._waits)
         except ContinueAsNewDue:
             await waiting.continue_as_new(lanes, self._view.attributes, lambda: s, self._customer_news)
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -323,35 +320,6 @@ class OrderLifecycle:
         self._notify(Touchpoint.PARCEL_LOST, s.dispatch.model_dump(mode="json"))
         self._view.transition(OrderStatus.LOST)
         self._tell_customer("lost")
-
-    async def _wait_for_late_reports(self) -> None:
-        """The journey is over; a report of its last order message may still
-        come (the cancellation, the lost-parcel notice), and the other channel
-        carry it. Open until `report_window` after that message was sent, and
-        again after any message a report hands over. For a completed order the
-        window has mostly passed already (the feedback request is days before
-        the recommendations), so it costs no timer."""
-        s, lanes = self.state, self._messages.lanes
-        window = s.setup.settings.report_window
-        if window is None:  # captured before there was a window
-            return
-        while True:
-            last_sent = max(
-                (
-                    t.at
-                    for t in s.touchpoints
-                    # A mail in doubt SendGrid may have: its report may come too.
-                    if t.state in (DeliveryState.SENT, DeliveryState.IN_DOUBT)
-                    and message_class(t.kind) is MessageClass.TRANSACTIONAL
-                ),
-                default=None,
-            )
-            if last_sent is None:
-                return
-            handed_over = await self._waits.until(lambda: not lanes.idle(), last_sent + window)
-            if not handed_over and lanes.idle():
-                return
-            await self._waits.until(lanes.idle)
 
     def _notify(self, kind: Touchpoint, details: dict[str, Any] | None = None) -> None:
         self._messages.notify(kind, details)

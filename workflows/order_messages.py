@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         Channel,
         DeliveryState,
         JourneyState,
+        MessageClass,
         MessageOutcome,
         MessageRequest,
         MessageUndelivered,
@@ -36,8 +37,10 @@ with workflow.unsafe.imports_passed_through():
         SendMode,
         Touchpoint,
         TouchpointRecord,
+        message_class,
     )
     from workflows.order_view import OrderView
+    from workflows.waiting import Waits
 
 REPORT_SETTLES_DOUBT = "report-settles-doubt"
 
@@ -168,6 +171,35 @@ class OrderMessages:
             self._view.flag(f"message_undelivered:{report.kind.value}:{report.channel.value}")
             if not channel_policy.is_stale_at(now, taken.kind, taken.queued_at, taken.details):
                 self.lanes.hand_over(taken)
+
+    async def wait_for_late_reports(self, waits: Waits) -> None:
+        """The journey is over; a report of its last order message may still
+        come (the cancellation, the lost-parcel notice), and the other channel
+        carry it. Open until `report_window` after that message was sent, and
+        again after any message a report hands over. For a completed order the
+        window has mostly passed already (the feedback request is days before
+        the recommendations), so it costs no timer."""
+        s, lanes = self._state, self.lanes
+        window = s.setup.settings.report_window
+        if window is None:  # captured before there was a window
+            return
+        while True:
+            last_sent = max(
+                (
+                    t.at
+                    for t in s.touchpoints
+                    # A mail in doubt SendGrid may have: its report may come too.
+                    if t.state in (DeliveryState.SENT, DeliveryState.IN_DOUBT)
+                    and message_class(t.kind) is MessageClass.TRANSACTIONAL
+                ),
+                default=None,
+            )
+            if last_sent is None:
+                return
+            handed_over = await waits.until(lambda: not lanes.idle(), last_sent + window)
+            if not handed_over and lanes.idle():
+                return
+            await waits.until(lanes.idle)
 
     def report_undelivered(self, report: MessageUndelivered) -> None:
         if report in self._state.undelivered:
