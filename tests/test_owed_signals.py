@@ -115,7 +115,7 @@ async def test_an_sms_reported_undelivered_while_temporal_is_away_reaches_the_or
 
         away.down = False
         view = await h.wait_touchpoint(handle, "delivery_day", "email")
-        await h.settled(handle)
+        await h.wait_queues_empty(handle)
         await handle.terminate("test done")
     assert touchpoints(view, "delivery_day") == [("sms", "sent"), ("sms", "undelivered"), ("email", "sent")]
     assert await owed(pool, handle.id) == 0

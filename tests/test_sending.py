@@ -116,7 +116,7 @@ async def test_without_credentials_messages_go_to_the_outbox(ts_env, make_harnes
 
 
 async def dispatch_notice_by_sms(h, order: dict, tracking: str):
-    """Pay and dispatch an order; its status once the SMS dispatch notice is settled."""
+    """Pay and dispatch an order; its status once the SMS dispatch notice has its outcome."""
     handle = await h.start(order)
     await handle.signal("payment_received", payment_for(order))
     await handle.signal("order_dispatched", {"carrier": "DHL", "tracking_number": tracking, "expected_delivery": await h.tomorrow()})

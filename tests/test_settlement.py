@@ -234,7 +234,7 @@ async def test_without_email_activity_sendgrids_event_settles_the_mail_and_lifts
             else:  # the relay may deliver a signal twice: the repeat changes nothing
                 settled = {"key": key_of(order), "channel": "email", "state": "sent", "provider_message_id": taken.provider_id}
                 await handle.signal("message_settled", settled)
-            view = await h.settled(handle)
+            view = await h.wait_queues_empty(handle)
             await handle.terminate("test done")
     finally:
         fakes.refuse_email_activity(None)
