@@ -39,6 +39,7 @@ from tests.test_exactly_once import wait_until
 from tests.test_web import FakeTemporal, client, temporal, unused_port  # noqa: F401 (fixtures)
 from web.app import create_app
 from web.config import ConfigError, WebConfig
+from workflows.ledger_key import LedgerKey
 from workflows.models import Channel, DeliveryState, Touchpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -354,7 +355,7 @@ async def test_a_spam_report_suppresses_the_address_and_leaves_the_order_alone(c
 
 
 async def test_events_of_mail_that_is_not_ours_are_recorded_and_change_nothing(client, pool, temporal):
-    unknown = f"order-nobody-{uuid.uuid4().hex[:6]}:order_confirmation:email"
+    unknown = str(LedgerKey.of_order(f"nobody-{uuid.uuid4().hex[:6]}", "order_confirmation", "email"))
     events = [sendgrid_event("bounce", None, type="bounce"), sendgrid_event("bounce", unknown, type="bounce")]
     assert (await post_events(client, events)).status_code == 200
     assert await pool.fetchval(
@@ -567,7 +568,7 @@ async def test_a_bounced_confirmation_goes_by_sms_once_and_the_address_gets_noth
     async with make_harness(ts_env) as h, journey_web(ts_env) as web:
         handle = await h.start(order)
         view = await h.wait_touchpoint(handle, "order_confirmation")
-        key = f"order-{order['order_id']}:order_confirmation:email"
+        key = str(LedgerKey.of_order(order["order_id"], "order_confirmation", "email"))
         bounce = sendgrid_event("bounce", key, type="bounce", reason="550 5.1.1 user unknown")
         # SendGrid posts the same event twice, then reports the mail once more.
         for events in ([bounce], [bounce], [sendgrid_event("dropped", key, reason="Bounced Address")]):
@@ -598,7 +599,7 @@ async def test_a_bounce_reported_while_the_send_still_waits_for_sendgrid_is_acte
         handle = await h.start(order)
         await wait_until(lambda: fakes.deliveries_to(email), timeout=20)
         taken = next(m for m in fakes.accepted if m.recipient == email)
-        key = f"order-{order['order_id']}:order_confirmation:email"
+        key = str(LedgerKey.of_order(order["order_id"], "order_confirmation", "email"))
         bounce = sendgrid_event("bounce", key, type="bounce", sg_message_id=f"{taken.provider_id}.filter0001.1.2.0")
         assert (await post_events(web, [bounce])).status_code == 200
         view = await h.wait_touchpoint(handle, "order_confirmation", "sms")

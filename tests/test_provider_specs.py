@@ -17,6 +17,7 @@ from activities.providers import RenderedMessage, SendGridEmail, TwilioSms
 from starter.embedded import start_time_skipping_server
 from tests.conftest import TEST_PAYLOAD_KEYS, new_order, payment_for
 from tests.fake_providers import FakeProviders, RecordedRequest
+from workflows.ledger_key import LedgerKey
 
 SPECS = Path(os.environ.get("PROVIDER_SPECS_DIR", Path(__file__).resolve().parents[2] / "shared" / "provider-specs"))
 if not SPECS.exists():
@@ -63,7 +64,7 @@ async def sent_requests(make_harness, fakes: FakeProviders, provider_config) -> 
     phone = order["customer"]["phone"]
     sms = RenderedMessage(key="k", recipient=phone, subject="", text=fakes.deliveries_to(phone)[0], html="")
     assert TwilioSms(provider_config).look_up(sms)
-    mail = RenderedMessage(key=f"order-{order['order_id']}:order_confirmation:email", recipient="", subject="", text="", html="")
+    mail = RenderedMessage(key=str(LedgerKey.of_order(order["order_id"], "order_confirmation", "email")), recipient="", subject="", text="", html="")
     assert SendGridEmail(provider_config).look_up(mail)
     return list(fakes.requests)
 

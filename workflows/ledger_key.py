@@ -32,6 +32,11 @@ class LedgerKey:
     def of_order(cls, order_id: str, kind: Touchpoint | str, channel: Channel | str) -> LedgerKey:
         return cls(workflow_id_for(order_id), Touchpoint(kind), Channel(channel))
 
+    @staticmethod
+    def order_prefix(order_id: str) -> str:
+        """What every key of the order's messages starts with."""
+        return f"{workflow_id_for(order_id)}:"
+
     @classmethod
     def parse(cls, key: str) -> LedgerKey:
         """Raises ValueError, naming what is wrong, for a key we never build."""
