@@ -10,6 +10,9 @@ churned, and won_back when an order follows a win-back. It sends a welcome
 on the first delivered order, a loyalty coupon once, and for a lapse a
 win-back with a coupon and one reminder, except to the holdout share.
 
+Its messages go through the same lanes as an order's (workflows/lanes.py):
+email first, SMS when email may not carry one and the customer has a phone.
+
 It lives for years: it continues as new long before its history is large,
 carrying its state; it uses one timer per lapse period, however often the
 customer orders, since a timer that fires early is simply re-armed.
@@ -55,8 +58,6 @@ with workflow.unsafe.imports_passed_through():
 # in one run, but a flood of signals must not reach the server's limits.
 CONTINUE_AS_NEW_AFTER_EVENTS = 2_000
 TIMELINE_KEPT = 30
-# The provider pause for this journey's few messages.
-PAUSED_CHANNEL_RETRY = timedelta(hours=1)
 
 
 def in_holdout(customer_id: str, share: float) -> bool:
@@ -68,7 +69,7 @@ def in_holdout(customer_id: str, share: float) -> bool:
 @workflow.defn(name=CUSTOMER_WORKFLOW_TYPE)
 class CustomerJourney:
     # The provider pause for this journey's few messages.
-    paused_retry = PAUSED_CHANNEL_RETRY
+    paused_retry = timedelta(hours=1)
 
     @workflow.init
     def __init__(self, raw_state: Any) -> None:
@@ -153,13 +154,13 @@ class CustomerJourney:
         s = self.state
         if not s.welcomed:
             s.welcomed = True
-            self._queue(Touchpoint.WELCOME, "first-order", {})
+            self._lanes.queue(Touchpoint.WELCOME, {}, occasion="first-order")
         if s.phase is not CustomerPhase.LOYAL and self._qualified_phase() is CustomerPhase.LOYAL:
             await self._enter(CustomerPhase.LOYAL)
             if s.loyalty_rewards == 0:
                 s.loyalty_rewards = 1
                 coupon = await self._coupon("loyal", s.settings.loyalty_coupon)
-                self._queue(Touchpoint.LOYALTY_REWARD, "loyal", coupon.details())
+                self._lanes.queue(Touchpoint.LOYALTY_REWARD, coupon.details(), occasion="loyal")
 
     def _qualified_phase(self) -> CustomerPhase:
         s, settings = self.state, self.state.settings
@@ -201,7 +202,9 @@ class CustomerJourney:
             await self._lapse()
         elif win_back.attempts == 1:
             win_back.attempts = 2
-            self._queue(Touchpoint.WIN_BACK_REMINDER, f"win_back-{win_back.lapse_no}", win_back.coupon.details())
+            self._lanes.queue(
+                Touchpoint.WIN_BACK_REMINDER, win_back.coupon.details(), occasion=f"win_back-{win_back.lapse_no}"
+            )
         else:
             await self._enter(CustomerPhase.CHURNED, lapse_no=win_back.lapse_no)
         self._show()
@@ -217,7 +220,7 @@ class CustomerJourney:
         coupon = await self._coupon(occasion, s.settings.win_back_coupon)
         s.win_back = WinBack(lapse_no=s.lapses, group="treated", started_at=workflow.now(), coupon=coupon, attempts=1)
         await self._enter(CustomerPhase.LAPSED, lapse_no=s.lapses, win_back_group="treated", coupon_code=coupon.code)
-        self._queue(Touchpoint.WIN_BACK, occasion, coupon.details())
+        self._lanes.queue(Touchpoint.WIN_BACK, coupon.details(), occasion=occasion)
 
     # --- phases, coupons, messages ------------------------------------------------------
 
@@ -240,9 +243,6 @@ class CustomerJourney:
         s = self.state
         request = CouponRequest(customer_id=s.customer_id, milestone=milestone, terms=terms, issued_at=workflow.now())
         return await workflow.execute_activity_method(CustomerActivities.issue_coupon, request, **DB_TIMEOUTS)
-
-    def _queue(self, kind: Touchpoint, occasion: str, details: dict[str, Any]) -> None:
-        self._lanes.queue(kind, details, occasion)
 
     # --- what the lanes ask (lanes.Journey) ---------------------------------------------
 
@@ -272,8 +272,10 @@ class CustomerJourney:
         return {c for c in Channel if self.key(message.model_copy(update={"channel": c})) in self.state.messages}
 
     def later_sent_on(self, message: QueuedMessage) -> set[Channel]:
-        # Every message starts on email; SMS carries only messages handed
-        # over, each as soon as email refused it, so in journey order.
+        # Every message starts on email and SMS carries only those email
+        # refused, each at once: in journey order, except a mail refused
+        # when it was settled, after a later one went by SMS. The messages
+        # kept here do not say which came first; that rare one still goes.
         return set()
 
     def record(self, message: QueuedMessage, outcome: MessageOutcome) -> None:

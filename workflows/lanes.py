@@ -61,7 +61,8 @@ class Journey(Protocol):
     def request(self, message: QueuedMessage, mode: SendMode) -> MessageRequest:
         """The send_message activity's input."""
 
-    def quiet_hours(self, message: QueuedMessage) -> sending.QuietHours: ...
+    def quiet_hours(self, message: QueuedMessage) -> sending.QuietHours:
+        """When the message, if an SMS, may not go (the customer's local night)."""
 
     def overtaken(self, message: QueuedMessage) -> bool:
         """The journey has moved past the message: not to be sent late."""
