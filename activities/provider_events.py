@@ -65,6 +65,8 @@ TWILIO_GONE_FOR_GOOD = frozenset({TWILIO_OPTED_OUT, 30005, 30006})
 TWILIO_DELIVERY = {"delivered": Delivery.DELIVERED, "undelivered": Delivery.UNDELIVERED, "failed": Delivery.FAILED}
 
 REASON_LENGTH = 300
+# provider_events.event of an event we could not read.
+UNREADABLE = "unreadable"
 UNDELIVERED_SIGNAL = "message_undelivered"
 SETTLED_SIGNAL = "message_settled"
 
@@ -158,6 +160,21 @@ def from_twilio(*, ledger_key: str, message_sid: str, status: str, error_code: i
         detail=f"{status}: Twilio error {error_code}" if error_code else None,
         delivery=delivery,
         suppression=f"Twilio {error_code}" if gone else None,
+    )
+
+
+def unreadable(*, provider: str, event_id: str, what_was_wrong: str) -> ProviderEvent:
+    """An event of a shape we cannot read: kept, so that a post repeated
+    with it changes nothing, and an operator can see what was wrong (by
+    field name: nothing it carried is kept). It is about no message."""
+    return ProviderEvent(
+        provider=provider,
+        event_id=event_id,
+        event=UNREADABLE,
+        ledger_key=None,
+        provider_message_id=None,
+        occurred_at=None,
+        detail=what_was_wrong[:REASON_LENGTH],
     )
 
 

@@ -9,6 +9,7 @@ here and the auth token the fakes use."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -25,20 +26,23 @@ import asyncpg
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 from twilio.request_validator import RequestValidator
 
 from activities.config import ProviderConfig
+from bench.prometheus import free_port, parse, scrape, total
 from activities.messaging import MessagingActivities
 from tests.conftest import TEST_KEY_ENV, new_order, payment_for
 from tests.fake_providers import FakeProviders
 from tests.fake_reports import SIGNATURE, TIMESTAMP, new_key_pair
 from tests.fake_reports import sendgrid_headers as signed_as_sendgrid
 from tests.test_consent_sending import customer, journey_message, order_message, send
-from tests.test_exactly_once import wait_until
+from tests.test_exactly_once import wait_until, wait_until_async
 from tests.test_web import FakeTemporal, client, temporal, unused_port  # noqa: F401 (fixtures)
 from web.app import create_app
 from web.config import ConfigError, WebConfig
+from worker import prometheus_runtime
 from workflows.models import Channel, DeliveryState, Touchpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -161,7 +165,7 @@ async def test_signed_sendgrid_events_are_recorded(client, pool, messaging):
     order, key = await sent_mail(pool, messaging)
     response = await post_events(client, [sendgrid_event("processed", key), sendgrid_event("delivered", key)])
     assert response.status_code == 200
-    assert response.json() == {"received": 2, "duplicates": 0}
+    assert response.json() == {"received": 2, "duplicates": 0, "unreadable": 0}
     assert await events_of(pool, key) == [("sendgrid", "processed"), ("sendgrid", "delivered")]
     assert (await ledger(pool, key))["delivery"] == "delivered"
 
@@ -212,27 +216,70 @@ async def test_a_duplicate_sendgrid_event_is_accepted_and_has_no_second_effect(c
     first = await post_events(client, [bounce])
     again = await post_events(client, [bounce, sendgrid_event("deferred", key)])
     assert first.status_code == again.status_code == 200
-    assert again.json() == {"received": 2, "duplicates": 1}
+    assert again.json() == {"received": 2, "duplicates": 1, "unreadable": 0}
     assert await events_of(pool, key) == [("sendgrid", "bounce"), ("sendgrid", "deferred")]
     assert len(temporal.sent) == 1
 
 
+@pytest.fixture(scope="module")
+def web_metrics() -> tuple[Runtime, int]:
+    """A runtime serving the HTTP service's metrics, and its port."""
+    port = free_port()
+    return prometheus_runtime(f"127.0.0.1:{port}", "WEB_METRICS_PORT"), port
+
+
+async def counted(port: int, name: str, **labels: str) -> float:
+    return total(parse(await scrape(port)), name, **labels)
+
+
 @pytest.mark.parametrize(
-    "bad, location",
+    "odd, wrong",
     [
-        ({"event": "delivered", "timestamp": 1, "message_key": "k"}, ["body", 1, "sg_event_id"]),
-        ({"sg_event_id": "e1", "event": "delivered", "timestamp": "noon"}, ["body", 1, "timestamp"]),
-        ({"sg_event_id": "e1", "timestamp": 1}, ["body", 1, "event"]),
+        ({"event": "delivered", "timestamp": 1, "message_key": "k"}, "sg_event_id: missing"),
+        ({"sg_event_id": "e-{uid}", "event": "bounce", "timestamp": "noon"}, "timestamp: int_parsing"),
+        ({"sg_event_id": "e-{uid}", "timestamp": 1}, "event: missing"),
+        ("bounce", "not an object"),
     ],
-    ids=["no event id", "bad timestamp", "no event"],
+    ids=["no event id", "bad timestamp", "no event", "not an object"],
 )
-async def test_a_malformed_sendgrid_event_is_422_naming_the_field(client, pool, bad, location):
-    ok = sendgrid_event("delivered", None)
-    response = await post_events(client, [ok, bad])
-    assert response.status_code == 422
-    assert [e["loc"] for e in response.json()["detail"]] == [location]
-    # Nothing of the batch is kept: SendGrid posts it again, whole.
-    assert await pool.fetchval("SELECT count(*) FROM provider_events WHERE event_id = $1", ok["sg_event_id"]) == 0
+async def test_a_batch_with_an_odd_event_takes_the_others_and_keeps_the_odd_one_as_unreadable(
+    config, pool, messaging, web_metrics, odd, wrong: str
+):
+    """SendGrid posts a batch again, whole, until it is answered 2xx, for 24
+    hours: refusing it for one event it cannot change would lose the others."""
+    runtime, port = web_metrics
+    order, key = await sent_mail(pool, messaging)
+    email = order["customer"]["email"]
+    if isinstance(odd, dict):
+        odd = {k: v.format(uid=uuid.uuid4().hex) if isinstance(v, str) else v for k, v in odd.items()}
+        odd.update(email=email, reason=f"550 <{email}> unknown")
+    else:
+        odd = f"{odd} {uuid.uuid4().hex}"
+    bounce = sendgrid_event("bounce", key, type="bounce", reason="550 user unknown")
+    before = await counted(port, "orders_web_unreadable_events_total", provider="sendgrid")
+    app = create_app(config, pool=pool, temporal_client=FakeTemporal(), runtime=runtime)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=config.public_url) as client:
+        response = await post_events(client, [odd, bounce])
+        again = await post_events(client, [odd, bounce])
+    assert response.status_code == again.status_code == 200
+    assert response.json() == {"received": 2, "duplicates": 0, "unreadable": 1}
+    assert again.json() == {"received": 2, "duplicates": 2, "unreadable": 1}
+    # The valid event did all it does.
+    assert (await ledger(pool, key))["delivery"] == "bounced"
+    # The odd one is kept once, by its own id or a hash of it, saying what was wrong and nothing it carried.
+    event_id = odd.get("sg_event_id") if isinstance(odd, dict) else None
+    expected_id = event_id or hashlib.sha256(json.dumps(odd, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    [row] = await pool.fetch(
+        "SELECT event_id, event, ledger_key, provider_message_id, detail FROM provider_events"
+        " WHERE provider = 'sendgrid' AND event = 'unreadable' AND event_id = $1",
+        expected_id,
+    )
+    assert wrong in row["detail"]
+    assert (row["ledger_key"], row["provider_message_id"]) == (None, None)
+    assert email not in row["detail"] and "unknown" not in row["detail"]
+    # Counted once, though posted twice.
+    await wait_until_async(lambda: counted(port, "orders_web_unreadable_events_total", provider="sendgrid"), lambda n: n > before)
+    assert await counted(port, "orders_web_unreadable_events_total", provider="sendgrid") == before + 1
 
 
 async def test_a_sendgrid_post_that_is_not_a_list_of_events_is_422(client):
@@ -393,7 +440,7 @@ async def test_an_event_for_a_finished_order_is_recorded_and_answered_200(config
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=config.public_url) as client:
         bounce = sendgrid_event("bounce", key, type="bounce")
         assert (await post_events(client, [bounce])).status_code == 200
-        assert (await post_events(client, [bounce])).json() == {"received": 1, "duplicates": 1}
+        assert (await post_events(client, [bounce])).json() == {"received": 1, "duplicates": 1, "unreadable": 0}
     assert await events_of(pool, key) == [("sendgrid", "bounce")]
     assert (await ledger(pool, key))["delivery"] == "bounced"
 

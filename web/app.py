@@ -205,7 +205,7 @@ def create_app(
         # Twilio's Advanced Opt-Out answers STOP and START itself.
         return _twiml(MessagingResponse())
 
-    add_event_webhooks(app, config, app.state.owed_signals)
+    add_event_webhooks(app, config, app.state.owed_signals, meter)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
