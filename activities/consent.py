@@ -92,7 +92,26 @@ async def lift_suppression(conn: asyncpg.Connection, channel: Channel, recipient
     return deleted is not None
 
 
+def _contact_column(channel: Channel) -> str:
+    return "email" if channel is Channel.EMAIL else "phone"
+
+
 async def customers_reached_at(conn: asyncpg.Connection, channel: Channel, recipient: str) -> list[str]:
-    column = "email" if channel is Channel.EMAIL else "phone"
-    rows = await conn.fetch(f"SELECT customer_id FROM customers WHERE {column} = $1", recipient)
+    rows = await conn.fetch(f"SELECT customer_id FROM customers WHERE {_contact_column(channel)} = $1", recipient)
+    return [r["customer_id"] for r in rows]
+
+
+async def customers_sharing_address(conn: asyncpg.Connection, customer_id: str, channel: Channel) -> list[str]:
+    """The customer and every other one at their address on `channel` (a
+    guest checkout and a registered account, a household); none for a
+    customer not recorded."""
+    column = _contact_column(channel)
+    rows = await conn.fetch(
+        f"""
+        SELECT other.customer_id FROM customers c
+        JOIN customers other ON other.customer_id = c.customer_id OR other.{column} = c.{column}
+        WHERE c.customer_id = $1 ORDER BY other.customer_id
+        """,
+        customer_id,
+    )
     return [r["customer_id"] for r in rows]
