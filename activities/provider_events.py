@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -182,6 +182,15 @@ def _scrubbed(text: str | None) -> str | None:
     return scrub(text)[:REASON_LENGTH] if text else None
 
 
+# The ledger row an event is about: by its key or, when that matches none (a
+# status callback whose key a proxy re-encoded), by the provider's message id.
+OUR_KEY = """
+SELECT key FROM message_ledger
+WHERE provider = $2 AND (key = $1 OR ($3::text IS NOT NULL AND provider_message_id = $3))
+ORDER BY key = $1 DESC NULLS LAST
+LIMIT 1
+"""
+
 INSERT_EVENT = """
 INSERT INTO provider_events (provider, event_id, event, ledger_key, provider_message_id, detail, occurred_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -249,6 +258,9 @@ WHERE provider = $1 AND event_id = ANY($2::text[])
 async def record(conn: asyncpg.Connection, event: ProviderEvent) -> Recorded:
     """Keep the event and apply it, in the caller's transaction; a repeat
     applies nothing, but brings back a signal still owed."""
+    if event.ledger_key is not None or event.provider_message_id is not None:
+        ours = await conn.fetchval(OUR_KEY, event.ledger_key, event.provider, event.provider_message_id)
+        event = replace(event, ledger_key=ours or event.ledger_key)
     inserted = await conn.fetchval(
         INSERT_EVENT,
         event.provider,

@@ -31,6 +31,7 @@ from activities.unsubscribe_tokens import InvalidToken, verify
 from web.config import ConfigError, WebConfig
 from web.metrics import CountRejections
 from web.signals import OwedSignals, RelayTiming, Signals
+from web.sms_statuses import LookupTiming, SmsStatuses
 from web.webhooks import add_event_webhooks, twilio_signature
 from workflows.models import Channel, MessageClass, customer_workflow_id
 
@@ -72,12 +73,14 @@ def create_app(
     temporal_client: Client | None = None,
     runtime: Runtime | None = None,
     relay_timing: RelayTiming = RelayTiming(),
+    lookup_timing: LookupTiming = LookupTiming(),
 ) -> FastAPI:
     """With no `pool`, one is opened on DATABASE_URL for the app's lifetime;
     with no `temporal_client`, one is connected on the first signal. With a
     `runtime` (worker.prometheus_runtime), refused requests and that client's
     calls are counted on its metrics endpoint. While the app runs (its
-    lifespan), the relay delivers the signals provider reports owe."""
+    lifespan), the relay delivers the signals provider reports owe, and the
+    SMS whose status callback did not come are looked up in Twilio."""
     if pool is None and not config.database_url:
         raise ConfigError("DATABASE_URL is required, e.g. postgresql://user:pass@localhost:5432/orders")
     signals = Signals(config.temporal_env, temporal_client, runtime)
@@ -89,13 +92,15 @@ def create_app(
             # first, and it reads and writes tables of the latest schema.
             await migrate(config.database_url)
             app.state.pool = await create_pool(config.database_url)
-        relay = asyncio.create_task(app.state.owed_signals.run())
+        tasks = [asyncio.create_task(app.state.owed_signals.run()), asyncio.create_task(app.state.sms_statuses.run())]
         try:
             yield
         finally:
-            relay.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relay
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if pool is None:
                 await app.state.pool.close()
 
@@ -109,6 +114,7 @@ def create_app(
     app.state.pool = pool
     meter = runtime.metric_meter if runtime else MetricMeter.noop
     app.state.owed_signals = OwedSignals(lambda: app.state.pool, signals, relay_timing, meter)
+    app.state.sms_statuses = SmsStatuses(lambda: app.state.pool, config, app.state.owed_signals, lookup_timing, meter)
     app.add_middleware(CountRejections, meter=meter)
 
     @app.exception_handler(InvalidToken)

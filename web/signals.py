@@ -171,6 +171,18 @@ class OwedSignals:
             if len(owed) < timing.batch:
                 return True
 
+    async def tell(self, provider: str, event_ids: Sequence[str]) -> None:
+        """The orders of reports just committed: at once, unless Temporal is
+        known to be away; what this cannot deliver, the relay does."""
+        if self.temporal_away:
+            self.leave_to_relay()
+            return
+        try:
+            await self.deliver(provider, event_ids)
+        except (OSError, asyncpg.PostgresError) as err:  # the reports are committed; the relay has them
+            log.warning("owed signals left to the relay: %s", type(err).__name__)
+            self.leave_to_relay()
+
     def leave_to_relay(self) -> None:
         self._owed.set()
 

@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-import asyncpg
 from fastapi import BackgroundTasks, Depends, FastAPI, Form, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -183,18 +182,8 @@ def add_event_webhooks(app: FastAPI, config: WebConfig, relay: OwedSignals, mete
             recorded = [await provider_events.record(conn, event) for event in events]
         owed = [r.event_id for r in recorded if r.signal is not None]
         if owed:
-            background.add_task(tell, provider, owed)
+            background.add_task(relay.tell, provider, owed)
         return recorded
-
-    async def tell(provider: str, owed: list[str]) -> None:
-        if relay.temporal_away:
-            relay.leave_to_relay()
-            return
-        try:
-            await relay.deliver(provider, owed)
-        except (OSError, asyncpg.PostgresError) as err:  # the events are committed; the relay has them
-            log.warning("owed signals left to the relay: %s", type(err).__name__)
-            relay.leave_to_relay()
 
     @app.post(
         SENDGRID_EVENTS_PATH,
