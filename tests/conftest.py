@@ -90,7 +90,7 @@ def provider_config(fakes: FakeProviders) -> ProviderConfig:
 @pytest.fixture
 async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     """A time-skipping server per test: the server's known fault (see
-    Harness.settled) leaves time skipping locked for good, and on a shared
+    Harness.wait_queues_empty) leaves time skipping locked for good, and on a shared
     server it stalled every later test."""
     env = await start_time_skipping_server(TEST_PAYLOAD_KEYS)
     yield env
@@ -172,14 +172,14 @@ class Harness:
                 raise AssertionError(f"timed out waiting; last status: {view.model_dump_json(indent=1)}")
             await asyncio.sleep(0.05)
 
-    async def settled(self, handle: WorkflowHandle) -> OrderStatusView:
+    async def wait_queues_empty(self, handle: WorkflowHandle) -> OrderStatusView:
         """Wait until no message is queued or being sent. On the time-skipping
         server, a signal that supersedes a send whose activity completes at
         that very moment makes the workflow cancel an activity the server has
         already closed: it refuses the task ("ACTIVITY_UNKNOWN", where the real
         server accepts it) and never releases its time-skipping lock, so every
         later timer waits in real time. Tests that are not about superseding
-        settle first."""
+        wait for this first."""
         return await self.wait_for(handle, lambda v: not v.queued_messages)
 
     async def wait_touchpoint(self, handle: WorkflowHandle, kind: str, channel: str = "email") -> OrderStatusView:
@@ -267,11 +267,12 @@ async def store(pool: asyncpg.Pool, order: dict[str, Any] | OrderInput) -> None:
         await store_order(conn, order if isinstance(order, OrderInput) else OrderInput.model_validate(order))
 
 
-# The time-skipping server's known fault (see Harness.settled): the workflow
-# cancels a send whose activity the server closed a moment before, the server
-# refuses the task with this message and keeps time skipping locked for good,
-# so the test hangs until its own timeout. A test that failed with this in
-# its output is run once more, on a fresh server; any other failure stands.
+# The time-skipping server's known fault (see Harness.wait_queues_empty): the
+# workflow cancels a send whose activity the server closed a moment before,
+# the server refuses the task with this message and keeps time skipping
+# locked for good, so the test hangs until its own timeout. A test that
+# failed with this in its output is run once more, on a fresh server; any
+# other failure stands.
 TIME_SKIPPING_SERVER_FAULT = "ACTIVITY_UNKNOWN for scheduledEventId="
 rerun_after_server_fault: list[str] = []
 

@@ -4,11 +4,11 @@ journeys on the time-skipping server."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from zoneinfo import ZoneInfo
 
 from activities.consent import set_consent
 from tests.conftest import new_order, payment_for
 from tests.test_customer_journey import own_clock  # noqa: F401 (fixture)
+from workflows.clock import zone
 from workflows.models import Channel, JourneySettings, MessageClass
 
 QUICK = JourneySettings(feedback_delay=timedelta(hours=1), recommendations_delay=timedelta(hours=2))
@@ -70,6 +70,6 @@ async def test_an_sms_due_in_the_customers_night_waits_for_their_morning(own_clo
         await own_clock.sleep(timedelta(hours=10))
         view = await h.wait_touchpoint(handle, "dispatch_notice", "sms")
         sms = next(t for t in view.touchpoints if t.kind.value == "dispatch_notice" and t.channel is Channel.SMS)
-        local = sms.at.astimezone(ZoneInfo(tz))
+        local = sms.at.astimezone(zone(tz))
         assert sms.state.value == "sent"
         assert (local.hour, local.minute) == (8, 0), local

@@ -138,8 +138,8 @@ async def test_delivery_day_notice_only_for_sellers_that_send_it(ts_env: Workflo
         await handle.signal("out_for_delivery", {"date": await h.tomorrow()})
         await h.wait_for(handle, lambda v: v.status == "out_for_delivery")
         # Not a test of superseding: the delivery must not overtake the
-        # dispatch notice's send (see Harness.settled).
-        await h.settled(handle)
+        # dispatch notice's send (see Harness.wait_queues_empty).
+        await h.wait_queues_empty(handle)
         await handle.signal("order_delivered", {"delivered_at": await h.now_iso()})
         result = await h.result(handle)
     sent = [k for k, _, _ in kinds(result)]

@@ -40,6 +40,7 @@ from tests.test_provider_events import (  # noqa: F401 (fixtures)
 from tests.test_web import FakeTemporal
 from web.app import create_app
 from web.signals import RelayTiming
+from workflows.ledger_key import LedgerKey
 
 # Quick, so a test waits fractions of a second for a retry.
 QUICK = RelayTiming(first_retry=0.05, max_retry=0.2, sweep_every=0.2)
@@ -112,14 +113,14 @@ async def test_an_sms_reported_undelivered_while_temporal_is_away_reaches_the_or
             web, taken.status_callback, taken.provider_id, "undelivered", 30003, token=provider_config.twilio_auth_token
         )
         assert response.status_code == 200
-        key = f"order-{order['order_id']}:delivery_day:sms"
+        key = str(LedgerKey.of_order(order["order_id"], "delivery_day", "sms"))
         assert (await ledger(pool, key))["delivery"] == "undelivered"
         await wait_until(lambda: away.attempts[handle.id] >= 3, timeout=10)  # retried while away
         assert touchpoints(await h.wait_touchpoint(handle, "delivery_day", "sms"), "delivery_day") == [("sms", "sent")]
 
         away.down = False
         view = await h.wait_touchpoint(handle, "delivery_day", "email")
-        await h.settled(handle)
+        await h.wait_queues_empty(handle)
         await handle.terminate("test done")
     assert touchpoints(view, "delivery_day") == [("sms", "sent"), ("sms", "undelivered"), ("email", "sent")]
     assert await owed(pool, handle.id) == 0

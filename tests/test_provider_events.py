@@ -47,6 +47,7 @@ from web.app import create_app
 from web.config import ConfigError, WebConfig
 from web.sms_statuses import LookupTiming
 from worker import prometheus_runtime
+from workflows.ledger_key import LedgerKey
 from workflows.models import Channel, DeliveryState, Touchpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -405,7 +406,7 @@ async def test_a_spam_report_suppresses_the_address_and_leaves_the_order_alone(c
 
 
 async def test_events_of_mail_that_is_not_ours_are_recorded_and_change_nothing(client, pool, temporal):
-    unknown = f"order-nobody-{uuid.uuid4().hex[:6]}:order_confirmation:email"
+    unknown = str(LedgerKey.of_order(f"nobody-{uuid.uuid4().hex[:6]}", "order_confirmation", "email"))
     events = [sendgrid_event("bounce", None, type="bounce"), sendgrid_event("bounce", unknown, type="bounce")]
     assert (await post_events(client, events)).status_code == 200
     assert await pool.fetchval(
@@ -830,7 +831,7 @@ async def test_a_bounced_confirmation_goes_by_sms_once_and_the_address_gets_noth
     async with make_harness(ts_env) as h, journey_web(ts_env) as web:
         handle = await h.start(order)
         view = await h.wait_touchpoint(handle, "order_confirmation")
-        key = f"order-{order['order_id']}:order_confirmation:email"
+        key = str(LedgerKey.of_order(order["order_id"], "order_confirmation", "email"))
         bounce = sendgrid_event("bounce", key, type="bounce", reason="550 5.1.1 user unknown")
         # SendGrid posts the same event twice, then reports the mail once more.
         for events in ([bounce], [bounce], [sendgrid_event("dropped", key, reason="Bounced Address")]):
@@ -861,7 +862,7 @@ async def test_a_bounce_reported_while_the_send_still_waits_for_sendgrid_is_acte
         handle = await h.start(order)
         await wait_until(lambda: fakes.deliveries_to(email), timeout=20)
         taken = next(m for m in fakes.accepted if m.recipient == email)
-        key = f"order-{order['order_id']}:order_confirmation:email"
+        key = str(LedgerKey.of_order(order["order_id"], "order_confirmation", "email"))
         bounce = sendgrid_event("bounce", key, type="bounce", sg_message_id=f"{taken.provider_id}.filter0001.1.2.0")
         assert (await post_events(web, [bounce])).status_code == 200
         view = await h.wait_touchpoint(handle, "order_confirmation", "sms")
@@ -908,7 +909,7 @@ async def test_an_sms_whose_undelivered_report_was_lost_goes_by_email_once_looke
         handle = await h.start(order)
         taken = await delivery_day_sms(h, handle, order, fakes, "T8")
         fakes.set_sms_status(taken.provider_id, "undelivered", 30003)
-        await sent_minutes_ago(pool, f"order-{order['order_id']}:delivery_day:sms", 16)
+        await sent_minutes_ago(pool, str(LedgerKey.of_order(order["order_id"], "delivery_day", "sms")), 16)
         await lookups_app(lookups_config, pool, ts_env.client).state.sms_statuses.sweep()
         view = await h.wait_touchpoint(handle, "delivery_day", "email")
     assert touchpoints(view, "delivery_day") == [("sms", "sent"), ("sms", "undelivered"), ("email", "sent")]

@@ -19,6 +19,7 @@ from tests.conftest import TEST_PAYLOAD_KEYS, new_order, payment_for
 from tests.fake_providers import TWILIO_MESSAGE, FakeProviders, RecordedRequest
 from web.config import WebConfig
 from web.sms_statuses import TwilioMessages
+from workflows.ledger_key import LedgerKey
 
 SPECS = Path(os.environ.get("PROVIDER_SPECS_DIR", Path(__file__).resolve().parents[2] / "shared" / "provider-specs"))
 if not SPECS.exists():
@@ -65,7 +66,7 @@ async def sent_requests(make_harness, fakes: FakeProviders, provider_config) -> 
     phone = order["customer"]["phone"]
     sms = RenderedMessage(key="k", recipient=phone, subject="", text=fakes.deliveries_to(phone)[0], html="")
     assert TwilioSms(provider_config).look_up(sms)
-    mail = RenderedMessage(key=f"order-{order['order_id']}:order_confirmation:email", recipient="", subject="", text="", html="")
+    mail = RenderedMessage(key=str(LedgerKey.of_order(order["order_id"], "order_confirmation", "email")), recipient="", subject="", text="", html="")
     assert SendGridEmail(provider_config).look_up(mail)
     # The HTTP service's look-up of an SMS whose status callback did not come.
     messages = TwilioMessages(

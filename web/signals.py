@@ -43,7 +43,9 @@ CONNECT_TIMEOUT = 5.0
 RPC_TIMEOUT = timedelta(seconds=5)
 
 
-class Delivery(Enum):
+class SignalOutcome(Enum):
+    """How a signal to a workflow went; its value labels orders_web_signals."""
+
     DELIVERED = "delivered"
     # Over (or never started): nothing to act on the signal.
     NOT_RUNNING = "not_running"
@@ -91,23 +93,23 @@ class Signals:
                 self._client = await asyncio.wait_for(connect_temporal(self._env, self._runtime), CONNECT_TIMEOUT)
         return self._client
 
-    async def send(self, workflow_id: str, signal: str, payload: dict[str, Any]) -> Delivery:
+    async def send(self, workflow_id: str, signal: str, payload: dict[str, Any]) -> SignalOutcome:
         try:
             client = await self._connected()
             await client.get_workflow_handle(workflow_id).signal(signal, payload, rpc_timeout=RPC_TIMEOUT)
         except RPCError as err:
             if err.status is RPCStatusCode.NOT_FOUND:
                 log.info("%s not signalled: no running workflow", workflow_id)
-                return Delivery.NOT_RUNNING
+                return SignalOutcome.NOT_RUNNING
             log.warning("%s not signalled: Temporal answered %s", workflow_id, err.status.name)
-            return Delivery.UNREACHABLE if _temporal_away(err) else Delivery.REFUSED
+            return SignalOutcome.UNREACHABLE if _temporal_away(err) else SignalOutcome.REFUSED
         except (OSError, TimeoutError, RuntimeError) as err:  # no connection (the SDK's is a RuntimeError)
             log.warning("%s not signalled: Temporal unreachable (%s)", workflow_id, type(err).__name__)
-            return Delivery.UNREACHABLE
+            return SignalOutcome.UNREACHABLE
         except Exception as err:  # noqa: BLE001 - whatever it is, the report is stored and retried
             log.warning("%s not signalled: %s", workflow_id, type(err).__name__)
-            return Delivery.REFUSED
-        return Delivery.DELIVERED
+            return SignalOutcome.REFUSED
+        return SignalOutcome.DELIVERED
 
 
 @dataclass(frozen=True)
@@ -156,11 +158,11 @@ class OwedSignals:
             for n, item in enumerate(owed):
                 outcome = await self._signals.send(item.signal.workflow_id, item.signal.name, item.signal.payload)
                 self._sent.add(1, {"signal": item.signal.name, "outcome": outcome.value})
-                if outcome is Delivery.UNREACHABLE:
+                if outcome is SignalOutcome.UNREACHABLE:
                     left = owed[n:]
                     break
-                if outcome is not Delivery.REFUSED:
-                    (ended if outcome is Delivery.NOT_RUNNING else delivered).append(item)
+                if outcome is not SignalOutcome.REFUSED:
+                    (ended if outcome is SignalOutcome.NOT_RUNNING else delivered).append(item)
             async with self._pool().acquire() as conn, conn.transaction():
                 await provider_events.mark_signalled(conn, delivered, ended)
                 await provider_events.release(conn, left)
