@@ -85,6 +85,8 @@ def check_event(state: JourneyState | None, event: str, raw: Any, now: datetime)
     parsed = parse_event(event, raw)
     if state is None:
         raise EventRejected(Rejection.ORDER_REJECTED, "the order was rejected")
+    if state.status is OrderStatus.DUPLICATE:
+        raise EventRejected(Rejection.ORDER_OVER, "this run is a second start of a recorded order: it takes no events")
     if state.status in FINAL_STATUSES:
         raise EventRejected(Rejection.ORDER_OVER, f"order is already {state.status.value}")
     _RULES[type(parsed)](state, parsed, now)

@@ -280,6 +280,9 @@ class OrderStatus(StrEnum):
     CANCELLED = "cancelled"
     # Not delivered by the final delivery deadline: declared lost.
     LOST = "lost"
+    # A second run of an order another run recorded (a finished order's id
+    # started again): it ended at once, sending and changing nothing.
+    DUPLICATE = "duplicate"
 
     @property
     def searchable(self) -> OrderStatus:
@@ -400,6 +403,9 @@ class OrderStatusView(WireModel):
 
 class OrderSetup(WireModel):
     settings: JourneySettings
+    # Another run recorded the order first ("run <id>", or "an earlier run"):
+    # this run is a second start of a finished order and ends at once.
+    recorded_by: str | None = None
 
 
 class SendMode(StrEnum):

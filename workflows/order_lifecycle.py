@@ -135,7 +135,12 @@ class OrderLifecycle:
 
     async def _record_order(self) -> None:
         s = self.state
-        setup = await workflow.execute_activity_method(OrderActivities.record_order, s.order, **DB_TIMEOUTS)
+        setup = await workflow.execute_activity_method(
+            OrderActivities.record_order, args=[s.order, workflow.info().first_execution_run_id], **DB_TIMEOUTS
+        )
+        if setup.recorded_by:  # a finished order started again: nothing to do
+            s.setup = setup
+            return self._view.transition(OrderStatus.DUPLICATE)
         if s.order.journey:
             # The order's own delays; the worker's report window unless it has one.
             window = s.order.journey.report_window

@@ -51,6 +51,8 @@ class OrderView:
         """The Web UI's summary of the order."""
         s = self._state
         lines = [f"**{s.status.value}**"]
+        if s.status is OrderStatus.DUPLICATE:
+            lines.append(self._duplicate_reason())
         if s.attention:
             lines.append(f"⚠ needs attention: {', '.join(s.attention)}")
         for t in s.touchpoints:
@@ -73,10 +75,18 @@ class OrderView:
             needs_attention=bool(s.attention),
             attention_reasons=list(s.attention),
             cancellation_reason=s.cancellation_reason,
+            rejection_reason=self._duplicate_reason() if s.status is OrderStatus.DUPLICATE else None,
             touchpoints=list(s.touchpoints),
             rejected_events=list(s.rejected),
             rejected_total=s.rejected_total,
             queued_messages=[f"{m.kind.value}:{m.channel.value}" for m in s.lanes.queued],
+        )
+
+    def _duplicate_reason(self) -> str:
+        s = self._state
+        return (
+            f"order {s.order.order_id} is already recorded by {s.setup.recorded_by}: "
+            "this second run ends without sending or changing anything"
         )
 
     def _wanted_search_attributes(self) -> dict[Any, Any]:
