@@ -54,6 +54,9 @@ EXPECTED = {
     # before the event it follows and was rejected as out of order. Orders
     # that ran so replay as they ran (workflow.patched).
     "out_of_order_rejected",
+    # A locker order on the code that holds early events: its collection,
+    # before the delivery, held and applied with it (one patch marker).
+    "early_events_held",
     # The customer's journey.
     "customer_first_order",
     "customer_many_orders",

@@ -380,6 +380,23 @@ class RejectedEvent(WireModel):
     at: datetime
 
 
+class HeldEvent(WireModel):
+    """An event that came before the one it follows (carriers' feeds arrive
+    out of order): held, and applied when that one comes."""
+
+    event: str
+    # The event it waits for.
+    until: str
+    # When it came.
+    at: datetime
+
+
+class EarlyEvent(HeldEvent):
+    """A held event as the order keeps it, payload and all."""
+
+    payload: dict[str, Any]
+
+
 class OrderStatusView(WireModel):
     """Result of the `status` query and of the workflow itself."""
 
@@ -393,6 +410,7 @@ class OrderStatusView(WireModel):
     rejected_events: list[RejectedEvent] = []
     # All rejections, of which `rejected_events` keeps the latest.
     rejected_total: int = 0
+    held_events: list[HeldEvent] = []
     # Messages waiting for their channel (behind an earlier message or a
     # provider outage).
     queued_messages: list[str] = []
@@ -556,6 +574,8 @@ class JourneyState(BaseModel):
     feedback: FeedbackSubmitted | None = None
     feedback_stored: bool = False
     feedback_asked_at: datetime | None = None
+    # Events that came before the one they follow, in the order they came.
+    held: list[EarlyEvent] = []
     # Touchpoints already handed to a channel (each goes once per order).
     notified: list[Touchpoint] = []
     lanes: MessageLanes = MessageLanes()
