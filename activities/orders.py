@@ -15,6 +15,7 @@ from workflows import search_attributes as sa
 from workflows.models import (
     CUSTOMER_WORKFLOW_TYPE,
     CancelRecord,
+    DeliveryRecord,
     FeedbackRecord,
     JourneySettings,
     LifecycleSettings,
@@ -177,7 +178,7 @@ class OrderActivities:
                 return OrderSetup(settings=self._settings, recorded_by=recorded_by)
             customer = await starting_state(conn, c.customer_id, self._lifecycle, datetime.now(timezone.utc))
         await self._tell_customer(order, customer.model_dump(mode="json"))
-        return OrderSetup(settings=self._settings)
+        return OrderSetup(settings=self._settings, stores_delivery=True)
 
     async def _tell_customer(self, order: OrderInput, starting: dict) -> None:
         """Signal-with-start: one billable action, whether or not the
@@ -207,6 +208,14 @@ class OrderActivities:
     @activity.defn
     async def cancel_order(self, record: CancelRecord) -> None:
         await self._pool.execute(CANCEL, record.order_id, record.reason)
+
+    @activity.defn
+    async def record_delivery(self, record: DeliveryRecord) -> None:
+        """When the order was delivered, once, for the customer's starting
+        state (activities/customers.py)."""
+        await self._pool.execute(
+            "UPDATE orders SET delivered_at = $2 WHERE order_id = $1 AND delivered_at IS NULL", record.order_id, record.delivered_at
+        )
 
     @activity.defn
     async def store_feedback(self, record: FeedbackRecord) -> None:

@@ -64,6 +64,8 @@ async def test_item16_5_a_second_run_of_a_finished_order_ends_at_once_and_change
         await h.wait_queues_empty(first)
         await first.signal("order_delivered", {"delivered_at": await h.now_iso()})
         assert (await h.result(first)).status == "completed"
+        # An ordinary order calls no workflow.patched: no marker, no TemporalChangeVersion upsert.
+        assert EventType.EVENT_TYPE_MARKER_RECORDED not in [e.event_type for e in (await first.fetch_history()).events]
         before = await what_postgres_holds(pool, order)
         sent_before = messages_of(fakes, order)
         customers_workflow = h.client.get_workflow_handle(f"customer-{customer['customer_id']}")

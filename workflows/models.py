@@ -424,6 +424,9 @@ class OrderSetup(WireModel):
     # Another run recorded the order first ("run <id>", or "an earlier run"):
     # this run is a second start of a finished order and ends at once.
     recorded_by: str | None = None
+    # The order's workflow stores its delivery (record_delivery); orders set
+    # up before it did replay without.
+    stores_delivery: bool = False
 
 
 class SendMode(StrEnum):
@@ -488,6 +491,12 @@ class MessageUndelivered(WireModel):
 class CancelRecord(WireModel):
     order_id: str
     reason: str
+
+
+class DeliveryRecord(WireModel):
+    order_id: str
+    # The carrier's clock.
+    delivered_at: datetime
 
 
 class FeedbackRecord(WireModel):
@@ -669,7 +678,7 @@ class Coupon(WireModel):
 
 class CouponRequest(WireModel):
     customer_id: str
-    # Once per customer and milestone, e.g. "loyal-1", "win_back-2".
+    # Once per customer and milestone, e.g. "loyal", "win_back-2".
     milestone: str
     terms: CouponTerms
     issued_at: datetime
@@ -730,6 +739,20 @@ class CustomerState(BaseModel):
     def _older_run(cls, data: Any) -> Any:
         return _lanes_kept_apart(data, "outbox")
 
+    def delivered_in_window(self, now: datetime) -> list[OrderFacts]:
+        since = now - self.settings.loyal_window
+        return [o for o in self.orders.values() if o.delivered_at and o.delivered_at >= since]
+
+    def qualified_phase(self, now: datetime) -> CustomerPhase:
+        """What the customer's orders make them: loyal (enough deliveries or
+        spend within the loyalty window), active (more than one order) or new."""
+        settings, delivered = self.settings, self.delivered_in_window(now)
+        spend = sum((o.total for o in delivered), start=Decimal(0))
+        enough_spend = settings.loyal_after_spend is not None and spend >= settings.loyal_after_spend
+        if len(delivered) >= settings.loyal_after_orders or enough_spend:
+            return CustomerPhase.LOYAL
+        return CustomerPhase.ACTIVE if self.orders_total > 1 else CustomerPhase.NEW
+
 
 class CustomerView(WireModel):
     """Result of the `status` query of a customer's workflow."""
@@ -737,6 +760,9 @@ class CustomerView(WireModel):
     customer_id: str
     phase: CustomerPhase
     phase_since: datetime | None
+    # What its SMS keep quiet hours by, and whether SMS can reach them.
+    timezone: str
+    has_phone: bool
     orders_total: int
     delivered_in_window: int
     loyalty_rewards: int

@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.models import (
         WORKFLOW_TYPE,
         CancelRecord,
+        DeliveryRecord,
         EventEnvelope,
         FeedbackRecord,
         JourneyState,
@@ -56,6 +57,8 @@ with workflow.unsafe.imports_passed_through():
 # run), so a flood of events cannot lock an order out of its real ones.
 CONTINUE_AS_NEW_AFTER_EVENTS = 4_000
 CUSTOMER_ID_CHECK = "customer-id-opaque"
+# Patched for orders set up before deliveries were stored, delivered since.
+STORE_DELIVERY = "store-delivery"
 
 
 class Step(NamedTuple):
@@ -185,11 +188,15 @@ class OrderLifecycle:
             self._notify(Touchpoint.DISPATCH_NOTICE, s.dispatch.model_dump(mode="json"))
 
     async def _await_delivery(self) -> None:
-        if not self.state.delivered and not await self._track_parcel():
+        s = self.state
+        if not s.delivered and not await self._track_parcel():
             return await self._declare_lost()
         self._deadlines.cancel()
         self._view.transition(OrderStatus.DELIVERED)
         self._tell_customer("delivered")
+        if s.setup.stores_delivery or workflow.patched(STORE_DELIVERY):
+            record = DeliveryRecord(order_id=s.order.order_id, delivered_at=s.delivered.delivered_at)
+            await workflow.execute_activity_method(OrderActivities.record_delivery, record, **DB_TIMEOUTS)
 
     async def _track_parcel(self) -> bool:
         """Out for delivery, late: True once delivered, False when the final
