@@ -144,7 +144,7 @@ async def place_order(client: Client, raw: Any) -> str:
         )
     except WorkflowAlreadyStartedError:
         raise UsageError(
-            f"order {order.order_id} has had its journey already (workflow {workflow_id} is closed): not started again"
+            f"order {order.order_id} has already been through its journey (workflow {workflow_id} is closed): not started again"
         ) from None
     return handle.id
 

@@ -17,8 +17,9 @@ from activities.orders import store_order
 from starter.cli import UsageError, place_order
 from tests.conftest import new_order, payment_for, store
 from tests.fake_providers import FakeProviders
+from workflows import search_attributes as sa
 from workflows.ledger_key import LedgerKey
-from workflows.models import OrderInput, Touchpoint, Channel, workflow_id_for
+from workflows.models import Channel, OrderInput, Touchpoint, workflow_id_for
 
 
 async def what_postgres_holds(pool: asyncpg.Pool, order: dict[str, Any]) -> dict[str, Any]:
@@ -89,13 +90,7 @@ async def test_item16_5_a_second_run_of_a_finished_order_ends_at_once_and_change
         assert messages_of(fakes, order) == sent_before
         assert await signals_to(customers_workflow) == told_before
         described = await again.describe()
-        assert described.typed_search_attributes.get(_order_status()) == "duplicate"
-
-
-def _order_status():
-    from workflows import search_attributes as sa
-
-    return sa.ORDER_STATUS
+        assert described.typed_search_attributes.get(sa.ORDER_STATUS) == "duplicate"
 
 
 async def record(pool: asyncpg.Pool, order: dict[str, Any], run_id: str | None) -> str | None:
@@ -151,6 +146,6 @@ async def test_item16_5_orders_place_does_not_start_a_finished_order_again(ts_en
     with pytest.raises(UsageError) as refused:
         await place_order(client, order)
     assert str(refused.value) == (
-        f"order {order['order_id']} has had its journey already (workflow {workflow_id} is closed): not started again"
+        f"order {order['order_id']} has already been through its journey (workflow {workflow_id} is closed): not started again"
     )
     assert (await handle.describe()).run_id == first_run
