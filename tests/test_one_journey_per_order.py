@@ -93,6 +93,20 @@ async def test_item16_5_a_second_run_of_a_finished_order_ends_at_once_and_change
         assert described.typed_search_attributes.get(sa.ORDER_STATUS) == "duplicate"
 
 
+async def test_item16_5_a_terminated_order_started_again_is_a_second_run_too(ts_env: WorkflowEnvironment, make_harness, fakes):
+    """The order is recorded, its confirmation sent: a new start is a second
+    journey whatever ended the first. An order's workflow ended by mistake
+    is reset instead (tests/test_sending.py), which goes on as the same run."""
+    order = new_order()
+    async with make_harness(ts_env) as h:
+        first = await h.start(order)
+        await h.wait_touchpoint(first, "order_confirmation")
+        await first.terminate("simulate a lost workflow")
+        result = await h.result(await h.start(order))
+    assert result.status == "duplicate"
+    assert len(fakes.deliveries_to(order["customer"]["email"])) == 1
+
+
 async def record(pool: asyncpg.Pool, order: dict[str, Any], run_id: str | None) -> str | None:
     async with pool.acquire() as conn, conn.transaction():
         return await store_order(conn, OrderInput.model_validate(order), run_id)
