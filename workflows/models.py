@@ -410,6 +410,7 @@ class OrderStatusView(WireModel):
     rejected_events: list[RejectedEvent] = []
     # All rejections, of which `rejected_events` keeps the latest.
     rejected_total: int = 0
+    # Events that came before the one they follow, waiting for it.
     held_events: list[HeldEvent] = []
     # Messages waiting for their channel (behind an earlier message or a
     # provider outage).
