@@ -128,6 +128,7 @@ def build_worker(
         activities=[
             orders.record_order,
             orders.cancel_order,
+            orders.record_delivery,
             orders.store_feedback,
             customers.issue_coupon,
             customers.record_phase,

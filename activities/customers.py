@@ -41,21 +41,23 @@ ON CONFLICT (customer_id, lapse_no) DO NOTHING
 
 async def starting_state(conn: asyncpg.Connection, customer_id: str, settings: LifecycleSettings, now: datetime) -> CustomerState:
     """A customer's state as PostgreSQL has it, for a workflow starting now:
-    orders placed (this one included), delivered ones within the loyalty
-    window, and milestones already rewarded."""
+    their timezone and whether they have a phone, orders placed (this one
+    included) or delivered within the loyalty window, the phase those make,
+    and milestones already rewarded."""
+    since = now - settings.loyal_window
     rows = await conn.fetch(
         """
-        SELECT o.order_id, o.placed_at, o.total, o.status
-        FROM orders o WHERE o.customer_id = $1 AND o.placed_at >= $2
+        SELECT o.order_id, o.placed_at, o.total, o.status, o.delivered_at
+        FROM orders o WHERE o.customer_id = $1 AND (o.placed_at >= $2 OR o.delivered_at >= $2)
         ORDER BY o.placed_at
         """,
         customer_id,
-        now - settings.loyal_window,
+        since,
     )
     totals = await conn.fetchrow(
         """
         SELECT count(*) AS n, max(placed_at) AS last_at,
-               (SELECT count(*) FROM coupons WHERE customer_id = $1 AND milestone LIKE 'loyal-%') AS rewards,
+               (SELECT count(*) FROM coupons WHERE customer_id = $1 AND milestone = 'loyal') AS rewards,
                (SELECT count(*) FROM win_backs WHERE customer_id = $1) AS lapses,
                EXISTS (
                    SELECT 1 FROM message_ledger
@@ -65,20 +67,23 @@ async def starting_state(conn: asyncpg.Connection, customer_id: str, settings: L
         """,
         customer_id,
     )
+    contact = await conn.fetchrow("SELECT timezone, phone IS NOT NULL AS has_phone FROM customers WHERE customer_id = $1", customer_id)
     orders = {
         r["order_id"]: OrderFacts(
             order_id=r["order_id"],
             placed_at=r["placed_at"],
             total=r["total"],
-            status="cancelled" if r["status"] == "cancelled" else "placed",
+            delivered_at=r["delivered_at"],
+            status="cancelled" if r["status"] == "cancelled" else "delivered" if r["delivered_at"] else "placed",
         )
         for r in rows
     }
-    return CustomerState(
+    state = CustomerState(
         customer_id=customer_id,
         settings=settings,
-        phase=CustomerPhase.NEW if totals["n"] <= 1 else CustomerPhase.ACTIVE,
         phase_since=now,
+        timezone=contact["timezone"] if contact else "UTC",
+        has_phone=bool(contact and contact["has_phone"]),
         orders=orders,
         orders_total=totals["n"],
         last_order_at=totals["last_at"],
@@ -86,6 +91,8 @@ async def starting_state(conn: asyncpg.Connection, customer_id: str, settings: L
         loyalty_rewards=totals["rewards"],
         lapses=totals["lapses"],
     )
+    state.phase = state.qualified_phase(now)
+    return state
 
 
 def new_coupon_code() -> str:

@@ -15,6 +15,7 @@ from workflows import search_attributes as sa
 from workflows.models import (
     CUSTOMER_WORKFLOW_TYPE,
     CancelRecord,
+    DeliveryRecord,
     FeedbackRecord,
     JourneySettings,
     LifecycleSettings,
@@ -34,10 +35,17 @@ SET name = EXCLUDED.name, email = EXCLUDED.email, phone = EXCLUDED.phone,
 """
 
 INSERT_ORDER = """
-INSERT INTO orders (order_id, customer_id, seller_id, seller_name, placed_at, currency, total, delivery_method, document)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+INSERT INTO orders (order_id, customer_id, seller_id, seller_name, placed_at, currency, total, delivery_method, document,
+                    first_run_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (order_id) DO NOTHING
 RETURNING order_id
+"""
+
+# Who recorded the order, and whether a run of it got as far as a message.
+RECORDED_BY = """
+SELECT first_run_id, EXISTS (SELECT 1 FROM message_ledger l WHERE l.order_id = o.order_id) AS messaged
+FROM orders o WHERE order_id = $1
 """
 
 INSERT_ITEM = """
@@ -89,10 +97,23 @@ WHERE a.sku <> b.sku AND t.sku = a.sku AND t.other_sku = b.sku
 """
 
 
-async def store_order(conn: asyncpg.Connection, order: OrderInput) -> None:
+async def store_order(conn: asyncpg.Connection, order: OrderInput, run_id: str | None = None) -> str | None:
     """The customer, and the order with its checkout consent, once (a retry
-    or a replay applies the consent no more: a later unsubscribe stands);
-    call in a transaction."""
+    or a replay applies the consent no more: a later unsubscribe stands), as
+    recorded by `run_id` (the order's first run); call in a transaction.
+
+    An order another run recorded first is left as it is, customer and all:
+    that run is named ("run <id>", or "an earlier run" for an order recorded
+    before run ids were kept whose messages began), and this one must end."""
+    recorded = await conn.fetchrow(RECORDED_BY, order.order_id)
+    if recorded is not None and recorded["first_run_id"] != run_id:
+        if recorded["first_run_id"] is not None:
+            return f"run {recorded['first_run_id']}"
+        if recorded["messaged"]:
+            return "an earlier run"
+        # Recorded before run ids were kept, and no message yet: its own
+        # run's record_order, retried across the upgrade.
+        await conn.execute("UPDATE orders SET first_run_id = $2 WHERE order_id = $1", order.order_id, run_id)
     c = order.customer
     await conn.execute(UPSERT_CUSTOMER, c.customer_id, c.name, c.email, c.phone, c.timezone)
     inserted = await conn.fetchval(
@@ -106,6 +127,7 @@ async def store_order(conn: asyncpg.Connection, order: OrderInput) -> None:
         order.total,
         order.delivery.method,
         order.model_dump_json(),
+        run_id,
     )
     if inserted:
         if c.marketing_consent:
@@ -124,6 +146,7 @@ async def store_order(conn: asyncpg.Connection, order: OrderInput) -> None:
         await conn.execute(COUNT_PAIRS, sorted({i.sku for i in items}))
         if order.coupon_code:
             await conn.execute(REDEEM_COUPON, order.order_id, order.coupon_code, c.customer_id, order.placed_at)
+    return None
 
 
 class OrderActivities:
@@ -136,18 +159,26 @@ class OrderActivities:
         self._lifecycle = lifecycle
 
     @activity.defn
-    async def record_order(self, order: OrderInput) -> OrderSetup:
+    async def record_order(self, order: OrderInput, first_run_id: str | None = None) -> OrderSetup:
         """Upsert the customer, store the order and the consent given at its
         checkout once, tell the customer's workflow, and hand the order's
         workflow the journey settings it keeps for its lifetime. Consent is
-        not handed over: it is read at each send."""
+        not handed over: it is read at each send.
+
+        `first_run_id`: the order's first run, which records it; a run of an
+        order another run recorded changes nothing and is told so
+        (`recorded_by`). None: scheduled before workflows passed it, stored
+        as orders recorded before run ids were kept."""
         c = order.customer
         async with self._pool.acquire() as conn:
             async with conn.transaction():
-                await store_order(conn, order)
+                recorded_by = await store_order(conn, order, first_run_id)
+            if recorded_by:
+                activity.logger.warning("order already recorded by %s: this run changes nothing", recorded_by)
+                return OrderSetup(settings=self._settings, recorded_by=recorded_by)
             customer = await starting_state(conn, c.customer_id, self._lifecycle, datetime.now(timezone.utc))
         await self._tell_customer(order, customer.model_dump(mode="json"))
-        return OrderSetup(settings=self._settings)
+        return OrderSetup(settings=self._settings, stores_delivery=True)
 
     async def _tell_customer(self, order: OrderInput, starting: dict) -> None:
         """Signal-with-start: one billable action, whether or not the
@@ -177,6 +208,14 @@ class OrderActivities:
     @activity.defn
     async def cancel_order(self, record: CancelRecord) -> None:
         await self._pool.execute(CANCEL, record.order_id, record.reason)
+
+    @activity.defn
+    async def record_delivery(self, record: DeliveryRecord) -> None:
+        """When the order was delivered, once, for the customer's starting
+        state (activities/customers.py)."""
+        await self._pool.execute(
+            "UPDATE orders SET delivered_at = $2 WHERE order_id = $1 AND delivered_at IS NULL", record.order_id, record.delivered_at
+        )
 
     @activity.defn
     async def store_feedback(self, record: FeedbackRecord) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from codec import KEY_VARIABLES, KEYS_FILE_VARIABLE, CodecConfigError, new_key_entry
@@ -107,7 +108,8 @@ def database_url() -> str:
 
 
 async def place_order(client: Client, raw: Any) -> str:
-    """Start the order's workflow, or find the one already running; its id."""
+    """Start the order's workflow, or find the one already running; its id.
+    An order whose workflow has closed is refused: its journey is over."""
     try:
         order = OrderInput.model_validate(raw)
     except ValidationError as err:
@@ -115,28 +117,35 @@ async def place_order(client: Client, raw: Any) -> str:
     if problem := customer_id_problem(order):
         raise UsageError(f"invalid order: {problem}")
     workflow_id = workflow_id_for(order.order_id)
-    handle = await client.start_workflow(
-        WORKFLOW_TYPE,
-        order.model_dump(mode="json", exclude_none=True),
-        id=workflow_id,
-        task_queue=TASK_QUEUE,
-        # The same order twice is the same workflow: never a second confirmation.
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        search_attributes=TypedSearchAttributes(
-            [
-                SearchAttributePair(sa.ORDER_STATUS, "awaiting_payment"),
-                SearchAttributePair(sa.CUSTOMER_ID, order.customer.customer_id),
-                SearchAttributePair(sa.NEEDS_ATTENTION, False),
-            ]
-        ),
-        static_summary=f"Order {order.order_id} · {order.customer.name} · {order.total} {order.currency}",
-        static_details="\n".join(
-            [f"**Order {order.order_id}** for {order.customer.name} ({order.customer.customer_id})", ""]
-            + [f"- {i.quantity} × {i.name} `{i.sku}` at {i.unit_price} {order.currency}" for i in order.items]
-            + ["", f"Total **{order.total} {order.currency}**, seller {order.seller.name}, {order.delivery.method} delivery"]
-        ),
-    )
+    try:
+        handle = await client.start_workflow(
+            WORKFLOW_TYPE,
+            order.model_dump(mode="json", exclude_none=True),
+            id=workflow_id,
+            task_queue=TASK_QUEUE,
+            # The same order twice is the same workflow: never a second
+            # confirmation. A closed one is not started again (were it, the
+            # run would find the order recorded by another run and end).
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(sa.ORDER_STATUS, "awaiting_payment"),
+                    SearchAttributePair(sa.CUSTOMER_ID, order.customer.customer_id),
+                    SearchAttributePair(sa.NEEDS_ATTENTION, False),
+                ]
+            ),
+            static_summary=f"Order {order.order_id} · {order.customer.name} · {order.total} {order.currency}",
+            static_details="\n".join(
+                [f"**Order {order.order_id}** for {order.customer.name} ({order.customer.customer_id})", ""]
+                + [f"- {i.quantity} × {i.name} `{i.sku}` at {i.unit_price} {order.currency}" for i in order.items]
+                + ["", f"Total **{order.total} {order.currency}**, seller {order.seller.name}, {order.delivery.method} delivery"]
+            ),
+        )
+    except WorkflowAlreadyStartedError:
+        raise UsageError(
+            f"order {order.order_id} has already been through its journey (workflow {workflow_id} is closed): not started again"
+        ) from None
     return handle.id
 
 

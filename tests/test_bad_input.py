@@ -46,11 +46,11 @@ async def test_non_object_input_is_rejected(ts_env: WorkflowEnvironment, make_ha
     assert result.status == "rejected"
 
 
-async def test_malformed_out_of_order_and_duplicate_events_are_recorded(ts_env: WorkflowEnvironment, make_harness):
+async def test_malformed_misplaced_and_duplicate_events_are_recorded(ts_env: WorkflowEnvironment, make_harness):
     order = new_order()
     async with make_harness(ts_env) as h:
         handle = await h.start(order)
-        await handle.signal("order_dispatched", {"carrier": "DHL", "tracking_number": "T", "expected_delivery": await h.tomorrow()})
+        await handle.signal("parcel_collected", {})
         await handle.signal("payment_received", {"payment_id": "P1", "amount": "abc", "currency": "EUR"})
         await handle.signal("payment_received", "not even an object")
         await handle.signal("payment_received", {"payment_id": "P1", "amount": "1.00", "currency": "EUR"})
@@ -61,7 +61,7 @@ async def test_malformed_out_of_order_and_duplicate_events_are_recorded(ts_env: 
         paid = await h.wait_touchpoint(handle, "payment_confirmation")
         await handle.terminate("test done")
     reasons = [r.reason for r in view.rejected_events]
-    assert reasons[0] == "out of order: dispatched before payment was received"
+    assert reasons[0] == "parcel_collected applies to locker deliveries only"
     assert reasons[1].startswith("malformed payment_received: amount: Input should be a valid decimal")
     assert reasons[2].startswith("malformed payment_received: payload: Input should be a valid dictionary")
     assert reasons[3] == "payment of 1.00 EUR does not match the order total 110.00 EUR"
@@ -77,9 +77,9 @@ async def test_update_rejects_synchronously_and_applies_good_events(ts_env: Work
         with pytest.raises(WorkflowUpdateFailedError) as rejected:
             await handle.execute_update(
                 "apply_event",
-                EventEnvelope(event="order_delivered", payload={"delivered_at": "2026-01-01T00:00:00Z"}),
+                EventEnvelope(event="order_delivered", payload={"delivered_at": "2099-01-01T00:00:00Z"}),
             )
-        assert "out of order: delivered before dispatch" in str(rejected.value.cause)
+        assert "delivered_at 2099-01-01T00:00:00+00:00 is in the future" in str(rejected.value.cause)
         view = await handle.execute_update(
             "apply_event", EventEnvelope(event="payment_received", payload=payment_for(order)), result_type=OrderStatusView
         )

@@ -49,6 +49,14 @@ EXPECTED = {
     "continued_as_new",
     "continued_run",
     "rejected_order",
+    # Recorded on the code before early events were held: a locker order's
+    # dispatch, out-for-delivery, feedback, collection and delivery each came
+    # before the event it follows and was rejected as out of order. Orders
+    # that ran so replay as they ran (workflow.patched).
+    "out_of_order_rejected",
+    # A locker order on the code that holds early events: its collection,
+    # before the delivery, held and applied with it (one patch marker).
+    "early_events_held",
     # The customer's journey.
     "customer_first_order",
     "customer_many_orders",

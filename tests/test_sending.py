@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import uuid
+
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
+from temporalio.client import WorkflowHandle
 
 from activities.config import ProviderConfig
 from activities.providers import SendGridEmail, TwilioSms
-from tests.conftest import new_order, payment_for
+from tests.conftest import Harness, new_order, payment_for
 from tests.fake_providers import BOUNCING_EMAIL_DOMAIN, FakeProviders
 from tests.test_journey import kinds
 from workflows.ledger_key import LedgerKey
-from workflows.models import Channel
+from workflows.models import Channel, OrderStatusView
 
 
 async def test_transient_errors_are_retried_and_sent_once(ts_env, make_harness, fakes: FakeProviders, pool):
@@ -77,19 +83,42 @@ class WorkerDied(Exception):
 
 
 async def test_retried_activity_after_completion_returns_the_recorded_send(
-    ts_env, make_harness, fakes: FakeProviders, pool
+    dev_env, make_harness, fakes: FakeProviders, pool
 ):
-    """Starting the same order twice reuses the ledger: one confirmation."""
+    """An operator resets the order to its start (the dev server: the
+    time-skipping one has no reset): the new run, the same order's, records
+    it again and asks for its confirmation again; the ledger returns the
+    recorded send. One confirmation."""
     order = new_order()
-    async with make_harness(ts_env) as h:
+    async with make_harness(dev_env) as h:
         first = await h.start(order)
         await h.wait_touchpoint(first, "order_confirmation")
-        await first.terminate("simulate a lost workflow")
-        second = await h.start(order)
-        view = await h.wait_touchpoint(second, "order_confirmation")
-        await second.terminate("test done")
+        reset_run = await reset_to_start(h, first)
+        again = h.client.get_workflow_handle(first.id, run_id=reset_run, result_type=OrderStatusView)
+        view = await h.wait_touchpoint(again, "order_confirmation")
+        history = await again.fetch_history()
+        await again.terminate("test done")
+    assert view.status == "awaiting_payment"
     assert len(fakes.deliveries_to(order["customer"]["email"])) == 1
     assert kinds(view) == [("order_confirmation", "email", "sent")]
+    sends = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED]
+    assert [e.activity_task_scheduled_event_attributes.activity_type.name for e in sends] == ["record_order", "send_message"]
+
+
+async def reset_to_start(h: Harness, handle: WorkflowHandle) -> str:
+    """`temporal workflow reset --type FirstWorkflowTask`: the new run's id."""
+    history = await handle.fetch_history()
+    first_task = next(e.event_id for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED)
+    reset = await h.client.workflow_service.reset_workflow_execution(
+        ResetWorkflowExecutionRequest(
+            namespace=h.client.namespace,
+            workflow_execution=WorkflowExecution(workflow_id=handle.id, run_id=handle.first_execution_run_id),
+            reason="an operator's reset",
+            workflow_task_finish_event_id=first_task,
+            request_id=str(uuid.uuid4()),
+        )
+    )
+    return reset.run_id
 
 
 async def test_without_credentials_messages_go_to_the_outbox(ts_env, make_harness, fakes: FakeProviders, pool):

@@ -120,12 +120,13 @@ class CustomerJourney:
         s, facts = self.state, news.order
         known = s.orders.get(facts.order_id)
         if news.event == "placed":
+            # The latest order's contact facts, even of an order known already.
+            s.timezone, s.has_phone = news.timezone, news.has_phone
             if known is not None:
                 return  # told twice (a retried activity), or already in the starting state
             s.orders[facts.order_id] = facts
             s.orders_total += 1
             s.last_order_at = max(facts.placed_at, s.last_order_at or facts.placed_at)
-            s.timezone, s.has_phone = news.timezone, news.has_phone
             await self._back_with_an_order(facts.order_id)
         elif known is not None and known.status == "placed":
             s.orders[facts.order_id] = known.model_copy(update={"status": news.event, "delivered_at": facts.delivered_at})
@@ -142,35 +143,25 @@ class CustomerJourney:
         if win_back is not None:
             s.win_back = None
             won = win_back.group == "treated" and win_back.sent
-            phase = CustomerPhase.WON_BACK if won else self._qualified_phase()
+            phase = CustomerPhase.WON_BACK if won else s.qualified_phase(workflow.now())
             s.won_back_total += won
             await self._enter(phase, order_id=order_id, lapse_no=win_back.lapse_no)
         elif s.phase is CustomerPhase.NEW and s.orders_total > 1:
             await self._enter(CustomerPhase.ACTIVE, order_id=order_id)
         elif s.phase is CustomerPhase.WON_BACK:
-            await self._enter(self._qualified_phase(), order_id=order_id)
+            await self._enter(s.qualified_phase(workflow.now()), order_id=order_id)
 
     async def _after_delivery(self) -> None:
         s = self.state
         if not s.welcomed:
             s.welcomed = True
             self._lanes.queue(Touchpoint.WELCOME, {}, occasion="first-order")
-        if s.phase is not CustomerPhase.LOYAL and self._qualified_phase() is CustomerPhase.LOYAL:
+        if s.phase is not CustomerPhase.LOYAL and s.qualified_phase(workflow.now()) is CustomerPhase.LOYAL:
             await self._enter(CustomerPhase.LOYAL)
             if s.loyalty_rewards == 0:
                 s.loyalty_rewards = 1
                 coupon = await self._coupon("loyal", s.settings.loyalty_coupon)
                 self._lanes.queue(Touchpoint.LOYALTY_REWARD, coupon.details(), occasion="loyal")
-
-    def _qualified_phase(self) -> CustomerPhase:
-        s, settings = self.state, self.state.settings
-        since = workflow.now() - settings.loyal_window
-        delivered = [o for o in s.orders.values() if o.delivered_at and o.delivered_at >= since]
-        spend = sum((o.total for o in delivered), start=0)
-        enough_spend = settings.loyal_after_spend is not None and spend >= settings.loyal_after_spend
-        if len(delivered) >= settings.loyal_after_orders or enough_spend:
-            return CustomerPhase.LOYAL
-        return CustomerPhase.ACTIVE if s.orders_total > 1 else CustomerPhase.NEW
 
     def _forget_old_orders(self) -> None:
         """Only open orders and deliveries within the loyalty window matter."""
@@ -263,7 +254,12 @@ class CustomerJourney:
         return sending.QuietHours(s.timezone, s.settings.sms_quiet_from, s.settings.sms_quiet_until)
 
     def overtaken(self, message: QueuedMessage) -> bool:
-        return False  # nothing overtakes this journey's messages: they may wait
+        """A win-back (or its reminder) still waiting (quiet hours, the cap,
+        an outage) when the customer orders again is over; the rest may wait."""
+        win_back = self.state.win_back
+        return message.kind in (Touchpoint.WIN_BACK, Touchpoint.WIN_BACK_REMINDER) and (
+            win_back is None or message.occasion != f"win_back-{win_back.lapse_no}"
+        )
 
     def rank(self, message: QueuedMessage) -> datetime | None:
         return message.queued_at
@@ -316,13 +312,14 @@ class CustomerJourney:
     @workflow.query
     def status(self) -> CustomerView:
         s = self.state
-        since = workflow.now() - s.settings.loyal_window
         return CustomerView(
             customer_id=s.customer_id,
             phase=s.phase,
             phase_since=s.phase_since,
+            timezone=s.timezone,
+            has_phone=s.has_phone,
             orders_total=s.orders_total,
-            delivered_in_window=sum(1 for o in s.orders.values() if o.delivered_at and o.delivered_at >= since),
+            delivered_in_window=len(s.delivered_in_window(workflow.now())),
             loyalty_rewards=s.loyalty_rewards,
             lapses=s.lapses,
             won_back_total=s.won_back_total,

@@ -2,13 +2,27 @@
 journey state, unit-tested without a server (tests/test_event_rules.py).
 
 `check_event` parses an event and holds it against what the order has
-accepted and decided so far. It changes nothing; `accept_event` records an
-accepted one. A rejection carries the reason the caller (and the Web UI) sees,
-and its kind: one of a few fixed words, which metrics count by.
+accepted and decided so far. It changes nothing; `take_event` records it. A
+rejection carries the reason the caller (and the Web UI) sees, and its kind:
+one of a few fixed words, which metrics count by.
+
+Carriers' feeds arrive out of order. An event that comes before the one it
+follows is held (`JourneyState.held`) and applied when that one comes; a
+delivery after the payment implies the dispatch. A held event the order can
+no longer take (it was cancelled, the parcel declared lost) is refused then,
+with the reason (`release_held`):
+
+| early event | held until |
+| --- | --- |
+| order_dispatched | payment_received |
+| out_for_delivery | order_dispatched (refused once delivered) |
+| order_delivered | payment_received; after it, applied at once |
+| parcel_collected, feedback_submitted | order_delivered |
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -17,6 +31,7 @@ from pydantic import ValidationError
 
 from workflows.models import (
     EVENT_MODELS,
+    EarlyEvent,
     FeedbackSubmitted,
     JourneyState,
     OrderCancelled,
@@ -80,18 +95,85 @@ def parse_event(event: str, raw: Any) -> WireModel:
         raise EventRejected(Rejection.MALFORMED, f"malformed {event}: {format_validation_error(err)}") from None
 
 
-def check_event(state: JourneyState | None, event: str, raw: Any, now: datetime) -> WireModel:
-    """The parsed event if the order accepts it now; raises EventRejected."""
+@dataclass(frozen=True)
+class Early:
+    """An event that came before the one it follows."""
+
+    # How the rules refused it before early events were held: an order that
+    # refused one then replays so.
+    reason: str
+    # The event it is held until; None: it is applied at once, in that
+    # event's stead (a delivery implies the dispatch).
+    until: str | None
+
+
+@dataclass(frozen=True)
+class Checked:
+    """An event the order takes: applied now, or held until `held_until`."""
+
+    name: str
+    event: WireModel
+    early: Early | None = None
+
+    @property
+    def held_until(self) -> str | None:
+        return self.early.until if self.early else None
+
+
+def check_event(state: JourneyState | None, event: str, raw: Any, now: datetime) -> Checked:
+    """The parsed event if the order takes it now; raises EventRejected."""
     parsed = parse_event(event, raw)
+    if state is not None:
+        held = next((h for h in state.held if h.event == event), None)
+        if held is not None:
+            raise EventRejected(Rejection.DUPLICATE, f"duplicate {event}: one is held until {held.until}")
+    return Checked(event, parsed, _check(state, parsed, now))
+
+
+def _check(state: JourneyState | None, parsed: WireModel, now: datetime) -> Early | None:
     if state is None:
         raise EventRejected(Rejection.ORDER_REJECTED, "the order was rejected")
+    if state.status is OrderStatus.DUPLICATE:
+        raise EventRejected(Rejection.ORDER_OVER, "this run is a second start of a recorded order: it takes no events")
     if state.status in FINAL_STATUSES:
         raise EventRejected(Rejection.ORDER_OVER, f"order is already {state.status.value}")
-    _RULES[type(parsed)](state, parsed, now)
-    return parsed
+    return _RULES[type(parsed)](state, parsed, now)
 
 
-def accept_event(state: JourneyState, parsed: WireModel, now: datetime) -> None:
+def take_event(state: JourneyState, checked: Checked, now: datetime) -> list[tuple[str, EventRejected]]:
+    """Hold `checked`, or record it and apply the held events it releases.
+    Returns the held events the order now refuses, with the rejection."""
+    if checked.held_until:
+        payload = checked.event.model_dump(mode="json")
+        state.held.append(EarlyEvent(event=checked.name, until=checked.held_until, at=now, payload=payload))
+        return []
+    _record(state, checked.event, now)
+    return release_held(state, now)
+
+
+def release_held(state: JourneyState, now: datetime) -> list[tuple[str, EventRejected]]:
+    """Apply each held event the order now takes, in the order they came
+    (one may release the next), and drop each it now refuses. Returns those
+    refused, with the rejection."""
+    refused: list[tuple[str, EventRejected]] = []
+    while True:
+        for held in state.held:
+            parsed = EVENT_MODELS[held.event].model_validate(held.payload)
+            try:
+                early = _check(state, parsed, now)
+            except EventRejected as rejection:
+                state.held.remove(held)
+                refused.append((held.event, rejection))
+                break
+            if early is None or early.until is None:
+                state.held.remove(held)
+                _record(state, parsed, now)
+                break
+        else:
+            return refused
+
+
+def _record(state: JourneyState, parsed: WireModel, now: datetime) -> None:
     field, accepted_at = _KEPT_AS[type(parsed)]
     setattr(state, field, parsed)
     if accepted_at:
@@ -125,55 +207,70 @@ def _cancellation(state: JourneyState, cancel: OrderCancelled, now: datetime) ->
         raise EventRejected(Rejection.DUPLICATE, "duplicate cancellation")
     if state.dispatch:
         raise EventRejected(Rejection.ALREADY_DISPATCHED, "cannot cancel: the order has already been dispatched")
+    if state.delivered:
+        raise EventRejected(Rejection.ALREADY_DISPATCHED, "cannot cancel: the order has already been delivered")
     _not_decided(state)
 
 
-def _dispatch(state: JourneyState, dispatch: OrderDispatched, now: datetime) -> None:
+def _dispatch(state: JourneyState, dispatch: OrderDispatched, now: datetime) -> Early | None:
     if state.dispatch:
         raise EventRejected(Rejection.DUPLICATE, "duplicate dispatch")
     if state.cancel:
         raise EventRejected(Rejection.CANCELLED, "order is cancelled")
     _not_decided(state)
+    if state.delivered:
+        raise EventRejected(Rejection.OUT_OF_ORDER, "out of order: dispatched after the delivery")
     if not state.payment:
-        raise EventRejected(Rejection.OUT_OF_ORDER, "out of order: dispatched before payment was received")
+        return Early("out of order: dispatched before payment was received", "payment_received")
+    return None
 
 
-def _out_for_delivery(state: JourneyState, notice: OutForDelivery, now: datetime) -> None:
-    if not state.dispatch:
-        raise EventRejected(Rejection.OUT_OF_ORDER, "out of order: out for delivery before dispatch")
-    if state.delivery_day or state.delivered:
+def _out_for_delivery(state: JourneyState, notice: OutForDelivery, now: datetime) -> Early | None:
+    if state.delivery_day:
         raise EventRejected(Rejection.DUPLICATE, "duplicate out_for_delivery")
+    if state.delivered:
+        raise EventRejected(Rejection.OUT_OF_ORDER, "out of order: out for delivery after the delivery")
     _not_decided(state)
-
-
-def _delivery(state: JourneyState, delivered: OrderDelivered, now: datetime) -> None:
     if not state.dispatch:
-        raise EventRejected(Rejection.OUT_OF_ORDER, "out of order: delivered before dispatch")
+        return Early("out of order: out for delivery before dispatch", "order_dispatched")
+    return None
+
+
+def _delivery(state: JourneyState, delivered: OrderDelivered, now: datetime) -> Early | None:
     if state.delivered:
         raise EventRejected(Rejection.DUPLICATE, "duplicate delivery")
+    if state.cancel:
+        raise EventRejected(Rejection.CANCELLED, "order is cancelled")
     _not_decided(state)
     if state.order.delivery.method == "locker" and not delivered.locker_pickup_code:
         raise EventRejected(Rejection.LOCKER_CODE_MISSING, "locker delivery needs locker_pickup_code")
     if delivered.delivered_at > now + DELIVERY_CLOCK_SKEW:
         raise EventRejected(Rejection.IN_THE_FUTURE, f"delivered_at {delivered.delivered_at.isoformat()} is in the future")
+    if not state.dispatch:
+        return Early("out of order: delivered before dispatch", None if state.payment else "payment_received")
+    return None
 
 
-def _collection(state: JourneyState, collected: ParcelCollected, now: datetime) -> None:
+def _collection(state: JourneyState, collected: ParcelCollected, now: datetime) -> Early | None:
     if state.order.delivery.method != "locker":
         raise EventRejected(Rejection.NOT_A_LOCKER, "parcel_collected applies to locker deliveries only")
-    if not state.delivered:
-        raise EventRejected(Rejection.OUT_OF_ORDER, "out of order: collected before delivery")
     if state.collected:
         raise EventRejected(Rejection.DUPLICATE, "duplicate parcel_collected")
-
-
-def _feedback(state: JourneyState, feedback: FeedbackSubmitted, now: datetime) -> None:
     if not state.delivered:
-        raise EventRejected(Rejection.OUT_OF_ORDER, "out of order: feedback before delivery")
+        _not_decided(state)
+        return Early("out of order: collected before delivery", "order_delivered")
+    return None
+
+
+def _feedback(state: JourneyState, feedback: FeedbackSubmitted, now: datetime) -> Early | None:
     if state.feedback:
         raise EventRejected(Rejection.DUPLICATE, "duplicate feedback")
+    if not state.delivered:
+        _not_decided(state)
+        return Early("out of order: feedback before delivery", "order_delivered")
     if state.feedback_asked_at and state.setup and now > state.feedback_asked_at + state.setup.settings.feedback_window:
         raise EventRejected(Rejection.WINDOW_CLOSED, "the feedback window has closed")
+    return None
 
 
 # Where the journey state keeps each accepted event, and, for the events

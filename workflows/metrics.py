@@ -1,6 +1,6 @@
 """What the workflows count for Prometheus: messages by touchpoint, channel
 and outcome, how long each waited from being queued to its outcome,
-deadlines that passed, and events refused.
+deadlines that passed, and events held or refused.
 
 Through workflow.metric_meter(), which records nothing while a workflow
 replays its history: each is counted once, by the worker that decided it,
@@ -22,6 +22,7 @@ MESSAGES = "orders_messages"
 MESSAGE_WAIT = "orders_message_wait"
 DEADLINE_BREACHES = "orders_deadline_breaches"
 EVENTS_REJECTED = "orders_events_rejected"
+EVENTS_HELD = "orders_events_held"
 
 
 def message_outcome(message: QueuedMessage, outcome: MessageOutcome) -> None:
@@ -50,7 +51,13 @@ def deadline_passed(deadline: str) -> None:
 
 
 def event_rejected(event: str, kind: Rejection, via: str) -> None:
-    """`via`: signal (recorded on the order) or update (refused to the caller)."""
+    """`via`: signal (recorded on the order), update (refused to the caller)
+    or held (held until the event it follows, refused when the order ended)."""
     workflow.metric_meter().create_counter(EVENTS_REJECTED, "Events an order refused").add(
         1, {"event": event, "reason": kind.value, "via": via}
     )
+
+
+def event_held(event: str) -> None:
+    """An event came before the one it follows, and waits for it."""
+    workflow.metric_meter().create_counter(EVENTS_HELD, "Events held until the event they follow").add(1, {"event": event})

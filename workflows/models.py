@@ -280,6 +280,9 @@ class OrderStatus(StrEnum):
     CANCELLED = "cancelled"
     # Not delivered by the final delivery deadline: declared lost.
     LOST = "lost"
+    # A second run of an order another run recorded (a finished order's id
+    # started again): it ended at once, sending and changing nothing.
+    DUPLICATE = "duplicate"
 
     @property
     def searchable(self) -> OrderStatus:
@@ -377,6 +380,23 @@ class RejectedEvent(WireModel):
     at: datetime
 
 
+class HeldEvent(WireModel):
+    """An event that came before the one it follows (carriers' feeds arrive
+    out of order): held, and applied when that one comes."""
+
+    event: str
+    # The event it waits for.
+    until: str
+    # When it came.
+    at: datetime
+
+
+class EarlyEvent(HeldEvent):
+    """A held event as the order keeps it, payload and all."""
+
+    payload: dict[str, Any]
+
+
 class OrderStatusView(WireModel):
     """Result of the `status` query and of the workflow itself."""
 
@@ -390,6 +410,8 @@ class OrderStatusView(WireModel):
     rejected_events: list[RejectedEvent] = []
     # All rejections, of which `rejected_events` keeps the latest.
     rejected_total: int = 0
+    # Events that came before the one they follow, waiting for it.
+    held_events: list[HeldEvent] = []
     # Messages waiting for their channel (behind an earlier message or a
     # provider outage).
     queued_messages: list[str] = []
@@ -400,6 +422,12 @@ class OrderStatusView(WireModel):
 
 class OrderSetup(WireModel):
     settings: JourneySettings
+    # Another run recorded the order first ("run <id>", or "an earlier run"):
+    # this run is a second start of a finished order and ends at once.
+    recorded_by: str | None = None
+    # The order's workflow stores its delivery (record_delivery); orders set
+    # up before it did replay without.
+    stores_delivery: bool = False
 
 
 class SendMode(StrEnum):
@@ -464,6 +492,12 @@ class MessageUndelivered(WireModel):
 class CancelRecord(WireModel):
     order_id: str
     reason: str
+
+
+class DeliveryRecord(WireModel):
+    order_id: str
+    # The carrier's clock.
+    delivered_at: datetime
 
 
 class FeedbackRecord(WireModel):
@@ -550,6 +584,8 @@ class JourneyState(BaseModel):
     feedback: FeedbackSubmitted | None = None
     feedback_stored: bool = False
     feedback_asked_at: datetime | None = None
+    # Events that came before the one they follow, in the order they came.
+    held: list[EarlyEvent] = []
     # Touchpoints already handed to a channel (each goes once per order).
     notified: list[Touchpoint] = []
     lanes: MessageLanes = MessageLanes()
@@ -643,7 +679,7 @@ class Coupon(WireModel):
 
 class CouponRequest(WireModel):
     customer_id: str
-    # Once per customer and milestone, e.g. "loyal-1", "win_back-2".
+    # Once per customer and milestone, e.g. "loyal", "win_back-2".
     milestone: str
     terms: CouponTerms
     issued_at: datetime
@@ -704,6 +740,20 @@ class CustomerState(BaseModel):
     def _older_run(cls, data: Any) -> Any:
         return _lanes_kept_apart(data, "outbox")
 
+    def delivered_in_window(self, now: datetime) -> list[OrderFacts]:
+        since = now - self.settings.loyal_window
+        return [o for o in self.orders.values() if o.delivered_at and o.delivered_at >= since]
+
+    def qualified_phase(self, now: datetime) -> CustomerPhase:
+        """What the customer's orders make them: loyal (enough deliveries or
+        spend within the loyalty window), active (more than one order) or new."""
+        settings, delivered = self.settings, self.delivered_in_window(now)
+        spend = sum((o.total for o in delivered), start=Decimal(0))
+        enough_spend = settings.loyal_after_spend is not None and spend >= settings.loyal_after_spend
+        if len(delivered) >= settings.loyal_after_orders or enough_spend:
+            return CustomerPhase.LOYAL
+        return CustomerPhase.ACTIVE if self.orders_total > 1 else CustomerPhase.NEW
+
 
 class CustomerView(WireModel):
     """Result of the `status` query of a customer's workflow."""
@@ -711,6 +761,9 @@ class CustomerView(WireModel):
     customer_id: str
     phase: CustomerPhase
     phase_since: datetime | None
+    # What its SMS keep quiet hours by, and whether SMS can reach them.
+    timezone: str
+    has_phone: bool
     orders_total: int
     delivered_in_window: int
     loyalty_rewards: int

@@ -4,7 +4,8 @@
 for its event or its deadline. Every deadline is a moment kept in the
 journey state, so a run that continues as new picks the journey up where it
 stood (workflows/waiting.py). Signal and update handlers only check an event
-(workflows/event_rules.py) and record it; `run` reacts to it.
+and record it, or hold it until the event it follows (workflows/order_events.py,
+workflows/event_rules.py); `run` reacts to it.
 
 Messages never hold up the journey: `_notify` hands each to the order's
 lanes (workflows/lanes.py; the order's side in workflows/order_messages.py).
@@ -27,10 +28,11 @@ with workflow.unsafe.imports_passed_through():
     from activities.orders import OrderActivities
     from workflows import metrics, waiting
     from workflows.clock import end_of_local_day
-    from workflows.event_rules import EventRejected, accept_event, check_event, format_validation_error
+    from workflows.event_rules import format_validation_error
     from workflows.models import (
         WORKFLOW_TYPE,
         CancelRecord,
+        DeliveryRecord,
         EventEnvelope,
         FeedbackRecord,
         JourneyState,
@@ -41,23 +43,22 @@ with workflow.unsafe.imports_passed_through():
         OrderNews,
         OrderStatus,
         OrderStatusView,
-        RejectedEvent,
         Touchpoint,
         customer_id_problem,
         customer_workflow_id,
     )
+    from workflows.order_events import OrderEvents
     from workflows.order_messages import OrderMessages
     from workflows.order_view import OrderView
     from workflows.retries import DB_TIMEOUTS
     from workflows.waiting import ContinueAsNewDue, Deadlines, Waits
 
-# Rejections are kept for operators, but a flood of bad events must not grow
-# workflow state without bound.
-MAX_REJECTED_KEPT = 50
 # Well below the server's limits (10,240 events suggested, 10,000 signals per
 # run), so a flood of events cannot lock an order out of its real ones.
 CONTINUE_AS_NEW_AFTER_EVENTS = 4_000
 CUSTOMER_ID_CHECK = "customer-id-opaque"
+# Patched for orders set up before deliveries were stored, delivered since.
+STORE_DELIVERY = "store-delivery"
 
 
 class Step(NamedTuple):
@@ -94,6 +95,7 @@ class OrderLifecycle:
                 else:
                     self.state = JourneyState(order=order, started_at=info.workflow_start_time)
         self._view = OrderView(self.state, rejection_reason)
+        self._events = OrderEvents(self.state, self._view)
         if self.state is not None:
             self._messages = OrderMessages(self.state, self._view)
             self._deadlines = Deadlines()
@@ -135,7 +137,12 @@ class OrderLifecycle:
 
     async def _record_order(self) -> None:
         s = self.state
-        setup = await workflow.execute_activity_method(OrderActivities.record_order, s.order, **DB_TIMEOUTS)
+        setup = await workflow.execute_activity_method(
+            OrderActivities.record_order, args=[s.order, workflow.info().first_execution_run_id], **DB_TIMEOUTS
+        )
+        if setup.recorded_by:  # a finished order started again: nothing to do
+            s.setup = setup
+            return self._view.transition(OrderStatus.DUPLICATE)
         if s.order.journey:
             # The order's own delays; the worker's report window unless it has one.
             window = s.order.journey.report_window
@@ -163,7 +170,8 @@ class OrderLifecycle:
 
     async def _await_dispatch(self) -> None:
         s, settings = self.state, self.state.setup.settings
-        dispatched_or_cancelled = lambda: s.dispatch or s.cancel  # noqa: E731
+        # A delivery after the payment implies the dispatch.
+        dispatched_or_cancelled = lambda: s.dispatch or s.delivered or s.cancel  # noqa: E731
         if not await self._waits.until(dispatched_or_cancelled, s.paid_at + settings.dispatch_promised_within):
             metrics.deadline_passed("dispatch_promised_within")
             self._view.flag("dispatch_late")
@@ -176,9 +184,23 @@ class OrderLifecycle:
             return await self._cancel_order(s.cancel.reason)
         self._deadlines.cancel()
         self._view.transition(OrderStatus.DISPATCHED)
-        self._notify(Touchpoint.DISPATCH_NOTICE, s.dispatch.model_dump(mode="json"))
+        if s.dispatch:  # else delivered already: "on its way" is superseded
+            self._notify(Touchpoint.DISPATCH_NOTICE, s.dispatch.model_dump(mode="json"))
 
     async def _await_delivery(self) -> None:
+        s = self.state
+        if not s.delivered and not await self._track_parcel():
+            return await self._declare_lost()
+        self._deadlines.cancel()
+        self._view.transition(OrderStatus.DELIVERED)
+        self._tell_customer("delivered")
+        if s.setup.stores_delivery or workflow.patched(STORE_DELIVERY):
+            record = DeliveryRecord(order_id=s.order.order_id, delivered_at=s.delivered.delivered_at)
+            await workflow.execute_activity_method(OrderActivities.record_delivery, record, **DB_TIMEOUTS)
+
+    async def _track_parcel(self) -> bool:
+        """Out for delivery, late: True once delivered, False when the final
+        delivery deadline passes first."""
         s, settings = self.state, self.state.setup.settings
         tracking = s.dispatch.model_dump(mode="json")
         expected_by = end_of_local_day(s.dispatch.expected_delivery, s.order.customer.timezone)
@@ -191,7 +213,7 @@ class OrderLifecycle:
                     self._notify(Touchpoint.DELIVERY_DAY, tracking)
             elif workflow.now() >= lost_at:
                 metrics.deadline_passed("delivery_deadline")
-                return await self._declare_lost()
+                return False
             elif workflow.now() >= late_at and "delivery_late" not in s.attention:
                 metrics.deadline_passed("delivery_grace")
                 self._view.flag("delivery_late")
@@ -199,9 +221,7 @@ class OrderLifecycle:
             else:
                 next_deadline = lost_at if "delivery_late" in s.attention else late_at
                 await self._waits.until(news, next_deadline)
-        self._deadlines.cancel()
-        self._view.transition(OrderStatus.DELIVERED)
-        self._tell_customer("delivered")
+        return True
 
     async def _after_delivery(self) -> None:
         """Delivered: the confirmation now, then each step after delivery at
@@ -305,6 +325,7 @@ class OrderLifecycle:
         # Decided now, before the slow part: events this excludes are refused.
         s.decision = f"being cancelled: {reason}"
         s.cancellation_reason = reason
+        self._events.release_held()
         self._deadlines.cancel()
         record = CancelRecord(order_id=s.order.order_id, reason=reason)
         await workflow.execute_activity_method(OrderActivities.cancel_order, record, **DB_TIMEOUTS)
@@ -315,6 +336,7 @@ class OrderLifecycle:
     async def _declare_lost(self) -> None:
         s = self.state
         s.decision = "declared lost"
+        self._events.release_held()
         self._deadlines.cancel()
         self._view.flag("parcel_lost")
         self._notify(Touchpoint.PARCEL_LOST, s.dispatch.model_dump(mode="json"))
@@ -353,50 +375,35 @@ class OrderLifecycle:
 
     # --- events -----------------------------------------------------------------
 
-    def _on_signal(self, event: str, raw: Any) -> None:
-        try:
-            accept_event(self.state, check_event(self.state, event, raw, workflow.now()), workflow.now())
-        except EventRejected as rejection:
-            # The reason stays out of the log: it may quote a backend's free text.
-            workflow.logger.warning("rejected a %s event", event)
-            metrics.event_rejected(event, rejection.kind, via="signal")
-            if self.state is None:
-                return
-            s = self.state
-            s.rejected.append(RejectedEvent(event=event, reason=str(rejection), at=workflow.now()))
-            del s.rejected[:-MAX_REJECTED_KEPT]
-            s.rejected_total += 1
-        self._view.show()
-
     # Payloads are taken as raw JSON values so a malformed one is recorded as
     # rejected rather than dropped by the SDK's decoder.
     @workflow.signal
     def payment_received(self, payload: Any) -> None:
-        self._on_signal("payment_received", payload)
+        self._events.on_signal("payment_received", payload)
 
     @workflow.signal
     def order_dispatched(self, payload: Any) -> None:
-        self._on_signal("order_dispatched", payload)
+        self._events.on_signal("order_dispatched", payload)
 
     @workflow.signal
     def out_for_delivery(self, payload: Any) -> None:
-        self._on_signal("out_for_delivery", payload)
+        self._events.on_signal("out_for_delivery", payload)
 
     @workflow.signal
     def order_delivered(self, payload: Any) -> None:
-        self._on_signal("order_delivered", payload)
+        self._events.on_signal("order_delivered", payload)
 
     @workflow.signal
     def parcel_collected(self, payload: Any) -> None:
-        self._on_signal("parcel_collected", payload)
+        self._events.on_signal("parcel_collected", payload)
 
     @workflow.signal
     def order_cancelled(self, payload: Any) -> None:
-        self._on_signal("order_cancelled", payload)
+        self._events.on_signal("order_cancelled", payload)
 
     @workflow.signal
     def feedback_submitted(self, payload: Any) -> None:
-        self._on_signal("feedback_submitted", payload)
+        self._events.on_signal("feedback_submitted", payload)
 
     @workflow.signal
     def message_resent(self, outcome: MessageOutcome) -> None:
@@ -431,17 +438,11 @@ class OrderLifecycle:
     def apply_event(self, envelope: EventEnvelope) -> OrderStatusView:
         """The same events with a synchronous answer: the validator rejects a bad
         event before it reaches history, and the caller gets the reason."""
-        accept_event(self.state, check_event(self.state, envelope.event, envelope.payload, workflow.now()), workflow.now())
-        self._view.show()
-        return self._view.view()
+        return self._events.apply(envelope)
 
     @apply_event.validator
     def _validate_event(self, envelope: EventEnvelope) -> None:
-        try:
-            check_event(self.state, envelope.event, envelope.payload, workflow.now())
-        except EventRejected as rejection:
-            metrics.event_rejected(envelope.event, rejection.kind, via="update")
-            raise ValueError(str(rejection)) from None
+        self._events.validate(envelope)
 
     @workflow.query
     def status(self) -> OrderStatusView:

@@ -1,7 +1,8 @@
 """What an order shows, apart from what it does: the `status` query's view,
-the Web UI's details (set_current_details), the flags an operator acts on
-(`attention`) and the search attributes (OrderStatus, CustomerId,
-NeedsAttention), upserted in one batch per workflow task."""
+the Web UI's details (set_current_details), both with the events it holds,
+the flags an operator acts on (`attention`) and the search attributes
+(OrderStatus, CustomerId, NeedsAttention), upserted in one batch per
+workflow task."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from workflows import lanes
     from workflows import search_attributes as sa
-    from workflows.models import JourneyState, OrderStatus, OrderStatusView
+    from workflows.models import HeldEvent, JourneyState, OrderStatus, OrderStatusView
 
 
 class OrderView:
@@ -51,12 +52,15 @@ class OrderView:
         """The Web UI's summary of the order."""
         s = self._state
         lines = [f"**{s.status.value}**"]
+        if s.status is OrderStatus.DUPLICATE:
+            lines.append(self._duplicate_reason())
         if s.attention:
             lines.append(f"⚠ needs attention: {', '.join(s.attention)}")
         for t in s.touchpoints:
             ref = f" `{t.provider_message_id}`" if t.provider_message_id else ""
             lines.append(f"- {t.at:%Y-%m-%d %H:%M} UTC {t.kind.value} by {t.channel.value}: {t.state.value}{ref}")
         lines += lanes.describe(s.lanes)
+        lines += [f"- held until {h.until}: {h.event} (came {h.at:%Y-%m-%d %H:%M} UTC)" for h in s.held]
         if s.rejected:
             lines.append(f"- {s.rejected_total} rejected event(s), latest: {s.rejected[-1].reason}")
         workflow.set_current_details("\n".join(lines))
@@ -73,10 +77,19 @@ class OrderView:
             needs_attention=bool(s.attention),
             attention_reasons=list(s.attention),
             cancellation_reason=s.cancellation_reason,
+            rejection_reason=self._duplicate_reason() if s.status is OrderStatus.DUPLICATE else None,
             touchpoints=list(s.touchpoints),
             rejected_events=list(s.rejected),
             rejected_total=s.rejected_total,
+            held_events=[HeldEvent.model_validate(h.model_dump(exclude={"payload"})) for h in s.held],
             queued_messages=[f"{m.kind.value}:{m.channel.value}" for m in s.lanes.queued],
+        )
+
+    def _duplicate_reason(self) -> str:
+        s = self._state
+        return (
+            f"order {s.order.order_id} is already recorded by {s.setup.recorded_by}: "
+            "this second run ends without sending or changing anything"
         )
 
     def _wanted_search_attributes(self) -> dict[Any, Any]:
