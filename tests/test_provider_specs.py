@@ -19,10 +19,12 @@ from tests.conftest import TEST_PAYLOAD_KEYS, new_order, payment_for
 from tests.fake_providers import FakeProviders, RecordedRequest
 
 SPECS = Path(os.environ.get("PROVIDER_SPECS_DIR", Path(__file__).resolve().parents[2] / "shared" / "provider-specs"))
-if not SPECS.exists():
-    if os.environ.get("CI"):
-        raise RuntimeError(f"provider specs not found at {SPECS}")
-    pytest.skip(f"provider specs not found at {SPECS}; set PROVIDER_SPECS_DIR", allow_module_level=True)
+if not SPECS.exists() and os.environ.get("CI"):
+    raise RuntimeError(f"provider specs not found at {SPECS}")
+pytestmark = [
+    pytest.mark.may_skip("the specs live outside the repository, so a fresh clone has none; CI fails without them"),
+    pytest.mark.skipif(not SPECS.exists(), reason=f"provider specs not found at {SPECS}; set PROVIDER_SPECS_DIR"),
+]
 SPEC_FOR = {
     "/v3/mail/send": ("sendgrid_mail_v3.json", "https://api.sendgrid.com"),
     "/v3/messages": ("sendgrid_email_activity_v3.json", "https://api.sendgrid.com"),
