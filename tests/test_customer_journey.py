@@ -18,6 +18,7 @@ import workflows.customer_journey as customer_journey
 from activities.customers import CustomerActivities
 from starter.embedded import start_time_skipping_server
 from tests.conftest import TEST_PAYLOAD_KEYS, Harness, new_order, payment_for, store
+from workflows import search_attributes
 from workflows.customer_journey import in_holdout
 from workflows.models import (
     CouponRequest,
@@ -274,6 +275,8 @@ async def test_the_order_tells_the_customer_it_was_placed_and_delivered(ts_env, 
         c = Customer(h, pool, order["customer"]["customer_id"])
         view = await c.wait_for(lambda v: sent(v, "welcome"))
         assert view.orders_total == 1 and view.phase is CustomerPhase.NEW
+        # The Web UI and `temporal workflow list` find the customer by these.
         described = await customer.describe()
-        assert described.typed_search_attributes is not None
+        assert described.typed_search_attributes.get(search_attributes.CUSTOMER_PHASE) == "new"
+        assert described.typed_search_attributes.get(search_attributes.CUSTOMER_ID) == order["customer"]["customer_id"]
         await h.keep_history(customer, "customer_first_order")
