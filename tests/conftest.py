@@ -28,7 +28,16 @@ from codec import KEYS_VARIABLE, payload_keys_from_env
 from starter.embedded import start_dev_server, start_postgres, start_time_skipping_server
 from tests.fake_providers import FakeProviders, serve
 from worker import build_worker
-from workflows.models import Channel, JourneySettings, LifecycleSettings, OrderInput, OrderStatusView
+from workflows import order_lifecycle
+from workflows.models import (
+    Channel,
+    DeliveryState,
+    JourneySettings,
+    LifecycleSettings,
+    MessageOutcome,
+    OrderInput,
+    OrderStatusView,
+)
 
 TWILIO_SID = "AC" + "0" * 32
 HISTORIES = Path(__file__).parent / "histories"
@@ -268,6 +277,33 @@ async def store(pool: asyncpg.Pool, order: dict[str, Any] | OrderInput) -> None:
 
     async with pool.acquire() as conn, conn.transaction():
         await store_order(conn, order if isinstance(order, OrderInput) else OrderInput.model_validate(order))
+
+
+async def continue_as_new(h: Harness, handle: WorkflowHandle) -> WorkflowHandle:
+    """The order's workflow continues as new now, as it does once its history
+    is long (the one place tests change that limit): lowered to this run's
+    length, the run woken by a signal that changes nothing, the limit put back
+    once the next run has started. Waits first until no message is queued or
+    being sent, since the hand-over withdraws a send waiting for its retry.
+    Returns a handle that follows the order into its latest run."""
+    latest = h.client.get_workflow_handle(handle.id, result_type=OrderStatusView)
+    await h.wait_for(latest, lambda v: not v.queued_messages)
+    run_id = (await latest.describe()).run_id
+    length = len((await latest.fetch_history()).events)
+    limit = order_lifecycle.CONTINUE_AS_NEW_AFTER_EVENTS
+    order_lifecycle.CONTINUE_AS_NEW_AFTER_EVENTS = length
+    try:
+        await latest.signal(
+            "message_settled", MessageOutcome(key="no message of this order", channel=Channel.EMAIL, state=DeliveryState.SENT)
+        )
+        deadline = asyncio.get_running_loop().time() + 20
+        while (await latest.describe()).run_id == run_id:
+            assert asyncio.get_running_loop().time() < deadline, "the order did not continue as new"
+            await asyncio.sleep(0.05)
+    finally:
+        order_lifecycle.CONTINUE_AS_NEW_AFTER_EVENTS = limit
+    h.started.append(latest)
+    return latest
 
 
 # The time-skipping server's known fault (see Harness.settled): the workflow
