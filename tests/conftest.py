@@ -189,9 +189,11 @@ class Harness:
         server, a signal that supersedes a send whose activity completes at
         that very moment makes the workflow cancel an activity the server has
         already closed: it refuses the task ("ACTIVITY_UNKNOWN", where the real
-        server accepts it) and never releases its time-skipping lock, so every
-        later timer waits in real time. Tests that are not about superseding
-        settle first."""
+        server accepts it) and never releases its time-skipping lock, so the
+        test hangs. So a test that is not about superseding waits, before an
+        event that overtakes a message, until that message's touchpoint is
+        recorded and then until this; a test about superseding holds the send
+        in its retry backoff (the provider in outage), never completing."""
         return await self.wait_for(handle, lambda v: not v.queued_messages)
 
     async def wait_touchpoint(self, handle: WorkflowHandle, kind: str, channel: str = "email") -> OrderStatusView:
@@ -305,38 +307,3 @@ async def continue_as_new(h: Harness, handle: WorkflowHandle) -> WorkflowHandle:
     h.started.append(latest)
     return latest
 
-
-# The time-skipping server's known fault (see Harness.settled): the workflow
-# cancels a send whose activity the server closed a moment before, the server
-# refuses the task with this message and keeps time skipping locked for good,
-# so the test hangs until its own timeout. A test that failed with this in
-# its output is run once more, on a fresh server; any other failure stands.
-TIME_SKIPPING_SERVER_FAULT = "ACTIVITY_UNKNOWN for scheduledEventId="
-rerun_after_server_fault: list[str] = []
-
-
-def _hit_server_fault(reports: list[pytest.TestReport]) -> bool:
-    return any(r.failed for r in reports) and any(
-        TIME_SKIPPING_SERVER_FAULT in text for r in reports for _, text in r.sections
-    )
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool:
-    from _pytest.runner import runtestprotocol
-
-    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    reports = runtestprotocol(item, nextitem=nextitem, log=False)
-    if _hit_server_fault(reports):
-        rerun_after_server_fault.append(item.nodeid)
-        item._initrequest()
-        reports = runtestprotocol(item, nextitem=nextitem, log=False)
-    for report in reports:
-        item.ihook.pytest_runtest_logreport(report=report)
-    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
-    return True
-
-
-def pytest_terminal_summary(terminalreporter) -> None:
-    for nodeid in rerun_after_server_fault:
-        terminalreporter.write_line(f"run again after the time-skipping server's ACTIVITY_UNKNOWN fault: {nodeid}")

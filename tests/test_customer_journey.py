@@ -267,9 +267,13 @@ async def test_the_order_tells_the_customer_it_was_placed_and_delivered(ts_env, 
         order = new_order()
         handle = await h.start(order)
         await handle.signal("payment_received", payment_for(order))
+        await h.wait_touchpoint(handle, "payment_confirmation")
         await handle.signal(
             "order_dispatched", {"carrier": "DHL", "tracking_number": "T1", "expected_delivery": await h.tomorrow()}
         )
+        # No event may overtake a send (see Harness.settled).
+        await h.wait_touchpoint(handle, "dispatch_notice", "sms")
+        await h.settled(handle)
         await handle.signal("order_delivered", {"delivered_at": await h.now_iso()})
         customer = h.client.get_workflow_handle(f"customer-{order['customer']['customer_id']}")
         c = Customer(h, pool, order["customer"]["customer_id"])

@@ -8,7 +8,9 @@ deferred message dropped as stale.
 
 The time-skipping server runs every timer due before the moment it is moved
 to, and the work that timer starts, before it gets there: so a status read
-just after the move shows whatever the journey did up to then."""
+just after the move shows whatever the journey did up to then. None of these
+is about a message overtaken: each event waits until the messages of the one
+before are sent (see Harness.settled)."""
 
 from __future__ import annotations
 
@@ -145,6 +147,7 @@ async def test_delivery_grace_and_delivery_deadline_count_from_the_end_of_the_ex
 
         handle = await h.start(order)
         await handle.signal("payment_received", payment_for(order))
+        await h.wait_touchpoint(handle, "payment_confirmation")
         await handle.signal(
             "order_dispatched", {"carrier": "GLS", "tracking_number": "G2", "expected_delivery": expected.isoformat()}
         )
@@ -180,9 +183,12 @@ async def test_locker_reminder_and_pickup_deadline_count_from_the_carriers_deliv
     async with make_harness(ts_env) as h:
         handle = await h.start(order)
         await handle.signal("payment_received", payment_for(order))
+        await h.wait_touchpoint(handle, "payment_confirmation")
         await handle.signal(
             "order_dispatched", {"carrier": "InPost", "tracking_number": "IP10", "expected_delivery": await h.tomorrow()}
         )
+        await h.wait_touchpoint(handle, "dispatch_notice", "sms")
+        await h.settled(handle)
         delivered_at = await h.now() - timedelta(hours=10)
         await handle.signal("order_delivered", {"delivered_at": delivered_at.isoformat(), "locker_pickup_code": "1010"})
         await h.wait_touchpoint(handle, "delivery_confirmation")
@@ -215,6 +221,7 @@ async def dispatched_at_seven_in_the_evening(h: Harness, order: dict) -> tuple[W
     order["customer"]["timezone"] = zone
     handle = await h.start(order)
     await handle.signal("payment_received", payment_for(order))
+    await h.wait_touchpoint(handle, "payment_confirmation")
     await handle.signal(
         "order_dispatched", {"carrier": "DHL", "tracking_number": "Q1", "expected_delivery": await h.tomorrow()}
     )

@@ -55,6 +55,8 @@ async def sent_requests(make_harness, fakes: FakeProviders, provider_config) -> 
     async with make_harness(ts_env) as h:
         handle = await h.start(order)
         await handle.signal("payment_received", payment_for(order))
+        # The dispatch must not overtake the payment confirmation's send (see Harness.settled).
+        await h.wait_touchpoint(handle, "payment_confirmation")
         await handle.signal(
             "order_dispatched",
             {"carrier": "DHL", "tracking_number": "SPEC1", "expected_delivery": await h.tomorrow(), "tracking_url": "https://t.example/SPEC1"},
