@@ -14,7 +14,8 @@ before are sent (see Harness.settled)."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta, timezone
+from collections.abc import Callable
+from datetime import datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -51,10 +52,34 @@ async def half_a_day_on(h: Harness, env: WorkflowEnvironment, handle: WorkflowHa
     return h.client.get_workflow_handle(handle.id, result_type=OrderStatusView)
 
 
-def has(view: OrderStatusView, kind: str, channel: str = "email") -> bool:
+async def before_and_after(
+    h: Harness, env: WorkflowEnvironment, handle: WorkflowHandle, moment: datetime, happened: Callable[[OrderStatusView], bool]
+) -> None:
+    """A minute before `moment` the journey has not `happened`; a minute after, it has."""
+    await move_to(h, env, moment - MINUTE)
+    view = await handle.query("status", result_type=OrderStatusView)
+    assert not happened(view), f"a minute before {moment}: {view.status}, {kinds(view)}, {view.attention_reasons}"
+    await move_to(h, env, moment + MINUTE)
+    await h.wait_for(handle, happened)
+
+
+def has(kind: str, channel: str = "email") -> Callable[[OrderStatusView], bool]:
     """Whether `kind` has reached its channel, or waits for it."""
-    sent = any(t.kind.value == kind and t.channel.value == channel for t in view.touchpoints)
-    return sent or f"{kind}:{channel}" in view.queued_messages
+    return lambda v: any(t.kind.value == kind and t.channel.value == channel for t in v.touchpoints) or (
+        f"{kind}:{channel}" in v.queued_messages
+    )
+
+
+def sent(kind: str, channel: str = "email") -> Callable[[OrderStatusView], bool]:
+    return lambda v: (kind, channel, "sent") in kinds(v)
+
+
+def flagged(reason: str) -> Callable[[OrderStatusView], bool]:
+    return lambda v: reason in v.attention_reasons
+
+
+def status(value: str) -> Callable[[OrderStatusView], bool]:
+    return lambda v: v.status == value
 
 
 def texts_to(fakes: FakeProviders, recipient: str, words: str) -> list[str]:
@@ -77,19 +102,11 @@ async def test_payment_reminder_and_payment_deadline_count_from_the_start(
         await h.wait_touchpoint(handle, "order_confirmation")
         handle = await half_a_day_on(h, ts_env, handle, continued)
 
-        await move_to(h, ts_env, start + timedelta(hours=24) - MINUTE)
-        view = await handle.query("status", result_type=OrderStatusView)
-        assert not has(view, "payment_reminder"), kinds(view)
-        assert texts_to(fakes, email, "Payment pending for order") == []
-        await move_to(h, ts_env, start + timedelta(hours=24) + MINUTE)
-        await h.wait_for(handle, lambda v: ("payment_reminder", "email", "sent") in kinds(v))
+        await before_and_after(h, ts_env, handle, start + timedelta(hours=24), has("payment_reminder"))
+        await h.wait_for(handle, sent("payment_reminder"))
         assert len(texts_to(fakes, email, "Payment pending for order")) == 1
-
-        await move_to(h, ts_env, start + timedelta(hours=72) - MINUTE)
-        view = await handle.query("status", result_type=OrderStatusView)
-        assert view.status == "awaiting_payment" and not has(view, "order_cancelled"), kinds(view)
-        await move_to(h, ts_env, start + timedelta(hours=72) + MINUTE)
-        view = await h.wait_for(handle, lambda v: ("order_cancelled", "email", "sent") in kinds(v))
+        await before_and_after(h, ts_env, handle, start + timedelta(hours=72), status("cancelled"))
+        view = await h.wait_for(handle, sent("order_cancelled"))
     assert view.status == "cancelled"
     assert view.cancellation_reason == "payment not received within 72 hours"
 
@@ -111,18 +128,12 @@ async def test_dispatch_promise_and_dispatch_deadline_count_from_the_payment(
         await h.wait_touchpoint(handle, "payment_confirmation")
         handle = await half_a_day_on(h, ts_env, handle, continued)
 
-        await move_to(h, ts_env, paid + timedelta(hours=48) - MINUTE)
-        view = await handle.query("status", result_type=OrderStatusView)
-        assert not has(view, "dispatch_delayed") and view.attention_reasons == [], kinds(view)
-        await move_to(h, ts_env, paid + timedelta(hours=48) + MINUTE)
-        view = await h.wait_for(handle, lambda v: ("dispatch_delayed", "email", "sent") in kinds(v))
+        apologised = lambda v: flagged("dispatch_late")(v) or has("dispatch_delayed")(v)  # noqa: E731
+        await before_and_after(h, ts_env, handle, paid + timedelta(hours=48), apologised)
+        view = await h.wait_for(handle, sent("dispatch_delayed"))
         assert view.attention_reasons == ["dispatch_late"]
-
-        await move_to(h, ts_env, paid + timedelta(days=7) - MINUTE)
-        view = await handle.query("status", result_type=OrderStatusView)
-        assert view.status == "paid" and not has(view, "order_cancelled"), kinds(view)
-        await move_to(h, ts_env, paid + timedelta(days=7) + MINUTE)
-        view = await h.wait_for(handle, lambda v: ("order_cancelled", "email", "sent") in kinds(v))
+        await before_and_after(h, ts_env, handle, paid + timedelta(days=7), status("cancelled"))
+        view = await h.wait_for(handle, sent("order_cancelled"))
     assert view.status == "cancelled"
     assert view.cancellation_reason == "not dispatched within 7 days of payment; a full refund follows"
 
@@ -154,20 +165,12 @@ async def test_delivery_grace_and_delivery_deadline_count_from_the_end_of_the_ex
         await h.wait_touchpoint(handle, "dispatch_notice", "sms")
         handle = await half_a_day_on(h, ts_env, handle, continued)
 
-        late = end_of_expected_day + timedelta(days=1)
-        await move_to(h, ts_env, late - MINUTE)
-        view = await handle.query("status", result_type=OrderStatusView)
-        assert not has(view, "delivery_delayed") and view.attention_reasons == [], kinds(view)
-        await move_to(h, ts_env, late + MINUTE)
-        view = await h.wait_for(handle, lambda v: ("delivery_delayed", "email", "sent") in kinds(v))
+        late = lambda v: flagged("delivery_late")(v) or has("delivery_delayed")(v)  # noqa: E731
+        await before_and_after(h, ts_env, handle, end_of_expected_day + timedelta(days=1), late)
+        view = await h.wait_for(handle, sent("delivery_delayed"))
         assert view.attention_reasons == ["delivery_late"]
-
-        lost = end_of_expected_day + timedelta(days=14)
-        await move_to(h, ts_env, lost - MINUTE)
-        view = await handle.query("status", result_type=OrderStatusView)
-        assert view.status == "dispatched" and not has(view, "parcel_lost"), kinds(view)
-        await move_to(h, ts_env, lost + MINUTE)
-        view = await h.wait_for(handle, lambda v: ("parcel_lost", "email", "sent") in kinds(v))
+        await before_and_after(h, ts_env, handle, end_of_expected_day + timedelta(days=14), status("lost"))
+        view = await h.wait_for(handle, sent("parcel_lost"))
     assert view.status == "lost"
     assert view.attention_reasons == ["delivery_late", "parcel_lost"]
 
@@ -194,21 +197,10 @@ async def test_locker_reminder_and_pickup_deadline_count_from_the_carriers_deliv
         await h.wait_touchpoint(handle, "delivery_confirmation")
         handle = await half_a_day_on(h, ts_env, handle, continued)
 
-        reminder = delivered_at + timedelta(hours=48)
-        await move_to(h, ts_env, reminder - MINUTE)
-        view = await handle.query("status", result_type=OrderStatusView)
-        assert not has(view, "locker_reminder", "sms"), kinds(view)
-        assert texts_to(fakes, phone, "Locker WAW-10") == []
-        await move_to(h, ts_env, reminder + MINUTE)
-        await h.wait_for(handle, lambda v: ("locker_reminder", "sms", "sent") in kinds(v))
+        await before_and_after(h, ts_env, handle, delivered_at + timedelta(hours=48), has("locker_reminder", "sms"))
+        await h.wait_for(handle, sent("locker_reminder", "sms"))
         assert len(texts_to(fakes, phone, "Locker WAW-10")) == 1
-
-        deadline = delivered_at + timedelta(hours=72)
-        await move_to(h, ts_env, deadline - MINUTE)
-        view = await handle.query("status", result_type=OrderStatusView)
-        assert "locker_not_collected" not in view.attention_reasons
-        await move_to(h, ts_env, deadline + MINUTE)
-        await h.wait_for(handle, lambda v: "locker_not_collected" in v.attention_reasons)
+        await before_and_after(h, ts_env, handle, delivered_at + timedelta(hours=72), flagged("locker_not_collected"))
 
 
 # --- SMS quiet hours: the delivery-day exemption, and staleness ------------------------
@@ -262,25 +254,20 @@ async def test_a_delivery_day_notice_before_its_day_waits_for_the_morning(
         await move_to(h, ts_env, eleven_pm)
         await handle.signal("out_for_delivery", {"date": (eleven_pm.date() + timedelta(days=1)).isoformat()})
         await h.wait_for(handle, lambda v: v.status == "out_for_delivery")
-        eight_am = local(eleven_pm, zone, 1, time(8))
-        await move_to(h, ts_env, eight_am - MINUTE)
+        await before_and_after(h, ts_env, handle, local(eleven_pm, zone, 1, time(8)), sent("delivery_day", "sms"))
         view = await handle.query("status", result_type=OrderStatusView)
-        assert view.queued_messages == ["delivery_day:sms"], kinds(view)
-        assert texts_to(fakes, phone, "out for delivery today") == []
-        await move_to(h, ts_env, eight_am + MINUTE)
-        view = await h.wait_for(handle, lambda v: ("delivery_day", "sms", "sent") in kinds(v))
     sent_at = sms_of(view, "delivery_day").at.astimezone(zone)
     assert (sent_at.hour, sent_at.minute) == (8, 0), sent_at
     assert len(texts_to(fakes, phone, "out for delivery today")) == 1
 
 
 @pytest.mark.parametrize(
-    "window, sent",
+    "window, goes",
     [(timedelta(hours=10), True), (timedelta(hours=9), False)],
     ids=["pickup deadline after the morning: sent then", "pickup deadline before the morning: stale"],
 )
 async def test_a_locker_reminder_held_by_quiet_hours_goes_in_the_morning_unless_its_deadline_passed(
-    ts_env: WorkflowEnvironment, make_harness, fakes: FakeProviders, window: timedelta, sent: bool
+    ts_env: WorkflowEnvironment, make_harness, fakes: FakeProviders, window: timedelta, goes: bool
 ):
     """Delivered at 22:55 with a pickup window of `window` and the reminder
     due a minute later, reported at 23:00: the reminder waits for 08:00, and
@@ -298,20 +285,12 @@ async def test_a_locker_reminder_held_by_quiet_hours_goes_in_the_morning_unless_
         await move_to(h, ts_env, eleven_pm)
         delivered_at = eleven_pm - timedelta(minutes=5)
         await handle.signal("order_delivered", {"delivered_at": delivered_at.isoformat(), "locker_pickup_code": "1111"})
-        eight_am = local(eleven_pm, zone, 1, time(8))
-        if not sent:
-            view = await h.wait_for(handle, lambda v: ("locker_reminder", "sms", "stale") in kinds(v))
-            assert "locker_reminder:sms" not in view.queued_messages
-        else:
-            await move_to(h, ts_env, eight_am - MINUTE)
+        if goes:
+            await before_and_after(h, ts_env, handle, local(eleven_pm, zone, 1, time(8)), sent("locker_reminder", "sms"))
             view = await handle.query("status", result_type=OrderStatusView)
-            assert "locker_reminder:sms" in view.queued_messages and not has_settled(view, "locker_reminder"), kinds(view)
-            await move_to(h, ts_env, eight_am + MINUTE)
-            view = await h.wait_for(handle, lambda v: ("locker_reminder", "sms", "sent") in kinds(v))
             sent_at = sms_of(view, "locker_reminder").at.astimezone(zone)
             assert (sent_at.hour, sent_at.minute) == (8, 0), sent_at
-    assert len(texts_to(fakes, phone, "Locker WAW-11")) == (1 if sent else 0)
-
-
-def has_settled(view: OrderStatusView, kind: str) -> bool:
-    return any(t.kind.value == kind for t in view.touchpoints)
+        else:
+            view = await h.wait_for(handle, lambda v: ("locker_reminder", "sms", "stale") in kinds(v))
+            assert "locker_reminder:sms" not in view.queued_messages
+    assert len(texts_to(fakes, phone, "Locker WAW-11")) == (1 if goes else 0)

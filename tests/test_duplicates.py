@@ -74,6 +74,13 @@ async def dispatched(h: Harness, order: dict[str, Any]) -> tuple[WorkflowHandle,
     return handle, dispatch
 
 
+async def delivered(h: Harness, order: dict[str, Any], **details: Any) -> WorkflowHandle:
+    handle, _ = await dispatched(h, order)
+    delivery = {"delivered_at": await h.now_iso(), **details}
+    await signal_and_settle(h, handle, "order_delivered", delivery, ("delivery_confirmation", "email", "sent"))
+    return handle
+
+
 async def test_a_duplicate_dispatch_is_rejected_and_notifies_no_one_again(
     ts_env: WorkflowEnvironment, make_harness, fakes: FakeProviders, pool
 ):
@@ -94,10 +101,8 @@ async def test_a_duplicate_delivery_is_rejected_and_confirms_nothing_again(
 ):
     order = new_order()
     async with make_harness(ts_env) as h:
-        handle, _ = await dispatched(h, order)
-        delivered = {"delivered_at": await h.now_iso()}
-        await signal_and_settle(h, handle, "order_delivered", delivered, ("delivery_confirmation", "email", "sent"))
-        view = await duplicate_rejected(h, handle, "order_delivered", delivered, times=2)
+        handle = await delivered(h, order)
+        view = await duplicate_rejected(h, handle, "order_delivered", {"delivered_at": await h.now_iso()}, times=2)
     assert [r.reason for r in view.rejected_events] == ["duplicate delivery", "duplicate delivery"]
     assert view.status == "delivered"
     await nothing_sent_twice(pool, fakes, order, view)
@@ -106,9 +111,7 @@ async def test_a_duplicate_delivery_is_rejected_and_confirms_nothing_again(
 async def test_a_duplicate_collection_is_rejected(ts_env: WorkflowEnvironment, make_harness, fakes: FakeProviders, pool):
     order = new_order(delivery={"method": "locker", "locker_id": "WAW-D", "locker_name": "Locker WAW-D"})
     async with make_harness(ts_env) as h:
-        handle, _ = await dispatched(h, order)
-        delivered = {"delivered_at": await h.now_iso(), "locker_pickup_code": "4711"}
-        await signal_and_settle(h, handle, "order_delivered", delivered, ("delivery_confirmation", "email", "sent"))
+        handle = await delivered(h, order, locker_pickup_code="4711")
         await handle.signal("parcel_collected", {})
         view = await duplicate_rejected(h, handle, "parcel_collected", {}, times=2)
         result = await h.result(handle)
@@ -147,9 +150,7 @@ async def test_duplicate_feedback_is_rejected_and_the_first_is_kept(
 ):
     order = new_order()
     async with make_harness(ts_env) as h:
-        handle, _ = await dispatched(h, order)
-        delivered = {"delivered_at": await h.now_iso()}
-        await signal_and_settle(h, handle, "order_delivered", delivered, ("delivery_confirmation", "email", "sent"))
+        handle = await delivered(h, order)
         await handle.signal("feedback_submitted", {"item_rating": 4, "seller_rating": 5, "comment": "first"})
         view = await duplicate_rejected(h, handle, "feedback_submitted", {"item_rating": 1, "seller_rating": 1, "comment": "again"})
         result = await h.result(handle)

@@ -17,9 +17,10 @@ from tests.test_journey import kinds
 from workflows.models import Channel, MessageClass, OrderStatusView
 
 
-async def order_with_channel_off(pool, channel: Channel) -> dict[str, Any]:
-    """An order whose customer has turned `channel` off for order messages
-    (and agreed to no marketing, so nothing but order messages goes)."""
+async def journey_with_channel_off(env: WorkflowEnvironment, make_harness, pool, channel: Channel) -> tuple[dict[str, Any], OrderStatusView]:
+    """An order, through its delivery, whose customer turned `channel` off
+    for order messages (and agreed to no marketing, so nothing but order
+    messages goes); its status once nothing is left to send."""
     order = new_order()
     order["customer"]["marketing_consent"] = {"email": False, "sms": False}
     await store(pool, order)
@@ -27,7 +28,12 @@ async def order_with_channel_off(pool, channel: Channel) -> dict[str, Any]:
         await set_consent(
             conn, order["customer"]["customer_id"], MessageClass.TRANSACTIONAL, channel, False, source="operator"
         )
-    return order
+    async with make_harness(env) as h:
+        handle = await h.start(order)
+        await through_delivery(h, handle, order)
+        view = await h.wait_for(handle, lambda v: not v.queued_messages)
+        await handle.terminate("test done")
+    return order, view
 
 
 def by_channel(view: OrderStatusView) -> dict[str, list[tuple[str, str]]]:
@@ -53,12 +59,7 @@ async def through_delivery(h: Harness, handle: WorkflowHandle, order: dict[str, 
 async def test_email_turned_off_for_order_messages_sends_them_by_sms(
     ts_env: WorkflowEnvironment, make_harness, fakes: FakeProviders, pool
 ):
-    order = await order_with_channel_off(pool, Channel.EMAIL)
-    async with make_harness(ts_env) as h:
-        handle = await h.start(order)
-        await through_delivery(h, handle, order)
-        view = await h.wait_for(handle, lambda v: not v.queued_messages)
-        await handle.terminate("test done")
+    order, view = await journey_with_channel_off(ts_env, make_harness, pool, Channel.EMAIL)
     refused = "customer prefers no email for order messages"
     assert by_channel(view) == {
         "email": [
@@ -86,12 +87,7 @@ async def test_email_turned_off_for_order_messages_sends_them_by_sms(
 async def test_sms_turned_off_for_order_messages_sends_them_by_email(
     ts_env: WorkflowEnvironment, make_harness, fakes: FakeProviders, pool
 ):
-    order = await order_with_channel_off(pool, Channel.SMS)
-    async with make_harness(ts_env) as h:
-        handle = await h.start(order)
-        await through_delivery(h, handle, order)
-        view = await h.wait_for(handle, lambda v: not v.queued_messages)
-        await handle.terminate("test done")
+    order, view = await journey_with_channel_off(ts_env, make_harness, pool, Channel.SMS)
     assert by_channel(view) == {
         "email": [
             ("order_confirmation", "sent"),
