@@ -11,7 +11,7 @@ Twilio's Message list can be searched for it. Its state:
 - 'pending': no claim, and nothing went out: an answer proved the request
   never arrived (refused connection, 429, 500, 503), or the provider rejected
   our credentials. The next attempt claims it and sends;
-- settled, returned as they are to any later attempt: 'sent'; 'failed'
+- final, returned as they are to any later attempt: 'sent'; 'failed'
   (refused for good, so the workflow can use the other channel; an operator
   may resend it); 'skipped' (nothing to recommend);
 - 'in_doubt': it may have gone out, and cannot be checked yet: returned as it
@@ -20,7 +20,7 @@ Twilio's Message list can be searched for it. Its state:
   checked at all and stays flagged for an operator, who may resend it;
 - 'not_permitted': nothing went out, because the customer's consent or the
   suppression list forbade it when it was due, or the provider said the
-  recipient opted out (below). Settled for the attempt that decided it, with
+  recipient opted out (below). Final for the attempt that decided it, with
   the reason (never contact data) for operators, but not for good: a later
   send of the same key reads consent again, and if the message may go now,
   registers it anew (rendered then, and counted by the cap from then).
@@ -44,11 +44,11 @@ transactional message goes and a marketing one does not; a suppressed
 address or number gets nothing. A refused message makes no request, is
 registered 'not_permitted' and returned as NOT_PERMITTED; the workflow may
 try the other channel, under a different key. A row an earlier attempt left
-'sending' is settled first, as below: a message that may have gone out is not
+'sending' is resolved first, as below: a message that may have gone out is not
 un-sent by a consent withdrawn since.
 
 Twilio's 21610 (the number replied STOP) is an opt-out: the number is
-suppressed (source 'provider'), the row settles 'not_permitted', and
+suppressed (source 'provider'), the row ends 'not_permitted', and
 nothing more is sent to it, on any message class, until it is lifted.
 
 The marketing cap
@@ -166,7 +166,7 @@ FROM message_ledger WHERE key = $1
 """
 
 # Registers the message with its rendering and claims it ('sending'), or
-# registers it as settled ('skipped'). Nothing when the row exists already,
+# registers it as final ('skipped'). Nothing when the row exists already,
 # unless it is 'not_permitted' and the message may go now: then it is
 # registered anew, as if new (its rendering, if any, never went out).
 REGISTER = """
@@ -186,7 +186,7 @@ RETURNING created_at
 """
 
 # Consent or the suppression list forbids the message: a new row, or a
-# 'pending' one (never sent), settles 'not_permitted' with the reason; one
+# 'pending' one (never sent), ends 'not_permitted' with the reason; one
 # already 'not_permitted' gets today's reason. Nothing when the row is in any
 # other state (another attempt got there first).
 REFUSE = """
@@ -461,11 +461,11 @@ class MessagingActivities:
         if isinstance(claim, MessageOutcome):
             return claim
         if claim.message is None:
-            return await self._settle(a, claim, DeliveryState.SKIPPED, error=NOTHING_TO_RECOMMEND)
+            return await self._conclude(a, claim, DeliveryState.SKIPPED, error=NOTHING_TO_RECOMMEND)
         if claim.taken_over:
-            settled = await self._check_earlier_request(a, claim)
-            if settled:
-                return settled
+            earlier = await self._check_earlier_request(a, claim)
+            if earlier:
+                return earlier
             if a.request.mode is SendMode.SETTLE_WITHOUT_SENDING:
                 await self._record(a, claim, "pending", error=OVERTAKEN_NOT_SENT)
                 return _outcome(a.request, DeliveryState.SUPERSEDED, error=OVERTAKEN_NOT_SENT)
@@ -474,7 +474,7 @@ class MessagingActivities:
         if (claim.taken_over and a.provider) or claim.resend:
             refused = await self._refusal(a, claim.message.recipient)
             if refused:
-                return await self._settle(a, claim, DeliveryState.NOT_PERMITTED, error=refused)
+                return await self._conclude(a, claim, DeliveryState.NOT_PERMITTED, error=refused)
         if claim.taken_over:
             await self._db(a.budget, COUNT_ATTEMPT, claim.key, claim.token)
         return await self._send(a, claim)
@@ -557,7 +557,7 @@ class MessagingActivities:
         )
 
     async def _register(self, a: Attempt, token: uuid.UUID) -> Claim | MessageOutcome | None:
-        """The new row, claimed by this attempt, or settled as 'skipped' when
+        """The new row, claimed by this attempt, or final as 'skipped' when
         there is nothing to send; DEFERRED when the marketing cap is reached;
         None when the row exists already."""
         message = await self._render(a)
@@ -620,7 +620,7 @@ class MessagingActivities:
         if not found:
             return None
         log.info("%s already had %s as %s", provider.title, claim.key, found)
-        return await self._settle(a, claim, DeliveryState.SENT, message_id=found)
+        return await self._conclude(a, claim, DeliveryState.SENT, message_id=found)
 
     async def _after_failed_look_up(
         self, a: Attempt, provider: Provider, claim: Claim, failure: ProviderFailure
@@ -662,16 +662,16 @@ class MessagingActivities:
                 message_id = await self._in_thread(a.provider, a.provider.send, claim.message)
         except ProviderFailure as failure:
             return await self._after_failed_send(a, a.provider, claim, failure)
-        return await self._settle(a, claim, DeliveryState.SENT, message_id=message_id)
+        return await self._conclude(a, claim, DeliveryState.SENT, message_id=message_id)
 
     async def _after_failed_send(self, a: Attempt, provider: Provider, claim: Claim, failure: ProviderFailure) -> MessageOutcome:
         if failure.verdict is Verdict.OPTED_OUT:
             log.warning("%s: the recipient of %s opted out (%s); suppressed", provider.title, claim.key, failure)
             await self._suppress(a, provider, claim, failure)
-            return await self._settle(a, claim, DeliveryState.NOT_PERMITTED, error=str(failure))
+            return await self._conclude(a, claim, DeliveryState.NOT_PERMITTED, error=str(failure))
         if failure.verdict is Verdict.REFUSED:
             log.warning("%s refused %s for good: %s", provider.title, claim.key, failure)
-            return await self._settle(a, claim, DeliveryState.FAILED, error=str(failure))
+            return await self._conclude(a, claim, DeliveryState.FAILED, error=str(failure))
         if failure.verdict is Verdict.MISCONFIGURED:
             paused = self._pause(a.request.channel, provider, failure)
             await self._record(a, claim, "pending", error=str(failure))
@@ -751,7 +751,7 @@ class MessagingActivities:
                 {"provider": provider.name, "request": call.__name__, "result": result},
             )
 
-    async def _settle(
+    async def _conclude(
         self, a: Attempt, claim: Claim, state: DeliveryState, *, message_id: str | None = None, error: str | None = None
     ) -> MessageOutcome:
         await self._record(a, claim, state.value, message_id=message_id, error=error)
@@ -790,7 +790,7 @@ class MessagingActivities:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         if not completed:
-            log.warning("%s was taken over by another attempt, which settles it", claim.key)
+            log.warning("%s was taken over by another attempt, which records its outcome", claim.key)
             raise ApplicationError(f"another attempt took {claim.key} over", type="ClaimLost")
         return completed["settle_at"]
 

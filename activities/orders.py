@@ -90,11 +90,11 @@ WHERE a.sku <> b.sku AND t.sku = a.sku AND t.other_sku = b.sku
 
 
 async def store_order(conn: asyncpg.Connection, order: OrderInput) -> None:
-    """The customer, their checkout consent and the order, once; call in a transaction."""
+    """The customer, and the order with its checkout consent, once (a retry
+    or a replay applies the consent no more: a later unsubscribe stands);
+    call in a transaction."""
     c = order.customer
     await conn.execute(UPSERT_CUSTOMER, c.customer_id, c.name, c.email, c.phone, c.timezone)
-    if c.marketing_consent:
-        await record_checkout_consent(conn, c.customer_id, c.marketing_consent)
     inserted = await conn.fetchval(
         INSERT_ORDER,
         order.order_id,
@@ -108,6 +108,8 @@ async def store_order(conn: asyncpg.Connection, order: OrderInput) -> None:
         order.model_dump_json(),
     )
     if inserted:
+        if c.marketing_consent:
+            await record_checkout_consent(conn, c.customer_id, c.marketing_consent, order.order_id, order.placed_at)
         items = order.items
         await conn.executemany(
             INSERT_ITEM,
@@ -135,8 +137,8 @@ class OrderActivities:
 
     @activity.defn
     async def record_order(self, order: OrderInput) -> OrderSetup:
-        """Upsert the customer and the consent given at checkout, store the
-        order once, tell the customer's workflow, and hand the order's
+        """Upsert the customer, store the order and the consent given at its
+        checkout once, tell the customer's workflow, and hand the order's
         workflow the journey settings it keeps for its lifetime. Consent is
         not handed over: it is read at each send."""
         c = order.customer

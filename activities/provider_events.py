@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -65,6 +65,8 @@ TWILIO_GONE_FOR_GOOD = frozenset({TWILIO_OPTED_OUT, 30005, 30006})
 TWILIO_DELIVERY = {"delivered": Delivery.DELIVERED, "undelivered": Delivery.UNDELIVERED, "failed": Delivery.FAILED}
 
 REASON_LENGTH = 300
+# provider_events.event of an event we could not read.
+UNREADABLE = "unreadable"
 UNDELIVERED_SIGNAL = "message_undelivered"
 SETTLED_SIGNAL = "message_settled"
 
@@ -161,9 +163,33 @@ def from_twilio(*, ledger_key: str, message_sid: str, status: str, error_code: i
     )
 
 
+def unreadable(*, provider: str, event_id: str, what_was_wrong: str) -> ProviderEvent:
+    """An event of a shape we cannot read: kept, so that a post repeated
+    with it changes nothing, and an operator can see what was wrong (by
+    field name: nothing it carried is kept). It is about no message."""
+    return ProviderEvent(
+        provider=provider,
+        event_id=event_id,
+        event=UNREADABLE,
+        ledger_key=None,
+        provider_message_id=None,
+        occurred_at=None,
+        detail=what_was_wrong[:REASON_LENGTH],
+    )
+
+
 def _scrubbed(text: str | None) -> str | None:
     return scrub(text)[:REASON_LENGTH] if text else None
 
+
+# The ledger row an event is about: by its key or, when that matches none (a
+# status callback whose key a proxy re-encoded), by the provider's message id.
+OUR_KEY = """
+SELECT key FROM message_ledger
+WHERE provider = $2 AND (key = $1 OR ($3::text IS NOT NULL AND provider_message_id = $3))
+ORDER BY key = $1 DESC NULLS LAST
+LIMIT 1
+"""
 
 INSERT_EVENT = """
 INSERT INTO provider_events (provider, event_id, event, ledger_key, provider_message_id, detail, occurred_at)
@@ -232,6 +258,9 @@ WHERE provider = $1 AND event_id = ANY($2::text[])
 async def record(conn: asyncpg.Connection, event: ProviderEvent) -> Recorded:
     """Keep the event and apply it, in the caller's transaction; a repeat
     applies nothing, but brings back a signal still owed."""
+    if event.ledger_key is not None or event.provider_message_id is not None:
+        ours = await conn.fetchval(OUR_KEY, event.ledger_key, event.provider, event.provider_message_id)
+        event = replace(event, ledger_key=ours or event.ledger_key)
     inserted = await conn.fetchval(
         INSERT_EVENT,
         event.provider,

@@ -1,11 +1,16 @@
-"""Signed, expiring unsubscribe tokens: made when a marketing email is
-rendered, checked by the HTTP service (web/) when the link is used.
+"""Signed unsubscribe tokens: made when a marketing email is rendered,
+checked by the HTTP service (web/) when the link is used.
 
 A token is `<payload>.<signature>`, both base64url without padding. The
 payload is JSON {"c": customer id, "ch": channel, "exp": unix seconds}; the
 signature is HMAC-SHA256 of the payload bytes with UNSUBSCRIBE_SECRET. It
-names no address: a leaked link unsubscribes one customer from one channel's
-marketing, and reveals nothing.
+names no address: a leaked link unsubscribes the customer's address from one
+channel's marketing, and reveals nothing.
+
+A validly signed token unsubscribes whatever its age: a mail client offers
+the one-click unsubscribe of a mail read months later, and stopping marketing
+is all a token can do. `exp` is still written, for replicas of the HTTP
+service that predate this and require it (a rolling deploy), and not read.
 """
 
 from __future__ import annotations
@@ -15,17 +20,17 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from workflows.models import Channel
 
-# Long enough for a mail read weeks later; RFC 8058 links must keep working.
+# Written as `exp`, not enforced (above).
 TOKEN_LIFETIME = timedelta(days=90)
 
 
 class InvalidToken(ValueError):
-    """Forged, tampered, malformed or expired; the message says which, and
-    `kind` in one word (malformed, signature, expired) for metrics."""
+    """Forged, tampered or malformed; the message says which, and `kind` in
+    one word (malformed, signature) for metrics."""
 
     def __init__(self, message: str, kind: str) -> None:
         super().__init__(message)
@@ -36,7 +41,6 @@ class InvalidToken(ValueError):
 class UnsubscribeClaim:
     customer_id: str
     channel: Channel
-    expires_at: datetime
 
 
 def _b64(data: bytes) -> str:
@@ -57,8 +61,7 @@ def sign(customer_id: str, channel: Channel, secret: str, now: datetime, lifetim
     return f"{_b64(payload)}.{_b64(_signature(payload, secret))}"
 
 
-def verify(token: str, secret: str, now: datetime | None = None) -> UnsubscribeClaim:
-    now = now or datetime.now(timezone.utc)
+def verify(token: str, secret: str) -> UnsubscribeClaim:
     try:
         encoded_payload, encoded_signature = token.split(".")
         payload, signature = _unb64(encoded_payload), _unb64(encoded_signature)
@@ -68,13 +71,6 @@ def verify(token: str, secret: str, now: datetime | None = None) -> UnsubscribeC
         raise InvalidToken("unsubscribe token signature does not match", "signature")
     try:
         fields = json.loads(payload)
-        claim = UnsubscribeClaim(
-            customer_id=str(fields["c"]),
-            channel=Channel(fields["ch"]),
-            expires_at=datetime.fromtimestamp(int(fields["exp"]), timezone.utc),
-        )
+        return UnsubscribeClaim(customer_id=str(fields["c"]), channel=Channel(fields["ch"]))
     except (ValueError, KeyError, TypeError):
         raise InvalidToken("malformed unsubscribe token", "malformed") from None
-    if claim.expires_at <= now:
-        raise InvalidToken("unsubscribe token has expired", "expired")
-    return claim

@@ -40,6 +40,8 @@ from bench.throughput import percentile
 from codec import encrypted_data_converter
 from tests.fake_providers import BOUNCING_EMAIL_DOMAIN, AcceptedMessage, FakeProviders
 from tests.fake_reports import BOUNCES_LATER_DOMAIN, ProviderReports, new_key_pair
+from workflows.channel_policy import other_channel
+from workflows.ledger_key import LedgerKey
 from workflows.models import workflow_id_for
 
 RIDE_OUT_OUTAGES = RetryConfig(max_interval_millis=2000, max_elapsed_time_millis=120_000, max_retries=100)
@@ -198,8 +200,8 @@ class Scene:
 
 def other_channel_key(key: str) -> str:
     """The ledger key of the same touchpoint on the other channel."""
-    touchpoint, channel = key.rsplit(":", 1)
-    return f"{touchpoint}:{'sms' if channel == 'email' else 'email'}"
+    parsed = LedgerKey.parse(key)
+    return str(parsed.on(other_channel(parsed.channel)))
 
 
 def touchpoints(runs: list[OrderRun]) -> dict[str, list[dict[str, Any]]]:
@@ -208,7 +210,7 @@ def touchpoints(runs: list[OrderRun]) -> dict[str, list[dict[str, Any]]]:
     recorded: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         for touchpoint in (run.result or {}).get("touchpoints", []):
-            key = f"{workflow_id_for(run.order_id)}:{touchpoint['kind']}:{touchpoint['channel']}"
+            key = str(LedgerKey.of_order(run.order_id, touchpoint["kind"], touchpoint["channel"]))
             recorded.setdefault(key, []).append(touchpoint)
     return recorded
 
@@ -288,9 +290,9 @@ async def audit(stack: Stack, report: DrillReport, runs: list[OrderRun], orders:
         if missing or row["state"] == "in_doubt":
             report.unaccounted.append(unaccounted(row, touchpoint))
     del report.unaccounted[UNACCOUNTED_SHOWN:]
-    failed_keys = {r["key"].rsplit(":", 1)[0] for r in rows if r["state"] == "failed"}
+    failed_keys = {r["key"] for r in rows if r["state"] == "failed"}
     report.fell_back_to_other_channel = sum(
-        1 for r in rows if r["state"] == "sent" and r["key"].rsplit(":", 1)[0] in failed_keys
+        1 for r in rows if r["state"] == "sent" and other_channel_key(r["key"]) in failed_keys
     )
     report.refused_not_handed_over = sum(
         1 for r in rows if r["state"] == "failed" and other_channel_key(r["key"]) not in recorded
@@ -350,9 +352,9 @@ def email_latencies(
     for mail in accepted:
         if mail.channel != "email" or not mail.key:
             continue
-        workflow_id, kind, _ = mail.key.rsplit(":", 2)
-        run = runs_by_workflow.get(workflow_id)
-        signalled = run.signalled_at.get(MAIL_CAUSES.get(kind, "")) if run else None
+        key = LedgerKey.parse(mail.key)
+        run = runs_by_workflow.get(key.workflow_id)
+        signalled = run.signalled_at.get(MAIL_CAUSES.get(key.kind.value, "")) if run else None
         if signalled is not None:
             (during if outage_began <= signalled < outage_ended else outside).append(mail.at - signalled)
     return {"during_sms_outage": latency_summary(during), "outside_sms_outage": latency_summary(outside)}

@@ -19,6 +19,7 @@ from starter.cli import place_order
 from starter.demo import payment as payment_for
 from tests.fake_providers import BOUNCING_EMAIL_DOMAIN, AcceptedMessage
 from workflows.clock import local_date
+from workflows.ledger_key import LedgerKey
 from workflows.models import customer_workflow_id, workflow_id_for
 
 # Categories of a small shop; every order buys two products from one or two
@@ -36,9 +37,6 @@ MESSAGES_AFTER_STEP = {"email": (1, 2, 4, 5, 6, 7), "sms_only": (1, 2, 3, 4, 5, 
 EMAILS_AFTER_STEP = {"email": (1, 2, 3, 3, 4, 5), "sms_only": (0, 0, 0, 0, 0, 0)}
 
 ANY_CHANNEL = "any"
-# Ledger keys of the customer's journey's messages begin with its workflow id.
-CUSTOMER_KEY_PREFIX = customer_workflow_id("")
-
 THINK_TIME = 0.3  # seconds between a message and the next event
 
 FLOOR_DELAYS = {  # seconds; the same as the worker's JOURNEY_* settings for the bench
@@ -114,7 +112,7 @@ class Tracker:
     def on_provider_request(self, message: AcceptedMessage) -> None:
         """Called on the fake provider's thread. The customer's journey mails
         the same address (its welcome): not a step of the order."""
-        if message.key and message.key.startswith(CUSTOMER_KEY_PREFIX):
+        if message.key and LedgerKey.parse(message.key).occasion is not None:
             self.customer_messages += 1
             return
         oid = self.recipients.get(message.recipient)

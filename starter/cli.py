@@ -36,6 +36,8 @@ from temporalio.service import RPCError
 from codec import KEY_VARIABLES, KEYS_FILE_VARIABLE, CodecConfigError, new_key_entry
 from web.config import ConfigError, WebConfig, local_secret
 from workflows import search_attributes as sa
+from workflows.event_rules import format_validation_error
+from workflows.ledger_key import LedgerKey
 from workflows.models import (
     EVENT_MODELS,
     TASK_QUEUE,
@@ -48,7 +50,6 @@ from workflows.models import (
     customer_id_problem,
     workflow_id_for,
 )
-from workflows.order_lifecycle import format_validation_error
 
 DATA_DIR = Path(os.environ.get("ORDERS_DATA_DIR", ".orders-data"))
 # Made by `orders up` on its first run, and kept: its histories need it to decode.
@@ -169,8 +170,8 @@ async def show_outbox(order_id: str | None, limit: int) -> list[dict[str, Any]]:
     try:
         rows = await conn.fetch(
             "SELECT id, ledger_key, channel, recipient, subject, body, created_at FROM outbox "
-            "WHERE $1::text IS NULL OR ledger_key LIKE 'order-' || $1 || ':%' ORDER BY id DESC LIMIT $2",
-            order_id,
+            "WHERE $1::text IS NULL OR starts_with(ledger_key, $1) ORDER BY id DESC LIMIT $2",
+            None if order_id is None else LedgerKey.order_prefix(order_id),
             limit,
         )
     finally:

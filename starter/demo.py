@@ -18,6 +18,7 @@ from temporalio.service import RPCError
 from starter.cli import place_order, send_event
 from workflows.clock import local_date
 from workflows.customer_journey import in_holdout
+from workflows.ledger_key import LedgerKey
 from workflows.models import CustomerPhase, CustomerView, DeliveryState, OrderStatusView, customer_workflow_id, workflow_id_for
 
 # What `orders up --demo` gives the worker it starts: a customer lapses 40 s
@@ -284,7 +285,7 @@ class DemoCustomer:
 
 
 def sent(view: CustomerView, kind: str) -> bool:
-    return any(key.split(":")[1] == kind and state is DeliveryState.SENT for key, state in view.messages.items())
+    return any(LedgerKey.parse(key).kind == kind and state is DeliveryState.SENT for key, state in view.messages.items())
 
 
 async def win_back_coupon(database_url: str | None, customer_id: str) -> str | None:

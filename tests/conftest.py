@@ -102,7 +102,7 @@ def provider_config(fakes: FakeProviders) -> ProviderConfig:
 @pytest.fixture
 async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     """A time-skipping server per test: the server's known fault (see
-    Harness.settled) leaves time skipping locked for good, and on a shared
+    Harness.wait_queues_empty) leaves time skipping locked for good, and on a shared
     server it stalled every later test."""
     env = await start_time_skipping_server(TEST_PAYLOAD_KEYS)
     yield env
@@ -184,7 +184,7 @@ class Harness:
                 raise AssertionError(f"timed out waiting; last status: {view.model_dump_json(indent=1)}")
             await asyncio.sleep(0.05)
 
-    async def settled(self, handle: WorkflowHandle) -> OrderStatusView:
+    async def wait_queues_empty(self, handle: WorkflowHandle) -> OrderStatusView:
         """Wait until no message is queued or being sent. On the time-skipping
         server, a signal that supersedes a send whose activity completes at
         that very moment makes the workflow cancel an activity the server has

@@ -1,7 +1,8 @@
 """Local stand-ins for SendGrid and Twilio on loopback.
 
 They answer like the real APIs (202 + X-Message-Id for mail, 201 + a Message
-resource for SMS, Twilio's paged Message list for GET, SendGrid's Email
+resource for SMS, Twilio's paged Message list for GET and a Message resource,
+with its delivery status, for GET by SID, SendGrid's Email
 Activity search by custom arg, from the mails actually accepted and only once
 they are `email_activity_lag` seconds old), record every request for the spec
 checks, and inject the faults a test or a benchmark asks for:
@@ -41,6 +42,9 @@ UNSUBSCRIBED_PHONE = "+15005550009"
 EMAIL_ACTIVITY = "email activity"
 # The one search the fake understands (SendGrid's query language has more).
 EMAIL_ACTIVITY_BY_CUSTOM_ARG = re.compile(r"""^unique_args\['(?P<arg>[\w.-]+)'\]="(?P<value>[^"]*)"$""")
+
+# GET of one Message resource.
+TWILIO_MESSAGE = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Messages/(?P<sid>[^/]+)\.json$")
 
 TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
 # Gateway errors: the service behind the gateway accepted the message.
@@ -141,6 +145,8 @@ class FakeProviders:
         self._opted_out: set[str] = {UNSUBSCRIBED_PHONE}
         # The status every Email Activity search gets (403: the add-on was not bought).
         self._email_activity_refusal: int | None = None
+        # What each Message resource says of its delivery, by SID: (status, error code).
+        self._sms_statuses: dict[str, tuple[str, int | None]] = {}
         # Email Activity searches answered 200, by whether they found the mail.
         self.email_activity_searches: Counter[str] = Counter()
         # Each of them: (the ledger key searched for, when, whether found).
@@ -181,6 +187,12 @@ class FakeProviders:
         """`phone` replied STOP: every send to it is answered with Twilio's 21610."""
         with self.lock:
             self._opted_out.add(phone)
+
+    def set_sms_status(self, sid: str, status: str, error_code: int | None = None) -> None:
+        """What the Message resource `sid` says from now on; an accepted SMS
+        says `delivered` otherwise, as nearly every one does minutes later."""
+        with self.lock:
+            self._sms_statuses[sid] = (status, error_code)
 
     def refuse_email_activity(self, status: int | None) -> None:
         """Answer every Email Activity search with `status` (None: answer normally)."""
@@ -264,6 +276,7 @@ class FakeProviders:
 
     def _answer(self, req: RecordedRequest, n: int) -> tuple[int, dict[str, str], bytes]:
         twilio_messages = req.path.startswith("/2010-04-01/Accounts/") and req.path.endswith("/Messages.json")
+        twilio_message = TWILIO_MESSAGE.match(req.path)
         if req.method == "POST" and req.path == "/v3/mail/send":
             if self._is_revoked(req):
                 return 401, {"Content-Type": "application/json"}, json.dumps(SENDGRID_UNAUTHORIZED).encode()
@@ -285,7 +298,7 @@ class FakeProviders:
             return 202, {"X-Message-Id": f"sg-{n}"}, b""
         if req.method == "GET" and req.path == "/v3/messages":
             return self._email_activity(req)
-        if twilio_messages and self._is_revoked(req):
+        if (twilio_messages or twilio_message) and self._is_revoked(req):
             return 401, {"Content-Type": "application/json"}, json.dumps(TWILIO_UNAUTHORIZED).encode()
         if req.method == "POST" and twilio_messages:
             form = req.form
@@ -311,6 +324,8 @@ class FakeProviders:
             if fault:
                 return self._twilio_error(req.params["To"], fault)
             return self._twilio_list(req)
+        if req.method == "GET" and twilio_message:
+            return self._twilio_fetch(req, twilio_message["account"], twilio_message["sid"])
         return 404, {}, b'{"message":"not found"}'
 
     def _email_activity(self, req: RecordedRequest) -> tuple[int, dict[str, str], bytes]:
@@ -370,6 +385,29 @@ class FakeProviders:
             "sid": sid, "to": to, "from": sender, "body": body, "status": "queued",
             "date_sent": format_datetime(sent_at, usegmt=True),
         }
+
+    def _twilio_fetch(self, req: RecordedRequest, account: str, sid: str) -> tuple[int, dict[str, str], bytes]:
+        """One Message resource, with its delivery status and error code;
+        failing as `fail_next_lookup` scripts for its recipient."""
+        with self.lock:
+            message = next((m for m in self.accepted if m.channel == "sms" and m.provider_id == sid), None)
+            faults = self._lookup_faults.get(message.recipient) if message else None
+            fault = faults.pop(0) if faults else None
+            status, error_code = self._sms_statuses.get(sid, ("delivered", None))
+        if message is None:
+            body = {
+                "code": 20404, "message": f"The requested resource {req.path} was not found",
+                "more_info": "https://www.twilio.com/docs/errors/20404", "status": 404,
+            }
+            return 404, {"Content-Type": "application/json"}, json.dumps(body).encode()
+        if fault:
+            return self._twilio_error(message.recipient, fault)
+        resource = {
+            **self._twilio_message(sid, message.recipient, message.sender, message.text, message.sent_at),
+            "account_sid": account, "api_version": "2010-04-01", "direction": "outbound-api", "num_segments": "1",
+            "status": status, "error_code": error_code, "error_message": None, "uri": req.path,
+        }
+        return 200, {"Content-Type": "application/json"}, json.dumps(resource).encode()
 
     def _twilio_list(self, req: RecordedRequest) -> tuple[int, dict[str, str], bytes]:
         """Messages newest first, filtered by To and From, one page."""

@@ -4,11 +4,11 @@ journeys on the time-skipping server."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from zoneinfo import ZoneInfo
 
 from activities.consent import set_consent
 from tests.conftest import new_order, payment_for
 from tests.test_customer_journey import own_clock  # noqa: F401 (fixture)
+from workflows.clock import zone
 from workflows.models import Channel, JourneySettings, MessageClass
 
 QUICK = JourneySettings(feedback_delay=timedelta(hours=1), recommendations_delay=timedelta(hours=2))
@@ -20,14 +20,14 @@ def states(view, kind: str) -> dict[str, str]:
 
 async def deliver(h, handle, order) -> None:
     """Paid, dispatched, delivered, each event once the messages of the one
-    before are sent: none may overtake a send (see Harness.settled)."""
+    before are sent: none may overtake a send (see Harness.wait_queues_empty)."""
     await handle.signal("payment_received", payment_for(order))
     await h.wait_touchpoint(handle, "payment_confirmation")
     await handle.signal(
         "order_dispatched", {"carrier": "DHL", "tracking_number": "T1", "expected_delivery": await h.tomorrow()}
     )
     await h.wait_touchpoint(handle, "dispatch_notice", "sms")
-    await h.settled(handle)
+    await h.wait_queues_empty(handle)
     await handle.signal("order_delivered", {"delivered_at": await h.now_iso()})
 
 
@@ -76,6 +76,6 @@ async def test_an_sms_due_in_the_customers_night_waits_for_their_morning(own_clo
         await own_clock.sleep(timedelta(hours=10))
         view = await h.wait_touchpoint(handle, "dispatch_notice", "sms")
         sms = next(t for t in view.touchpoints if t.kind.value == "dispatch_notice" and t.channel is Channel.SMS)
-        local = sms.at.astimezone(ZoneInfo(tz))
+        local = sms.at.astimezone(zone(tz))
         assert sms.state.value == "sent"
         assert (local.hour, local.minute) == (8, 0), local

@@ -27,7 +27,8 @@ from activities.providers import Verdict, classify
 from tests.conftest import new_order, store
 from tests.fake_providers import FakeProviders, RecordedRequest
 from tests.test_exactly_once import attempt, request_for, requests_to
-from workflows.models import Channel, DeliveryState, MessageClass, MessageOutcome, MessageRequest, Touchpoint
+from workflows.ledger_key import LedgerKey
+from workflows.models import Channel, DeliveryState, MessageClass, MessageOutcome, MessageRequest, Touchpoint, customer_workflow_id
 
 # --- helpers -------------------------------------------------------------------
 
@@ -60,7 +61,7 @@ def journey_message(order: dict[str, Any], kind: Touchpoint, channel: Channel = 
     """A message of the customer's journey: no order."""
     cid = order["customer"]["customer_id"]
     return MessageRequest(
-        key=f"customer-{cid}:{kind.value}:{uuid.uuid4().hex[:6]}:{channel.value}",
+        key=str(LedgerKey(customer_workflow_id(cid), kind, channel, occasion=uuid.uuid4().hex[:6])),
         kind=kind,
         channel=channel,
         customer_id=cid,
@@ -383,7 +384,8 @@ async def test_a_customer_journey_message_is_written_to_the_customer_as_stored_n
 
 async def test_a_customer_journey_message_for_an_unknown_customer_is_retried(pool, fakes: FakeProviders, messaging):
     request = MessageRequest(
-        key="customer-nobody:welcome:first:email", kind=Touchpoint.WELCOME, channel=Channel.EMAIL, customer_id=f"nobody-{uuid.uuid4().hex}"
+        key=str(LedgerKey(customer_workflow_id("nobody"), Touchpoint.WELCOME, Channel.EMAIL, occasion="first")),
+        kind=Touchpoint.WELCOME, channel=Channel.EMAIL, customer_id=f"nobody-{uuid.uuid4().hex}"
     )
     with pytest.raises(ApplicationError) as raised:
         await send(messaging, request)

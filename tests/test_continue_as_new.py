@@ -58,3 +58,35 @@ async def test_item06_twelve_thousand_bad_signals_then_the_real_events_complete_
     ]
     assert len(runs) >= 3, lengths
     assert max(lengths) < SERVER_SIGNAL_LIMIT, lengths
+
+
+def test_a_state_carried_over_by_a_run_before_the_lanes_were_one_object_keeps_its_messages():
+    """Runs before workflows/lanes.py kept an order's queues and settling
+    mails at the top of its state, and a customer's messages in one
+    `outbox`: the next run finds each in its lane."""
+    from workflows.models import Channel, CustomerState, JourneyState, LifecycleSettings, OrderInput
+
+    mail = {"kind": "order_confirmation", "channel": "email", "queued_at": "2026-11-23T10:00:00Z"}
+    sms = {"kind": "dispatch_notice", "channel": "sms", "queued_at": "2026-11-23T10:00:00Z"}
+    in_doubt = {**mail, "settle_at": "2026-11-23T10:05:00Z"}
+    order = JourneyState.model_validate(
+        {
+            "order": OrderInput.model_validate(new_order()).model_dump(mode="json"),
+            "started_at": "2026-11-23T10:00:00Z",
+            "queues": {"email": [mail], "sms": [sms]},
+            "settling": [in_doubt],
+        }
+    )
+    assert [m.kind.value for m in order.lanes.queues[Channel.EMAIL]] == ["order_confirmation"]
+    assert [m.kind.value for m in order.lanes.queues[Channel.SMS]] == ["dispatch_notice"]
+    assert [m.settle_at.minute for m in order.lanes.settling] == [5]
+    welcome = {"kind": "welcome", "channel": "email", "occasion": "first-order", "queued_at": "2026-11-23T10:00:00Z"}
+    handed_over = {**welcome, "channel": "sms"}
+    customer = CustomerState.model_validate(
+        {"customer_id": "C1", "settings": LifecycleSettings().model_dump(mode="json"), "outbox": [handed_over, welcome]}
+    )
+    assert [m.channel for m in customer.lanes.queued] == [Channel.EMAIL, Channel.SMS]
+    assert customer.lanes.settling == []
+    # What a run carries over now loads as it is.
+    assert JourneyState.model_validate(order.model_dump(mode="json")) == order
+    assert CustomerState.model_validate(customer.model_dump(mode="json")) == customer

@@ -20,6 +20,7 @@ from starter.embedded import start_time_skipping_server
 from tests.conftest import TEST_PAYLOAD_KEYS, Harness, new_order, payment_for, store
 from workflows import search_attributes
 from workflows.customer_journey import in_holdout
+from workflows.ledger_key import LedgerKey
 from workflows.models import (
     CouponRequest,
     CouponTerms,
@@ -117,7 +118,7 @@ class Customer:
 
 
 def sent(view: CustomerView, kind: str) -> bool:
-    return any(key.split(":")[1] == kind and state is DeliveryState.SENT for key, state in view.messages.items())
+    return any(LedgerKey.parse(key).kind == kind and state is DeliveryState.SENT for key, state in view.messages.items())
 
 
 async def win_back_after_reorder(pool, cid: str):
@@ -155,7 +156,7 @@ async def test_new_active_loyal_with_a_welcome_and_one_loyalty_coupon(ts_env: Wo
         await c.wait_for(lambda v: v.delivered_in_window == 3)
         assert await pool.fetchval("SELECT count(*) FROM coupons WHERE customer_id = $1", c.cid) == 1
         assert await phases_recorded(pool, c.cid) == ["new", "active", "loyal"]
-        assert [k.split(":")[1] for k in (await c.view()).messages] == ["welcome", "loyalty_reward"]
+        assert [LedgerKey.parse(k).kind for k in (await c.view()).messages] == ["welcome", "loyalty_reward"]
 
 
 async def test_a_lapsed_customer_gets_a_win_back_and_is_won_back_by_an_order(own_clock, make_harness, pool):
@@ -271,9 +272,9 @@ async def test_the_order_tells_the_customer_it_was_placed_and_delivered(ts_env, 
         await handle.signal(
             "order_dispatched", {"carrier": "DHL", "tracking_number": "T1", "expected_delivery": await h.tomorrow()}
         )
-        # No event may overtake a send (see Harness.settled).
+        # No event may overtake a send (see Harness.wait_queues_empty).
         await h.wait_touchpoint(handle, "dispatch_notice", "sms")
-        await h.settled(handle)
+        await h.wait_queues_empty(handle)
         await handle.signal("order_delivered", {"delivered_at": await h.now_iso()})
         customer = h.client.get_workflow_handle(f"customer-{order['customer']['customer_id']}")
         c = Customer(h, pool, order["customer"]["customer_id"])

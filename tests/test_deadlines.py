@@ -3,7 +3,7 @@
 None of these is about a message overtaken by the journey: each event waits
 until the messages of the one before are sent, as it could otherwise overtake
 a send completing at that moment, which the time-skipping server cannot take
-(see Harness.settled)."""
+(see Harness.wait_queues_empty)."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ async def test_late_delivery_sends_delay_notice(ts_env: WorkflowEnvironment, mak
         await ts_env.sleep(timedelta(days=3, hours=2))
         view = await h.wait_touchpoint(handle, "delivery_delayed")
         assert "delivery_late" in view.attention_reasons
-        await h.settled(handle)
+        await h.wait_queues_empty(handle)
         await handle.signal("order_delivered", {"delivered_at": await h.now_iso()})
         await h.wait_touchpoint(handle, "delivery_confirmation")
         await handle.terminate("test done")
@@ -109,7 +109,7 @@ async def test_locker_reminder_when_not_collected(ts_env: WorkflowEnvironment, m
         await h.wait_touchpoint(handle, "payment_confirmation")
         await handle.signal("order_dispatched", {"carrier": "InPost", "tracking_number": "IP1", "expected_delivery": await h.tomorrow()})
         await h.wait_touchpoint(handle, "dispatch_notice", "sms")
-        await h.settled(handle)
+        await h.wait_queues_empty(handle)
         await handle.signal("order_delivered", {"delivered_at": await h.now_iso()})
         view = await h.wait_for(handle, lambda v: v.rejected_events)
         assert view.rejected_events[0].reason == "locker delivery needs locker_pickup_code"
@@ -132,7 +132,7 @@ async def test_collected_locker_parcel_gets_no_reminder(ts_env: WorkflowEnvironm
         await h.wait_touchpoint(handle, "payment_confirmation")
         await handle.signal("order_dispatched", {"carrier": "InPost", "tracking_number": "IP2", "expected_delivery": await h.tomorrow()})
         await h.wait_touchpoint(handle, "dispatch_notice", "sms")
-        await h.settled(handle)
+        await h.wait_queues_empty(handle)
         await handle.signal("order_delivered", {"delivered_at": await h.now_iso(), "locker_pickup_code": "1111"})
         await h.wait_touchpoint(handle, "delivery_confirmation")
         await handle.signal("parcel_collected", {})
@@ -152,7 +152,7 @@ async def test_delivery_day_notice_only_for_sellers_that_send_it(ts_env: Workflo
         await handle.signal("order_dispatched", {"carrier": "DPD", "tracking_number": "D1", "expected_delivery": await h.tomorrow()})
         await handle.signal("out_for_delivery", {"date": await h.tomorrow()})
         await h.wait_for(handle, lambda v: v.status == "out_for_delivery")
-        await h.settled(handle)
+        await h.wait_queues_empty(handle)
         await handle.signal("order_delivered", {"delivered_at": await h.now_iso()})
         result = await h.result(handle)
     sent = [k for k, _, _ in kinds(result)]
@@ -183,7 +183,7 @@ async def test_feedback_window_closes_and_the_order_completes_without_feedback(t
         await h.wait_touchpoint(handle, "payment_confirmation")
         await handle.signal("order_dispatched", {"carrier": "DPD", "tracking_number": "FW1", "expected_delivery": await h.tomorrow()})
         await h.wait_touchpoint(handle, "dispatch_notice", "sms")
-        await h.settled(handle)
+        await h.wait_queues_empty(handle)
         await handle.signal("order_delivered", {"delivered_at": await h.now_iso()})
         await h.wait_touchpoint(handle, "delivery_confirmation")
         result = await h.result(handle)

@@ -10,7 +10,7 @@ The time-skipping server runs every timer due before the moment it is moved
 to, and the work that timer starts, before it gets there: so a status read
 just after the move shows whatever the journey did up to then. None of these
 is about a message overtaken: each event waits until the messages of the one
-before are sent (see Harness.settled)."""
+before are sent (see Harness.wait_queues_empty)."""
 
 from __future__ import annotations
 
@@ -191,7 +191,7 @@ async def test_locker_reminder_and_pickup_deadline_count_from_the_carriers_deliv
             "order_dispatched", {"carrier": "InPost", "tracking_number": "IP10", "expected_delivery": await h.tomorrow()}
         )
         await h.wait_touchpoint(handle, "dispatch_notice", "sms")
-        await h.settled(handle)
+        await h.wait_queues_empty(handle)
         delivered_at = await h.now() - timedelta(hours=10)
         await handle.signal("order_delivered", {"delivered_at": delivered_at.isoformat(), "locker_pickup_code": "1010"})
         await h.wait_touchpoint(handle, "delivery_confirmation")

@@ -108,6 +108,13 @@ def test_every_variable_set_for_our_services_is_read_by_the_code():
     assert not unread, f"set in docker-compose.yml, read nowhere: {sorted(unread)}"
 
 
+def test_the_web_service_has_the_twilio_account_its_status_look_ups_need():
+    """Without both, `orders web` looks up no SMS status, and a lost status callback stays lost."""
+    web, worker = environment(SERVICES["web"]), environment(SERVICES["worker"])
+    for variable in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"):
+        assert web.get(variable) == worker[variable], variable
+
+
 def test_ports_are_those_the_code_listens_on():
     listening: dict[str, set[int]] = {}
     for name, service in OURS.items():

@@ -21,6 +21,7 @@ from tests.conftest import TEST_KEY_ENV, Harness, new_order, payment_for
 from tests.fake_providers import FakeProviders
 from tests.test_journey import kinds
 from tests.test_promises import order_row_locked, until_a_query_waits_for_a_lock
+from workflows.ledger_key import LedgerKey
 from workflows.models import TASK_QUEUE, OrderStatusView, workflow_id_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,7 +51,8 @@ async def nothing_sent_twice(pool, fakes: FakeProviders, order: dict[str, Any], 
     (one request each) and at the providers."""
     assert all(n == 1 for n in Counter((t.kind, t.channel) for t in view.touchpoints).values()), kinds(view)
     rows = await pool.fetch("SELECT key, state, attempts FROM message_ledger WHERE order_id = $1", order["order_id"])
-    assert {r["key"].split(":", 1)[1] for r in rows} == {f"{t.kind.value}:{t.channel.value}" for t in view.touchpoints}
+    keys = {LedgerKey.parse(r["key"]) for r in rows}
+    assert {(k.kind, k.channel) for k in keys} == {(t.kind, t.channel) for t in view.touchpoints}
     assert [(r["key"], r["state"], r["attempts"]) for r in rows if (r["state"], r["attempts"]) != ("sent", 1)] == []
     customer = order["customer"]
     accepted = [m.identity for m in list(fakes.accepted) if m.recipient in (customer["email"], customer.get("phone"))]

@@ -33,6 +33,7 @@ from tests.conftest import new_order, store
 from tests.fake_providers import BOUNCING_EMAIL_DOMAIN, FakeProviders, RecordedRequest
 from tests.test_journey import kinds
 from worker import build_worker
+from workflows.ledger_key import LedgerKey
 from workflows.models import (
     Channel,
     DeliveryState,
@@ -56,7 +57,7 @@ def request_for(
     order: dict[str, Any], channel: Channel = Channel.EMAIL, kind: Touchpoint = Touchpoint.ORDER_CONFIRMATION
 ) -> MessageRequest:
     return MessageRequest(
-        key=f"order-{order['order_id']}:{kind.value}:{channel.value}",
+        key=str(LedgerKey.of_order(order["order_id"], kind, channel)),
         kind=kind,
         channel=channel,
         customer_id=order["customer"]["customer_id"],
@@ -241,7 +242,7 @@ async def test_item08_a_send_in_flight_at_shutdown_is_recorded_not_left_in_doubt
         await handle.terminate("test done")
     assert kinds(view) == [("order_confirmation", "email", "sent")]
     assert len(fakes.deliveries_to(email)) == 1
-    assert (await ledger(pool, f"order-{order['order_id']}:order_confirmation:email"))["state"] == "sent"
+    assert (await ledger(pool, str(LedgerKey.of_order(order["order_id"], "order_confirmation", "email"))))["state"] == "sent"
 
 
 # --- 9: one attempt at a time ------------------------------------------------------
@@ -551,7 +552,7 @@ async def test_item11_heartbeat_details_reach_the_next_attempt_on_a_real_server(
         fakes.on_request = None
         await proxy.open()
         await wait_until(lambda: fakes.deliveries_to(email), timeout=20)
-        key = f"order-{order['order_id']}:order_confirmation:email"
+        key = str(LedgerKey.of_order(order["order_id"], "order_confirmation", "email"))
         await wait_until_async(lambda: ledger(pool, key), lambda row: row and row["state"] == "sent")
         await handle.terminate("test done")
     assert len(fakes.deliveries_to(email)) == 1

@@ -16,8 +16,8 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.service import RPCError, RPCStatusCode
 
 from tests.conftest import new_order, payment_for
+from workflows.event_rules import format_validation_error
 from workflows.models import EVENT_MODELS, OrderInput, OrderStatusView
-from workflows.order_lifecycle import format_validation_error
 
 FUZZ = settings(
     max_examples=25,

@@ -25,6 +25,7 @@ from tests.test_provider_events import (  # noqa: F401 (fixtures)
     touchpoints,
 )
 from web.app import create_app
+from workflows.ledger_key import LedgerKey
 from workflows.models import OrderStatus
 
 
@@ -44,7 +45,7 @@ async def test_a_cancellation_mail_that_bounces_after_the_order_was_cancelled_go
         await handle.signal("order_cancelled", {"reason": "customer changed their mind"})
         await h.wait_touchpoint(handle, "order_cancelled")
         await ts_env.sleep(timedelta(hours=2))  # the receiving server refused it for a while, then for good
-        key = f"order-{order['order_id']}:order_cancelled:email"
+        key = str(LedgerKey.of_order(order["order_id"], "order_cancelled", "email"))
         assert (await post_events(web, [sendgrid_event("bounce", key, type="bounce")])).status_code == 200
         view = await h.wait_touchpoint(handle, "order_cancelled", "sms")
         final = await h.result(handle)
@@ -71,7 +72,7 @@ async def test_a_cancellation_left_in_doubt_is_settled_by_sendgrids_report_after
             await handle.signal("order_cancelled", {"reason": "customer changed their mind"})
             await h.wait_for(handle, lambda v: "message_in_doubt:order_cancelled:email" in v.attention_reasons)
             await ts_env.sleep(timedelta(hours=1))
-            key = f"order-{order['order_id']}:order_cancelled:email"
+            key = str(LedgerKey.of_order(order["order_id"], "order_cancelled", "email"))
             [taken] = [m for m in fakes.accepted if m.key == key]
             report = sendgrid_event("processed", key, sg_message_id=f"{taken.provider_id}.filter0001.1.2.0")
             assert (await post_events(web, [report])).status_code == 200

@@ -14,6 +14,10 @@ from typing import Any
 
 import asyncpg
 import httpx
+from google.protobuf.any_pb2 import Any as ProtoAny
+from temporalio.api.common.v1 import GrpcStatus
+from temporalio.api.enums.v1 import ResourceExhaustedCause, ResourceExhaustedScope
+from temporalio.api.errordetails.v1 import ResourceExhaustedFailure
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities import provider_events
@@ -36,6 +40,7 @@ from tests.test_provider_events import (  # noqa: F401 (fixtures)
 from tests.test_web import FakeTemporal
 from web.app import create_app
 from web.signals import RelayTiming
+from workflows.ledger_key import LedgerKey
 
 # Quick, so a test waits fractions of a second for a retry.
 QUICK = RelayTiming(first_retry=0.05, max_retry=0.2, sweep_every=0.2)
@@ -108,14 +113,14 @@ async def test_an_sms_reported_undelivered_while_temporal_is_away_reaches_the_or
             web, taken.status_callback, taken.provider_id, "undelivered", 30003, token=provider_config.twilio_auth_token
         )
         assert response.status_code == 200
-        key = f"order-{order['order_id']}:delivery_day:sms"
+        key = str(LedgerKey.of_order(order["order_id"], "delivery_day", "sms"))
         assert (await ledger(pool, key))["delivery"] == "undelivered"
         await wait_until(lambda: away.attempts[handle.id] >= 3, timeout=10)  # retried while away
         assert touchpoints(await h.wait_touchpoint(handle, "delivery_day", "sms"), "delivery_day") == [("sms", "sent")]
 
         away.down = False
         view = await h.wait_touchpoint(handle, "delivery_day", "email")
-        await h.settled(handle)
+        await h.wait_queues_empty(handle)
         await handle.terminate("test done")
     assert touchpoints(view, "delivery_day") == [("sms", "sent"), ("sms", "undelivered"), ("email", "sent")]
     assert await owed(pool, handle.id) == 0
@@ -137,7 +142,7 @@ async def test_a_sendgrid_post_while_temporal_is_away_is_answered_200_and_the_or
         assert (await ledger(pool, key))["delivery"] == "bounced"
         await wait_until(lambda: away.attempts[workflow_id] >= 2, timeout=10)
         # SendGrid's own repeat changes nothing, while away or after.
-        assert (await post_events(web, [bounce])).json() == {"received": 1, "duplicates": 1}
+        assert (await post_events(web, [bounce])).json() == {"received": 1, "duplicates": 1, "unreadable": 0}
         away.down = False
         await wait_until(lambda: sent_to(away.client, workflow_id), timeout=10)
         assert (await post_events(web, [bounce])).status_code == 200
@@ -262,3 +267,61 @@ async def test_the_relay_goes_on_after_a_pass_that_failed(config, pool, messagin
     async with app.router.lifespan_context(app):
         await wait_until(lambda: sent_to(temporal, workflow_id), timeout=10)
     assert passes > 1
+
+
+def resource_exhausted(cause: int, scope: int = 0) -> RPCError:
+    """RESOURCE_EXHAUSTED as Temporal answers it, its cause and scope in the details."""
+    detail = ProtoAny()
+    detail.Pack(ResourceExhaustedFailure(cause=cause, scope=scope))
+    status = GrpcStatus(code=RPCStatusCode.RESOURCE_EXHAUSTED.value, message="resource exhausted", details=[detail])
+    return RPCError("resource exhausted", RPCStatusCode.RESOURCE_EXHAUSTED, status.SerializeToString())
+
+
+class OneOrderExhausted(FakeTemporal):
+    """Every signal to `exhausted` is answered with `error`; the others are taken."""
+
+    def __init__(self, exhausted: str, error: RPCError) -> None:
+        super().__init__()
+        self.exhausted, self.error = exhausted, error
+
+    def get_workflow_handle(self, workflow_id: str) -> Any:
+        handle = super().get_workflow_handle(workflow_id)
+        if workflow_id != self.exhausted:
+            return handle
+        error = self.error
+
+        class Exhausted:
+            async def signal(self, name: str, arg: Any, **kwargs: Any) -> None:
+                raise error
+
+        return Exhausted()
+
+
+async def test_an_order_over_its_own_limits_holds_up_none_of_the_others(config, pool, messaging, fakes: FakeProviders):
+    """RESOURCE_EXHAUSTED for one workflow (busy, over its own limits) is
+    that order's problem, tried again once its claim runs out: the relay
+    goes on with the rest and Temporal is not taken for away."""
+    orders = await reports_left_owed(pool, messaging, fakes, 3)
+    busy = resource_exhausted(ResourceExhaustedCause.RESOURCE_EXHAUSTED_CAUSE_BUSY_WORKFLOW)
+    temporal = OneOrderExhausted(orders[0], busy)
+    relay = create_app(config, pool=pool, temporal_client=temporal, relay_timing=QUICK).state.owed_signals  # type: ignore[arg-type]
+    assert await relay.deliver() is True and not relay.temporal_away
+    assert sorted(wf for wf, _, _ in sent_to(temporal, *orders)) == sorted(orders[1:])
+    assert await owed(pool, orders[0]) == 1 and await owed(pool, *orders[1:]) == 0
+    # Claimed for a while, so the next pass does not ask that order again at once.
+    assert await relay.deliver() is True
+    assert await owed(pool, orders[0]) == 1
+
+
+async def test_a_namespace_over_its_rate_limit_is_temporal_away(config, pool, messaging, fakes: FakeProviders):
+    """The namespace's limits hold for every order: the relay backs off
+    rather than call Temporal for each of them."""
+    orders = await reports_left_owed(pool, messaging, fakes, 2)
+    limited = resource_exhausted(
+        ResourceExhaustedCause.RESOURCE_EXHAUSTED_CAUSE_RPS_LIMIT, ResourceExhaustedScope.RESOURCE_EXHAUSTED_SCOPE_NAMESPACE
+    )
+    temporal = OneOrderExhausted(orders[0], limited)
+    relay = create_app(config, pool=pool, temporal_client=temporal, relay_timing=QUICK).state.owed_signals  # type: ignore[arg-type]
+    assert await relay.deliver() is False and relay.temporal_away
+    assert sent_to(temporal, *orders) == []
+    assert await owed(pool, *orders) == 2

@@ -8,8 +8,12 @@ here and the auth token the fakes use."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
 import json
+import logging
+import math
 import os
 import subprocess
 import sys
@@ -25,20 +29,25 @@ import asyncpg
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 from twilio.request_validator import RequestValidator
 
 from activities.config import ProviderConfig
+from bench.prometheus import free_port, parse, scrape, total
 from activities.messaging import MessagingActivities
 from tests.conftest import TEST_KEY_ENV, new_order, payment_for
 from tests.fake_providers import FakeProviders
 from tests.fake_reports import SIGNATURE, TIMESTAMP, new_key_pair
 from tests.fake_reports import sendgrid_headers as signed_as_sendgrid
 from tests.test_consent_sending import customer, journey_message, order_message, send
-from tests.test_exactly_once import wait_until
+from tests.test_exactly_once import wait_until, wait_until_async
 from tests.test_web import FakeTemporal, client, temporal, unused_port  # noqa: F401 (fixtures)
 from web.app import create_app
 from web.config import ConfigError, WebConfig
+from web.sms_statuses import LookupTiming
+from worker import prometheus_runtime
+from workflows.ledger_key import LedgerKey
 from workflows.models import Channel, DeliveryState, Touchpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -161,7 +170,7 @@ async def test_signed_sendgrid_events_are_recorded(client, pool, messaging):
     order, key = await sent_mail(pool, messaging)
     response = await post_events(client, [sendgrid_event("processed", key), sendgrid_event("delivered", key)])
     assert response.status_code == 200
-    assert response.json() == {"received": 2, "duplicates": 0}
+    assert response.json() == {"received": 2, "duplicates": 0, "unreadable": 0}
     assert await events_of(pool, key) == [("sendgrid", "processed"), ("sendgrid", "delivered")]
     assert (await ledger(pool, key))["delivery"] == "delivered"
 
@@ -212,27 +221,70 @@ async def test_a_duplicate_sendgrid_event_is_accepted_and_has_no_second_effect(c
     first = await post_events(client, [bounce])
     again = await post_events(client, [bounce, sendgrid_event("deferred", key)])
     assert first.status_code == again.status_code == 200
-    assert again.json() == {"received": 2, "duplicates": 1}
+    assert again.json() == {"received": 2, "duplicates": 1, "unreadable": 0}
     assert await events_of(pool, key) == [("sendgrid", "bounce"), ("sendgrid", "deferred")]
     assert len(temporal.sent) == 1
 
 
+@pytest.fixture(scope="module")
+def web_metrics() -> tuple[Runtime, int]:
+    """A runtime serving the HTTP service's metrics, and its port."""
+    port = free_port()
+    return prometheus_runtime(f"127.0.0.1:{port}", "WEB_METRICS_PORT"), port
+
+
+async def counted(port: int, name: str, **labels: str) -> float:
+    return total(parse(await scrape(port)), name, **labels)
+
+
 @pytest.mark.parametrize(
-    "bad, location",
+    "odd, wrong",
     [
-        ({"event": "delivered", "timestamp": 1, "message_key": "k"}, ["body", 1, "sg_event_id"]),
-        ({"sg_event_id": "e1", "event": "delivered", "timestamp": "noon"}, ["body", 1, "timestamp"]),
-        ({"sg_event_id": "e1", "timestamp": 1}, ["body", 1, "event"]),
+        ({"event": "delivered", "timestamp": 1, "message_key": "k"}, "sg_event_id: missing"),
+        ({"sg_event_id": "e-{uid}", "event": "bounce", "timestamp": "noon"}, "timestamp: int_parsing"),
+        ({"sg_event_id": "e-{uid}", "timestamp": 1}, "event: missing"),
+        ("bounce", "not an object"),
     ],
-    ids=["no event id", "bad timestamp", "no event"],
+    ids=["no event id", "bad timestamp", "no event", "not an object"],
 )
-async def test_a_malformed_sendgrid_event_is_422_naming_the_field(client, pool, bad, location):
-    ok = sendgrid_event("delivered", None)
-    response = await post_events(client, [ok, bad])
-    assert response.status_code == 422
-    assert [e["loc"] for e in response.json()["detail"]] == [location]
-    # Nothing of the batch is kept: SendGrid posts it again, whole.
-    assert await pool.fetchval("SELECT count(*) FROM provider_events WHERE event_id = $1", ok["sg_event_id"]) == 0
+async def test_a_batch_with_an_odd_event_takes_the_others_and_keeps_the_odd_one_as_unreadable(
+    config, pool, messaging, web_metrics, odd, wrong: str
+):
+    """SendGrid posts a batch again, whole, until it is answered 2xx, for 24
+    hours: refusing it for one event it cannot change would lose the others."""
+    runtime, port = web_metrics
+    order, key = await sent_mail(pool, messaging)
+    email = order["customer"]["email"]
+    if isinstance(odd, dict):
+        odd = {k: v.format(uid=uuid.uuid4().hex) if isinstance(v, str) else v for k, v in odd.items()}
+        odd.update(email=email, reason=f"550 <{email}> unknown")
+    else:
+        odd = f"{odd} {uuid.uuid4().hex}"
+    bounce = sendgrid_event("bounce", key, type="bounce", reason="550 user unknown")
+    before = await counted(port, "orders_web_unreadable_events_total", provider="sendgrid")
+    app = create_app(config, pool=pool, temporal_client=FakeTemporal(), runtime=runtime)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=config.public_url) as client:
+        response = await post_events(client, [odd, bounce])
+        again = await post_events(client, [odd, bounce])
+    assert response.status_code == again.status_code == 200
+    assert response.json() == {"received": 2, "duplicates": 0, "unreadable": 1}
+    assert again.json() == {"received": 2, "duplicates": 2, "unreadable": 1}
+    # The valid event did all it does.
+    assert (await ledger(pool, key))["delivery"] == "bounced"
+    # The odd one is kept once, by its own id or a hash of it, saying what was wrong and nothing it carried.
+    event_id = odd.get("sg_event_id") if isinstance(odd, dict) else None
+    expected_id = event_id or hashlib.sha256(json.dumps(odd, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    [row] = await pool.fetch(
+        "SELECT event_id, event, ledger_key, provider_message_id, detail FROM provider_events"
+        " WHERE provider = 'sendgrid' AND event = 'unreadable' AND event_id = $1",
+        expected_id,
+    )
+    assert wrong in row["detail"]
+    assert (row["ledger_key"], row["provider_message_id"]) == (None, None)
+    assert email not in row["detail"] and "unknown" not in row["detail"]
+    # Counted once, though posted twice.
+    await wait_until_async(lambda: counted(port, "orders_web_unreadable_events_total", provider="sendgrid"), lambda n: n > before)
+    assert await counted(port, "orders_web_unreadable_events_total", provider="sendgrid") == before + 1
 
 
 async def test_a_sendgrid_post_that_is_not_a_list_of_events_is_422(client):
@@ -354,7 +406,7 @@ async def test_a_spam_report_suppresses_the_address_and_leaves_the_order_alone(c
 
 
 async def test_events_of_mail_that_is_not_ours_are_recorded_and_change_nothing(client, pool, temporal):
-    unknown = f"order-nobody-{uuid.uuid4().hex[:6]}:order_confirmation:email"
+    unknown = str(LedgerKey.of_order(f"nobody-{uuid.uuid4().hex[:6]}", "order_confirmation", "email"))
     events = [sendgrid_event("bounce", None, type="bounce"), sendgrid_event("bounce", unknown, type="bounce")]
     assert (await post_events(client, events)).status_code == 200
     assert await pool.fetchval(
@@ -393,7 +445,7 @@ async def test_an_event_for_a_finished_order_is_recorded_and_answered_200(config
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=config.public_url) as client:
         bounce = sendgrid_event("bounce", key, type="bounce")
         assert (await post_events(client, [bounce])).status_code == 200
-        assert (await post_events(client, [bounce])).json() == {"received": 1, "duplicates": 1}
+        assert (await post_events(client, [bounce])).json() == {"received": 1, "duplicates": 1, "unreadable": 0}
     assert await events_of(pool, key) == [("sendgrid", "bounce")]
     assert (await ledger(pool, key))["delivery"] == "bounced"
 
@@ -541,6 +593,221 @@ async def test_a_status_callback_without_the_ledger_key_is_422(client, config):
     assert [e["loc"] for e in response.json()["detail"]] == [["query", "key"]]
 
 
+async def test_a_status_callback_whose_key_a_proxy_re_encoded_is_applied_by_its_message_sid(
+    client, pool, messaging, fakes, config, temporal
+):
+    order, key, accepted = await sent_sms(pool, messaging, fakes)
+    # What a proxy that decodes and re-encodes the query passes on: ':' no longer
+    # percent-encoded is the same key; one that re-encodes it twice is another.
+    mangled = accepted.status_callback.replace(quote(key, safe=""), quote(quote(key, safe=""), safe=""))
+    assert mangled != accepted.status_callback
+    response = await post_callback(client, mangled, accepted.provider_id, "undelivered", 30003, token=config.twilio_auth_token)
+    assert response.status_code == 200
+    assert (await ledger(pool, key))["delivery"] == "undelivered"
+    assert await events_of(pool, key) == [("twilio", "undelivered")]
+    assert [(wf, name) for wf, name, _ in temporal.sent] == [(f"order-{order['order_id']}", "message_undelivered")]
+
+
+# --- Twilio status look-ups --------------------------------------------------------------
+
+# A sweep the test calls itself: each looks up what is due once.
+LOOKUPS_BY_HAND = LookupTiming(sweep_every=3600)
+
+
+@pytest.fixture
+async def lookups_config(config: WebConfig, provider_config: ProviderConfig, pool) -> WebConfig:
+    """The HTTP service with the Twilio account the worker sends from. The
+    ledger is the whole session's: SMS earlier tests sent become due 15
+    minutes later, so they are taken out of these tests' sweeps."""
+    await pool.execute("UPDATE message_ledger SET status_lookup_at = 'infinity' WHERE provider = 'twilio' AND delivery IS NULL")
+    return replace(
+        config, twilio_account_sid=provider_config.twilio_account_sid, twilio_api_base_url=provider_config.twilio_api_base_url
+    )
+
+
+def lookups_app(config: WebConfig, pool, temporal, timing: LookupTiming = LOOKUPS_BY_HAND, runtime: Runtime | None = None):
+    return create_app(config, pool=pool, temporal_client=temporal, lookup_timing=timing, runtime=runtime)  # type: ignore[arg-type]
+
+
+async def sent_minutes_ago(pool, key: str, minutes: float) -> None:
+    """As if the SMS had been sent that long ago (the test cannot wait)."""
+    await pool.execute(
+        "UPDATE message_ledger SET sent_at = now() - make_interval(secs => $2) WHERE key = $1", key, minutes * 60
+    )
+
+
+def fetches_of(fakes: FakeProviders, sid: str) -> int:
+    return len([r for r in fakes.requests if r.method == "GET" and r.path.endswith(f"/Messages/{sid}.json")])
+
+
+async def lookup_state(pool, key: str) -> tuple[int, float | None]:
+    """How often the SMS was looked up, and in how many seconds it is next (inf: never)."""
+    row = await pool.fetchrow(
+        "SELECT status_lookups, extract(epoch FROM status_lookup_at - now())::float8 AS next_in FROM message_ledger WHERE key = $1",
+        key,
+    )
+    return row["status_lookups"], row["next_in"]
+
+
+@pytest.mark.parametrize(
+    "status, error_code, signal, suppresses",
+    [("undelivered", 30003, True, False), ("failed", 30005, True, True), ("delivered", None, False, False)],
+)
+async def test_an_sms_whose_status_callback_was_lost_is_looked_up_and_recorded_as_reported(
+    lookups_config, pool, messaging, fakes, temporal, web_metrics, caplog, status: str, error_code: int | None, signal: bool, suppresses: bool
+):
+    from tests.test_log_privacy import everything_at_debug, logged_text
+
+    everything_at_debug(caplog)
+    runtime, port = web_metrics
+    order, key, accepted = await sent_sms(pool, messaging, fakes)
+    sid, phone = accepted.provider_id, order["customer"]["phone"]
+    fakes.set_sms_status(sid, status, error_code)
+    app = lookups_app(lookups_config, pool, temporal, runtime=runtime)
+    before = await counted(port, "orders_web_sms_status_lookups_total", result="final")
+
+    await sent_minutes_ago(pool, key, 14)  # the callback may still come
+    await app.state.sms_statuses.sweep()
+    assert fetches_of(fakes, sid) == 0
+
+    await sent_minutes_ago(pool, key, 16)
+    await app.state.sms_statuses.sweep()
+    assert fetches_of(fakes, sid) == 1
+    assert (await ledger(pool, key))["delivery"] == status
+    assert await events_of(pool, key) == [("twilio", status)]
+    expected = {"reason": f"Twilio {error_code}", "source": "provider"} if suppresses else None
+    assert await suppressed(pool, "sms", phone) == expected
+    reason = f"{status}: Twilio error {error_code}"
+    assert temporal.sent == (
+        [(f"order-{order['order_id']}", "message_undelivered", {"kind": "delivery_day", "channel": "sms", "event": status, "reason": reason})]
+        if signal else []
+    )
+    assert (await lookup_state(pool, key)) == (1, math.inf)
+    # Looked up once: the next sweeps leave it, and the callback, if Twilio posts it after all, is a repeat.
+    await app.state.sms_statuses.sweep()
+    assert fetches_of(fakes, sid) == 1
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=lookups_config.public_url) as client:
+        late = await post_callback(client, accepted.status_callback, sid, status, error_code, token=lookups_config.twilio_auth_token)
+    assert late.json() == {"duplicate": True}
+    assert len(temporal.sent) == int(signal)
+    await wait_until_async(lambda: counted(port, "orders_web_sms_status_lookups_total", result="final"), lambda n: n > before)
+    text = "\n".join(logged_text(r) for r in caplog.records if not r.name.startswith(("httpx", "httpcore")))
+    assert f"Twilio status {status} for {key} looked up" in text
+    assert phone not in text and phone.lstrip("+") not in text and accepted.text not in text
+
+
+async def test_a_status_not_final_yet_is_looked_up_again_later_then_given_up_at_72_hours(
+    lookups_config, pool, messaging, fakes, temporal
+):
+    order, key, accepted = await sent_sms(pool, messaging, fakes)
+    sid = accepted.provider_id
+    fakes.set_sms_status(sid, "sent")  # a carrier that has not reported (yet)
+    sweep = lookups_app(lookups_config, pool, temporal).state.sms_statuses.sweep
+    await sent_minutes_ago(pool, key, 16)
+    await sweep()
+    lookups, next_in = await lookup_state(pool, key)
+    assert (lookups, round(next_in / 60)) == (1, 15)
+    assert (await ledger(pool, key))["delivery"] is None and await events_of(pool, key) == []
+    await sweep()  # not due
+    assert fetches_of(fakes, sid) == 1
+
+    async def due_now() -> None:
+        await pool.execute("UPDATE message_ledger SET status_lookup_at = now() WHERE key = $1", key)
+
+    await due_now()
+    await sweep()
+    lookups, next_in = await lookup_state(pool, key)
+    assert (lookups, round(next_in / 60)) == (2, 30)  # doubling
+    # 71 hours after: the next look-up would be past 72 hours, so this is the last.
+    await sent_minutes_ago(pool, key, 71 * 60)
+    await due_now()
+    await sweep()
+    assert (await lookup_state(pool, key)) == (3, math.inf)
+    await due_now()  # even if it were due: past the horizon
+    await sent_minutes_ago(pool, key, 73 * 60)
+    await sweep()
+    assert fetches_of(fakes, sid) == 3
+    assert temporal.sent == []
+
+
+async def test_a_look_up_twilio_fails_is_tried_again_and_a_message_twilio_does_not_know_is_left(
+    lookups_config, pool, messaging, fakes, temporal
+):
+    order, key, accepted = await sent_sms(pool, messaging, fakes)
+    fakes.set_sms_status(accepted.provider_id, "undelivered", 30003)
+    fakes.fail_next_lookup(accepted.recipient, 500)
+    sweep = lookups_app(lookups_config, pool, temporal).state.sms_statuses.sweep
+    await sent_minutes_ago(pool, key, 16)
+    await sweep()
+    lookups, next_in = await lookup_state(pool, key)
+    assert (lookups, round(next_in / 60)) == (1, 15) and (await ledger(pool, key))["delivery"] is None
+    await pool.execute("UPDATE message_ledger SET status_lookup_at = now() WHERE key = $1", key)
+    await sweep()
+    assert (await ledger(pool, key))["delivery"] == "undelivered"
+    assert [name for _, name, _ in temporal.sent] == ["message_undelivered"]
+
+    # A SID Twilio answers 404 for (deleted, another account's): never asked again.
+    other, other_key, _ = await sent_sms(pool, messaging, fakes)
+    unknown = "SM" + uuid.uuid4().hex
+    await pool.execute("UPDATE message_ledger SET provider_message_id = $2 WHERE key = $1", other_key, unknown)
+    await sent_minutes_ago(pool, other_key, 16)
+    await sweep()
+    assert (await lookup_state(pool, other_key)) == (1, math.inf)
+    assert fetches_of(fakes, unknown) == 1
+
+
+async def test_replicas_look_up_each_message_once(lookups_config, pool, messaging, fakes):
+    sent = [await sent_sms(pool, messaging, fakes) for _ in range(12)]
+    for _, key, accepted in sent:
+        fakes.set_sms_status(accepted.provider_id, "undelivered", 30003)
+        await sent_minutes_ago(pool, key, 16)
+    replicas = [FakeTemporal() for _ in range(3)]
+    timing = replace(LOOKUPS_BY_HAND, batch=2, at_once=2)
+    await asyncio.gather(*(lookups_app(lookups_config, pool, t, timing).state.sms_statuses.sweep() for t in replicas))
+    assert [fetches_of(fakes, accepted.provider_id) for _, _, accepted in sent] == [1] * 12
+    orders = sorted(f"order-{order['order_id']}" for order, _, _ in sent)
+    assert sorted(wf for t in replicas for wf, _, _ in t.sent if wf in orders) == orders
+
+
+async def test_the_service_looks_up_while_it_runs_and_only_with_twilio_credentials(
+    config, lookups_config, pool, messaging, fakes, temporal, caplog
+):
+    caplog.set_level(logging.INFO, logger="web")
+    order, key, accepted = await sent_sms(pool, messaging, fakes)
+    fakes.set_sms_status(accepted.provider_id, "undelivered", 30003)
+    await sent_minutes_ago(pool, key, 16)
+    quick = LookupTiming(sweep_every=0.05)
+    without = lookups_app(config, pool, temporal, quick)  # no TWILIO_ACCOUNT_SID
+    async with without.router.lifespan_context(without):
+        await asyncio.sleep(0.3)
+    assert fetches_of(fakes, accepted.provider_id) == 0
+    off = [r.getMessage() for r in caplog.records if "look-ups off" in r.getMessage()]
+    assert off == ["SMS status look-ups off: TWILIO_ACCOUNT_SID not set, so a lost Twilio status callback stays lost"]
+
+    app = lookups_app(lookups_config, pool, temporal, quick)
+    async with app.router.lifespan_context(app):
+        await wait_until_async(lambda: ledger(pool, key), lambda row: row["delivery"] == "undelivered")
+        await wait_until(lambda: temporal.sent)
+    assert [(wf, name) for wf, name, _ in temporal.sent] == [(f"order-{order['order_id']}", "message_undelivered")]
+
+
+def test_status_look_up_configuration_from_the_environment():
+    base = {"UNSUBSCRIBE_SECRET": "s", **TEST_KEY_ENV}
+    defaults = WebConfig.from_env(base)
+    assert (defaults.twilio_account_sid, defaults.twilio_api_base_url) == (None, "https://api.twilio.com")
+    assert (defaults.twilio_status_lookup_after, defaults.provider_timeout) == (timedelta(minutes=15), 10.0)
+    config = WebConfig.from_env({
+        **base, "TWILIO_ACCOUNT_SID": "AC1", "TWILIO_API_BASE_URL": "http://twilio.test", "TWILIO_STATUS_LOOKUP_AFTER": "5m",
+        "PROVIDER_TIMEOUT_SECONDS": "2.5",
+    })
+    assert (config.twilio_account_sid, config.twilio_api_base_url) == ("AC1", "http://twilio.test")
+    assert (config.twilio_status_lookup_after, config.provider_timeout) == (timedelta(minutes=5), 2.5)
+    with pytest.raises(ConfigError, match="TWILIO_STATUS_LOOKUP_AFTER"):
+        WebConfig.from_env({**base, "TWILIO_STATUS_LOOKUP_AFTER": "later"})
+    with pytest.raises(ConfigError, match="PROVIDER_TIMEOUT_SECONDS"):
+        WebConfig.from_env({**base, "PROVIDER_TIMEOUT_SECONDS": "0"})
+
+
 # --- whole journeys ---------------------------------------------------------------------
 
 
@@ -567,7 +834,7 @@ async def test_a_bounced_confirmation_goes_by_sms_once_and_the_address_gets_noth
     async with make_harness(ts_env) as h, journey_web(ts_env) as web:
         handle = await h.start(order)
         view = await h.wait_touchpoint(handle, "order_confirmation")
-        key = f"order-{order['order_id']}:order_confirmation:email"
+        key = str(LedgerKey.of_order(order["order_id"], "order_confirmation", "email"))
         bounce = sendgrid_event("bounce", key, type="bounce", reason="550 5.1.1 user unknown")
         # SendGrid posts the same event twice, then reports the mail once more.
         for events in ([bounce], [bounce], [sendgrid_event("dropped", key, reason="Bounced Address")]):
@@ -598,7 +865,7 @@ async def test_a_bounce_reported_while_the_send_still_waits_for_sendgrid_is_acte
         handle = await h.start(order)
         await wait_until(lambda: fakes.deliveries_to(email), timeout=20)
         taken = next(m for m in fakes.accepted if m.recipient == email)
-        key = f"order-{order['order_id']}:order_confirmation:email"
+        key = str(LedgerKey.of_order(order["order_id"], "order_confirmation", "email"))
         bounce = sendgrid_event("bounce", key, type="bounce", sg_message_id=f"{taken.provider_id}.filter0001.1.2.0")
         assert (await post_events(web, [bounce])).status_code == 200
         view = await h.wait_touchpoint(handle, "order_confirmation", "sms")
@@ -610,7 +877,7 @@ async def test_a_bounce_reported_while_the_send_still_waits_for_sendgrid_is_acte
 async def delivery_day_sms(h, handle, order: dict[str, Any], fakes: FakeProviders, tracking_number: str):
     """Pay, dispatch and send the order out for delivery: the delivery-day SMS, as Twilio took it."""
     await handle.signal("payment_received", payment_for(order))
-    # The dispatch must not overtake the payment confirmation's send (see Harness.settled).
+    # The dispatch must not overtake the payment confirmation's send (see Harness.wait_queues_empty).
     await h.wait_touchpoint(handle, "payment_confirmation")
     await handle.signal(
         "order_dispatched", {"carrier": "DHL", "tracking_number": tracking_number, "expected_delivery": await h.tomorrow()}
@@ -637,6 +904,23 @@ async def test_an_undelivered_delivery_day_sms_goes_by_email(ts_env, make_harnes
     assert any("T9" in m for m in fakes.deliveries_to(order["customer"]["email"]) if "today" in m.lower())
 
 
+async def test_an_sms_whose_undelivered_report_was_lost_goes_by_email_once_looked_up(
+    ts_env, make_harness, lookups_config, pool, fakes: FakeProviders
+):
+    """Twilio's callback never reached the service: the look-up finds the
+    SMS undelivered, and the order hands the message to email as if told."""
+    order = new_order()
+    async with make_harness(ts_env) as h:
+        handle = await h.start(order)
+        taken = await delivery_day_sms(h, handle, order, fakes, "T8")
+        fakes.set_sms_status(taken.provider_id, "undelivered", 30003)
+        await sent_minutes_ago(pool, str(LedgerKey.of_order(order["order_id"], "delivery_day", "sms")), 16)
+        await lookups_app(lookups_config, pool, ts_env.client).state.sms_statuses.sweep()
+        view = await h.wait_touchpoint(handle, "delivery_day", "email")
+    assert touchpoints(view, "delivery_day") == [("sms", "sent"), ("sms", "undelivered"), ("email", "sent")]
+    assert any("T8" in m for m in fakes.deliveries_to(order["customer"]["email"]) if "today" in m.lower())
+
+
 async def test_an_sms_reported_undelivered_once_it_is_of_no_use_goes_nowhere_else(
     ts_env, make_harness, journey_web, fakes: FakeProviders, provider_config
 ):
@@ -648,7 +932,7 @@ async def test_an_sms_reported_undelivered_once_it_is_of_no_use_goes_nowhere_els
         await h.wait_touchpoint(handle, "payment_confirmation")
         await handle.signal("order_dispatched", {"carrier": "InPost", "tracking_number": "IP9", "expected_delivery": await h.tomorrow()})
         await h.wait_touchpoint(handle, "dispatch_notice", "sms")
-        await h.settled(handle)
+        await h.wait_queues_empty(handle)
         await handle.signal("order_delivered", {"delivered_at": await h.now_iso(), "locker_pickup_code": "4242"})
         await h.wait_touchpoint(handle, "delivery_confirmation")
         await ts_env.sleep(timedelta(hours=49))

@@ -16,7 +16,10 @@ from openapi_core.contrib.requests import RequestsOpenAPIRequest
 from activities.providers import RenderedMessage, SendGridEmail, TwilioSms
 from starter.embedded import start_time_skipping_server
 from tests.conftest import TEST_PAYLOAD_KEYS, new_order, payment_for
-from tests.fake_providers import FakeProviders, RecordedRequest
+from tests.fake_providers import TWILIO_MESSAGE, FakeProviders, RecordedRequest
+from web.config import WebConfig
+from web.sms_statuses import TwilioMessages
+from workflows.ledger_key import LedgerKey
 
 SPECS = Path(os.environ.get("PROVIDER_SPECS_DIR", Path(__file__).resolve().parents[2] / "shared" / "provider-specs"))
 if not SPECS.exists() and os.environ.get("CI"):
@@ -55,7 +58,7 @@ async def sent_requests(make_harness, fakes: FakeProviders, provider_config) -> 
     async with make_harness(ts_env) as h:
         handle = await h.start(order)
         await handle.signal("payment_received", payment_for(order))
-        # The dispatch must not overtake the payment confirmation's send (see Harness.settled).
+        # The dispatch must not overtake the payment confirmation's send (see Harness.wait_queues_empty).
         await h.wait_touchpoint(handle, "payment_confirmation")
         await handle.signal(
             "order_dispatched",
@@ -67,17 +70,32 @@ async def sent_requests(make_harness, fakes: FakeProviders, provider_config) -> 
     phone = order["customer"]["phone"]
     sms = RenderedMessage(key="k", recipient=phone, subject="", text=fakes.deliveries_to(phone)[0], html="")
     assert TwilioSms(provider_config).look_up(sms)
-    mail = RenderedMessage(key=f"order-{order['order_id']}:order_confirmation:email", recipient="", subject="", text="", html="")
+    mail = RenderedMessage(key=str(LedgerKey.of_order(order["order_id"], "order_confirmation", "email")), recipient="", subject="", text="", html="")
     assert SendGridEmail(provider_config).look_up(mail)
+    # The HTTP service's look-up of an SMS whose status callback did not come.
+    messages = TwilioMessages(
+        WebConfig(
+            unsubscribe_secret="s",
+            twilio_account_sid=provider_config.twilio_account_sid,
+            twilio_auth_token=provider_config.twilio_auth_token,
+            twilio_api_base_url=provider_config.twilio_api_base_url,
+        )
+    )
+    try:
+        sms_sid = next(m.provider_id for m in fakes.accepted if m.recipient == phone)
+        assert (await messages.status(sms_sid))[0] == "delivered"
+    finally:
+        await messages.close()
     return list(fakes.requests)
 
 
 def test_requests_conform_to_official_specs(sent_requests: list[RecordedRequest]):
     mail = [r for r in sent_requests if r.path == "/v3/mail/send"]
     sms = [r for r in sent_requests if r.path.endswith("/Messages.json")]
+    fetched = [r for r in sent_requests if TWILIO_MESSAGE.match(r.path)]
     searches = [r for r in sent_requests if r.path == "/v3/messages"]
-    assert mail and {r.method for r in sms} == {"GET", "POST"} and searches
-    for req in mail + sms + searches:
+    assert mail and {r.method for r in sms} == {"GET", "POST"} and fetched and searches
+    for req in mail + sms + fetched + searches:
         validate(req)
 
 
@@ -91,6 +109,9 @@ def test_validator_catches_a_broken_request(sent_requests: list[RecordedRequest]
     broken_mail = RecordedRequest(mail.method, mail.path, mail.headers, b'{"subject": "no recipients"}')
     with pytest.raises(Exception):
         validate(broken_mail)
+    fetch = next(r for r in sent_requests if TWILIO_MESSAGE.match(r.path))
+    with pytest.raises(Exception):  # a SID Twilio never gives
+        validate(RecordedRequest(fetch.method, fetch.path.replace("/Messages/SM", "/Messages/XX"), fetch.headers, b""))
     search = next(r for r in sent_requests if r.path == "/v3/messages")
     for query in ("limit=1", search.query.replace("limit=1", "limit=0")):  # no query; a limit out of range
         with pytest.raises(Exception, match="query|limit"):

@@ -9,6 +9,7 @@ from activities.providers import SendGridEmail, TwilioSms
 from tests.conftest import new_order, payment_for
 from tests.fake_providers import BOUNCING_EMAIL_DOMAIN, FakeProviders
 from tests.test_journey import kinds
+from workflows.ledger_key import LedgerKey
 from workflows.models import Channel
 
 
@@ -22,7 +23,7 @@ async def test_transient_errors_are_retried_and_sent_once(ts_env, make_harness, 
         await handle.terminate("test done")
     assert kinds(view) == [("order_confirmation", "email", "sent")]
     assert len(fakes.deliveries_to(email)) == 1
-    row = await pool.fetchrow("SELECT state, attempts FROM message_ledger WHERE key = $1", f"order-{order['order_id']}:order_confirmation:email")
+    row = await pool.fetchrow("SELECT state, attempts FROM message_ledger WHERE key = $1", str(LedgerKey.of_order(order["order_id"], "order_confirmation", "email")))
     assert tuple(row) == ("sent", 3)
 
 
@@ -38,7 +39,7 @@ async def test_refused_email_goes_by_sms_and_is_flagged(ts_env, make_harness, fa
     assert "Does not contain a valid address" in view.touchpoints[0].error
     assert view.attention_reasons == ["message_failed:order_confirmation:email"]
     assert fakes.deliveries_to(order["customer"]["phone"])[0].startswith(f"Order {order['order_id']} confirmed")
-    state = await pool.fetchval("SELECT state FROM message_ledger WHERE key = $1", f"order-{order['order_id']}:order_confirmation:email")
+    state = await pool.fetchval("SELECT state FROM message_ledger WHERE key = $1", str(LedgerKey.of_order(order["order_id"], "order_confirmation", "email")))
     assert state == "failed"
 
 
@@ -105,7 +106,8 @@ async def test_without_credentials_messages_go_to_the_outbox(ts_env, make_harnes
     rows = {
         (r["channel"], r["subject"]): r
         for r in await pool.fetch(
-            "SELECT channel, recipient, subject, body FROM outbox WHERE ledger_key LIKE $1", f"order-{order['order_id']}:%"
+            "SELECT channel, recipient, subject, body FROM outbox WHERE starts_with(ledger_key, $1)",
+            LedgerKey.order_prefix(order["order_id"]),
         )
     }
     assert len(rows) == 4
@@ -117,10 +119,10 @@ async def test_without_credentials_messages_go_to_the_outbox(ts_env, make_harnes
 
 
 async def dispatch_notice_by_sms(h, order: dict, tracking: str):
-    """Pay and dispatch an order; its status once the SMS dispatch notice is settled."""
+    """Pay and dispatch an order; its status once the SMS dispatch notice has its outcome."""
     handle = await h.start(order)
     await handle.signal("payment_received", payment_for(order))
-    # The dispatch must not overtake the payment confirmation's send (see Harness.settled).
+    # The dispatch must not overtake the payment confirmation's send (see Harness.wait_queues_empty).
     await h.wait_touchpoint(handle, "payment_confirmation")
     await handle.signal("order_dispatched", {"carrier": "DHL", "tracking_number": tracking, "expected_delivery": await h.tomorrow()})
     view = await h.wait_touchpoint(handle, "dispatch_notice", "sms")
@@ -144,7 +146,7 @@ async def test_unanswered_sms_is_looked_up_at_twilio_not_sent_again(
     assert len(fakes.deliveries_to(phone)) == 1
     row = await pool.fetchrow(
         "SELECT state, attempts, provider_message_id FROM message_ledger WHERE key = $1",
-        f"order-{order['order_id']}:dispatch_notice:sms",
+        str(LedgerKey.of_order(order["order_id"], "dispatch_notice", "sms")),
     )
     assert (row["state"], row["attempts"]) == ("sent", 1)  # one request made; the retry only looked
     assert row["provider_message_id"] == next(t.provider_message_id for t in view.touchpoints if t.channel == "sms")

@@ -28,6 +28,7 @@ from tests.test_exactly_once import attempt, ledger, recorded_order, request_for
 from tests.test_journey import kinds
 from tests.test_provider_events import config, journey_web, post_events, sendgrid_event  # noqa: F401 (fixtures)
 from tests.test_sending import WorkerDied
+from workflows.ledger_key import LedgerKey
 from workflows.models import Channel, DeliveryState, OrderStatusView, SendMode
 
 # --- the crash windows --------------------------------------------------------------
@@ -89,7 +90,7 @@ def settled(kind: str, channel: str = "email"):
 
 
 def key_of(order: dict[str, Any], kind: str = "order_confirmation", channel: str = "email") -> str:
-    return f"order-{order['order_id']}:{kind}:{channel}"
+    return str(LedgerKey.of_order(order["order_id"], kind, channel))
 
 
 def settling(request, mode: SendMode = SendMode.SETTLE):
@@ -233,7 +234,7 @@ async def test_without_email_activity_sendgrids_event_settles_the_mail_and_lifts
             else:  # the relay may deliver a signal twice: the repeat changes nothing
                 settled = {"key": key_of(order), "channel": "email", "state": "sent", "provider_message_id": taken.provider_id}
                 await handle.signal("message_settled", settled)
-            view = await h.settled(handle)
+            view = await h.wait_queues_empty(handle)
             await handle.terminate("test done")
     finally:
         fakes.refuse_email_activity(None)
@@ -463,7 +464,7 @@ async def test_resend_refuses_what_it_cannot_resend(ts_env, pool, provider_confi
     request = request_for(order)
     await attempt(1).run(messaging.send_message, request)
     with pytest.raises(UsageError, match="no message with ledger key"):
-        await resend(ts_env.client, pool, f"order-{uuid.uuid4().hex}:order_confirmation:email")
+        await resend(ts_env.client, pool, str(LedgerKey.of_order(uuid.uuid4().hex, "order_confirmation", "email")))
     with pytest.raises(UsageError, match="already sent"):
         await resend(ts_env.client, pool, request.key)
 

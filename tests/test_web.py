@@ -27,7 +27,7 @@ from twilio.request_validator import RequestValidator
 
 from activities.consent import set_consent
 from activities.unsubscribe_tokens import sign
-from tests.conftest import TEST_KEY_ENV
+from tests.conftest import TEST_KEY_ENV, new_order, store
 from tests.test_log_privacy import everything_at_debug, logged_text
 from web.app import create_app
 from web.config import ConfigError, WebConfig, local_secret
@@ -98,9 +98,11 @@ class Customer:
     name: str
 
 
-async def new_customer(pool: asyncpg.Pool, phone: str | None = None) -> Customer:
+async def new_customer(pool: asyncpg.Pool, phone: str | None = None, email: str | None = None) -> Customer:
     uid = uuid.uuid4().hex[:10]
-    customer = Customer(f"C{uid}", f"web.{uid}@example.com", phone or "+4860" + str(int(uid, 16) % 10**7).zfill(7), f"Ada {uid}")
+    customer = Customer(
+        f"C{uid}", email or f"web.{uid}@example.com", phone or "+4860" + str(int(uid, 16) % 10**7).zfill(7), f"Ada {uid}"
+    )
     await pool.execute(
         "INSERT INTO customers (customer_id, name, email, phone, timezone) VALUES ($1, $2, $3, $4, 'Europe/Warsaw')",
         customer.customer_id,
@@ -158,7 +160,6 @@ async def sms(http: httpx.AsyncClient, text: str | None, sender: str | None, **s
     [
         ("forged", "signature does not match"),
         ("tampered", "signature does not match"),
-        ("expired", "has expired"),
         ("malformed", "malformed"),
     ],
 )
@@ -167,7 +168,6 @@ async def test_bad_token_is_refused_with_its_reason_and_records_nothing(client, 
     token = {
         "forged": token_for(customer, secret="not-our-secret"),
         "tampered": tampered(token_for(customer), victim.customer_id),
-        "expired": token_for(customer, age=timedelta(days=91)),
         "malformed": "not-a-token",
     }[kind]
     for method in ("GET", "POST"):
@@ -200,6 +200,104 @@ async def test_one_click_unsubscribes_once_and_signals_the_customer(client, pool
     ]
     expected = {"message_class": "marketing", "channel": "email", "granted": False, "source": "unsubscribe_link"}
     assert temporal.sent == [(f"customer-{customer.customer_id}", "consent_changed", expected)]
+
+
+async def test_unsubscribe_applies_to_every_customer_at_the_address(client, pool, temporal):
+    """A guest checkout and a registered account with one address: the
+    unsubscribe of either stops the marketing to that address, as an SMS STOP
+    does for a number."""
+    guest = await new_customer(pool)
+    account, elsewhere = await new_customer(pool, email=guest.email), await new_customer(pool)
+    async with pool.acquire() as conn:
+        for someone in (guest, account, elsewhere):
+            await set_consent(conn, someone.customer_id, MessageClass.MARKETING, Channel.EMAIL, True, source="checkout")
+
+    response = await client.post(f"/unsubscribe?token={token_for(guest)}", data=ONE_CLICK)
+
+    assert response.status_code == 200
+    expected = {"message_class": "marketing", "channel": "email", "granted": False, "source": "unsubscribe_link"}
+    for someone in (guest, account):
+        assert await consent(pool, someone.customer_id) == {("marketing", "email"): False}
+        assert (await audit(pool, someone.customer_id))[-1] == ("marketing", "email", False, "unsubscribe_link", "one-click")
+    assert await consent(pool, elsewhere.customer_id) == {("marketing", "email"): True}
+    assert sorted(temporal.sent) == sorted((f"customer-{c.customer_id}", "consent_changed", expected) for c in (guest, account))
+    # Again, from the other account's mail: nothing new.
+    assert (await client.post(f"/unsubscribe?token={token_for(account)}", data=ONE_CLICK)).status_code == 200
+    assert len(await audit(pool, guest.customer_id)) == len(await audit(pool, account.customer_id)) == 2
+    assert len(temporal.sent) == 2
+
+
+async def test_a_validly_signed_token_unsubscribes_whatever_its_age(client, pool, temporal):
+    """A mail client offers the one-click unsubscribe of a mail read months
+    later; tokens signed before this still carry the 90 days they were given."""
+    customer = await new_customer(pool)
+    token = token_for(customer, age=timedelta(days=400))
+    assert (await client.get(f"/unsubscribe?token={token}")).status_code == 200
+    response = await client.post(f"/unsubscribe?token={token}", data=ONE_CLICK)
+    assert response.status_code == 200 and "no more marketing email" in response.text
+    assert await consent(pool, customer.customer_id) == {("marketing", "email"): False}
+
+
+# --- consent given at checkout -----------------------------------------------------
+
+
+async def test_a_retried_or_replayed_order_does_not_undo_a_later_unsubscribe(client, pool, temporal):
+    """record_order is retried (and a backend may replay "order created"):
+    the consent its checkout gave is applied once, when the order is first
+    stored, not again over an unsubscribe that came after."""
+    order = new_order()
+    await store(pool, order)
+    cid = order["customer"]["customer_id"]
+    assert await consent(pool, cid) == {("marketing", "email"): True}
+    customer = Customer(cid, order["customer"]["email"], order["customer"]["phone"], order["customer"]["name"])
+    assert (await client.post(f"/unsubscribe?token={token_for(customer)}", data=ONE_CLICK)).status_code == 200
+
+    await store(pool, order)  # the activity's retry, or the replay, a moment later
+    await store(pool, {**order, "placed_at": datetime.now(timezone.utc).isoformat()})  # even with a later placed_at
+
+    assert await consent(pool, cid) == {("marketing", "email"): False}
+    assert [row[2:4] for row in await audit(pool, cid)] == [(True, "checkout"), (False, "unsubscribe_link")]
+
+
+async def test_an_unsubscribe_applies_after_a_checkout_dated_ahead(client, pool):
+    """A backend whose clock runs ahead dates the checkout after the
+    customer's unsubscribe: the customer's own change applies all the same."""
+    order = {**new_order(), "placed_at": (datetime.now(timezone.utc) + timedelta(minutes=10)).isoformat()}
+    await store(pool, order)
+    c = order["customer"]
+    assert (await client.post(f"/unsubscribe?token={token_for(Customer(c['customer_id'], c['email'], c['phone'], c['name']))}")).status_code == 200
+    assert await consent(pool, c["customer_id"]) == {("marketing", "email"): False}
+
+
+async def test_checkout_consent_applies_only_if_newer_than_the_last_change(client, pool, temporal):
+    """An order placed before the customer unsubscribed, stored after (a
+    backend's late delivery), does not undo it; one placed after does.
+    Each checkout counts from when its order was placed, not from when it
+    was stored: the later of two checkouts decides, in whatever order they come."""
+    first = new_order()
+    await store(pool, first)
+    cid, email = first["customer"]["customer_id"], first["customer"]["email"]
+    customer = Customer(cid, email, first["customer"]["phone"], first["customer"]["name"])
+    assert (await client.post(f"/unsubscribe?token={token_for(customer)}", data=ONE_CLICK)).status_code == 200
+
+    def another_order(placed: datetime, email_consent: bool) -> dict[str, Any]:
+        order = new_order(customer={**first["customer"], "marketing_consent": {"email": email_consent}})
+        return {**order, "placed_at": placed.isoformat()}
+
+    now = datetime.now(timezone.utc)
+    await store(pool, another_order(now - timedelta(hours=1), True))  # placed before the unsubscribe
+    assert await consent(pool, cid) == {("marketing", "email"): False}
+
+    later = another_order(now + timedelta(seconds=3), False)
+    await store(pool, another_order(now + timedelta(seconds=1), True))  # placed after it: consent again
+    assert await consent(pool, cid) == {("marketing", "email"): True}
+    await store(pool, later)  # placed two seconds after that one, stored after it
+    assert await consent(pool, cid) == {("marketing", "email"): False}
+    await store(pool, another_order(now + timedelta(seconds=2), True))  # placed between them, stored last
+    assert await consent(pool, cid) == {("marketing", "email"): False}
+    assert [row[2:4] for row in await audit(pool, cid)] == [
+        (True, "checkout"), (False, "unsubscribe_link"), (True, "checkout"), (False, "checkout")
+    ]
 
 
 async def test_one_click_takes_multipart_as_rfc_8058_advises_and_an_empty_post(client, pool):

@@ -21,6 +21,7 @@ from tests.conftest import new_order, payment_for
 from tests.fake_providers import FakeProviders, RecordedRequest
 from tests.test_journey import kinds
 from tests.test_metrics import recorded, status_until
+from workflows.ledger_key import LedgerKey
 from workflows.models import workflow_id_for
 from workflows.retries import SEND_TIMEOUTS
 
@@ -60,10 +61,10 @@ async def test_a_worker_killed_while_its_sends_are_at_the_provider_is_taken_over
         await handle.signal("order_dispatched", {"carrier": "DHL", "tracking_number": "KILL1", "expected_delivery": tomorrow})
         await until(lambda: dispatch_notices(fakes, email, phone) == (1, 1))
         first.kill()
-        keys = [f"order-{order['order_id']}:dispatch_notice:{channel}" for channel in ("email", "sms")]
+        keys = [str(LedgerKey.of_order(order["order_id"], "dispatch_notice", channel)) for channel in ("email", "sms")]
         rows = await db.fetch("SELECT key, state, lease_until FROM message_ledger WHERE key = ANY($1) ORDER BY key", keys)
         assert [(r["key"], r["state"]) for r in rows] == [(keys[0], "sending"), (keys[1], "sending")]
-        lease_ends = {r["key"].rsplit(":", 1)[1]: r["lease_until"] for r in rows}
+        lease_ends = {LedgerKey.parse(r["key"]).channel.value: r["lease_until"] for r in rows}
 
         second = stack.our_worker(provider_timeout=10, extra={"SENDGRID_SETTLE_AFTER": "1s"})
         second.start()
@@ -85,11 +86,12 @@ async def test_a_worker_killed_while_its_sends_are_at_the_provider_is_taken_over
     dispatch = [(k, c, s) for k, c, s in kinds(view) if k == "dispatch_notice"]
     assert sorted(dispatch) == [("dispatch_notice", "email", "in_doubt"), ("dispatch_notice", "email", "sent"), ("dispatch_notice", "sms", "sent")]
     assert not view.needs_attention, view.attention_reasons
-    assert sorted((r["key"].split(":", 1)[1], r["state"], r["attempts"]) for r in ledger) == [
-        ("dispatch_notice:email", "sent", 1),
-        ("dispatch_notice:sms", "sent", 1),
-        ("order_confirmation:email", "sent", 1),
-        ("payment_confirmation:email", "sent", 1),
+    messages = [(LedgerKey.parse(r["key"]), r["state"], r["attempts"]) for r in ledger]
+    assert sorted((k.kind.value, k.channel.value, state, attempts) for k, state, attempts in messages) == [
+        ("dispatch_notice", "email", "sent", 1),
+        ("dispatch_notice", "sms", "sent", 1),
+        ("order_confirmation", "email", "sent", 1),
+        ("payment_confirmation", "email", "sent", 1),
     ]
     # Each looked up once, and only after the dead worker's lease on it had ended.
     assert sorted(channel for channel, _ in lookups) == ["email", "sms"]

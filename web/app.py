@@ -25,12 +25,13 @@ from temporalio.common import MetricMeter
 from temporalio.runtime import Runtime
 from twilio.twiml.messaging_response import MessagingResponse
 
-from activities.consent import customers_reached_at, lift_suppression, set_consent, suppress
+from activities.consent import customers_reached_at, customers_sharing_address, lift_suppression, set_consent, suppress
 from activities.database import create_pool, migrate
 from activities.unsubscribe_tokens import InvalidToken, verify
 from web.config import ConfigError, WebConfig
 from web.metrics import CountRejections
 from web.signals import OwedSignals, RelayTiming, Signals
+from web.sms_statuses import LookupTiming, SmsStatuses
 from web.webhooks import add_event_webhooks, twilio_signature
 from workflows.models import Channel, MessageClass, customer_workflow_id
 
@@ -72,12 +73,14 @@ def create_app(
     temporal_client: Client | None = None,
     runtime: Runtime | None = None,
     relay_timing: RelayTiming = RelayTiming(),
+    lookup_timing: LookupTiming = LookupTiming(),
 ) -> FastAPI:
     """With no `pool`, one is opened on DATABASE_URL for the app's lifetime;
     with no `temporal_client`, one is connected on the first signal. With a
     `runtime` (worker.prometheus_runtime), refused requests and that client's
     calls are counted on its metrics endpoint. While the app runs (its
-    lifespan), the relay delivers the signals provider reports owe."""
+    lifespan), the relay delivers the signals provider reports owe, and the
+    SMS whose status callback did not come are looked up in Twilio."""
     if pool is None and not config.database_url:
         raise ConfigError("DATABASE_URL is required, e.g. postgresql://user:pass@localhost:5432/orders")
     signals = Signals(config.temporal_env, temporal_client, runtime)
@@ -89,13 +92,15 @@ def create_app(
             # first, and it reads and writes tables of the latest schema.
             await migrate(config.database_url)
             app.state.pool = await create_pool(config.database_url)
-        relay = asyncio.create_task(app.state.owed_signals.run())
+        tasks = [asyncio.create_task(app.state.owed_signals.run()), asyncio.create_task(app.state.sms_statuses.run())]
         try:
             yield
         finally:
-            relay.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relay
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if pool is None:
                 await app.state.pool.close()
 
@@ -109,6 +114,7 @@ def create_app(
     app.state.pool = pool
     meter = runtime.metric_meter if runtime else MetricMeter.noop
     app.state.owed_signals = OwedSignals(lambda: app.state.pool, signals, relay_timing, meter)
+    app.state.sms_statuses = SmsStatuses(lambda: app.state.pool, config, app.state.owed_signals, lookup_timing, meter)
     app.add_middleware(CountRejections, meter=meter)
 
     @app.exception_handler(InvalidToken)
@@ -116,7 +122,7 @@ def create_app(
         request.state.rejection = f"token_{err.kind}"  # for CountRejections
         return PlainTextResponse(str(err), status_code=400, headers=PAGE_HEADERS)
 
-    refused = {400: {"description": "malformed, tampered or expired token (the text says which)"}}
+    refused = {400: {"description": "malformed or tampered token (the text says which)"}}
 
     @app.get("/unsubscribe", response_class=HTMLResponse, responses=refused)
     async def unsubscribe_page(token: Token) -> HTMLResponse:
@@ -133,28 +139,16 @@ def create_app(
         one_click: Annotated[str | None, Form(alias="List-Unsubscribe", description="`One-Click` (RFC 8058)")] = None,
     ) -> HTMLResponse:
         """RFC 8058 one-click unsubscribe (mail clients), and the page's button.
-        Stops the marketing on the token's channel; repeating it is harmless."""
+        Stops the marketing on the token's channel to the customer's address,
+        for every customer at it; repeating it is harmless."""
         claim = verify(token, config.unsubscribe_secret)
         if one_click != "One-Click" and len(await request.form()):
             raise _invalid("List-Unsubscribe", "literal_error", "Input should be 'One-Click' (RFC 8058)", one_click)
         async with app.state.pool.acquire() as conn, conn.transaction():
-            # Consent rows reference customers: for one unknown (erased since the
-            # mail went out) there is nothing to record, and nothing to send to.
-            known = await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM customers WHERE customer_id = $1)", claim.customer_id
-            )
-            changed = known and await set_consent(
-                conn,
-                claim.customer_id,
-                MessageClass.MARKETING,
-                claim.channel,
-                False,
-                source="unsubscribe_link",
-                detail="one-click" if one_click else "link",
-            )
-        if changed:  # a repeat has nothing new to tell
-            change = _change(MessageClass.MARKETING, claim.channel, False, "unsubscribe_link")
-            background.add_task(_tell_customer, claim.customer_id, change)
+            changed = await _unsubscribe(conn, claim.customer_id, claim.channel, "one-click" if one_click else "link")
+        change = _change(MessageClass.MARKETING, claim.channel, False, "unsubscribe_link")
+        for customer_id in changed:  # a repeat has nothing new to tell
+            background.add_task(_tell_customer, customer_id, change)
         return _page(DONE.format(what=WHAT[claim.channel]))
 
     async def _tell_customer(customer_id: str, change: dict[str, Any]) -> None:
@@ -205,13 +199,25 @@ def create_app(
         # Twilio's Advanced Opt-Out answers STOP and START itself.
         return _twiml(MessagingResponse())
 
-    add_event_webhooks(app, config, app.state.owed_signals)
+    add_event_webhooks(app, config, app.state.owed_signals, meter)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     return app
+
+
+async def _unsubscribe(conn: asyncpg.Connection, customer_id: str, channel: Channel, how: str) -> list[str]:
+    """Marketing off on `channel` for the customer and everyone at their
+    address: it is the address that asked, as with an SMS STOP. None for a
+    customer not recorded (erased since the mail went out): nothing to
+    record, nothing to send to. Returns the customers this changed."""
+    return [
+        someone
+        for someone in await customers_sharing_address(conn, customer_id, channel)
+        if await set_consent(conn, someone, MessageClass.MARKETING, channel, False, source="unsubscribe_link", detail=how)
+    ]
 
 
 async def _opt_out(conn: asyncpg.Connection, number: str, keyword: str) -> list[str]:

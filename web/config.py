@@ -33,6 +33,14 @@ class WebConfig:
     public_url: str = "http://localhost:8000"
     # Without it the SMS webhook answers 503 rather than accept unsigned posts.
     twilio_auth_token: str | None = field(default=None, repr=False)
+    # With the auth token, the account whose SMS statuses are looked up when
+    # Twilio's callback did not come (web/sms_statuses.py); without, none are.
+    twilio_account_sid: str | None = None
+    twilio_api_base_url: str = "https://api.twilio.com"
+    # A status callback comes seconds after the status changes, nearly every
+    # final one within minutes: one not come by then was lost.
+    twilio_status_lookup_after: timedelta = timedelta(minutes=15)
+    provider_timeout: float = 10.0
     sms_help_text: str = DEFAULT_HELP_TEXT
     max_body_bytes: int = 64 * 1024
     # SendGrid's Event Webhook verification key (base64 DER, as its settings
@@ -69,6 +77,10 @@ class WebConfig:
             port=port,
             public_url=(env.get("WEB_PUBLIC_URL") or f"http://localhost:{port}").rstrip("/"),
             twilio_auth_token=env.get("TWILIO_AUTH_TOKEN") or None,
+            twilio_account_sid=env.get("TWILIO_ACCOUNT_SID") or None,
+            twilio_api_base_url=env.get("TWILIO_API_BASE_URL") or cls.twilio_api_base_url,
+            twilio_status_lookup_after=_duration(env, "TWILIO_STATUS_LOOKUP_AFTER", cls.twilio_status_lookup_after),
+            provider_timeout=_number(env, "PROVIDER_TIMEOUT_SECONDS", cls.provider_timeout),
             sms_help_text=env.get("SMS_HELP_TEXT") or DEFAULT_HELP_TEXT,
             max_body_bytes=_int(env, "WEB_MAX_BODY_BYTES", cls.max_body_bytes),
             sendgrid_webhook_public_key=env.get("SENDGRID_WEBHOOK_PUBLIC_KEY") or None,
@@ -86,6 +98,16 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(env.get(name) or default)
     except ValueError:
         raise ConfigError(f"{name} must be a whole number") from None
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    try:
+        value = float(env.get(name) or default)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise ConfigError(f"{name} must be a number of seconds above 0")
+    return value
 
 
 def _duration(env: Mapping[str, str], name: str, default: timedelta) -> timedelta:

@@ -4,7 +4,7 @@ Labels never carry what was asked: no query string, token or phone number.
 
 The reason follows from the status (403 is always a bad signature here, 422
 a field that failed validation, ...) unless the code that refused the request
-named it in `request.state.rejection` (e.g. token_expired).
+named it in `request.state.rejection` (e.g. token_signature).
 """
 
 from __future__ import annotations

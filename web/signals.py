@@ -22,6 +22,8 @@ from enum import Enum
 from typing import Any, Mapping
 
 import asyncpg
+from temporalio.api.enums.v1 import ResourceExhaustedCause, ResourceExhaustedScope
+from temporalio.api.errordetails.v1 import ResourceExhaustedFailure
 from temporalio.client import Client
 from temporalio.common import MetricMeter
 from temporalio.runtime import Runtime
@@ -41,20 +43,40 @@ CONNECT_TIMEOUT = 5.0
 RPC_TIMEOUT = timedelta(seconds=5)
 
 
-class Delivery(Enum):
+class SignalOutcome(Enum):
+    """How a signal to a workflow went; its value labels orders_web_signals."""
+
     DELIVERED = "delivered"
     # Over (or never started): nothing to act on the signal.
     NOT_RUNNING = "not_running"
-    # Temporal could not take it now (down, restarting, overloaded): the
-    # relay waits, then tries this and the rest again.
+    # Temporal could not take it now (down, restarting, over the namespace's
+    # limits): the relay waits, then tries this and the rest again.
     UNREACHABLE = "unreachable"
-    # Temporal refused this signal (or it could not be sent): the others go
-    # on, and this one is tried again once its claim runs out.
+    # Temporal refused this signal, or this one workflow could not take it
+    # now (over its own limits), or it could not be sent: the others go on,
+    # and this one is tried again once its claim runs out.
     REFUSED = "refused"
 
 
 # The answers of a Temporal that is away rather than refusing.
-AWAY = frozenset({RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.CANCELLED})
+AWAY = frozenset({RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED})
+
+# RESOURCE_EXHAUSTED for everyone: the namespace's or the cluster's limits.
+# Any other (a busy workflow, one over its own limits) is about that workflow.
+SHARED_SCOPES = frozenset({ResourceExhaustedScope.RESOURCE_EXHAUSTED_SCOPE_NAMESPACE, ResourceExhaustedScope.RESOURCE_EXHAUSTED_SCOPE_SYSTEM})
+ONE_WORKFLOWS_CAUSES = frozenset(
+    {ResourceExhaustedCause.RESOURCE_EXHAUSTED_CAUSE_UNSPECIFIED, ResourceExhaustedCause.RESOURCE_EXHAUSTED_CAUSE_BUSY_WORKFLOW}
+)
+
+
+def _temporal_away(err: RPCError) -> bool:
+    if err.status is not RPCStatusCode.RESOURCE_EXHAUSTED:
+        return err.status in AWAY
+    for detail in err.grpc_status.details:
+        failure = ResourceExhaustedFailure()
+        if detail.Unpack(failure):
+            return failure.scope in SHARED_SCOPES or failure.cause not in ONE_WORKFLOWS_CAUSES
+    return False
 
 
 class Signals:
@@ -71,23 +93,23 @@ class Signals:
                 self._client = await asyncio.wait_for(connect_temporal(self._env, self._runtime), CONNECT_TIMEOUT)
         return self._client
 
-    async def send(self, workflow_id: str, signal: str, payload: dict[str, Any]) -> Delivery:
+    async def send(self, workflow_id: str, signal: str, payload: dict[str, Any]) -> SignalOutcome:
         try:
             client = await self._connected()
             await client.get_workflow_handle(workflow_id).signal(signal, payload, rpc_timeout=RPC_TIMEOUT)
         except RPCError as err:
             if err.status is RPCStatusCode.NOT_FOUND:
                 log.info("%s not signalled: no running workflow", workflow_id)
-                return Delivery.NOT_RUNNING
+                return SignalOutcome.NOT_RUNNING
             log.warning("%s not signalled: Temporal answered %s", workflow_id, err.status.name)
-            return Delivery.UNREACHABLE if err.status in AWAY else Delivery.REFUSED
+            return SignalOutcome.UNREACHABLE if _temporal_away(err) else SignalOutcome.REFUSED
         except (OSError, TimeoutError, RuntimeError) as err:  # no connection (the SDK's is a RuntimeError)
             log.warning("%s not signalled: Temporal unreachable (%s)", workflow_id, type(err).__name__)
-            return Delivery.UNREACHABLE
+            return SignalOutcome.UNREACHABLE
         except Exception as err:  # noqa: BLE001 - whatever it is, the report is stored and retried
             log.warning("%s not signalled: %s", workflow_id, type(err).__name__)
-            return Delivery.REFUSED
-        return Delivery.DELIVERED
+            return SignalOutcome.REFUSED
+        return SignalOutcome.DELIVERED
 
 
 @dataclass(frozen=True)
@@ -136,11 +158,11 @@ class OwedSignals:
             for n, item in enumerate(owed):
                 outcome = await self._signals.send(item.signal.workflow_id, item.signal.name, item.signal.payload)
                 self._sent.add(1, {"signal": item.signal.name, "outcome": outcome.value})
-                if outcome is Delivery.UNREACHABLE:
+                if outcome is SignalOutcome.UNREACHABLE:
                     left = owed[n:]
                     break
-                if outcome is not Delivery.REFUSED:
-                    (ended if outcome is Delivery.NOT_RUNNING else delivered).append(item)
+                if outcome is not SignalOutcome.REFUSED:
+                    (ended if outcome is SignalOutcome.NOT_RUNNING else delivered).append(item)
             async with self._pool().acquire() as conn, conn.transaction():
                 await provider_events.mark_signalled(conn, delivered, ended)
                 await provider_events.release(conn, left)
@@ -150,6 +172,18 @@ class OwedSignals:
                 return False
             if len(owed) < timing.batch:
                 return True
+
+    async def tell(self, provider: str, event_ids: Sequence[str]) -> None:
+        """The orders of reports just committed: at once, unless Temporal is
+        known to be away; what this cannot deliver, the relay does."""
+        if self.temporal_away:
+            self.leave_to_relay()
+            return
+        try:
+            await self.deliver(provider, event_ids)
+        except (OSError, asyncpg.PostgresError) as err:  # the reports are committed; the relay has them
+            log.warning("owed signals left to the relay: %s", type(err).__name__)
+            self.leave_to_relay()
 
     def leave_to_relay(self) -> None:
         self._owed.set()

@@ -10,19 +10,22 @@ Nothing here logs an address, a number, a reason or a secret.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-import asyncpg
 from fastapi import BackgroundTasks, Depends, FastAPI, Form, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from sendgrid.helpers.eventwebhook import EventWebhook
 from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
 from starlette.datastructures import MultiDict
+from temporalio.common import MetricMeter
 from twilio.request_validator import RequestValidator
 
 from activities import provider_events
@@ -41,6 +44,9 @@ TwilioStatus = Literal[
 ]
 
 
+SENDGRID_EVENT_ID_LENGTH = 128
+
+
 class SendGridEvent(BaseModel):
     """One event of a SendGrid post, as far as it is read; custom args (our
     `message_key`) come as top-level fields, and the rest is ignored."""
@@ -48,7 +54,7 @@ class SendGridEvent(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     event: Annotated[str, Field(min_length=1, max_length=64)]
-    sg_event_id: Annotated[str, Field(min_length=1, max_length=128)]
+    sg_event_id: Annotated[str, Field(min_length=1, max_length=SENDGRID_EVENT_ID_LENGTH)]
     # Unix seconds, up to the year 9999.
     timestamp: Annotated[int, Field(ge=0, le=253_402_300_799)]
     sg_message_id: Annotated[str, Field(max_length=256)] | None = None
@@ -58,7 +64,13 @@ class SendGridEvent(BaseModel):
     reason: str | None = None
 
 
-SENDGRID_POST = TypeAdapter(list[SendGridEvent])
+# The post is read as a JSON array first, each event then on its own: one of
+# a shape we do not expect must not refuse the others (SendGrid would post
+# the whole batch again, and again, for 24 hours).
+SENDGRID_POST = TypeAdapter(list[Any])
+# What an unreadable event may show of its name: SendGrid's are plain words.
+EVENT_NAME = re.compile(r"^[a-z_]{1,32}$")
+UNREADABLE_EVENTS = "orders_web_unreadable_events"
 
 
 def twilio_signature(config: WebConfig) -> Callable[..., Awaitable[None]]:
@@ -119,9 +131,45 @@ def _verified(verifier: EventWebhook, body: bytes, signature: str, timestamp: st
         return False
 
 
-def add_event_webhooks(app: FastAPI, config: WebConfig, relay: OwedSignals) -> None:
+def _sendgrid_event(item: Any) -> provider_events.ProviderEvent:
+    """One item of a post, read; one we cannot read is kept as unreadable,
+    under its own sg_event_id if it has one, else a hash of it, so that a
+    post repeated with it records it once."""
+    try:
+        e = SendGridEvent.model_validate(item)
+    except ValidationError as err:
+        return provider_events.unreadable(provider="sendgrid", event_id=_odd_event_id(item), what_was_wrong=_what_was_wrong(item, err))
+    return provider_events.from_sendgrid(
+        event_id=e.sg_event_id,
+        event=e.event,
+        occurred_at=datetime.fromtimestamp(e.timestamp, timezone.utc),
+        message_key=e.message_key,
+        sg_message_id=e.sg_message_id,
+        bounce_type=e.type,
+        reason=e.reason,
+    )
+
+
+def _odd_event_id(item: Any) -> str:
+    event_id = item.get("sg_event_id") if isinstance(item, dict) else None
+    if isinstance(event_id, str) and 0 < len(event_id) <= SENDGRID_EVENT_ID_LENGTH:
+        return event_id
+    return hashlib.sha256(json.dumps(item, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _what_was_wrong(item: Any, err: ValidationError) -> str:
+    """By field name and error type only: nothing the event carried."""
+    if not isinstance(item, dict):
+        return "not an object"
+    name = item.get("event")
+    wrong = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['type']}" for e in err.errors(include_url=False))
+    return f"{name} event, {wrong}" if isinstance(name, str) and EVENT_NAME.match(name) else wrong
+
+
+def add_event_webhooks(app: FastAPI, config: WebConfig, relay: OwedSignals, meter: MetricMeter) -> None:
     signed_by_sendgrid = sendgrid_signature(config)
     signed_by_twilio = twilio_signature(config)
+    unreadable_events = meter.create_counter(UNREADABLE_EVENTS, "Provider events the HTTP service could not read, kept as unreadable")
 
     async def record_and_tell(
         provider: str, background: BackgroundTasks, events: Sequence[provider_events.ProviderEvent]
@@ -134,18 +182,8 @@ def add_event_webhooks(app: FastAPI, config: WebConfig, relay: OwedSignals) -> N
             recorded = [await provider_events.record(conn, event) for event in events]
         owed = [r.event_id for r in recorded if r.signal is not None]
         if owed:
-            background.add_task(tell, provider, owed)
+            background.add_task(relay.tell, provider, owed)
         return recorded
-
-    async def tell(provider: str, owed: list[str]) -> None:
-        if relay.temporal_away:
-            relay.leave_to_relay()
-            return
-        try:
-            await relay.deliver(provider, owed)
-        except (OSError, asyncpg.PostgresError) as err:  # the events are committed; the relay has them
-            log.warning("owed signals left to the relay: %s", type(err).__name__)
-            relay.leave_to_relay()
 
     @app.post(
         SENDGRID_EVENTS_PATH,
@@ -166,25 +204,19 @@ def add_event_webhooks(app: FastAPI, config: WebConfig, relay: OwedSignals) -> N
         """SendGrid's signed Event Webhook: a batch of events, each kept once."""
         # Parsed here, after the signature: an unsigned post is 403 whatever its body.
         try:
-            events = SENDGRID_POST.validate_json(await request.body())
-        except ValidationError as err:
+            items = SENDGRID_POST.validate_json(await request.body())
+        except ValidationError as err:  # not JSON, or not an array: not SendGrid's
             errors = err.errors(include_url=False, include_context=False)
             raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
-        recorded = await record_and_tell("sendgrid", background, [
-            provider_events.from_sendgrid(
-                event_id=e.sg_event_id,
-                event=e.event,
-                occurred_at=datetime.fromtimestamp(e.timestamp, timezone.utc),
-                message_key=e.message_key,
-                sg_message_id=e.sg_message_id,
-                bounce_type=e.type,
-                reason=e.reason,
-            )
-            for e in events
-        ])
+        events = [_sendgrid_event(item) for item in items]
+        recorded = await record_and_tell("sendgrid", background, events)
         duplicates = sum(r.duplicate for r in recorded)
-        log.info("SendGrid posted %d event(s), %d already recorded", len(recorded), duplicates)
-        return {"received": len(recorded), "duplicates": duplicates}
+        odd = [(e, r) for e, r in zip(events, recorded) if e.event == provider_events.UNREADABLE]
+        if new_odd := [e.detail for e, r in odd if not r.duplicate]:  # counted once, however often posted
+            unreadable_events.add(len(new_odd), {"provider": "sendgrid"})
+            log.warning("SendGrid posted %d event(s) we cannot read: %s", len(new_odd), "; ".join(map(str, new_odd)))
+        log.info("SendGrid posted %d event(s), %d already recorded, %d unreadable", len(recorded), duplicates, len(odd))
+        return {"received": len(recorded), "duplicates": duplicates, "unreadable": len(odd)}
 
     @app.post(
         SMS_STATUS_CALLBACK_PATH,

@@ -1,4 +1,5 @@
-"""Calendar arithmetic in the customer's timezone.
+"""Calendar arithmetic in the customer's timezone, for the workflows and for
+the messages that show their dates (activities/templates.py).
 
 Workflow code: whether a timezone exists and where its day ends must come out
 the same on every worker and on replay, so zones come only from the `tzdata`
@@ -18,7 +19,8 @@ KNOWN_ZONES = frozenset(resources.files("tzdata").joinpath("zones").read_text().
 
 
 @cache
-def _zone(tz_name: str) -> tzinfo:
+def zone(tz_name: str) -> tzinfo:
+    """The zone from the pinned database; UTC for a name it does not know."""
     if tz_name not in KNOWN_ZONES:
         return timezone.utc
     with resources.files("tzdata").joinpath("zoneinfo", *tz_name.split("/")).open("rb") as data:
@@ -26,7 +28,7 @@ def _zone(tz_name: str) -> tzinfo:
 
 
 def end_of_local_day(day: date, tz_name: str) -> datetime:
-    return datetime.combine(day + timedelta(days=1), time(0), _zone(tz_name)).astimezone(timezone.utc)
+    return datetime.combine(day + timedelta(days=1), time(0), zone(tz_name)).astimezone(timezone.utc)
 
 
 def is_known_timezone(tz_name: str) -> bool:
@@ -34,7 +36,7 @@ def is_known_timezone(tz_name: str) -> bool:
 
 
 def local_date(moment: datetime, tz_name: str) -> date:
-    return moment.astimezone(_zone(tz_name)).date()
+    return moment.astimezone(zone(tz_name)).date()
 
 
 def quiet_hours_end(moment: datetime, tz_name: str, quiet_from: timedelta, quiet_until: timedelta) -> datetime | None:
@@ -43,10 +45,10 @@ def quiet_hours_end(moment: datetime, tz_name: str, quiet_from: timedelta, quiet
     times of day; from 21h to 8h spans midnight. Equal values: never quiet."""
     if quiet_from == quiet_until:
         return None
-    zone = _zone(tz_name)
-    local = moment.astimezone(zone)
-    now = local - datetime.combine(local.date(), time(0), zone)
-    ends_today = datetime.combine(local.date(), time(0), zone) + quiet_until
+    tz = zone(tz_name)
+    local = moment.astimezone(tz)
+    now = local - datetime.combine(local.date(), time(0), tz)
+    ends_today = datetime.combine(local.date(), time(0), tz) + quiet_until
     if quiet_from > quiet_until:  # spans midnight
         if now >= quiet_from:
             end = ends_today + timedelta(days=1)
@@ -59,4 +61,4 @@ def quiet_hours_end(moment: datetime, tz_name: str, quiet_from: timedelta, quiet
     else:
         return None
     # Wall-clock arithmetic, then back to UTC: 08:00 stays 08:00 across DST.
-    return datetime.combine(end.date(), (datetime.min + quiet_until).time(), zone).astimezone(timezone.utc)
+    return datetime.combine(end.date(), (datetime.min + quiet_until).time(), tz).astimezone(timezone.utc)

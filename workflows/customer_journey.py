@@ -10,6 +10,9 @@ churned, and won_back when an order follows a win-back. It sends a welcome
 on the first delivered order, a loyalty coupon once, and for a lapse a
 win-back with a coupon and one reminder, except to the holdout share.
 
+Its messages go through the same lanes as an order's (workflows/lanes.py):
+email first, SMS when email may not carry one and the customer has a phone.
+
 It lives for years: it continues as new long before its history is large,
 carrying its state; it uses one timer per lapse period, however often the
 customer orders, since a timer that fires early is simply re-armed.
@@ -17,11 +20,9 @@ customer orders, since a timer that fires early is simply re-armed.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-from collections.abc import Awaitable
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any
 
 from temporalio import workflow
 
@@ -29,9 +30,9 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from activities.customers import CustomerActivities
-    from workflows import channel_policy, metrics, sending
+    from workflows import lanes, metrics, sending, waiting
     from workflows import search_attributes as sa
-    from workflows.retries import DB_TIMEOUTS
+    from workflows.ledger_key import LedgerKey
     from workflows.models import (
         CUSTOMER_WORKFLOW_TYPE,
         Channel,
@@ -50,13 +51,13 @@ with workflow.unsafe.imports_passed_through():
         Touchpoint,
         WinBack,
     )
+    from workflows.retries import DB_TIMEOUTS
+    from workflows.waiting import ContinueAsNewDue, NextMoment, Waits
 
 # A customer's history grows by a few events per order: years of orders fit
 # in one run, but a flood of signals must not reach the server's limits.
 CONTINUE_AS_NEW_AFTER_EVENTS = 2_000
 TIMELINE_KEPT = 30
-# The provider pause for this journey's few messages.
-PAUSED_CHANNEL_RETRY = timedelta(hours=1)
 
 
 def in_holdout(customer_id: str, share: float) -> bool:
@@ -67,24 +68,36 @@ def in_holdout(customer_id: str, share: float) -> bool:
 
 @workflow.defn(name=CUSTOMER_WORKFLOW_TYPE)
 class CustomerJourney:
+    # The provider pause for this journey's few messages.
+    paused_retry = timedelta(hours=1)
+
     @workflow.init
     def __init__(self, raw_state: Any) -> None:
         self.state = CustomerState.model_validate(raw_state)
         self._news: list[OrderNews] = self.state.pending_news
         self.state.pending_news = []
         self._attributes = sa.Keeper(sa.CUSTOMER, self._wanted_search_attributes)
-        self._closing = False
-        # The one pending timer and the moment it fires (see `_wait`).
-        self._timer: tuple[datetime, asyncio.Task] | None = None
+        self._lanes = lanes.Lanes(self.state.lanes, self)
+        # One pending timer, kept while it fires before the next step is due.
+        self._waits = Waits(NextMoment().timer, self._lanes, lambda: CONTINUE_AS_NEW_AFTER_EVENTS)
 
     @workflow.run
     async def run(self, raw_state: Any) -> None:
         s = self.state
-        attributes = asyncio.create_task(self._attributes.keep())
-        lane = asyncio.create_task(self._run_lane())
+        self._attributes.start()
+        self._lanes.start()
         if workflow.info().continued_run_id is None:  # the phase it starts in, for the report
             await self._record_phase(s.phase)
         self._show()
+        try:
+            await self._live()
+        except ContinueAsNewDue:
+            pass
+        await waiting.continue_as_new(self._lanes, self._attributes, self._carried_over)
+
+    async def _live(self) -> None:
+        """What orders say and what time brings, until this run's history is
+        long enough to hand over to the next run."""
         while True:
             while self._news:
                 await self._on_news(self._news.pop(0))
@@ -92,19 +105,14 @@ class CustomerJourney:
             if step_at is not None and workflow.now() >= step_at:
                 await self._step()
                 continue
-            if self._continue_as_new_due():
-                break
-            await self._wait(lambda: bool(self._news) or self._continue_as_new_due() or lane.done(), step_at)
-            if lane.done():
-                lane.result()  # a lane that died fails the task visibly
-        # Hand over: a message waiting for its moment stays in the outbox.
-        self._closing = True
-        await lane
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        attributes.cancel()
-        self._attributes.flush()
-        s.pending_news = self._news
-        workflow.continue_as_new(s.model_dump(mode="json"))
+            if self._waits.continue_as_new_due():
+                return
+            await self._waits.until(lambda: bool(self._news), step_at)
+
+    def _carried_over(self) -> CustomerState:
+        # News that came in while this run handed over is the next run's.
+        self.state.pending_news = self._news
+        return self.state
 
     # --- what orders say ------------------------------------------------------------
 
@@ -146,13 +154,13 @@ class CustomerJourney:
         s = self.state
         if not s.welcomed:
             s.welcomed = True
-            self._queue(Touchpoint.WELCOME, "first-order", {})
+            self._lanes.queue(Touchpoint.WELCOME, {}, occasion="first-order")
         if s.phase is not CustomerPhase.LOYAL and self._qualified_phase() is CustomerPhase.LOYAL:
             await self._enter(CustomerPhase.LOYAL)
             if s.loyalty_rewards == 0:
                 s.loyalty_rewards = 1
                 coupon = await self._coupon("loyal", s.settings.loyalty_coupon)
-                self._queue(Touchpoint.LOYALTY_REWARD, "loyal", coupon.details())
+                self._lanes.queue(Touchpoint.LOYALTY_REWARD, coupon.details(), occasion="loyal")
 
     def _qualified_phase(self) -> CustomerPhase:
         s, settings = self.state, self.state.settings
@@ -194,7 +202,9 @@ class CustomerJourney:
             await self._lapse()
         elif win_back.attempts == 1:
             win_back.attempts = 2
-            self._queue(Touchpoint.WIN_BACK_REMINDER, f"win_back-{win_back.lapse_no}", win_back.coupon.details())
+            self._lanes.queue(
+                Touchpoint.WIN_BACK_REMINDER, win_back.coupon.details(), occasion=f"win_back-{win_back.lapse_no}"
+            )
         else:
             await self._enter(CustomerPhase.CHURNED, lapse_no=win_back.lapse_no)
         self._show()
@@ -210,17 +220,7 @@ class CustomerJourney:
         coupon = await self._coupon(occasion, s.settings.win_back_coupon)
         s.win_back = WinBack(lapse_no=s.lapses, group="treated", started_at=workflow.now(), coupon=coupon, attempts=1)
         await self._enter(CustomerPhase.LAPSED, lapse_no=s.lapses, win_back_group="treated", coupon_code=coupon.code)
-        self._queue(Touchpoint.WIN_BACK, occasion, coupon.details())
-
-    async def _wait(self, condition: Callable[[], bool], moment: datetime | None) -> None:
-        """Wait for `condition` or `moment`. A pending timer that fires no
-        later than `moment` is kept: when it fires early the loop re-arms it,
-        so a customer ordering every week costs one timer per lapse period,
-        not one per order."""
-        if moment is not None and (self._timer is None or self._timer[1].done() or self._timer[0] > moment):
-            self._timer = (moment, asyncio.create_task(workflow.sleep(moment - workflow.now())))
-        timer = self._timer[1] if self._timer and not self._timer[1].done() else None
-        await workflow.wait_condition(lambda: condition() or (timer is not None and timer.done()))
+        self._lanes.queue(Touchpoint.WIN_BACK, coupon.details(), occasion=occasion)
 
     # --- phases, coupons, messages ------------------------------------------------------
 
@@ -244,61 +244,54 @@ class CustomerJourney:
         request = CouponRequest(customer_id=s.customer_id, milestone=milestone, terms=terms, issued_at=workflow.now())
         return await workflow.execute_activity_method(CustomerActivities.issue_coupon, request, **DB_TIMEOUTS)
 
-    def _queue(self, kind: Touchpoint, occasion: str, details: dict[str, Any]) -> None:
-        self.state.outbox.append(
-            QueuedMessage(kind=kind, channel=Channel.EMAIL, details=details, queued_at=workflow.now(), occasion=occasion)
+    # --- what the lanes ask (lanes.Journey) ---------------------------------------------
+
+    def reachable(self) -> set[Channel]:
+        return {Channel.EMAIL, Channel.SMS} if self.state.has_phone else {Channel.EMAIL}
+
+    def key(self, message: QueuedMessage) -> str:
+        return str(LedgerKey(workflow.info().workflow_id, message.kind, message.channel, message.occasion))
+
+    def request(self, message: QueuedMessage, mode: SendMode) -> MessageRequest:
+        return MessageRequest(
+            key=self.key(message), kind=message.kind, channel=message.channel, customer_id=self.state.customer_id,
+            details=message.details, mode=mode,
         )
 
-    async def _run_lane(self) -> None:
-        """Send the outbox in order, each message on email first and on SMS
-        when email may not carry it; until the run hands over."""
+    def quiet_hours(self, message: QueuedMessage) -> sending.QuietHours:
         s = self.state
-        while True:
-            await workflow.wait_condition(lambda: bool(s.outbox) or self._closing)
-            if self._closing:
-                return
-            message = s.outbox[0]
-            try:
-                outcome = await self._send(message)
-            except asyncio.CancelledError:
-                return  # handed over: the next run sends it
-            s.outbox.pop(0)
-            metrics.message_settled(message, outcome)
-            s.messages[self._key(message)] = outcome.state
-            if s.win_back and message.occasion == f"win_back-{s.win_back.lapse_no}" and outcome.state is DeliveryState.SENT:
-                s.win_back.sent = True
-            self._note(f"{message.kind.value} by {message.channel.value}: {outcome.state.value}")
-            refused = outcome.state in (DeliveryState.FAILED, DeliveryState.NOT_PERMITTED)
-            fallback = channel_policy.other_channel(message.channel)
-            if refused and s.has_phone and fallback is Channel.SMS:
-                s.outbox.insert(0, message.model_copy(update={"channel": fallback}))
-            self._show()
+        return sending.QuietHours(s.timezone, s.settings.sms_quiet_from, s.settings.sms_quiet_until)
 
-    async def _send(self, message: QueuedMessage) -> MessageOutcome:
-        """A message left in doubt is settled here, in the lane: nothing
-        overtakes this journey's messages, and they may wait."""
+    def overtaken(self, message: QueuedMessage) -> bool:
+        return False  # nothing overtakes this journey's messages: they may wait
+
+    def rank(self, message: QueuedMessage) -> datetime | None:
+        return message.queued_at
+
+    def carried_on(self, message: QueuedMessage) -> set[Channel]:
+        return {c for c in Channel if self.key(message.model_copy(update={"channel": c})) in self.state.messages}
+
+    def later_sent_on(self, message: QueuedMessage) -> set[Channel]:
+        # Every message starts on email and SMS carries only those email
+        # refused, each at once: in journey order, except a mail refused
+        # when it was settled, after a later one went by SMS. The messages
+        # kept here do not say which came first; that rare one still goes.
+        return set()
+
+    def record(self, message: QueuedMessage, outcome: MessageOutcome) -> None:
         s = self.state
-        quiet = sending.QuietHours(s.timezone, s.settings.sms_quiet_from, s.settings.sms_quiet_until)
-        closing = lambda: self._closing  # noqa: E731
+        s.messages[self.key(message)] = outcome.state
+        if s.win_back and message.occasion == f"win_back-{s.win_back.lapse_no}" and outcome.state is DeliveryState.SENT:
+            s.win_back.sent = True
+        self._note(f"{message.kind.value} by {message.channel.value}: {outcome.state.value}")
 
-        def attempt(mode: SendMode) -> Awaitable[MessageOutcome]:
-            request = MessageRequest(
-                key=self._key(message), kind=message.kind, channel=message.channel, customer_id=s.customer_id,
-                details=message.details, mode=mode,
-            )
-            return sending.send(request, message, quiet, closing, paused_retry=PAUSED_CHANNEL_RETRY, on_paused=lambda: None)
+    def routed(self) -> None:
+        self._show()
 
-        return await sending.settle_in_doubt(await attempt(SendMode.SEND), lambda: attempt(SendMode.SETTLE), closing)
-
-    def _key(self, message: QueuedMessage) -> str:
-        return f"{workflow.info().workflow_id}:{message.kind.value}:{message.occasion}:{message.channel.value}"
+    def provider_paused(self, channel: Channel) -> None:
+        """Not flagged: the orders' flags already send an operator to the credentials."""
 
     # --- status, search attributes, Web UI ------------------------------------------------
-
-    @staticmethod
-    def _continue_as_new_due() -> bool:
-        info = workflow.info()
-        return info.get_current_history_length() > CONTINUE_AS_NEW_AFTER_EVENTS or info.is_continue_as_new_suggested()
 
     def _wanted_search_attributes(self) -> dict[Any, Any]:
         return {sa.CUSTOMER_ID: self.state.customer_id, sa.CUSTOMER_PHASE: self.state.phase.value}
@@ -316,7 +309,7 @@ class CustomerJourney:
         ]
         if s.win_back is not None:
             lines.append(f"win-back #{s.win_back.lapse_no}: {s.win_back.group}, {s.win_back.attempts} message(s)")
-        lines += [f"- queued: {m.kind.value} by {m.channel.value}" for m in s.outbox]
+        lines += lanes.describe(s.lanes)
         lines += [f"- {line}" for line in reversed(s.timeline)]
         workflow.set_current_details("\n".join(lines))
 
@@ -356,7 +349,7 @@ class CustomerJourney:
         if outcome.key not in s.messages:
             workflow.logger.warning("ignored a message_resent signal about no message of this customer")
             return
-        kind = Touchpoint(outcome.key.split(":")[1])
+        kind = LedgerKey.parse(outcome.key).kind
         metrics.count_message(kind, outcome.channel, outcome.state)
         s.messages[outcome.key] = outcome.state
         self._note(f"{kind.value} by {outcome.channel.value}: {outcome.state.value} (resent by an operator)")

@@ -24,11 +24,11 @@ DEADLINE_BREACHES = "orders_deadline_breaches"
 EVENTS_REJECTED = "orders_events_rejected"
 
 
-def message_settled(message: QueuedMessage, outcome: MessageOutcome) -> None:
+def message_outcome(message: QueuedMessage, outcome: MessageOutcome) -> None:
     """A message reached its outcome. A mail in doubt that is to be settled
     later (from SendGrid's Email Activity) is counted then, with the outcome
     it settles to, so each message is counted once."""
-    if outcome.state is DeliveryState.IN_DOUBT and outcome.not_before is not None:
+    if outcome.awaits_settlement:
         return
     count_message(message.kind, message.channel, outcome.state)
     workflow.metric_meter().create_histogram_timedelta(

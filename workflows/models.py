@@ -442,6 +442,11 @@ class MessageOutcome(WireModel):
     # the order is flagged for an operator.
     not_before: datetime | None = None
 
+    @property
+    def awaits_settlement(self) -> bool:
+        """In doubt until the provider can show it: settled at `not_before`."""
+        return self.state is DeliveryState.IN_DOUBT and self.not_before is not None
+
 
 class MessageUndelivered(WireModel):
     """Signal `message_undelivered` to `order-{order_id}`, from the HTTP
@@ -485,6 +490,35 @@ class QueuedMessage(WireModel):
     settle_at: datetime | None = None
 
 
+class MessageLanes(BaseModel):
+    """A workflow's messages on their way (workflows/lanes.py)."""
+
+    # Per channel, messages waiting for their outcome, in journey order; the
+    # first may be in flight.
+    queues: dict[Channel, list[QueuedMessage]] = {Channel.EMAIL: [], Channel.SMS: []}
+    # Mails left in doubt, each to be settled at its `settle_at`, in order.
+    settling: list[QueuedMessage] = []
+
+    @property
+    def queued(self) -> list[QueuedMessage]:
+        return [m for queue in self.queues.values() for m in queue]
+
+
+def _lanes_kept_apart(data: Any, *fields: str) -> Any:
+    """A state carried over from a run before the lanes were one object."""
+    if not isinstance(data, dict) or "lanes" in data or not any(f in data for f in fields):
+        return data
+    data = dict(data)
+    queues: dict[str, list[Any]] = {Channel.EMAIL.value: [], Channel.SMS.value: []}
+    for channel, queued in (data.pop("queues", None) or {}).items():
+        queues[Channel(channel).value] += queued
+    # The customer's journey kept one queue for both channels.
+    for message in data.pop("outbox", None) or []:
+        queues[QueuedMessage.model_validate(message).channel.value].append(message)
+    data["lanes"] = {"queues": queues, "settling": data.pop("settling", None) or []}
+    return data
+
+
 class JourneyState(BaseModel):
     """Everything an order's workflow knows. A run that continues as new hands
     it to the next run, which resumes the journey where this one stood: every
@@ -518,16 +552,17 @@ class JourneyState(BaseModel):
     feedback_asked_at: datetime | None = None
     # Touchpoints already handed to a channel (each goes once per order).
     notified: list[Touchpoint] = []
-    # Per channel, messages not yet settled, oldest first; the first may be
-    # in flight. A run that continues as new carries them over.
-    queues: dict[Channel, list[QueuedMessage]] = {Channel.EMAIL: [], Channel.SMS: []}
-    # Messages left in doubt, each to be settled at its `settle_at`, in order.
-    settling: list[QueuedMessage] = []
+    lanes: MessageLanes = MessageLanes()
     # Messages a provider took, kept so one it reports undelivered later can
     # go on the other channel with the same details.
     taken: list[QueuedMessage] = []
     # Reports of undelivered messages that came before the send's outcome.
     undelivered: list[MessageUndelivered] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_run(cls, data: Any) -> Any:
+        return _lanes_kept_apart(data, "queues", "settling")
 
 
 # --- The customer's journey (workflows/customer_journey.py) --------------------
@@ -656,14 +691,18 @@ class CustomerState(BaseModel):
     lapses: int = 0
     win_back: WinBack | None = None
     won_back_total: int = 0
-    # Messages not yet settled, oldest first; the first may be in flight.
-    outbox: list[QueuedMessage] = []
-    # Messages of this journey, by key: their final state.
+    lanes: MessageLanes = MessageLanes()
+    # Messages of this journey, by ledger key: their latest state.
     messages: dict[str, DeliveryState] = {}
     consent_changes: int = 0
     timeline: list[str] = []
     # News that came in while a run was handing over, for the next run.
     pending_news: list[OrderNews] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_run(cls, data: Any) -> Any:
+        return _lanes_kept_apart(data, "outbox")
 
 
 class CustomerView(WireModel):

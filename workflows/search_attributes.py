@@ -27,9 +27,18 @@ class Keeper:
         given = workflow.info().typed_search_attributes
         self._upserted: dict[Any, Any] = {key: given.get(key) for key in keys}
         self._wanted = wanted
+        self._task: asyncio.Task | None = None
 
-    async def keep(self) -> None:
-        """Run as a task for the life of the run."""
+    def start(self) -> None:
+        """Keep them for the life of the run."""
+        self._task = asyncio.create_task(self._keep())
+
+    def stop(self) -> None:
+        """The run ends: the last changes go now."""
+        self._task.cancel()
+        self.flush()
+
+    async def _keep(self) -> None:
         while True:
             await workflow.wait_condition(lambda: self._wanted() != self._upserted)
             # Let the task's other coroutines make their changes first.

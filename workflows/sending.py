@@ -1,7 +1,8 @@
-"""One message sent from a workflow, whichever workflow sends it: the
-activity with its retry policy, the customer's quiet hours for SMS, the wait
-the marketing frequency cap asks for, staleness, the pause while a provider
-rejects our credentials, and the wait before a message in doubt is settled."""
+"""One message through the send_message activity, for the lanes
+(workflows/lanes.py) and an operator's resend: the activity with its retry
+policy, the customer's quiet hours for SMS, the wait the marketing frequency
+cap asks for, staleness, the pause while a provider rejects our
+credentials, and the wait before a message in doubt is settled."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.clock import quiet_hours_end
     from workflows.models import Channel, DeliveryState, MessageOutcome, MessageRequest, QueuedMessage
     from workflows.retries import SEND_RETRY, SEND_TIMEOUTS
+    from workflows.waiting import pause_until
 
 # The activity's error type when a provider rejects our credentials.
 PROVIDER_MISCONFIGURED = "ProviderMisconfigured"
@@ -40,15 +42,6 @@ class QuietHours:
         if channel is not Channel.SMS or self.exempt:
             return None
         return quiet_hours_end(now, self.timezone, self.quiet_from, self.quiet_until)
-
-
-async def pause_until(moment: datetime, withdrawn: Callable[[], bool]) -> None:
-    """One durable timer; raises CancelledError if `withdrawn` first."""
-    try:
-        await workflow.wait_condition(withdrawn, timeout=moment - workflow.now())
-    except asyncio.TimeoutError:
-        return
-    raise asyncio.CancelledError
 
 
 async def send(

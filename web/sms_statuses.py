@@ -1,0 +1,235 @@
+"""Twilio posts each status callback once: one lost to a 5xx, a restart or a
+proxy that re-encoded its `key` is lost for good. So an SMS Twilio took
+(ledger row 'sent') whose final status has not come
+TWILIO_STATUS_LOOKUP_AFTER after it was sent is looked up in Twilio
+(GET Messages/{Sid}, the official client's async fetch) and a final status
+recorded exactly as if Twilio had posted it (activities/provider_events.py):
+the suppression, the order's `message_undelivered` and the relay follow.
+
+A status not final yet (queued, sent...) is looked up again at doubling
+intervals, and given up once the message is GIVE_UP_AFTER old: Twilio
+settles a status within minutes, and says one older than 72 hours is
+unlikely to change (a carrier that never reports leaves it `sent`).
+
+Replicas claim the rows they look up for a while (as the relay claims
+signals), so none looks up a message another one is looking up, and one that
+died leaves its rows to the others when the claim runs out. It costs no
+Temporal action but the signals the reports owe anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import aiohttp
+import asyncpg
+from temporalio.common import MetricMeter
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.rest import Client as TwilioClient
+
+from activities import provider_events
+from activities.providers import keep_customer_data_out_of
+from web.config import WebConfig
+from web.signals import OwedSignals
+
+log = logging.getLogger(__name__)
+
+LOOKUPS = "orders_web_sms_status_lookups"
+GIVE_UP_AFTER = timedelta(hours=72)
+# After these nothing more happens to a message.
+FINAL = frozenset({*provider_events.TWILIO_DELIVERY, "canceled"})
+# The async client logs each request and response at INFO (no body, but
+# kept out of the logs as the worker's clients are).
+TWILIO_ASYNC_LOGGER = "twilio.async_http_client"
+
+# SMS Twilio took, with no final status, due for a look-up (first
+# `lookup_after` after they were sent) and not claimed by another replica,
+# oldest first; claimed by moving the next look-up past the claim.
+CLAIM_DUE = """
+UPDATE message_ledger l
+SET status_lookup_at = now() + make_interval(secs => $4), status_lookups = l.status_lookups + 1
+FROM (
+    SELECT key FROM message_ledger
+    WHERE provider = 'twilio' AND state = 'sent' AND delivery IS NULL AND provider_message_id IS NOT NULL
+      AND sent_at > now() - make_interval(secs => $3)
+      AND coalesce(status_lookup_at, sent_at + make_interval(secs => $2)) <= now()
+    ORDER BY sent_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) due
+WHERE l.key = due.key
+RETURNING l.key, l.provider_message_id, l.status_lookups
+"""
+
+# Looked up again `$2` seconds from now, unless that is past the horizon:
+# then never. True when given up.
+LOOK_AGAIN = """
+UPDATE message_ledger
+SET status_lookup_at = CASE WHEN now() + make_interval(secs => $2) < sent_at + make_interval(secs => $3)
+                            THEN now() + make_interval(secs => $2) ELSE 'infinity' END
+WHERE key = $1
+RETURNING status_lookup_at = 'infinity'
+"""
+
+NEVER_AGAIN = "UPDATE message_ledger SET status_lookup_at = 'infinity' WHERE key = $1"
+
+
+class TwilioMessages:
+    """Twilio's Message resources, through the official client on its own
+    async HTTP client (aiohttp: nothing blocks the event loop). Open while
+    used: a session per sweep that has something to look up."""
+
+    def __init__(self, config: WebConfig) -> None:
+        self._timeout = config.provider_timeout
+        self._http = AsyncTwilioHttpClient(timeout=config.provider_timeout)
+        self._client = TwilioClient(config.twilio_account_sid, config.twilio_auth_token, http_client=self._http)
+        self._client.api.base_url = config.twilio_api_base_url
+
+    async def status(self, message_sid: str) -> tuple[str, int | None]:
+        """The message's status and error code. The client applies no
+        timeout of its own to async requests."""
+        async with asyncio.timeout(self._timeout):
+            message = await self._client.api.v2010.account.messages(message_sid).fetch_async()
+        return message.status, message.error_code
+
+    async def close(self) -> None:
+        await self._http.close()
+
+
+@dataclass(frozen=True)
+class LookupTiming:
+    """Seconds. Each sweep looks up what is due, `batch` rows at a time,
+    `at_once` of them concurrently, each batch claimed for `claim_for`."""
+
+    sweep_every: float = 60.0
+    batch: int = 50
+    at_once: int = 4
+    claim_for: float = 300.0
+
+
+@dataclass(frozen=True)
+class Due:
+    key: str
+    message_sid: str
+    # This one included.
+    lookups: int
+
+
+class SmsStatuses:
+    """Looks up the SMS whose final status Twilio's callback did not bring."""
+
+    def __init__(
+        self,
+        pool: Callable[[], asyncpg.Pool],
+        config: WebConfig,
+        relay: OwedSignals,
+        timing: LookupTiming = LookupTiming(),
+        meter: MetricMeter = MetricMeter.noop,
+    ) -> None:
+        self._pool = pool
+        self._config = config
+        self._relay = relay
+        self._timing = timing
+        self._looked_up = meter.create_counter(LOOKUPS, "SMS statuses the HTTP service looked up in Twilio, by result")
+        keep_customer_data_out_of([TWILIO_ASYNC_LOGGER])
+
+    @property
+    def off_because(self) -> str | None:
+        needed = {"TWILIO_ACCOUNT_SID": self._config.twilio_account_sid, "TWILIO_AUTH_TOKEN": self._config.twilio_auth_token}
+        missing = [name for name, value in needed.items() if not value]
+        return f"{' and '.join(missing)} not set" if missing else None
+
+    async def run(self) -> None:
+        """Until cancelled: a sweep at start, then every `sweep_every`."""
+        if self.off_because:
+            log.info("SMS status look-ups off: %s, so a lost Twilio status callback stays lost", self.off_because)
+            return
+        while True:
+            try:
+                await self.sweep()
+            except Exception as err:  # noqa: BLE001 - PostgreSQL away, or a bug: the sweep must go on
+                log.warning("SMS status look-ups failed this pass: %s", type(err).__name__)
+            await asyncio.sleep(self._timing.sweep_every)
+
+    async def sweep(self) -> int:
+        """Look up every SMS due now; how many were looked up."""
+        timing, looked_up = self._timing, 0
+        twilio: TwilioMessages | None = None
+        try:
+            while True:
+                async with self._pool().acquire() as conn:
+                    rows = await conn.fetch(
+                        CLAIM_DUE,
+                        timing.batch,
+                        self._config.twilio_status_lookup_after.total_seconds(),
+                        GIVE_UP_AFTER.total_seconds(),
+                        timing.claim_for,
+                    )
+                if not rows:
+                    return looked_up
+                twilio = twilio or TwilioMessages(self._config)  # most sweeps find nothing to look up
+                at_once = asyncio.Semaphore(timing.at_once)
+
+                async def look_up(due: Due) -> None:
+                    async with at_once:
+                        try:
+                            await self._look_up(twilio, due)
+                        except Exception as err:  # noqa: BLE001 - PostgreSQL away, or a bug: its claim runs out, and it is tried again
+                            log.warning("SMS status of %s not looked up: %s", due.key, type(err).__name__)
+
+                await asyncio.gather(*(look_up(Due(r["key"], r["provider_message_id"], r["status_lookups"])) for r in rows))
+                looked_up += len(rows)
+                if len(rows) < timing.batch:
+                    return looked_up
+        finally:
+            if twilio:
+                await twilio.close()
+
+    async def _look_up(self, twilio: TwilioMessages, due: Due) -> None:
+        try:
+            status, error_code = await twilio.status(due.message_sid)
+        except TwilioRestException as err:
+            if err.status == 404:  # deleted, or not this account's: nothing will tell
+                await self._pool().execute(NEVER_AGAIN, due.key)
+                self._count("not_found")
+                log.warning("SMS status of %s not looked up again: Twilio does not know %s", due.key, due.message_sid)
+                return
+            await self._look_again(due, "failed", f"Twilio answered {err.status} ({err.code})")
+            return
+        except (aiohttp.ClientError, TimeoutError, OSError) as err:
+            await self._look_again(due, "failed", type(err).__name__)
+            return
+        if status in FINAL:
+            await self._record(due, status, error_code)
+        else:
+            await self._look_again(due, "not_final", None)
+
+    async def _record(self, due: Due, status: str, error_code: int | None) -> None:
+        """As if Twilio had posted it: the same event, so the callback, if it
+        comes after all, is a repeat."""
+        event = provider_events.from_twilio(ledger_key=due.key, message_sid=due.message_sid, status=status, error_code=error_code)
+        async with self._pool().acquire() as conn, conn.transaction():
+            recorded = await provider_events.record(conn, event)
+            await conn.execute(NEVER_AGAIN, due.key)
+        self._count("final")
+        log.info("Twilio status %s for %s looked up", status, due.key)
+        if recorded.signal is not None:
+            await self._relay.tell("twilio", [recorded.event_id])
+
+    async def _look_again(self, due: Due, result: str, why: str | None) -> None:
+        """At doubling intervals from `lookup_after`; never, past the horizon."""
+        delay = self._config.twilio_status_lookup_after.total_seconds() * 2 ** (due.lookups - 1)
+        given_up = await self._pool().fetchval(LOOK_AGAIN, due.key, delay, GIVE_UP_AFTER.total_seconds())
+        self._count("gave_up" if given_up else result)
+        if why:
+            log.warning("SMS status of %s not looked up: %s", due.key, why)
+        if given_up:
+            log.info("SMS status of %s given up: no final status %g h after it was sent", due.key, GIVE_UP_AFTER / timedelta(hours=1))
+
+    def _count(self, result: str) -> None:
+        self._looked_up.add(1, {"result": result})

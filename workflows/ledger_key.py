@@ -1,0 +1,61 @@
+"""The ledger key: the one name of a message in the ledger
+(`message_ledger.key`), at the providers (SendGrid's custom arg
+`message_key`, Twilio's status callback URL) and in an operator's `orders
+resend`. Built and read here only; pure, so the workflows, the HTTP service,
+the CLI, the benchmarks and the tests all use it.
+
+- an order's message: `<workflow id>:<kind>:<channel>`,
+  e.g. `order-A1:dispatch_notice:sms`, once per order, kind and channel;
+- the customer's journey's: `<workflow id>:<kind>:<occasion>:<channel>`,
+  e.g. `customer-C1:win_back:win_back-2:email`, once per occasion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workflows.models import Channel, Touchpoint, customer_workflow_id, workflow_id_for
+
+CUSTOMER_PREFIX = customer_workflow_id("")
+
+
+@dataclass(frozen=True)
+class LedgerKey:
+    workflow_id: str
+    kind: Touchpoint
+    channel: Channel
+    # What makes a customer's message one of a kind ("loyal", "win_back-2");
+    # None for an order's messages.
+    occasion: str | None = None
+
+    @classmethod
+    def of_order(cls, order_id: str, kind: Touchpoint | str, channel: Channel | str) -> LedgerKey:
+        return cls(workflow_id_for(order_id), Touchpoint(kind), Channel(channel))
+
+    @staticmethod
+    def order_prefix(order_id: str) -> str:
+        """What every key of the order's messages starts with."""
+        return f"{workflow_id_for(order_id)}:"
+
+    @classmethod
+    def parse(cls, key: str) -> LedgerKey:
+        """Raises ValueError, naming what is wrong, for a key we never build."""
+        head, _, channel = key.rpartition(":")
+        of_customer = head.startswith(CUSTOMER_PREFIX)
+        parts = head.rsplit(":", 2 if of_customer else 1)
+        if len(parts) != (3 if of_customer else 2) or not all(parts):
+            shape = "workflow id:kind:occasion:channel" if of_customer else "workflow id:kind:channel"
+            raise ValueError(f"{key!r} is not a ledger key: expected {shape}")
+        workflow_id, kind, occasion = parts if of_customer else (*parts, None)
+        try:
+            return cls(workflow_id, Touchpoint(kind), Channel(channel), occasion)
+        except ValueError:
+            raise ValueError(f"{key!r} is not a ledger key: no touchpoint {kind!r} by channel {channel!r}") from None
+
+    def on(self, channel: Channel) -> LedgerKey:
+        """The same message's key on another channel."""
+        return LedgerKey(self.workflow_id, self.kind, channel, self.occasion)
+
+    def __str__(self) -> str:
+        parts = [self.workflow_id, self.kind.value, *([self.occasion] if self.occasion is not None else []), self.channel.value]
+        return ":".join(parts)
