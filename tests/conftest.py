@@ -28,7 +28,16 @@ from codec import KEYS_VARIABLE, payload_keys_from_env
 from starter.embedded import start_dev_server, start_postgres, start_time_skipping_server
 from tests.fake_providers import FakeProviders, serve
 from worker import build_worker
-from workflows.models import Channel, JourneySettings, LifecycleSettings, OrderInput, OrderStatusView
+from workflows import order_lifecycle
+from workflows.models import (
+    Channel,
+    DeliveryState,
+    JourneySettings,
+    LifecycleSettings,
+    MessageOutcome,
+    OrderInput,
+    OrderStatusView,
+)
 
 TWILIO_SID = "AC" + "0" * 32
 HISTORIES = Path(__file__).parent / "histories"
@@ -37,6 +46,9 @@ NO_QUIET_HOURS = {"sms_quiet_from": timedelta(0), "sms_quiet_until": timedelta(0
 # (tests/histories, RECORD_HISTORIES=1). Never used outside the tests.
 TEST_KEY_ENV = {KEYS_VARIABLE: "test-1:b25seSB0aGUgdGVzdHMgdXNlIHRoaXMga2V5OiAzMmI="}
 TEST_PAYLOAD_KEYS = payload_keys_from_env(TEST_KEY_ENV)
+
+# tests/skip_rule.py: an unmarked skip fails. pytester: the rule's own test.
+pytest_plugins = ("tests.skip_rule", "pytester")
 
 
 @pytest.fixture(scope="session")
@@ -177,9 +189,11 @@ class Harness:
         server, a signal that supersedes a send whose activity completes at
         that very moment makes the workflow cancel an activity the server has
         already closed: it refuses the task ("ACTIVITY_UNKNOWN", where the real
-        server accepts it) and never releases its time-skipping lock, so every
-        later timer waits in real time. Tests that are not about superseding
-        wait for this first."""
+        server accepts it) and never releases its time-skipping lock, so the
+        test hangs. So a test that is not about superseding waits, before an
+        event that overtakes a message, until that message's touchpoint is
+        recorded and then until this; a test about superseding holds the send
+        in its retry backoff (the provider in outage), never completing."""
         return await self.wait_for(handle, lambda v: not v.queued_messages)
 
     async def wait_touchpoint(self, handle: WorkflowHandle, kind: str, channel: str = "email") -> OrderStatusView:
@@ -267,38 +281,29 @@ async def store(pool: asyncpg.Pool, order: dict[str, Any] | OrderInput) -> None:
         await store_order(conn, order if isinstance(order, OrderInput) else OrderInput.model_validate(order))
 
 
-# The time-skipping server's known fault (see Harness.wait_queues_empty): the
-# workflow cancels a send whose activity the server closed a moment before,
-# the server refuses the task with this message and keeps time skipping
-# locked for good, so the test hangs until its own timeout. A test that
-# failed with this in its output is run once more, on a fresh server; any
-# other failure stands.
-TIME_SKIPPING_SERVER_FAULT = "ACTIVITY_UNKNOWN for scheduledEventId="
-rerun_after_server_fault: list[str] = []
+async def continue_as_new(h: Harness, handle: WorkflowHandle) -> WorkflowHandle:
+    """The order's workflow continues as new now, as it does once its history
+    is long (the one place tests change that limit): lowered to this run's
+    length, the run woken by a signal that changes nothing, the limit put back
+    once the next run has started. Waits first until no message is queued or
+    being sent, since the hand-over withdraws a send waiting for its retry.
+    Returns a handle that follows the order into its latest run."""
+    latest = h.client.get_workflow_handle(handle.id, result_type=OrderStatusView)
+    await h.wait_for(latest, lambda v: not v.queued_messages)
+    run_id = (await latest.describe()).run_id
+    length = len((await latest.fetch_history()).events)
+    limit = order_lifecycle.CONTINUE_AS_NEW_AFTER_EVENTS
+    order_lifecycle.CONTINUE_AS_NEW_AFTER_EVENTS = length
+    try:
+        await latest.signal(
+            "message_settled", MessageOutcome(key="no message of this order", channel=Channel.EMAIL, state=DeliveryState.SENT)
+        )
+        deadline = asyncio.get_running_loop().time() + 20
+        while (await latest.describe()).run_id == run_id:
+            assert asyncio.get_running_loop().time() < deadline, "the order did not continue as new"
+            await asyncio.sleep(0.05)
+    finally:
+        order_lifecycle.CONTINUE_AS_NEW_AFTER_EVENTS = limit
+    h.started.append(latest)
+    return latest
 
-
-def _hit_server_fault(reports: list[pytest.TestReport]) -> bool:
-    return any(r.failed for r in reports) and any(
-        TIME_SKIPPING_SERVER_FAULT in text for r in reports for _, text in r.sections
-    )
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool:
-    from _pytest.runner import runtestprotocol
-
-    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    reports = runtestprotocol(item, nextitem=nextitem, log=False)
-    if _hit_server_fault(reports):
-        rerun_after_server_fault.append(item.nodeid)
-        item._initrequest()
-        reports = runtestprotocol(item, nextitem=nextitem, log=False)
-    for report in reports:
-        item.ihook.pytest_runtest_logreport(report=report)
-    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
-    return True
-
-
-def pytest_terminal_summary(terminalreporter) -> None:
-    for nodeid in rerun_after_server_fault:
-        terminalreporter.write_line(f"run again after the time-skipping server's ACTIVITY_UNKNOWN fault: {nodeid}")

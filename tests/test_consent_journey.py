@@ -19,10 +19,15 @@ def states(view, kind: str) -> dict[str, str]:
 
 
 async def deliver(h, handle, order) -> None:
+    """Paid, dispatched, delivered, each event once the messages of the one
+    before are sent: none may overtake a send (see Harness.wait_queues_empty)."""
     await handle.signal("payment_received", payment_for(order))
+    await h.wait_touchpoint(handle, "payment_confirmation")
     await handle.signal(
         "order_dispatched", {"carrier": "DHL", "tracking_number": "T1", "expected_delivery": await h.tomorrow()}
     )
+    await h.wait_touchpoint(handle, "dispatch_notice", "sms")
+    await h.wait_queues_empty(handle)
     await handle.signal("order_delivered", {"delivered_at": await h.now_iso()})
 
 
@@ -62,6 +67,7 @@ async def test_an_sms_due_in_the_customers_night_waits_for_their_morning(own_clo
         order["customer"]["timezone"] = tz
         handle = await h.start(order)
         await handle.signal("payment_received", payment_for(order))
+        await h.wait_touchpoint(handle, "payment_confirmation")
         await handle.signal(
             "order_dispatched", {"carrier": "DHL", "tracking_number": "T1", "expected_delivery": await h.tomorrow()}
         )

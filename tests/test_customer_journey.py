@@ -18,6 +18,7 @@ import workflows.customer_journey as customer_journey
 from activities.customers import CustomerActivities
 from starter.embedded import start_time_skipping_server
 from tests.conftest import TEST_PAYLOAD_KEYS, Harness, new_order, payment_for, store
+from workflows import search_attributes
 from workflows.customer_journey import in_holdout
 from workflows.ledger_key import LedgerKey
 from workflows.models import (
@@ -267,14 +268,20 @@ async def test_the_order_tells_the_customer_it_was_placed_and_delivered(ts_env, 
         order = new_order()
         handle = await h.start(order)
         await handle.signal("payment_received", payment_for(order))
+        await h.wait_touchpoint(handle, "payment_confirmation")
         await handle.signal(
             "order_dispatched", {"carrier": "DHL", "tracking_number": "T1", "expected_delivery": await h.tomorrow()}
         )
+        # No event may overtake a send (see Harness.wait_queues_empty).
+        await h.wait_touchpoint(handle, "dispatch_notice", "sms")
+        await h.wait_queues_empty(handle)
         await handle.signal("order_delivered", {"delivered_at": await h.now_iso()})
         customer = h.client.get_workflow_handle(f"customer-{order['customer']['customer_id']}")
         c = Customer(h, pool, order["customer"]["customer_id"])
         view = await c.wait_for(lambda v: sent(v, "welcome"))
         assert view.orders_total == 1 and view.phase is CustomerPhase.NEW
+        # The Web UI and `temporal workflow list` find the customer by these.
         described = await customer.describe()
-        assert described.typed_search_attributes is not None
+        assert described.typed_search_attributes.get(search_attributes.CUSTOMER_PHASE) == "new"
+        assert described.typed_search_attributes.get(search_attributes.CUSTOMER_ID) == order["customer"]["customer_id"]
         await h.keep_history(customer, "customer_first_order")

@@ -123,7 +123,10 @@ async def test_item03_locker_deadline_counts_from_the_carriers_delivery_time(
     async with make_harness(ts_env) as h:
         handle = await h.start(order)
         await handle.signal("payment_received", payment_for(order))
+        await h.wait_touchpoint(handle, "payment_confirmation")
         await handle.signal("order_dispatched", {"carrier": "InPost", "tracking_number": "IP9", "expected_delivery": await h.tomorrow()})
+        await h.wait_touchpoint(handle, "dispatch_notice", "sms")
+        await h.wait_queues_empty(handle)
         delivered_at = await h.now() - timedelta(hours=50)
         await handle.signal("order_delivered", {"delivered_at": delivered_at.isoformat(), "locker_pickup_code": "4242"})
         view = await h.wait_touchpoint(handle, "locker_reminder", "sms")
@@ -162,6 +165,7 @@ async def test_item04_not_delivered_by_the_final_deadline_is_declared_lost(
     async with make_harness(ts_env) as h:
         handle = await h.start(order)
         await handle.signal("payment_received", payment_for(order))
+        await h.wait_touchpoint(handle, "payment_confirmation")
         await handle.signal("order_dispatched", {"carrier": "GLS", "tracking_number": "G404", "expected_delivery": await h.tomorrow()})
         await h.wait_touchpoint(handle, "dispatch_notice", "sms")
         await ts_env.sleep(timedelta(days=3, hours=2))
@@ -194,6 +198,9 @@ async def test_item05_one_channel_down_holds_up_neither_the_other_nor_the_journe
             await handle.signal("order_dispatched", {"carrier": "DHL", "tracking_number": "T5", "expected_delivery": await h.tomorrow()})
             await h.wait_touchpoint(handle, "dispatch_notice", "email")
             await handle.signal("out_for_delivery", {"date": await h.tomorrow()})
+            # Queued behind the dispatch SMS before the delivery overtakes both
+            # (in one workflow task with it, it would never be queued at all).
+            await h.wait_for(handle, lambda v: "delivery_day:sms" in v.queued_messages)
             await handle.signal("order_delivered", {"delivered_at": await h.now_iso()})
             view = await h.wait_touchpoint(handle, "delivery_confirmation", "email")
             assert ("delivery_confirmation", "email", "sent") in kinds(view)
@@ -214,6 +221,7 @@ async def test_item05_messages_on_one_channel_keep_journey_order_after_an_outage
     async with make_harness(ts_env) as h:
         handle = await h.start(order)
         await handle.signal("payment_received", payment_for(order))
+        await h.wait_touchpoint(handle, "payment_confirmation")
         async with outage(fakes, "sms"):
             await handle.signal("order_dispatched", {"carrier": "DHL", "tracking_number": "T6", "expected_delivery": await h.tomorrow()})
             await handle.signal("out_for_delivery", {"date": await h.tomorrow()})
@@ -275,7 +283,10 @@ async def test_item13_a_flag_and_a_status_change_in_one_task_cost_one_upsert(
     async with make_harness(ts_env) as h:
         handle = await h.start(order)
         await handle.signal("payment_received", payment_for(order))
+        await h.wait_touchpoint(handle, "payment_confirmation")
         await handle.signal("order_dispatched", {"carrier": "InPost", "tracking_number": "IP13", "expected_delivery": await h.tomorrow()})
+        await h.wait_touchpoint(handle, "dispatch_notice", "sms")
+        await h.wait_queues_empty(handle)
         await handle.signal("order_delivered", {"delivered_at": await h.now_iso(), "locker_pickup_code": "13"})
         await handle.signal("feedback_submitted", {"item_rating": 5, "seller_rating": 5})
         result = await h.result(handle)

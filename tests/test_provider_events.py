@@ -882,6 +882,8 @@ async def test_a_bounce_reported_while_the_send_still_waits_for_sendgrid_is_acte
 async def delivery_day_sms(h, handle, order: dict[str, Any], fakes: FakeProviders, tracking_number: str):
     """Pay, dispatch and send the order out for delivery: the delivery-day SMS, as Twilio took it."""
     await handle.signal("payment_received", payment_for(order))
+    # The dispatch must not overtake the payment confirmation's send (see Harness.wait_queues_empty).
+    await h.wait_touchpoint(handle, "payment_confirmation")
     await handle.signal(
         "order_dispatched", {"carrier": "DHL", "tracking_number": tracking_number, "expected_delivery": await h.tomorrow()}
     )
@@ -932,7 +934,10 @@ async def test_an_sms_reported_undelivered_once_it_is_of_no_use_goes_nowhere_els
     async with make_harness(ts_env) as h, journey_web(ts_env) as web:
         handle = await h.start(order)
         await handle.signal("payment_received", payment_for(order))
+        await h.wait_touchpoint(handle, "payment_confirmation")
         await handle.signal("order_dispatched", {"carrier": "InPost", "tracking_number": "IP9", "expected_delivery": await h.tomorrow()})
+        await h.wait_touchpoint(handle, "dispatch_notice", "sms")
+        await h.wait_queues_empty(handle)
         await handle.signal("order_delivered", {"delivered_at": await h.now_iso(), "locker_pickup_code": "4242"})
         await h.wait_touchpoint(handle, "delivery_confirmation")
         await ts_env.sleep(timedelta(hours=49))

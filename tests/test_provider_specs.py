@@ -22,10 +22,12 @@ from web.sms_statuses import TwilioMessages
 from workflows.ledger_key import LedgerKey
 
 SPECS = Path(os.environ.get("PROVIDER_SPECS_DIR", Path(__file__).resolve().parents[2] / "shared" / "provider-specs"))
-if not SPECS.exists():
-    if os.environ.get("CI"):
-        raise RuntimeError(f"provider specs not found at {SPECS}")
-    pytest.skip(f"provider specs not found at {SPECS}; set PROVIDER_SPECS_DIR", allow_module_level=True)
+if not SPECS.exists() and os.environ.get("CI"):
+    raise RuntimeError(f"provider specs not found at {SPECS}")
+pytestmark = [
+    pytest.mark.may_skip("the specs live outside the repository, so a fresh clone has none; CI fails without them"),
+    pytest.mark.skipif(not SPECS.exists(), reason=f"provider specs not found at {SPECS}; set PROVIDER_SPECS_DIR"),
+]
 SPEC_FOR = {
     "/v3/mail/send": ("sendgrid_mail_v3.json", "https://api.sendgrid.com"),
     "/v3/messages": ("sendgrid_email_activity_v3.json", "https://api.sendgrid.com"),
@@ -56,6 +58,8 @@ async def sent_requests(make_harness, fakes: FakeProviders, provider_config) -> 
     async with make_harness(ts_env) as h:
         handle = await h.start(order)
         await handle.signal("payment_received", payment_for(order))
+        # The dispatch must not overtake the payment confirmation's send (see Harness.wait_queues_empty).
+        await h.wait_touchpoint(handle, "payment_confirmation")
         await handle.signal(
             "order_dispatched",
             {"carrier": "DHL", "tracking_number": "SPEC1", "expected_delivery": await h.tomorrow(), "tracking_url": "https://t.example/SPEC1"},

@@ -58,6 +58,7 @@ async def test_unsubscribed_number_falls_back_to_email(ts_env, make_harness, fak
     async with make_harness(ts_env) as h:
         handle = await h.start(order)
         await handle.signal("payment_received", payment_for(order))
+        await h.wait_touchpoint(handle, "payment_confirmation")
         await handle.signal("order_dispatched", {"carrier": "DHL", "tracking_number": "T9", "expected_delivery": await h.tomorrow()})
         await handle.signal("out_for_delivery", {"date": await h.tomorrow()})
         view = await h.wait_touchpoint(handle, "delivery_day", "email")
@@ -150,6 +151,8 @@ async def dispatch_notice_by_sms(h, order: dict, tracking: str):
     """Pay and dispatch an order; its status once the SMS dispatch notice has its outcome."""
     handle = await h.start(order)
     await handle.signal("payment_received", payment_for(order))
+    # The dispatch must not overtake the payment confirmation's send (see Harness.wait_queues_empty).
+    await h.wait_touchpoint(handle, "payment_confirmation")
     await handle.signal("order_dispatched", {"carrier": "DHL", "tracking_number": tracking, "expected_delivery": await h.tomorrow()})
     view = await h.wait_touchpoint(handle, "dispatch_notice", "sms")
     await handle.terminate("test done")
@@ -185,8 +188,8 @@ class SmsLostBeforeRequest(TwilioSms):
     died = False
 
     def send(self, message):
-        if not SmsLostBeforeRequest.died:
-            SmsLostBeforeRequest.died = True
+        if not self.died:
+            self.died = True
             raise WorkerDied("worker killed before the provider call")
         return super().send(message)
 
@@ -194,10 +197,11 @@ class SmsLostBeforeRequest(TwilioSms):
 async def test_sms_claimed_but_never_sent_is_sent_after_lookup(ts_env, make_harness, fakes: FakeProviders, provider_config: ProviderConfig):
     order = new_order()
     phone = order["customer"]["phone"]
-    providers = {Channel.EMAIL: SendGridEmail(provider_config), Channel.SMS: SmsLostBeforeRequest(provider_config)}
+    lost = SmsLostBeforeRequest(provider_config)
+    providers = {Channel.EMAIL: SendGridEmail(provider_config), Channel.SMS: lost}
     async with make_harness(ts_env, providers=providers) as h:
         view = await dispatch_notice_by_sms(h, order, "LOST1")
-    assert SmsLostBeforeRequest.died
+    assert lost.died
     assert ("dispatch_notice", "sms", "sent") in kinds(view)
     assert len(fakes.deliveries_to(phone)) == 1
 

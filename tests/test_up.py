@@ -55,6 +55,7 @@ def wait_for(url: str, deadline: float, up: subprocess.Popen) -> httpx.Response:
         time.sleep(0.5)
 
 
+@pytest.mark.may_skip("a developer's own `orders up` holds the fixed ports it needs; in CI a taken port fails")
 def test_orders_up_runs_every_part_and_stops_them_all(tmp_path: Path):
     if any(busy(port) for port in PORTS):
         taken = f"one of the ports orders up uses ({', '.join(map(str, PORTS))}) is taken"
