@@ -196,10 +196,21 @@ class Scene:
         return self.workers[0]
 
 
+def message_key(workflow_id: str, kind: str, channel: str) -> str:
+    """The ledger key of an order's message, as its workflow builds it."""
+    return f"{workflow_id}:{kind}:{channel}"
+
+
+def key_parts(key: str) -> tuple[str, str, str]:
+    """The workflow id, touchpoint and channel an order message's ledger key names."""
+    workflow_id, kind, channel = key.rsplit(":", 2)
+    return workflow_id, kind, channel
+
+
 def other_channel_key(key: str) -> str:
     """The ledger key of the same touchpoint on the other channel."""
-    touchpoint, channel = key.rsplit(":", 1)
-    return f"{touchpoint}:{'sms' if channel == 'email' else 'email'}"
+    workflow_id, kind, channel = key_parts(key)
+    return message_key(workflow_id, kind, "sms" if channel == "email" else "email")
 
 
 def touchpoints(runs: list[OrderRun]) -> dict[str, list[dict[str, Any]]]:
@@ -208,7 +219,7 @@ def touchpoints(runs: list[OrderRun]) -> dict[str, list[dict[str, Any]]]:
     recorded: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         for touchpoint in (run.result or {}).get("touchpoints", []):
-            key = f"{workflow_id_for(run.order_id)}:{touchpoint['kind']}:{touchpoint['channel']}"
+            key = message_key(workflow_id_for(run.order_id), touchpoint["kind"], touchpoint["channel"])
             recorded.setdefault(key, []).append(touchpoint)
     return recorded
 
@@ -288,9 +299,9 @@ async def audit(stack: Stack, report: DrillReport, runs: list[OrderRun], orders:
         if missing or row["state"] == "in_doubt":
             report.unaccounted.append(unaccounted(row, touchpoint))
     del report.unaccounted[UNACCOUNTED_SHOWN:]
-    failed_keys = {r["key"].rsplit(":", 1)[0] for r in rows if r["state"] == "failed"}
+    failed_touchpoints = {key_parts(r["key"])[:2] for r in rows if r["state"] == "failed"}
     report.fell_back_to_other_channel = sum(
-        1 for r in rows if r["state"] == "sent" and r["key"].rsplit(":", 1)[0] in failed_keys
+        1 for r in rows if r["state"] == "sent" and key_parts(r["key"])[:2] in failed_touchpoints
     )
     report.refused_not_handed_over = sum(
         1 for r in rows if r["state"] == "failed" and other_channel_key(r["key"]) not in recorded
@@ -350,7 +361,7 @@ def email_latencies(
     for mail in accepted:
         if mail.channel != "email" or not mail.key:
             continue
-        workflow_id, kind, _ = mail.key.rsplit(":", 2)
+        workflow_id, kind, _ = key_parts(mail.key)
         run = runs_by_workflow.get(workflow_id)
         signalled = run.signalled_at.get(MAIL_CAUSES.get(kind, "")) if run else None
         if signalled is not None:
