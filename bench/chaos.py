@@ -43,7 +43,7 @@ from temporalio.client import Client
 from temporalio.service import RetryConfig
 
 from activities import provider_events
-from bench.driver import OrderRun, System, Tracker, bench_order, drive, new_run_id
+from bench.driver import OrderRun, System, Tracker, bench_order, drive, key_parts, message_key, new_run_id
 from bench.prometheus import free_port, parse, scrape, total
 from bench.stack import TWILIO_TOKEN, Stack, WorkerProcess, start_stack, wait_for_pollers
 from bench.throughput import percentile
@@ -230,17 +230,6 @@ class Scene:
     @property
     def worker(self) -> WorkerProcess:
         return self.workers[0]
-
-
-def message_key(workflow_id: str, kind: str, channel: str) -> str:
-    """The ledger key of an order's message, as its workflow builds it."""
-    return f"{workflow_id}:{kind}:{channel}"
-
-
-def key_parts(key: str) -> tuple[str, str, str]:
-    """The workflow id, touchpoint and channel an order message's ledger key names."""
-    workflow_id, kind, channel = key.rsplit(":", 2)
-    return workflow_id, kind, channel
 
 
 def other_channel_key(key: str) -> str:

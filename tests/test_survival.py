@@ -19,8 +19,8 @@ from urllib.parse import urlencode
 import asyncpg
 import pytest
 
-from bench.chaos import DEPLOY_GRACE_SECONDS, DRILLS, DrillReport, audit, message_key, run_drill
-from bench.driver import OrderRun, bench_order, new_run_id
+from bench.chaos import DEPLOY_GRACE_SECONDS, DRILLS, DrillReport, audit, run_drill
+from bench.driver import OrderRun, bench_order, message_key, new_run_id
 from bench.stack import TWILIO_SID, Stack
 from tests.fake_providers import FakeProviders, RecordedRequest
 from workflows.models import workflow_id_for
