@@ -314,6 +314,7 @@ def check_records(
     report: DrillReport,
     runs: list[OrderRun],
     orders: list[dict[str, Any]],
+    history: dict[str, list[dict[str, Any]]],
     accepted: Accepted,
     rows: dict[str, asyncpg.Record],
 ) -> None:
@@ -322,7 +323,6 @@ def check_records(
     (recorded sent but not taken, or taken but recorded as not sent or not
     at all). The ledger only tells which message an SMS is (by its body),
     and shows its row in the examples."""
-    history = touchpoints(runs)
     order_by_id = {o["order_id"]: o for o in orders}
     # Every key recorded or taken, by the workflow it names (a customer's too).
     keys_of: dict[str, set[str]] = {}
@@ -374,7 +374,7 @@ async def audit(stack: Stack, report: DrillReport, runs: list[OrderRun], orders:
         any(t["state"] == IN_DOUBT for t in states) and states[-1]["state"] != IN_DOUBT for states in history.values()
     )
     report.email_activity_searches = dict(stack.fakes.email_activity_searches)
-    check_records(report, runs, orders, accepted, {r["key"]: r for r in rows})
+    check_records(report, runs, orders, history, accepted, {r["key"]: r for r in rows})
     states = Counter(r["state"] for r in rows)
     report.in_doubt = states[IN_DOUBT]
     report.failed_permanently = states["failed"]

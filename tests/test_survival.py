@@ -45,9 +45,11 @@ async def test_drill(drill: str):
     if drill in ("kill-worker", "deploy", "kill-and-faults"):
         assert report.notes, "the worker was never restarted while orders were in flight"
     if drill == "kill-and-faults":
-        # Issue 16 item 3: kills while requests fail and are answered late.
+        # Issue 16 item 3: kills while requests are refused, answered 502/504
+        # once taken, and answered after the client's timeout.
         assert len(report.notes) == 2 and report.late_answers > 0, report.notes
-        assert {"429", "500", "502", "503"} <= set(report.provider_answers)
+        answers = set(report.provider_answers)
+        assert answers & {"429", "500", "503"} and answers & {"502", "504"}, report.provider_answers
     if drill == "two-workers":
         assert report.notes, "no worker was killed while orders were in flight"
         # Both took work (each counted on its own metrics port); the survivor finished it.
