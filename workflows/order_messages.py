@@ -148,11 +148,13 @@ class OrderMessages:
     def act_on_undelivered(self) -> None:
         """Each message reported undelivered is recorded so, flagged, and
         handed to the other channel while still worth sending. A report that
-        came before the send's outcome waits for it; a repeat changes nothing."""
+        came before the send's outcome waits for it, as one about a mail
+        being settled waits for the settlement; a repeat changes nothing."""
         s = self._state
         for report in list(s.undelivered):
             states = [t.state for t in s.touchpoints if t.kind is report.kind and t.channel is report.channel]
-            if not states:
+            settling = any(m.kind is report.kind and m.channel is report.channel for m in s.lanes.settling)
+            if not states or settling:
                 continue  # no outcome yet: `routed` comes back here
             s.undelivered.remove(report)
             taken = next((m for m in s.taken if m.kind is report.kind and m.channel is report.channel), None)
