@@ -178,6 +178,11 @@ class FakeProviders:
         with self.lock:
             self._revoked.add(credential)
 
+    def restore(self, credential: str) -> None:
+        """Accept this API key or auth token again."""
+        with self.lock:
+            self._revoked.discard(credential)
+
     def answer_in_problem_format(self, phone: str) -> None:
         """Twilio errors for `phone` in the RFC 9457 format (type, title, status, code, detail)."""
         with self.lock:

@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         MessageOutcome,
         MessageRequest,
         QueuedMessage,
+        QuietHours,
         SendMode,
         Touchpoint,
     )
@@ -61,7 +62,7 @@ class Journey(Protocol):
     def request(self, message: QueuedMessage, mode: SendMode) -> MessageRequest:
         """The send_message activity's input."""
 
-    def quiet_hours(self, message: QueuedMessage) -> sending.QuietHours:
+    def quiet_hours(self, message: QueuedMessage) -> QuietHours:
         """When the message, if an SMS, may not go (the customer's local night)."""
 
     def overtaken(self, message: QueuedMessage) -> bool:
@@ -213,10 +214,12 @@ class Lanes:
 
     async def _send(self, message: QueuedMessage, withdrawn: Callable[[], bool], mode: SendMode) -> MessageOutcome:
         journey = self._journey
+        request = journey.request(message, mode)
+        if message.channel is Channel.SMS and mode is SendMode.SEND:  # a look-up reaches no customer
+            request = request.model_copy(update={"quiet_hours": journey.quiet_hours(message)})
         return await sending.send(
-            journey.request(message, mode),
+            request,
             message,
-            journey.quiet_hours(message),
             withdrawn,
             paused_retry=journey.paused_retry,
             on_paused=lambda: journey.provider_paused(message.channel),
