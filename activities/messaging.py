@@ -130,6 +130,12 @@ never answer (401, 403, 404: the add-on or the key's access is missing)
 leaves it 'in_doubt' for good, flagged. An operator's RESEND claims a 'failed'
 or 'in_doubt' row and sends it (an in-doubt one only if the look-up, where it
 works, does not find it).
+
+A send the journey withdrew after an attempt that may have reached the
+provider comes as SETTLE_WITHOUT_SENDING on its 'sending' row: taken over as
+above (an SMS looked up at Twilio at once, a mail left 'in_doubt' until
+SendGrid can show it), 'sent' if found, never sent anew; with no row, or a
+'pending' one, nothing went out and it is SUPERSEDED at once.
 """
 
 from __future__ import annotations

@@ -173,6 +173,11 @@ class FakeProviders:
         with self.lock:
             self._lookup_faults.setdefault(phone, []).extend(statuses)
 
+    def end_lookup_faults(self, phone: str) -> None:
+        """Answer Message list requests for `phone` normally again."""
+        with self.lock:
+            self._lookup_faults.pop(phone, None)
+
     def revoke(self, credential: str) -> None:
         """Answer 401 to every request made with this API key or auth token."""
         with self.lock:

@@ -413,6 +413,8 @@ class SendMode(StrEnum):
     # At that moment: looked up at the provider, and sent if it has no trace.
     SETTLE = "settle"
     # The same, but the journey has overtaken it: looked up, never sent anew.
+    # Also a send withdrawn after an attempt that may have reached the
+    # provider: an SMS is looked up at once, a mail left in doubt until then.
     SETTLE_WITHOUT_SENDING = "settle_without_sending"
     # An operator's `orders resend`: a failed or in-doubt message is sent once more.
     RESEND = "resend"
@@ -511,6 +513,10 @@ class QueuedMessage(WireModel):
     occasion: str | None = None
     # In doubt: when it is settled (looked up at the provider, sent if not there).
     settle_at: datetime | None = None
+    # A send attempt may have reached the provider (none has proved
+    # otherwise): overtaken, it is settled without sending, never simply
+    # recorded superseded.
+    attempted: bool = False
 
 
 class MessageLanes(BaseModel):

@@ -34,13 +34,17 @@ async def send(
     *,
     paused_retry: timedelta,
     on_paused: Callable[[], None],
+    attempted: Callable[[bool], None],
 ) -> MessageOutcome:
     """The activity's outcome; raises CancelledError once `withdrawn`. A
     message deferred past the moment it is useful comes back STALE.
 
     An SMS keeps the request's quiet hours before every attempt: a wait for
     the marketing cap or a paused provider may end in the night (and the
-    activity refuses one inside them should its own retries get there)."""
+    activity refuses one inside them should its own retries get there).
+    `attempted(True)` as an activity is scheduled (from then on its request
+    may reach the provider), `attempted(False)` when it comes back DEFERRED
+    (no request was made)."""
     not_before, first = None, True
     while True:
         quiet_end = request.quiet_hours.end(not_before or workflow.now()) if request.quiet_hours else None
@@ -55,6 +59,7 @@ async def send(
             await pause_until(not_before, withdrawn)
             not_before = None
         try:
+            attempted(True)
             outcome = await workflow.execute_activity_method(
                 MessagingActivities.send_message,
                 request,
@@ -64,6 +69,7 @@ async def send(
             )
             if outcome.state is not DeliveryState.DEFERRED:
                 return outcome
+            attempted(False)
             not_before = outcome.not_before
             continue
         except ActivityError as err:
