@@ -62,6 +62,18 @@ window. Two sends for one customer queue on the lock, so they cannot both
 pass. The workflow sends a deferred message again at `not_before`, with the
 same key, and it is counted then.
 
+Quiet hours
+-----------
+An SMS request carries the customer's quiet hours (`quiet_hours`); none is
+sent inside them, whichever attempt it is: the workflow waits for their end
+before each attempt, but the server retries an attempt without it. "Now"
+is the server's clock for this attempt (`current_attempt_scheduled_time`),
+not the worker's. Inside them the outcome is DEFERRED, `not_before` their
+end, and nothing is registered or claimed (no slot of the cap is taken). A
+row an earlier attempt left 'sending' is looked up first (found means
+'sent'); proved never to have arrived, it is put back 'pending' and
+DEFERRED. So DEFERRED always means no request was made.
+
 Unsubscribing
 -------------
 A marketing email carries a signed token (activities/unsubscribe_tokens.py)
@@ -118,6 +130,12 @@ never answer (401, 403, 404: the add-on or the key's access is missing)
 leaves it 'in_doubt' for good, flagged. An operator's RESEND claims a 'failed'
 or 'in_doubt' row and sends it (an in-doubt one only if the look-up, where it
 works, does not find it).
+
+A send the journey withdrew after an attempt that may have reached the
+provider comes as SETTLE_WITHOUT_SENDING on its 'sending' row: taken over as
+above (an SMS looked up at Twilio at once, a mail left 'in_doubt' until
+SendGrid can show it), 'sent' if found, never sent anew; with no row, or a
+'pending' one, nothing went out and it is SUPERSEDED at once.
 """
 
 from __future__ import annotations
@@ -364,6 +382,8 @@ class Attempt:
     # None: the outbox.
     provider: Provider | None
     budget: Budget
+    # Inside the SMS's quiet hours: when they end. None: it may go now.
+    quiet_until: datetime | None = None
 
     @property
     def message_class(self) -> MessageClass:
@@ -442,17 +462,22 @@ class MessagingActivities:
             return _outcome(request, DeliveryState.SKIPPED, error="no recipient for this channel")
         await self._apply_handover(request.key, budget)
         self._refuse_while_paused(request.channel)
-        attempt = Attempt(request, order, customer, recipient, self._providers.get(request.channel), budget)
+        quiet_until = _quiet_until(request)
+        attempt = Attempt(request, order, customer, recipient, self._providers.get(request.channel), budget, quiet_until)
         self._check_an_attempt_can_hold_a_send(attempt)
         # A first attempt at a new message skips this read (registering it
-        # tells); a retry, a settlement or a resend starts from the row.
-        from_the_row = activity.info().attempt > 1 or request.mode is not SendMode.SEND
+        # tells); a retry, a settlement, a resend, or one inside quiet hours
+        # (which must not defer a message an earlier attempt may have sent)
+        # starts from the row.
+        from_the_row = activity.info().attempt > 1 or request.mode is not SendMode.SEND or quiet_until is not None
         row = await self._ledger_row(request.key, budget) if from_the_row else None
         answer = row.answer(request) if row else None
         if answer:
             return answer
         if request.mode is SendMode.SETTLE_WITHOUT_SENDING and (row is None or row.state in ("pending", "not_permitted")):
             return _outcome(request, DeliveryState.SUPERSEDED, error=OVERTAKEN_NOT_SENT)
+        if quiet_until is not None and (row is None or row.state in ("pending", "not_permitted")):
+            return _deferred_by_quiet_hours(attempt)  # nothing registered or claimed
         async with self._provider_thread(attempt):
             return await _finish_even_if_cancelled(self._claim_and_send(attempt, row))
 
@@ -469,6 +494,11 @@ class MessagingActivities:
             if a.request.mode is SendMode.SETTLE_WITHOUT_SENDING:
                 await self._record(a, claim, "pending", error=OVERTAKEN_NOT_SENT)
                 return _outcome(a.request, DeliveryState.SUPERSEDED, error=OVERTAKEN_NOT_SENT)
+        # Nothing went out (the look-up proved it), and quiet hours forbid a
+        # new request now.
+        if a.quiet_until is not None:
+            await self._record(a, claim, "pending", error=claim.earlier_error)
+            return _deferred_by_quiet_hours(a)
         # A look-up proved the earlier request never arrived, or an operator
         # resends a refused one: a new request, so consent is read again.
         if (claim.taken_over and a.provider) or claim.resend:
@@ -917,6 +947,18 @@ class MessagingActivities:
             json.dumps(dict(message.headers)) if message.headers else None,
         )
         return f"outbox-{row['id']}"
+
+
+def _quiet_until(request: MessageRequest) -> datetime | None:
+    """When the SMS's quiet hours end, if this attempt falls inside them."""
+    if request.channel is not Channel.SMS or request.quiet_hours is None:
+        return None
+    return request.quiet_hours.end(activity.info().current_attempt_scheduled_time)
+
+
+def _deferred_by_quiet_hours(a: Attempt) -> MessageOutcome:
+    log.info("%s deferred: the customer's quiet hours, until %s", a.request.key, a.quiet_until)
+    return _outcome(a.request, DeliveryState.DEFERRED, not_before=a.quiet_until)
 
 
 def _claim_held(key: str, seconds_left: float = 0) -> ApplicationError:

@@ -1,7 +1,7 @@
 """Benchmarks and failure drills, one command each:
 
     python -m bench [--orders N] [--concurrency C]   throughput, latency, actions vs the floor
-    python -m bench chaos [DRILL ...] [--orders N]   failure drills; exit 1 if one loses, repeats or strands a message
+    python -m bench chaos [DRILL ...] [--orders N]   failure drills; exit 1 on a message lost, repeated, stranded or untruly recorded
     python -m bench recommendations [--orders N]     recommendations query p99 at a million orders
     python -m bench open-orders [--orders N]         worker memory with N paid orders awaiting dispatch
 """
@@ -17,7 +17,7 @@ def main() -> None:
     chaos = sub.add_parser("chaos", help="failure drills")
     chaos.add_argument(
         "drills", nargs="*",
-        help="kill-worker, deploy, provider-faults, postgres-outage, temporal-restart, channel-outage, two-workers (default: all)",
+        help="kill-worker, deploy, provider-faults, postgres-outage, temporal-restart, channel-outage, two-workers, kill-and-faults (default: all)",
     )
     chaos.add_argument("--orders", type=int, default=300)
     chaos.add_argument("--concurrency", type=int, default=100)

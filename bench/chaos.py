@@ -15,12 +15,22 @@ bounces among them), postgres-outage (stopped for 30 s), temporal-restart
 channel-outage (Twilio answers
 503 to every SMS for a while; mails must not wait for it), two-workers (two
 workers share the task queue; one is SIGKILLed mid-flight and never comes
-back, and the other finishes every order).
+back, and the other finishes every order), kill-and-faults (two SIGKILLs
+while 10 % of requests get a 429/5xx and 10 % are taken but answered only
+after the client gave up).
+
+Every drill checks each completed order's own record (the final state of
+each of its messages in the workflow's result) against what the fake
+providers took: a message recorded sent, or owed by the journey and
+recorded as nothing else, that they never took is lost; a record they
+contradict (sent but never taken; superseded, failed, not permitted,
+stale, skipped or nothing at all, but taken) is untrue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections import Counter
@@ -40,13 +50,14 @@ from bench.throughput import percentile
 from codec import encrypted_data_converter
 from tests.fake_providers import BOUNCING_EMAIL_DOMAIN, AcceptedMessage, FakeProviders
 from tests.fake_reports import BOUNCES_LATER_DOMAIN, ProviderReports, new_key_pair
-from workflows.channel_policy import other_channel
+from workflows import channel_policy
 from workflows.ledger_key import LedgerKey
-from workflows.models import workflow_id_for
+from workflows.models import Channel, Touchpoint, workflow_id_for
 
 RIDE_OUT_OUTAGES = RetryConfig(max_interval_millis=2000, max_elapsed_time_millis=120_000, max_retries=100)
 
 RESTARTS = 3  # kills or deploys per drill
+KILLS_AMID_FAULTS = 2
 SECONDS_BETWEEN_RESTARTS = 6
 # Kubernetes' default: a worker still running this long after SIGTERM is killed.
 DEPLOY_GRACE_SECONDS = 30.0
@@ -56,23 +67,34 @@ SMS_OUTAGE_SECONDS = 120.0
 # so some mails go out before, during and after.
 OUTAGE_MARGIN_SECONDS = 10.0
 
-# The event whose signal causes each mail ("start" is the order being placed).
-# The feedback request and recommendations follow timers, not a signal.
-MAIL_CAUSES = {
+# The event after which the journey owes each order message ("start": the
+# order placed). The feedback request and the recommendations follow the
+# delivery by timers; the delivery-day notice goes if the seller sends one.
+DUE_AFTER = {
     "order_confirmation": "start",
     "payment_confirmation": "payment_received",
     "dispatch_notice": "order_dispatched",
     "delivery_day": "out_for_delivery",
     "delivery_confirmation": "order_delivered",
+    "feedback_request": "order_delivered",
+    "recommendations": "order_delivered",
 }
+FOLLOW_TIMERS = ("feedback_request", "recommendations")
+# The event whose signal causes each mail, for the signal-to-request latency.
+MAIL_CAUSES = {kind: event for kind, event in DUE_AFTER.items() if kind not in FOLLOW_TIMERS}
 
-# Outcomes for which the ledger expects nothing at the provider.
-NOT_SENT_BY_DESIGN = ("failed", "skipped", "not_permitted")
-# A touchpoint state: overtaken by the journey before it could go; not sent.
+# What an order's record says of a message, by its last state: the provider
+# took it (`undelivered`: took it, then reported it did not arrive), or it
+# was not sent, by design (refused, nothing to say, not allowed, too late,
+# overtaken by the journey). A message left in doubt is counted apart.
+TAKEN = ("sent", "undelivered")
+NOT_SENT_BY_DESIGN = ("failed", "skipped", "not_permitted", "stale", "superseded")
+IN_DOUBT = "in_doubt"
 SUPERSEDED = "superseded"
 # Workers polling the task queue at once, per drill (default 1).
 WORKERS = {"two-workers": 2}
-UNACCOUNTED_SHOWN = 20
+# Examples of lost, left in doubt and untrue shown in a report, each.
+EXAMPLES_SHOWN = 20
 
 # A mail in doubt is looked up this long after (SENDGRID_SETTLE_AFTER, 10
 # minutes in production), in a fake Email Activity that shows a mail this long
@@ -98,10 +120,17 @@ class DrillReport:
     orders: int
     completed: int = 0
     seconds: float = 0.0
+    # Order messages the orders' records and their journeys say the providers
+    # should have (recorded sent, or owed and recorded as nothing else), and
+    # every message the fake providers took (the customers' welcome mails too).
     messages_expected: int = 0
     messages_delivered: int = 0
-    # Expected but never delivered: must be zero.
+    # Expected, but the fake providers never took it: must be zero.
     lost: int = 0
+    # Order messages whose record the providers contradict: recorded sent but
+    # never taken, or recorded not sent (superseded, failed, ...) or not at all
+    # but taken: must be zero.
+    untrue: int = 0
     duplicates: int = 0
     # Left in doubt at the end (ledger 'in_doubt'): must be zero.
     in_doubt: int = 0
@@ -116,8 +145,10 @@ class DrillReport:
     refused_not_handed_over: int = 0
     # Touchpoints the workflow dropped because the journey had moved past them.
     superseded: int = 0
-    # The lost and the in-doubt messages: ledger and workflow state.
+    # The lost and the in-doubt messages, and the untrue records: what the
+    # workflow recorded, what the providers took, the ledger's row.
     unaccounted: list[str] = field(default_factory=list)
+    untrue_records: list[str] = field(default_factory=list)
     # deploy: seconds from each SIGTERM until the worker had exited.
     shutdown_seconds: list[float] = field(default_factory=list)
     # two-workers: messages each worker had settled (orders_messages_total on
@@ -128,6 +159,8 @@ class DrillReport:
     sms_outage: tuple[float, float] | None = None
     email_latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     provider_answers: dict[str, int] = field(default_factory=dict)
+    # Requests the fake providers took but answered only after the client's timeout.
+    late_answers: int = 0
     # How close the settlement of mails in doubt came to the window of risk.
     window_of_risk: dict[str, Any] = field(default_factory=dict)
     # REPORTED drills: the reports posted (by what they said), the HTTP
@@ -148,6 +181,7 @@ class DrillReport:
             self.not_disrupted is None
             and self.completed == self.orders
             and self.lost == 0
+            and self.untrue == 0
             and self.duplicates == 0
             and self.in_doubt == 0
             and self.refused_not_handed_over == 0
@@ -159,7 +193,8 @@ class DrillReport:
         verdict = "passed" if self.passed else "FAILED"
         return (
             f"{self.drill}: {verdict}: {self.completed}/{self.orders} orders completed, lost {self.lost}, "
-            f"duplicated {self.duplicates}, left in doubt {self.in_doubt} (settled from doubt {self.settled_from_doubt})"
+            f"duplicated {self.duplicates}, left in doubt {self.in_doubt}, untrue records {self.untrue} "
+            f"(settled from doubt {self.settled_from_doubt})"
             + (f"; {self.not_disrupted}" if self.not_disrupted else "")
             + (self._risk() if self.window_of_risk.get("searches") else "")
             + (self._reports() if self.provider_reports else "")
@@ -201,7 +236,13 @@ class Scene:
 def other_channel_key(key: str) -> str:
     """The ledger key of the same touchpoint on the other channel."""
     parsed = LedgerKey.parse(key)
-    return str(parsed.on(other_channel(parsed.channel)))
+    return str(parsed.on(channel_policy.other_channel(parsed.channel)))
+
+
+def touchpoint_of(key: str) -> tuple[str, str, str | None]:
+    """The message a ledger key names, whatever its channel."""
+    parsed = LedgerKey.parse(key)
+    return parsed.workflow_id, parsed.kind.value, parsed.occasion
 
 
 def touchpoints(runs: list[OrderRun]) -> dict[str, list[dict[str, Any]]]:
@@ -215,89 +256,148 @@ def touchpoints(runs: list[OrderRun]) -> dict[str, list[dict[str, Any]]]:
     return recorded
 
 
-def unaccounted(row: asyncpg.Record, touchpoint: dict[str, Any] | None) -> str:
-    """One lost or stranded message, as the ledger and the workflow saw it."""
-    if touchpoint is None:
-        workflow = "recorded nothing"
-    else:
-        workflow = touchpoint["state"] + (f" ({touchpoint['error']})" if touchpoint.get("error") else "")
-    return f"{row['key']}: ledger {row['state']} after {row['attempts']} attempt(s), workflow {workflow}"
+def owed(run: OrderRun, order: dict[str, Any]) -> set[str]:
+    """The ledger keys of the messages the journey owes an order the drill
+    drove: each touchpoint whose event came, on its channels."""
+    reachable = {Channel.EMAIL} | ({Channel.SMS} if order["customer"].get("phone") else set())
+    keys = set()
+    for kind, event in DUE_AFTER.items():
+        if event not in run.signalled_at:
+            continue
+        if kind == "delivery_day" and not order["seller"].get("sends_delivery_day_notice"):
+            continue
+        for channel in channel_policy.channels_for(Touchpoint(kind), reachable):
+            keys.add(str(LedgerKey.of_order(run.order_id, kind, channel)))
+    return keys
 
 
 async def ledger_rows(stack: Stack, orders: list[dict[str, Any]]) -> list[asyncpg.Record]:
+    """The orders' rows, and their customers' (which name no order)."""
     conn = await asyncpg.connect(stack.database_url)
     try:
         return await conn.fetch(
-            "SELECT key, channel, state, attempts, provider_message_id FROM message_ledger WHERE order_id = ANY($1::text[])",
+            "SELECT key, order_id, channel, state, attempts, provider_message_id, recipient, body_text FROM message_ledger"
+            " WHERE order_id = ANY($1::text[]) OR customer_id = ANY($2::text[])",
             [o["order_id"] for o in orders],
+            [o["customer"]["customer_id"] for o in orders],
         )
     finally:
         await conn.close()
 
 
 class Accepted:
-    """What the fake provider accepted: a mail is known by its ledger key, an
-    SMS by its Message SID, which the ledger records."""
+    """What the fake providers took, by ledger key: a mail carries its key
+    (the custom arg `message_key`); an SMS is known by its number and body,
+    which the ledger keeps as first rendered and every attempt sends."""
 
-    def __init__(self, messages: list[AcceptedMessage]) -> None:
+    def __init__(self, messages: list[AcceptedMessage], rows: list[asyncpg.Record]) -> None:
         self.messages = messages
-        self.mail_keys = {m.key for m in messages if m.channel == "email"}
-        self.sms_ids = {m.provider_id for m in messages if m.channel == "sms"}
-
-    def has(self, row: asyncpg.Record) -> bool:
-        if row["channel"] == "email":
-            return row["key"] in self.mail_keys
-        return row["provider_message_id"] in self.sms_ids
+        sms_keys = {(r["recipient"], r["body_text"]): r["key"] for r in rows if r["channel"] == "sms"}
+        self.copies: Counter[str] = Counter()
+        # Taken, but no ledger key names them.
+        self.unnamed: list[AcceptedMessage] = []
+        for m in messages:
+            key = m.key if m.channel == "email" else sms_keys.get((m.recipient, m.text))
+            if key:
+                self.copies[key] += 1
+            else:
+                self.unnamed.append(m)
 
     def duplicates(self) -> int:
         copies = Counter(m.identity for m in self.messages)
         return sum(n - 1 for n in copies.values() if n > 1)
 
 
-def expected_at_provider(row: asyncpg.Record, touchpoint: dict[str, Any] | None) -> bool:
-    if row["state"] in NOT_SENT_BY_DESIGN:
-        return False
-    # Overtaken before it went out (e.g. given up mid-retry): not sent, by
-    # design. A row that says sent is checked like any other.
-    return not (touchpoint and touchpoint["state"] == SUPERSEDED and row["state"] != "sent")
+def described(key: str, records: list[dict[str, Any]], taken: int, row: asyncpg.Record | None) -> str:
+    """One message as the workflow recorded it, the providers took it and the ledger holds it."""
+    workflow = " then ".join(t["state"] for t in records) or "recorded nothing"
+    if records and records[-1].get("error"):
+        workflow += f" ({records[-1]['error']})"
+    ledger = f"ledger {row['state']} after {row['attempts']} attempt(s)" if row else "no ledger row"
+    return f"{key}: workflow {workflow}; provider took {taken}; {ledger}"
+
+
+def check_records(
+    report: DrillReport,
+    runs: list[OrderRun],
+    orders: list[dict[str, Any]],
+    history: dict[str, list[dict[str, Any]]],
+    accepted: Accepted,
+    rows: dict[str, asyncpg.Record],
+) -> None:
+    """Each completed order's record against what the fake providers took,
+    message by message: lost (owed or recorded sent, never taken) and untrue
+    (recorded sent but not taken, or taken but recorded as not sent or not
+    at all). The ledger only tells which message an SMS is (by its body),
+    and shows its row in the examples."""
+    order_by_id = {o["order_id"]: o for o in orders}
+    # Every key recorded or taken, by the workflow it names (a customer's too).
+    keys_of: dict[str, set[str]] = {}
+    for key in [*history, *accepted.copies]:
+        keys_of.setdefault(LedgerKey.parse(key).workflow_id, set()).add(key)
+    for run in runs:
+        if run.result is None:  # not completed: counted as such
+            continue
+        due = owed(run, order_by_id[run.order_id])
+        for key in sorted(due | keys_of.get(workflow_id_for(run.order_id), set())):
+            records = history.get(key, [])
+            last = records[-1]["state"] if records else None
+            taken = accepted.copies[key]
+            expected = last in TAKEN or (key in due and last not in (*NOT_SENT_BY_DESIGN, IN_DOUBT))
+            report.messages_expected += expected
+            lost = expected and not taken
+            untrue = (last in TAKEN and not taken) or (taken and last not in TAKEN and last != IN_DOUBT)
+            report.lost += lost
+            report.untrue += untrue
+            if lost:
+                report.unaccounted.append(described(key, records, taken, rows.get(key)))
+            if untrue:
+                report.untrue_records.append(described(key, records, taken, rows.get(key)))
+    # A message to a completed order's customer that no key names: no record is true of it.
+    completed = [order_by_id[r.order_id] for r in runs if r.result is not None]
+    order_at = {o["customer"][c]: o["order_id"] for o in completed for c in ("email", "phone") if o["customer"].get(c)}
+    for m in accepted.unnamed:
+        if m.recipient in order_at:
+            report.untrue += 1
+            workflow_id = workflow_id_for(order_at[m.recipient])
+            report.untrue_records.append(f"{workflow_id}: {m.channel} {m.provider_id} taken, no ledger key names it")
 
 
 async def audit(stack: Stack, report: DrillReport, runs: list[OrderRun], orders: list[dict[str, Any]]) -> None:
-    """Compare the ledger and the workflows' statuses with what the fake
-    provider accepted."""
+    """Compare each order's record, and the ledger, with what the fake
+    providers took."""
     report.completed = sum(r.completed for r in runs)
     report.errors = [f"{r.order_id}: {r.error}" for r in runs if not r.completed][:10]
-    accepted = Accepted(list(stack.fakes.accepted))
+    all_rows = await ledger_rows(stack, orders)
+    order_ids = {o["order_id"] for o in orders}
+    rows = [r for r in all_rows if r["order_id"] in order_ids]
+    accepted = Accepted(list(stack.fakes.accepted), all_rows)
     report.duplicates = accepted.duplicates()
     report.messages_delivered = len(accepted.messages)
     history = touchpoints(runs)
     recorded = {key: states[-1] for key, states in history.items()}
     report.superseded = sum(t["state"] == SUPERSEDED for t in recorded.values())
     report.settled_from_doubt = sum(
-        any(t["state"] == "in_doubt" for t in states) and states[-1]["state"] != "in_doubt" for states in history.values()
+        any(t["state"] == IN_DOUBT for t in states) and states[-1]["state"] != IN_DOUBT for states in history.values()
     )
     report.email_activity_searches = dict(stack.fakes.email_activity_searches)
-    rows = await ledger_rows(stack, orders)
+    check_records(report, runs, orders, history, accepted, {r["key"]: r for r in rows})
     states = Counter(r["state"] for r in rows)
-    report.in_doubt = states["in_doubt"]
+    report.in_doubt = states[IN_DOUBT]
     report.failed_permanently = states["failed"]
-    for row in rows:
-        touchpoint = recorded.get(row["key"])
-        expected = expected_at_provider(row, touchpoint)
-        report.messages_expected += expected
-        missing = expected and not accepted.has(row)
-        report.lost += missing and row["state"] != "in_doubt"
-        if missing or row["state"] == "in_doubt":
-            report.unaccounted.append(unaccounted(row, touchpoint))
-    del report.unaccounted[UNACCOUNTED_SHOWN:]
-    failed_keys = {r["key"] for r in rows if r["state"] == "failed"}
+    report.unaccounted += [
+        described(r["key"], history.get(r["key"], []), accepted.copies[r["key"]], r) for r in rows if r["state"] == IN_DOUBT
+    ]
+    del report.unaccounted[EXAMPLES_SHOWN:], report.untrue_records[EXAMPLES_SHOWN:]
+    failed_touchpoints = {touchpoint_of(r["key"]) for r in rows if r["state"] == "failed"}
     report.fell_back_to_other_channel = sum(
-        1 for r in rows if r["state"] == "sent" and other_channel_key(r["key"]) in failed_keys
+        1 for r in rows if r["state"] == "sent" and touchpoint_of(r["key"]) in failed_touchpoints
     )
     report.refused_not_handed_over = sum(
         1 for r in rows if r["state"] == "failed" and other_channel_key(r["key"]) not in recorded
     )
     report.provider_answers = {str(k): v for k, v in sorted(stack.fakes.answered.items())}
+    report.late_answers = stack.fakes.hung
     report.window_of_risk = window_of_risk(stack.fakes)
     if report.provider_reports:
         reported = [key for key, states in history.items() if any(t["state"] == "undelivered" for t in states)]
@@ -360,8 +460,8 @@ def email_latencies(
     return {"during_sms_outage": latency_summary(during), "outside_sms_outage": latency_summary(outside)}
 
 
-async def kill_worker(scene: Scene) -> None:
-    for n in range(RESTARTS):
+async def kill_worker(scene: Scene, kills: int = RESTARTS) -> None:
+    for n in range(kills):
         await asyncio.sleep(SECONDS_BETWEEN_RESTARTS)
         if scene.driving.done():
             break
@@ -449,13 +549,21 @@ DRILLS: dict[str, Callable[[Scene], Awaitable[None]]] = {
     "temporal-restart": restart_temporal,
     "channel-outage": sms_outage,
     "two-workers": kill_one_of_two,
+    "kill-and-faults": functools.partial(kill_worker, kills=KILLS_AMID_FAULTS),
 }
+
+# Drills whose fake providers misbehave all along: the share of requests
+# answered 429/5xx, and of those taken but answered only after the client's
+# timeout (PROVIDER_TIMEOUT_SECONDS, short in these drills).
+PROVIDER_FAULTS = {"provider-faults": (0.3, 0.03), "kill-and-faults": (0.1, 0.1)}
+FAULTY_PROVIDER_TIMEOUT = 1.0
 
 
 def fake_providers_for(drill: str, provider_timeout: float, email_activity_lag: float) -> FakeProviders:
     fakes = FakeProviders(keep_requests=False, email_activity_lag=email_activity_lag)
-    if drill == "provider-faults":
-        fakes.fault_rate, fakes.hang_rate, fakes.hang_seconds = 0.3, 0.03, provider_timeout + 1.5
+    if drill in PROVIDER_FAULTS:
+        fakes.fault_rate, fakes.hang_rate = PROVIDER_FAULTS[drill]
+        fakes.hang_seconds = provider_timeout + 1.5
     return fakes
 
 
@@ -487,7 +595,7 @@ async def run_drill(
     sms_outage_seconds: float = SMS_OUTAGE_SECONDS,
     email_activity_lag: float = EMAIL_ACTIVITY_LAG_SECONDS,
 ) -> DrillReport:
-    provider_timeout = 1.0 if drill == "provider-faults" else 5.0
+    provider_timeout = FAULTY_PROVIDER_TIMEOUT if drill in PROVIDER_FAULTS else 5.0
     fakes = fake_providers_for(drill, provider_timeout, email_activity_lag)
     stack = await start_stack(persistent_temporal=drill == "temporal-restart", fakes=fakes)
     report = DrillReport(drill, orders)

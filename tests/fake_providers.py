@@ -173,10 +173,20 @@ class FakeProviders:
         with self.lock:
             self._lookup_faults.setdefault(phone, []).extend(statuses)
 
+    def end_lookup_faults(self, phone: str) -> None:
+        """Answer Message list requests for `phone` normally again."""
+        with self.lock:
+            self._lookup_faults.pop(phone, None)
+
     def revoke(self, credential: str) -> None:
         """Answer 401 to every request made with this API key or auth token."""
         with self.lock:
             self._revoked.add(credential)
+
+    def restore(self, credential: str) -> None:
+        """Accept this API key or auth token again."""
+        with self.lock:
+            self._revoked.discard(credential)
 
     def answer_in_problem_format(self, phone: str) -> None:
         """Twilio errors for `phone` in the RFC 9457 format (type, title, status, code, detail)."""

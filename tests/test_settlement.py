@@ -250,6 +250,50 @@ async def test_without_email_activity_sendgrids_event_settles_the_mail_and_lifts
         assert not view.needs_attention and fakes.deliveries_to(phone) == []
 
 
+async def signalled(handle, name: str, timeout: float = 20) -> None:
+    """Until the workflow's history holds a signal `name` (the HTTP service's relay delivered it)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not any(
+        e.workflow_execution_signaled_event_attributes.signal_name == name for e in (await handle.fetch_history()).events
+    ):
+        assert asyncio.get_running_loop().time() < deadline, f"no {name} signal"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_bounce_reported_while_the_mail_is_being_settled_is_acted_on_once_it_is_settled(
+    ts_env, make_harness, journey_web, fakes: FakeProviders, provider_config: ProviderConfig, pool
+):
+    """Issue 16 item 1. SendGrid took the confirmation, the worker died before
+    recording it: the mail waits, in doubt, for its settle moment. SendGrid's
+    bounce comes meanwhile. The report waits for the settlement, and once
+    that records the mail sent it is acted on: recorded undelivered, flagged,
+    and the confirmation goes by SMS."""
+    order = new_order()
+    email, phone = order["customer"]["email"], order["customer"]["phone"]
+    key = key_of(order)
+    config = dataclasses.replace(provider_config, sendgrid_settle_after=timedelta(minutes=10))
+    async with (
+        make_harness(ts_env, config=config, providers=providers(config, MailAcceptedThenWorkerDied(config))) as h,
+        journey_web(ts_env) as web,
+    ):
+        handle = await h.start(order)
+        await h.wait_for(handle, lambda v: states_of(v, "order_confirmation") == ["in_doubt"])
+        [taken] = [m for m in fakes.accepted if m.recipient == email]
+        bounce = sendgrid_event(
+            "bounce", key, type="bounce", reason="550 5.1.1 user unknown", sg_message_id=f"{taken.provider_id}.filter0001.1.2.0"
+        )
+        assert (await post_events(web, [bounce])).status_code == 200
+        await signalled(handle, "message_undelivered")
+        await ts_env.sleep(timedelta(minutes=11))
+        view = await h.wait_for(handle, lambda v: states_of(v, "order_confirmation", "sms"))
+        view = await h.wait_queues_empty(handle)
+        await handle.terminate("test done")
+    assert states_of(view, "order_confirmation") == ["in_doubt", "sent", "undelivered"]
+    assert states_of(view, "order_confirmation", "sms") == ["sent"]
+    assert view.attention_reasons == ["message_undelivered:order_confirmation:email"]
+    assert len(fakes.deliveries_to(email)) == 1 and len(fakes.deliveries_to(phone)) == 1
+
+
 async def test_the_window_holds_up_no_other_mail_and_an_overtaken_mail_is_not_sent_late(
     ts_env, make_harness, fakes: FakeProviders, provider_config: ProviderConfig, pool
 ):

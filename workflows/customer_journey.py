@@ -30,7 +30,7 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from activities.customers import CustomerActivities
-    from workflows import lanes, metrics, sending, waiting
+    from workflows import lanes, metrics, waiting
     from workflows import search_attributes as sa
     from workflows.ledger_key import LedgerKey
     from workflows.models import (
@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         OrderNews,
         PhaseChange,
         QueuedMessage,
+        QuietHours,
         SendMode,
         Touchpoint,
         WinBack,
@@ -249,9 +250,9 @@ class CustomerJourney:
             details=message.details, mode=mode,
         )
 
-    def quiet_hours(self, message: QueuedMessage) -> sending.QuietHours:
+    def quiet_hours(self, message: QueuedMessage) -> QuietHours:
         s = self.state
-        return sending.QuietHours(s.timezone, s.settings.sms_quiet_from, s.settings.sms_quiet_until)
+        return QuietHours(timezone=s.timezone, quiet_from=s.settings.sms_quiet_from, quiet_until=s.settings.sms_quiet_until)
 
     def overtaken(self, message: QueuedMessage) -> bool:
         """A win-back (or its reminder) still waiting (quiet hours, the cap,

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from workflows.clock import is_known_timezone
+from workflows.clock import is_known_timezone, local_date, quiet_hours_end
 
 TASK_QUEUE = "order-lifecycle"
 WORKFLOW_TYPE = "OrderLifecycle"
@@ -351,8 +351,9 @@ class DeliveryState(StrEnum):
     # or the address or number is suppressed (opted out, bounced). Read at
     # send time, never captured earlier.
     NOT_PERMITTED = "not_permitted"
-    # Marketing over the frequency cap: not before `not_before`. Decided by
-    # the activity; the workflow waits and sends it then, unless stale.
+    # Not before `not_before`: marketing over the frequency cap, or an SMS
+    # inside the customer's quiet hours. Decided by the activity before any
+    # request; the workflow waits and sends it then, unless stale.
     DEFERRED = "deferred"
     # Deferred (frequency cap, quiet hours) past the moment it was useful.
     STALE = "stale"
@@ -440,9 +441,29 @@ class SendMode(StrEnum):
     # At that moment: looked up at the provider, and sent if it has no trace.
     SETTLE = "settle"
     # The same, but the journey has overtaken it: looked up, never sent anew.
+    # Also a send withdrawn after an attempt that may have reached the
+    # provider: an SMS is looked up at once, a mail left in doubt until then.
     SETTLE_WITHOUT_SENDING = "settle_without_sending"
     # An operator's `orders resend`: a failed or in-doubt message is sent once more.
     RESEND = "resend"
+
+
+class QuietHours(WireModel):
+    """No SMS between `quiet_from` and `quiet_until`, local time in the
+    customer's `timezone` (from 21h to 8h spans midnight; equal values: never
+    quiet), except on `exempt_on`, a local date: the delivery-day notice goes
+    on its day whatever the hour, and keeps quiet hours after it."""
+
+    timezone: str
+    quiet_from: timedelta
+    quiet_until: timedelta
+    exempt_on: date | None = None
+
+    def end(self, moment: datetime) -> datetime | None:
+        """When the quiet hours around `moment` end; None: an SMS may go then."""
+        if self.exempt_on is not None and local_date(moment, self.timezone) == self.exempt_on:
+            return None
+        return quiet_hours_end(moment, self.timezone, self.quiet_from, self.quiet_until)
 
 
 class MessageRequest(WireModel):
@@ -457,6 +478,10 @@ class MessageRequest(WireModel):
     # Event data the template shows (tracking, dates, pickup code, reason...).
     details: dict[str, Any] = {}
     mode: SendMode = SendMode.SEND
+    # An SMS's quiet hours: the activity sends none inside them (DEFERRED to
+    # their end), whichever attempt it is. None: no quiet hours (an email, an
+    # operator's resend, a request from before they were passed).
+    quiet_hours: QuietHours | None = None
 
 
 class MessageOutcome(WireModel):
@@ -465,9 +490,9 @@ class MessageOutcome(WireModel):
     state: DeliveryState
     provider_message_id: str | None = None
     error: str | None = None
-    # DEFERRED: the earliest moment the frequency cap allows it. IN_DOUBT: the
-    # moment it can be settled (SETTLE); None when it cannot be, for good:
-    # the order is flagged for an operator.
+    # DEFERRED: the earliest moment the frequency cap or quiet hours allow
+    # it. IN_DOUBT: the moment it can be settled (SETTLE); None when it cannot
+    # be, for good: the order is flagged for an operator.
     not_before: datetime | None = None
 
     @property
@@ -522,6 +547,10 @@ class QueuedMessage(WireModel):
     occasion: str | None = None
     # In doubt: when it is settled (looked up at the provider, sent if not there).
     settle_at: datetime | None = None
+    # A send attempt may have reached the provider (none has proved
+    # otherwise): overtaken, it is settled without sending, never simply
+    # recorded superseded.
+    attempted: bool = False
 
 
 class MessageLanes(BaseModel):

@@ -21,8 +21,7 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import channel_policy, metrics, sending
-    from workflows.clock import local_date
+    from workflows import channel_policy, metrics
     from workflows.lanes import Lanes
     from workflows.ledger_key import LedgerKey
     from workflows.models import (
@@ -34,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         MessageRequest,
         MessageUndelivered,
         QueuedMessage,
+        QuietHours,
         SendMode,
         Touchpoint,
         TouchpointRecord,
@@ -84,16 +84,17 @@ class OrderMessages:
             mode=mode,
         )
 
-    def quiet_hours(self, message: QueuedMessage) -> sending.QuietHours:
+    def quiet_hours(self, message: QueuedMessage) -> QuietHours:
         s = self._state
-        settings, tz = s.setup.settings, s.order.customer.timezone
+        settings = s.setup.settings
         # The delivery-day notice goes on its day, whatever the hour.
-        on_its_day = (
-            message.kind is Touchpoint.DELIVERY_DAY
-            and s.delivery_day is not None
-            and local_date(workflow.now(), tz) == s.delivery_day.date
+        its_day = s.delivery_day.date if message.kind is Touchpoint.DELIVERY_DAY and s.delivery_day else None
+        return QuietHours(
+            timezone=s.order.customer.timezone,
+            quiet_from=settings.sms_quiet_from,
+            quiet_until=settings.sms_quiet_until,
+            exempt_on=its_day,
         )
-        return sending.QuietHours(tz, settings.sms_quiet_from, settings.sms_quiet_until, exempt=on_its_day)
 
     def overtaken(self, message: QueuedMessage) -> bool:
         s = self._state
@@ -148,11 +149,13 @@ class OrderMessages:
     def act_on_undelivered(self) -> None:
         """Each message reported undelivered is recorded so, flagged, and
         handed to the other channel while still worth sending. A report that
-        came before the send's outcome waits for it; a repeat changes nothing."""
+        came before the send's outcome waits for it, as one about a mail
+        being settled waits for the settlement; a repeat changes nothing."""
         s = self._state
         for report in list(s.undelivered):
             states = [t.state for t in s.touchpoints if t.kind is report.kind and t.channel is report.channel]
-            if not states:
+            settling = any(m.kind is report.kind and m.channel is report.channel for m in s.lanes.settling)
+            if not states or settling:
                 continue  # no outcome yet: `routed` comes back here
             s.undelivered.remove(report)
             taken = next((m for m in s.taken if m.kind is report.kind and m.channel is report.channel), None)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Callable
 
 from temporalio import workflow
@@ -19,50 +18,48 @@ from temporalio.workflow import ActivityCancellationType
 with workflow.unsafe.imports_passed_through():
     from activities.messaging import MessagingActivities
     from workflows import channel_policy
-    from workflows.clock import quiet_hours_end
-    from workflows.models import Channel, DeliveryState, MessageOutcome, MessageRequest, QueuedMessage
+    from workflows.models import DeliveryState, MessageOutcome, MessageRequest, QueuedMessage
     from workflows.retries import SEND_RETRY, SEND_TIMEOUTS
     from workflows.waiting import pause_until
 
 # The activity's error type when a provider rejects our credentials.
 PROVIDER_MISCONFIGURED = "ProviderMisconfigured"
-
-
-@dataclass(frozen=True)
-class QuietHours:
-    """No SMS between `quiet_from` and `quiet_until`, local time; `exempt`
-    for a message that must go whatever the hour."""
-
-    timezone: str
-    quiet_from: timedelta
-    quiet_until: timedelta
-    exempt: bool = False
-
-    def end(self, channel: Channel, now: datetime) -> datetime | None:
-        if channel is not Channel.SMS or self.exempt:
-            return None
-        return quiet_hours_end(now, self.timezone, self.quiet_from, self.quiet_until)
+QUIET_HOURS_EVERY_ATTEMPT = "quiet-hours-every-attempt"
 
 
 async def send(
     request: MessageRequest,
     message: QueuedMessage,
-    quiet: QuietHours,
     withdrawn: Callable[[], bool],
     *,
     paused_retry: timedelta,
     on_paused: Callable[[], None],
+    attempted: Callable[[bool], None],
 ) -> MessageOutcome:
     """The activity's outcome; raises CancelledError once `withdrawn`. A
-    message deferred past the moment it is useful comes back STALE."""
-    not_before = quiet.end(message.channel, workflow.now())
+    message deferred past the moment it is useful comes back STALE.
+
+    An SMS keeps the request's quiet hours before every attempt: a wait for
+    the marketing cap or a paused provider may end in the night (and the
+    activity refuses one inside them should its own retries get there).
+    `attempted(True)` as an activity is scheduled (from then on its request
+    may reach the provider), `attempted(False)` when it comes back DEFERRED
+    (no request was made)."""
+    not_before, first = None, True
     while True:
+        quiet_end = request.quiet_hours.end(not_before or workflow.now()) if request.quiet_hours else None
+        # Patched after the first attempt: an order whose later attempt went
+        # in the night replays as it ran (a marker, billed: only then).
+        if quiet_end is not None and (first or workflow.patched(QUIET_HOURS_EVERY_ATTEMPT)):
+            not_before = quiet_end
+        first = False
         if not_before is not None:
             if channel_policy.is_stale_at(not_before, message.kind, message.queued_at, message.details):
                 return MessageOutcome(key=request.key, channel=message.channel, state=DeliveryState.STALE)
             await pause_until(not_before, withdrawn)
             not_before = None
         try:
+            attempted(True)
             outcome = await workflow.execute_activity_method(
                 MessagingActivities.send_message,
                 request,
@@ -72,6 +69,7 @@ async def send(
             )
             if outcome.state is not DeliveryState.DEFERRED:
                 return outcome
+            attempted(False)
             not_before = outcome.not_before
             continue
         except ActivityError as err:
