@@ -16,8 +16,8 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.templates import local_time
 from bench.actions import billable_actions
+from messages.templates import local_time
 from tests.conftest import new_order, payment_for
 from tests.fake_providers import FakeProviders
 from tests.test_journey import kinds
