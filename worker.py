@@ -25,11 +25,12 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.config import ProviderConfig, journey_settings_from_env, lifecycle_settings_from_env
 from activities.customers import CustomerActivities
-from activities.database import create_pool, migrate
 from activities.messaging import PROVIDER_REQUEST, MessagingActivities
 from activities.orders import OrderActivities
-from activities.providers import Provider, keep_customer_data_out_of
 from codec import CodecConfigError, encrypted_data_converter, payload_keys_from_env
+from providers import Provider
+from providers.privacy import keep_customer_data_out_of
+from store.database import create_pool, migrate
 from workflows.customer_journey import CustomerJourney
 from workflows.metrics import MESSAGE_WAIT
 from workflows.models import TASK_QUEUE, Channel, JourneySettings, LifecycleSettings

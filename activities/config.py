@@ -1,27 +1,17 @@
-"""Worker configuration from the environment."""
+"""The worker's configuration from the environment: its providers and how
+it sends (ProviderConfig), and the journey and lifecycle settings each
+workflow captures when it starts."""
 
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Mapping
 from urllib.parse import urlsplit
 
+from workflows.clock import parse_duration
 from workflows.models import CouponTerms, JourneySettings, LifecycleSettings
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-
-
-def parse_duration(text: str) -> timedelta:
-    """'90' (seconds), '500ms', '30s', '15m', '24h', '3d'."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(f"{text!r} is not a duration like 30s, 15m, 24h or 3d")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
-
 
 # JourneySettings.report_window has no default of its own: orders recorded
 # before it existed have none.

@@ -25,7 +25,7 @@ Twilio's Message list can be searched for it. Its state:
   send of the same key reads consent again, and if the message may go now,
   registers it anew (rendered then, and counted by the cap from then).
 
-What the provider reports later (activities/provider_events.py) settles a
+What the provider reports later (store/provider_events.py) settles a
 row still 'sending' or 'in_doubt' as 'sent', and goes in `delivery`
 (delivered, bounced, dropped, undelivered, failed, spam_report).
 
@@ -37,7 +37,7 @@ details as stored in `customers` when it is sent.
 Permission, at send time
 ------------------------
 Consent and suppressions are read when a message is due, never captured
-earlier (activities/consent.py): before a new row is registered, before a
+earlier (store/consent.py): before a new row is registered, before a
 'pending' row is claimed, and before a taken-over row is sent again once a
 look-up proved the earlier request never arrived. No consent row means a
 transactional message goes and a marketing one does not; a suppressed
@@ -76,7 +76,7 @@ DEFERRED. So DEFERRED always means no request was made.
 
 Unsubscribing
 -------------
-A marketing email carries a signed token (activities/unsubscribe_tokens.py)
+A marketing email carries a signed token (messages/unsubscribe_tokens.py)
 in a visible link, in text and HTML, and in RFC 8058 headers
 (List-Unsubscribe with the link and a mailto, List-Unsubscribe-Post
 One-Click). The headers are part of the stored rendering (`headers`), so
@@ -157,11 +157,15 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import consent, unsubscribe_tokens
 from activities.config import ProviderConfig
-from activities.providers import Provider, ProviderFailure, RenderedMessage, SendGridEmail, TwilioSms, Verdict
-from activities.recommendations import recommend
-from activities.templates import render, render_for_customer
+from messages import unsubscribe_tokens
+from messages.templates import render, render_for_customer
+from providers import Provider, RenderedMessage
+from providers.sendgrid import SendGridEmail
+from providers.twilio import TwilioSms
+from providers.verdicts import ProviderFailure, Verdict
+from store import consent
+from store.recommendations import recommend
 from workflows.models import (
     Channel,
     Customer,

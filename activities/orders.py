@@ -1,4 +1,5 @@
-"""CRM activities: customers, orders and feedback in PostgreSQL."""
+"""The order's activities: recording it (and telling the customer's
+workflow), its cancellation, delivery and feedback, in PostgreSQL (store/)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
-from activities.consent import record_checkout_consent
-from activities.customers import starting_state
+from store import customers as customer_store
+from store import orders as order_store
 from workflows import search_attributes as sa
 from workflows.models import (
     CUSTOMER_WORKFLOW_TYPE,
@@ -25,128 +26,6 @@ from workflows.models import (
     OrderSetup,
     customer_workflow_id,
 )
-
-UPSERT_CUSTOMER = """
-INSERT INTO customers (customer_id, name, email, phone, timezone)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (customer_id) DO UPDATE
-SET name = EXCLUDED.name, email = EXCLUDED.email, phone = EXCLUDED.phone,
-    timezone = EXCLUDED.timezone, updated_at = now()
-"""
-
-INSERT_ORDER = """
-INSERT INTO orders (order_id, customer_id, seller_id, seller_name, placed_at, currency, total, delivery_method, document,
-                    first_run_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-ON CONFLICT (order_id) DO NOTHING
-RETURNING order_id
-"""
-
-# Who recorded the order, and whether a run of it got as far as a message.
-RECORDED_BY = """
-SELECT first_run_id, EXISTS (SELECT 1 FROM message_ledger l WHERE l.order_id = o.order_id) AS messaged
-FROM orders o WHERE order_id = $1
-"""
-
-INSERT_ITEM = """
-INSERT INTO order_items (order_id, line_no, sku, name, category, quantity, unit_price)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-"""
-
-# Rollups read by recommendations. Rows are touched in sku order so that
-# concurrent orders sharing products never deadlock.
-COUNT_SALES = """
-INSERT INTO product_sales AS p (sku, name, category, units_sold)
-SELECT sku, min(name), min(category), sum(quantity)
-FROM unnest($1::text[], $2::text[], $3::text[], $4::int[]) AS i(sku, name, category, quantity)
-GROUP BY sku ORDER BY sku
-ON CONFLICT (sku) DO UPDATE
-SET units_sold = p.units_sold + EXCLUDED.units_sold, name = EXCLUDED.name, category = EXCLUDED.category
-"""
-
-COUNT_PAIRS = """
-INSERT INTO bought_together AS t (sku, other_sku, orders)
-SELECT a, b, 1 FROM unnest($1::text[]) a, unnest($1::text[]) b WHERE a <> b ORDER BY a, b
-ON CONFLICT (sku, other_sku) DO UPDATE SET orders = t.orders + 1
-"""
-
-# A coupon from a reward or a win-back, used by this order.
-REDEEM_COUPON = """
-UPDATE coupons SET redeemed_order_id = $1, redeemed_at = $4
-WHERE code = $2 AND customer_id = $3 AND redeemed_order_id IS NULL AND expires_at > $4
-"""
-
-# Cancelling takes the order back out of the rollups, once.
-CANCEL = """
-WITH cancelled AS (
-    UPDATE orders SET status = 'cancelled', cancellation_reason = $2
-    WHERE order_id = $1 AND status <> 'cancelled'
-    RETURNING order_id
-),
-items AS (
-    SELECT sku, sum(quantity) AS quantity FROM order_items
-    WHERE order_id IN (SELECT order_id FROM cancelled) GROUP BY sku
-),
-sales AS (
-    UPDATE product_sales p SET units_sold = p.units_sold - items.quantity
-    FROM items WHERE p.sku = items.sku
-)
-UPDATE bought_together t SET orders = t.orders - 1
-FROM items a, items b
-WHERE a.sku <> b.sku AND t.sku = a.sku AND t.other_sku = b.sku
-"""
-
-
-async def store_order(conn: asyncpg.Connection, order: OrderInput, run_id: str | None = None) -> str | None:
-    """The customer, and the order with its checkout consent, once (a retry
-    or a replay applies the consent no more: a later unsubscribe stands), as
-    recorded by `run_id` (the order's first run); call in a transaction.
-
-    An order another run recorded first is left as it is, customer and all:
-    that run is named ("run <id>", or "an earlier run" for an order recorded
-    before run ids were kept whose messages began), and this one must end."""
-    recorded = await conn.fetchrow(RECORDED_BY, order.order_id)
-    if recorded is not None and recorded["first_run_id"] != run_id:
-        if recorded["first_run_id"] is not None:
-            return f"run {recorded['first_run_id']}"
-        if recorded["messaged"]:
-            return "an earlier run"
-        # Recorded before run ids were kept, and no message yet: its own
-        # run's record_order, retried across the upgrade.
-        await conn.execute("UPDATE orders SET first_run_id = $2 WHERE order_id = $1", order.order_id, run_id)
-    c = order.customer
-    await conn.execute(UPSERT_CUSTOMER, c.customer_id, c.name, c.email, c.phone, c.timezone)
-    inserted = await conn.fetchval(
-        INSERT_ORDER,
-        order.order_id,
-        c.customer_id,
-        order.seller.seller_id,
-        order.seller.name,
-        order.placed_at,
-        order.currency,
-        order.total,
-        order.delivery.method,
-        order.model_dump_json(),
-        run_id,
-    )
-    if inserted:
-        if c.marketing_consent:
-            await record_checkout_consent(conn, c.customer_id, c.marketing_consent, order.order_id, order.placed_at)
-        items = order.items
-        await conn.executemany(
-            INSERT_ITEM,
-            [
-                (order.order_id, n, i.sku, i.name, i.category, i.quantity, i.unit_price)
-                for n, i in enumerate(order.items, start=1)
-            ],
-        )
-        await conn.execute(
-            COUNT_SALES, [i.sku for i in items], [i.name for i in items], [i.category for i in items], [i.quantity for i in items]
-        )
-        await conn.execute(COUNT_PAIRS, sorted({i.sku for i in items}))
-        if order.coupon_code:
-            await conn.execute(REDEEM_COUPON, order.order_id, order.coupon_code, c.customer_id, order.placed_at)
-    return None
 
 
 class OrderActivities:
@@ -172,11 +51,11 @@ class OrderActivities:
         c = order.customer
         async with self._pool.acquire() as conn:
             async with conn.transaction():
-                recorded_by = await store_order(conn, order, first_run_id)
+                recorded_by = await order_store.store_order(conn, order, first_run_id)
             if recorded_by:
                 activity.logger.warning("order already recorded by %s: this run changes nothing", recorded_by)
                 return OrderSetup(settings=self._settings, recorded_by=recorded_by)
-            customer = await starting_state(conn, c.customer_id, self._lifecycle, datetime.now(timezone.utc))
+            customer = await customer_store.starting_state(conn, c.customer_id, self._lifecycle, datetime.now(timezone.utc))
         await self._tell_customer(order, customer.model_dump(mode="json"))
         return OrderSetup(settings=self._settings, stores_delivery=True)
 
@@ -207,30 +86,12 @@ class OrderActivities:
 
     @activity.defn
     async def cancel_order(self, record: CancelRecord) -> None:
-        await self._pool.execute(CANCEL, record.order_id, record.reason)
+        await order_store.cancel_order(self._pool, record)
 
     @activity.defn
     async def record_delivery(self, record: DeliveryRecord) -> None:
-        """When the order was delivered, once, for the customer's starting
-        state (activities/customers.py)."""
-        await self._pool.execute(
-            "UPDATE orders SET delivered_at = $2 WHERE order_id = $1 AND delivered_at IS NULL", record.order_id, record.delivered_at
-        )
+        await order_store.record_delivery(self._pool, record)
 
     @activity.defn
     async def store_feedback(self, record: FeedbackRecord) -> None:
-        f = record.feedback
-        await self._pool.execute(
-            """
-            INSERT INTO feedback (order_id, customer_id, seller_id, skus, item_rating, seller_rating, comment)
-            VALUES ($1, $2, $3, $4, $5, $6, $7)
-            ON CONFLICT (order_id) DO NOTHING
-            """,
-            record.order_id,
-            record.customer_id,
-            record.seller_id,
-            record.skus,
-            f.item_rating,
-            f.seller_rating,
-            f.comment,
-        )
+        await order_store.store_feedback(self._pool, record)

@@ -42,12 +42,12 @@ import asyncpg
 from temporalio.client import Client
 from temporalio.service import RetryConfig
 
-from activities import provider_events
 from bench.driver import OrderRun, System, Tracker, bench_order, drive, new_run_id
 from bench.prometheus import free_port, parse, scrape, total
 from bench.stack import TWILIO_TOKEN, Stack, WorkerProcess, start_stack, wait_for_pollers
 from bench.throughput import percentile
 from codec import encrypted_data_converter
+from store import provider_events
 from tests.fake_providers import BOUNCING_EMAIL_DOMAIN, AcceptedMessage, FakeProviders
 from tests.fake_reports import BOUNCES_LATER_DOMAIN, ProviderReports, new_key_pair
 from workflows import channel_policy

@@ -16,10 +16,10 @@ from typing import Any
 
 import asyncpg
 
-from activities.database import migrate
-from activities.recommendations import RECOMMENDATIONS_SQL, rebuild_rollups
 from bench.throughput import RESULTS, machine, percentile
 from starter.embedded import start_postgres
+from store.database import migrate
+from store.recommendations import RECOMMENDATIONS_SQL, rebuild_rollups
 
 # What the worker ran before the rollups: everything aggregated per request.
 AGGREGATE_ON_READ_SQL = """

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from activities.database import migrate
 from codec import KEYS_VARIABLE, PayloadKeys, new_key_entry, payload_keys_from_env
 from starter.embedded import start_dev_server, start_postgres, stop_postgres
+from store.database import migrate
 from tests.fake_providers import FakeProviders, serve
 from workflows.models import TASK_QUEUE
 

@@ -204,10 +204,10 @@ def schemas() -> dict[str, Any]:
 async def up(demo: bool) -> None:
     """Everything on embedded defaults unless TEMPORAL_ADDRESS / DATABASE_URL say otherwise."""
     from activities.config import ProviderConfig
-    from activities.database import migrate
     from codec import payload_keys_from_env
     from codec.server import CodecServerConfig, start as start_codec_server
     from starter.embedded import start_dev_server, start_postgres, stop_postgres
+    from store.database import migrate
     from web.server import start as start_web
     from worker import connect_temporal, run_worker
 

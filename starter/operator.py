@@ -21,7 +21,7 @@ import asyncpg
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
-from activities.providers import scrub
+from providers.privacy import scrub
 from starter.cli import UsageError
 from workflows import search_attributes as sa
 from workflows.models import MARKETING_TOUCHPOINTS, TASK_QUEUE, WORKFLOW_TYPE, MessageOutcome, MessageRequest, SendMode

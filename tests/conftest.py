@@ -22,10 +22,10 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.config import ProviderConfig, journey_settings_from_env
-from activities.database import create_pool, migrate
-from activities.providers import Provider
 from codec import KEYS_VARIABLE, payload_keys_from_env
+from providers import Provider
 from starter.embedded import start_dev_server, start_postgres, start_time_skipping_server
+from store.database import create_pool, migrate
 from tests.fake_providers import FakeProviders, serve
 from worker import build_worker
 from workflows import order_lifecycle
@@ -275,7 +275,7 @@ def payment_for(order: dict[str, Any]) -> dict[str, Any]:
 
 async def store(pool: asyncpg.Pool, order: dict[str, Any] | OrderInput) -> None:
     """Record an order in PostgreSQL as record_order does, without its workflows."""
-    from activities.orders import store_order
+    from store.orders import store_order
 
     async with pool.acquire() as conn, conn.transaction():
         await store_order(conn, order if isinstance(order, OrderInput) else OrderInput.model_validate(order))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from activities.consent import set_consent
+from store.consent import set_consent
 from tests.conftest import new_order, payment_for
 from tests.test_customer_journey import own_clock  # noqa: F401 (fixture)
 from workflows.clock import zone

@@ -21,9 +21,10 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 
-from activities import consent, unsubscribe_tokens
 from activities.messaging import MessagingActivities
-from activities.providers import Verdict, classify
+from messages import unsubscribe_tokens
+from providers.verdicts import Verdict, classify
+from store import consent
 from tests.conftest import new_order, store
 from tests.fake_providers import FakeProviders, RecordedRequest
 from tests.test_exactly_once import attempt, request_for, requests_to

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import httpx
 
-from activities.unsubscribe_tokens import sign
+from messages.unsubscribe_tokens import sign
 from tests.conftest import new_order, payment_for
 from tests.test_dev_server import temporal
 from tests.test_web import ONE_CLICK, PUBLIC_URL, unused_port

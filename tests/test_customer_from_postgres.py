@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from temporalio.testing import WorkflowEnvironment
 
-from activities.customers import starting_state
+from store.customers import starting_state
 from tests.conftest import Harness, new_order, payment_for, store
 from tests.test_customer_journey import QUICK, Customer, customer_id, own_clock, sent  # noqa: F401 (a fixture)
 from workflows.ledger_key import LedgerKey
@@ -202,7 +202,7 @@ async def test_item16_7_orders_delivered_before_migration_013_get_their_delivery
     the ledger was delivered when that was handed to its channel."""
     from importlib import resources
 
-    script = resources.files("activities").joinpath("migrations/013_deliveries.sql").read_text()
+    script = resources.files("store").joinpath("migrations/013_deliveries.sql").read_text()
     backfill = script[script.index("UPDATE orders"):]
     delivered, open_order = new_order(), new_order()
     for order in (delivered, open_order):

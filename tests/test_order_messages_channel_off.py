@@ -1,5 +1,5 @@
 """A customer who turned a channel off for order messages (transactional
-consent false, activities/consent.py `refusal`) gets the order's messages by
+consent false, store/consent.py `refusal`) gets the order's messages by
 the other channel: each refused one recorded `not_permitted` with the reason,
 not flagged, and nothing at all reaches the channel turned off."""
 
@@ -10,7 +10,7 @@ from typing import Any
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from activities.consent import set_consent
+from store.consent import set_consent
 from tests.conftest import Harness, new_order, payment_for, store
 from tests.fake_providers import FakeProviders
 from tests.test_journey import kinds

@@ -20,7 +20,7 @@ from temporalio.api.enums.v1 import ResourceExhaustedCause, ResourceExhaustedSco
 from temporalio.api.errordetails.v1 import ResourceExhaustedFailure
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities import provider_events
+from store import provider_events
 from tests.conftest import new_order
 from tests.fake_providers import FakeProviders
 from tests.test_exactly_once import wait_until

@@ -16,8 +16,8 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.templates import local_time
 from bench.actions import billable_actions
+from messages.templates import local_time
 from tests.conftest import new_order, payment_for
 from tests.fake_providers import FakeProviders
 from tests.test_journey import kinds
@@ -275,10 +275,13 @@ async def test_item13_a_flag_and_a_status_change_in_one_task_cost_one_upsert(
     ts_env: WorkflowEnvironment, make_harness
 ):
     """A locker parcel never collected, its pickup deadline the last step of
-    the journey: the flag and the completion come in the same workflow task."""
+    the journey: the flag and the completion come in the same workflow task.
+    The order's own journey settings replace the worker's, quiet hours
+    included: off, as the harness has them, or the dispatch SMS waits for
+    the morning when the test runs in the evening."""
     order = new_order(
         delivery={"method": "locker", "locker_id": "WAW-13"},
-        journey={"locker_pickup_window": "P10D", "locker_reminder_before": "P1D"},
+        journey={"locker_pickup_window": "P10D", "locker_reminder_before": "P1D", "sms_quiet_from": "PT0S", "sms_quiet_until": "PT0S"},
     )
     async with make_harness(ts_env) as h:
         handle = await h.start(order)

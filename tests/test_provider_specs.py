@@ -13,12 +13,12 @@ import requests
 from openapi_core import OpenAPI
 from openapi_core.contrib.requests import RequestsOpenAPIRequest
 
-from activities.providers import RenderedMessage, SendGridEmail, TwilioSms
+from providers import RenderedMessage
+from providers.sendgrid import SendGridEmail
+from providers.twilio import TwilioMessages, TwilioSms
 from starter.embedded import start_time_skipping_server
 from tests.conftest import TEST_PAYLOAD_KEYS, new_order, payment_for
 from tests.fake_providers import TWILIO_MESSAGE, FakeProviders, RecordedRequest
-from web.config import WebConfig
-from web.sms_statuses import TwilioMessages
 from workflows.ledger_key import LedgerKey
 
 SPECS = Path(os.environ.get("PROVIDER_SPECS_DIR", Path(__file__).resolve().parents[2] / "shared" / "provider-specs"))
@@ -74,12 +74,10 @@ async def sent_requests(make_harness, fakes: FakeProviders, provider_config) -> 
     assert SendGridEmail(provider_config).look_up(mail)
     # The HTTP service's look-up of an SMS whose status callback did not come.
     messages = TwilioMessages(
-        WebConfig(
-            unsubscribe_secret="s",
-            twilio_account_sid=provider_config.twilio_account_sid,
-            twilio_auth_token=provider_config.twilio_auth_token,
-            twilio_api_base_url=provider_config.twilio_api_base_url,
-        )
+        provider_config.twilio_account_sid,
+        provider_config.twilio_auth_token,
+        base_url=provider_config.twilio_api_base_url,
+        timeout=provider_config.request_timeout,
     )
     try:
         sms_sid = next(m.provider_id for m in fakes.accepted if m.recipient == phone)

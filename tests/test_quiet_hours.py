@@ -26,7 +26,8 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.config import ProviderConfig
 from activities.messaging import MessagingActivities
-from activities.providers import RenderedMessage, TwilioSms
+from providers import RenderedMessage
+from providers.twilio import TwilioSms
 from tests.conftest import Harness, new_order, payment_for, store
 from tests.fake_providers import FakeProviders
 from tests.test_customer_journey import own_clock  # noqa: F401 (fixture)

@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime, timezone
 
 from activities.orders import OrderActivities
-from activities.recommendations import recommend
+from store.recommendations import recommend
 from tests.conftest import store
 from workflows.models import CancelRecord, JourneySettings, LifecycleSettings, OrderInput
 

@@ -11,7 +11,8 @@ from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import WorkflowHandle
 
 from activities.config import ProviderConfig
-from activities.providers import SendGridEmail, TwilioSms
+from providers.sendgrid import SendGridEmail
+from providers.twilio import TwilioSms
 from tests.conftest import Harness, new_order, payment_for
 from tests.fake_providers import BOUNCING_EMAIL_DOMAIN, FakeProviders
 from tests.test_journey import kinds

@@ -22,7 +22,9 @@ from temporalio.exceptions import ApplicationError
 
 from activities.config import ProviderConfig
 from activities.messaging import MessagingActivities
-from activities.providers import RenderedMessage, SendGridEmail, TwilioSms
+from providers import RenderedMessage
+from providers.sendgrid import SendGridEmail
+from providers.twilio import TwilioSms
 from tests.conftest import continue_as_new, new_order, payment_for
 from tests.fake_providers import EMAIL_ACTIVITY, FakeProviders, RecordedRequest
 from tests.test_exactly_once import attempt, ledger, recorded_order, request_for

@@ -8,7 +8,7 @@ import zoneinfo
 from importlib import resources
 from pathlib import Path
 
-from activities.templates import local_time
+from messages.templates import local_time
 
 
 def test_a_message_shows_local_time_from_the_pinned_tz_database_not_the_machines(tmp_path: Path):

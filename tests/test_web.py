@@ -25,8 +25,8 @@ from temporalio import workflow
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from twilio.request_validator import RequestValidator
 
-from activities.consent import set_consent
-from activities.unsubscribe_tokens import sign
+from messages.unsubscribe_tokens import sign
+from store.consent import set_consent
 from tests.conftest import TEST_KEY_ENV, new_order, store
 from tests.test_log_privacy import everything_at_debug, logged_text
 from web.app import create_app

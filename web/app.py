@@ -25,9 +25,9 @@ from temporalio.common import MetricMeter
 from temporalio.runtime import Runtime
 from twilio.twiml.messaging_response import MessagingResponse
 
-from activities.consent import customers_reached_at, customers_sharing_address, lift_suppression, set_consent, suppress
-from activities.database import create_pool, migrate
-from activities.unsubscribe_tokens import InvalidToken, verify
+from messages.unsubscribe_tokens import InvalidToken, verify
+from store.consent import customers_reached_at, customers_sharing_address, lift_suppression, set_consent, suppress
+from store.database import create_pool, migrate
 from web.config import ConfigError, WebConfig
 from web.metrics import CountRejections
 from web.signals import OwedSignals, RelayTiming, Signals

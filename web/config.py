@@ -9,9 +9,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Mapping
 
-from activities.config import parse_duration
 from codec import KEY_VARIABLES, CodecConfigError, payload_keys_from_env
 from worker import metrics_address
+from workflows.clock import parse_duration
 
 DEFAULT_METRICS_PORT = 9465
 DEFAULT_HELP_TEXT = "Order updates by SMS. Reply STOP to stop all messages, START to receive them again."

@@ -4,7 +4,7 @@ which is no failure: consent is read at send time, and an order that has
 finished sends nothing more. Temporal out of reach is told to the caller.
 
 The signals provider reports owe orders are kept in PostgreSQL with the
-report (activities/provider_events.py) and delivered by OwedSignals: at
+report (store/provider_events.py) and delivered by OwedSignals: at
 once, and again, with backoff, while Temporal is away, and by whichever
 replica starts or sweeps next when the process stopped in between. So a
 report that was answered 200 always reaches its order; a repeat is harmless
@@ -29,7 +29,7 @@ from temporalio.common import MetricMeter
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities import provider_events
+from store import provider_events
 from worker import connect_temporal
 
 log = logging.getLogger(__name__)

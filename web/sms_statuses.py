@@ -3,7 +3,7 @@ proxy that re-encoded its `key` is lost for good. So an SMS Twilio took
 (ledger row 'sent') whose final status has not come
 TWILIO_STATUS_LOOKUP_AFTER after it was sent is looked up in Twilio
 (GET Messages/{Sid}, the official client's async fetch) and a final status
-recorded exactly as if Twilio had posted it (activities/provider_events.py):
+recorded exactly as if Twilio had posted it (store/provider_events.py):
 the suppression, the order's `message_undelivered` and the relay follow.
 
 A status not final yet (queued, sent...) is looked up again at doubling
@@ -29,11 +29,9 @@ import aiohttp
 import asyncpg
 from temporalio.common import MetricMeter
 from twilio.base.exceptions import TwilioRestException
-from twilio.http.async_http_client import AsyncTwilioHttpClient
-from twilio.rest import Client as TwilioClient
 
-from activities import provider_events
-from activities.providers import keep_customer_data_out_of
+from providers.twilio import TwilioMessages
+from store import provider_events
 from web.config import WebConfig
 from web.signals import OwedSignals
 
@@ -43,9 +41,6 @@ LOOKUPS = "orders_web_sms_status_lookups"
 GIVE_UP_AFTER = timedelta(hours=72)
 # After these nothing more happens to a message.
 FINAL = frozenset({*provider_events.TWILIO_DELIVERY, "canceled"})
-# The async client logs each request and response at INFO (no body, but
-# kept out of the logs as the worker's clients are).
-TWILIO_ASYNC_LOGGER = "twilio.async_http_client"
 
 # SMS Twilio took, with no final status, due for a look-up (first
 # `lookup_after` after they were sent) and not claimed by another replica,
@@ -77,28 +72,6 @@ RETURNING status_lookup_at = 'infinity'
 """
 
 NEVER_AGAIN = "UPDATE message_ledger SET status_lookup_at = 'infinity' WHERE key = $1"
-
-
-class TwilioMessages:
-    """Twilio's Message resources, through the official client on its own
-    async HTTP client (aiohttp: nothing blocks the event loop). Open while
-    used: a session per sweep that has something to look up."""
-
-    def __init__(self, config: WebConfig) -> None:
-        self._timeout = config.provider_timeout
-        self._http = AsyncTwilioHttpClient(timeout=config.provider_timeout)
-        self._client = TwilioClient(config.twilio_account_sid, config.twilio_auth_token, http_client=self._http)
-        self._client.api.base_url = config.twilio_api_base_url
-
-    async def status(self, message_sid: str) -> tuple[str, int | None]:
-        """The message's status and error code. The client applies no
-        timeout of its own to async requests."""
-        async with asyncio.timeout(self._timeout):
-            message = await self._client.api.v2010.account.messages(message_sid).fetch_async()
-        return message.status, message.error_code
-
-    async def close(self) -> None:
-        await self._http.close()
 
 
 @dataclass(frozen=True)
@@ -136,7 +109,6 @@ class SmsStatuses:
         self._relay = relay
         self._timing = timing
         self._looked_up = meter.create_counter(LOOKUPS, "SMS statuses the HTTP service looked up in Twilio, by result")
-        keep_customer_data_out_of([TWILIO_ASYNC_LOGGER])
 
     @property
     def off_because(self) -> str | None:
@@ -172,7 +144,7 @@ class SmsStatuses:
                     )
                 if not rows:
                     return looked_up
-                twilio = twilio or TwilioMessages(self._config)  # most sweeps find nothing to look up
+                twilio = twilio or self._twilio()  # most sweeps find nothing to look up
                 at_once = asyncio.Semaphore(timing.at_once)
 
                 async def look_up(due: Due) -> None:
@@ -189,6 +161,10 @@ class SmsStatuses:
         finally:
             if twilio:
                 await twilio.close()
+
+    def _twilio(self) -> TwilioMessages:
+        c = self._config
+        return TwilioMessages(c.twilio_account_sid, c.twilio_auth_token, base_url=c.twilio_api_base_url, timeout=c.provider_timeout)
 
     async def _look_up(self, twilio: TwilioMessages, due: Due) -> None:
         try:

@@ -1,7 +1,7 @@
 """Provider webhooks: their signature checks, and the two endpoints through
 which providers report on messages they took (SendGrid's Event Webhook,
 Twilio's status callbacks). Each event is written to PostgreSQL
-(activities/provider_events.py) and committed; only then is the order's
+(store/provider_events.py) and committed; only then is the order's
 workflow told of a message that did not arrive, now or, while Temporal is
 away, by the relay (web/signals.py).
 
@@ -28,8 +28,8 @@ from starlette.datastructures import MultiDict
 from temporalio.common import MetricMeter
 from twilio.request_validator import RequestValidator
 
-from activities import provider_events
-from activities.providers import SMS_STATUS_CALLBACK_PATH
+from providers.twilio import SMS_STATUS_CALLBACK_PATH
+from store import provider_events
 from web.config import ConfigError, WebConfig
 from web.signals import OwedSignals
 

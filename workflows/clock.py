@@ -1,5 +1,7 @@
 """Calendar arithmetic in the customer's timezone, for the workflows and for
-the messages that show their dates (activities/templates.py).
+the messages that show their dates (messages/templates.py); and durations as
+settings write them (`parse_duration`, for the worker's and the HTTP
+service's configuration).
 
 Workflow code: whether a timezone exists and where its day ends must come out
 the same on every worker and on replay, so zones come only from the `tzdata`
@@ -10,6 +12,7 @@ Imported by the workflow with the sandbox passed through: zoneinfo objects do
 not survive the sandbox's proxies.
 """
 
+import re
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from functools import cache
 from importlib import resources
@@ -62,3 +65,15 @@ def quiet_hours_end(moment: datetime, tz_name: str, quiet_from: timedelta, quiet
         return None
     # Wall-clock arithmetic, then back to UTC: 08:00 stays 08:00 across DST.
     return datetime.combine(end.date(), (datetime.min + quiet_until).time(), tz).astimezone(timezone.utc)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90' (seconds), '500ms', '30s', '15m', '24h', '3d'."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration like 30s, 15m, 24h or 3d")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])

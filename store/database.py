@@ -27,7 +27,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 async def migrate(database_url: str) -> list[str]:
     """Apply pending migrations in order; returns the names applied."""
     scripts = sorted(
-        (f for f in resources.files("activities").joinpath("migrations").iterdir() if f.name.endswith(".sql")),
+        (f for f in resources.files("store").joinpath("migrations").iterdir() if f.name.endswith(".sql")),
         key=lambda f: f.name,
     )
     conn = await asyncpg.connect(database_url)

@@ -39,8 +39,9 @@ from typing import Any
 
 import asyncpg
 
-from activities.consent import suppress
-from activities.providers import TWILIO_OPTED_OUT, scrub
+from providers.privacy import scrub
+from providers.verdicts import TWILIO_OPTED_OUT
+from store.consent import suppress
 from workflows.models import Channel, DeliveryState, MessageOutcome, MessageUndelivered, workflow_id_for
 
 

@@ -1,0 +1,51 @@
+"""Message providers: SendGrid email (sendgrid.py) and Twilio SMS (twilio.py)
+through their official clients, what their errors mean (verdicts.py), and
+the customer data kept out of their texts and logs (privacy.py). Used by the
+worker's send activity and by the HTTP service (web/).
+
+The send and look-up clients are blocking, so callers run `send` and
+`look_up` in a thread; both raise the clients' own errors, which
+`verdicts.classify` reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class RenderedMessage:
+    key: str
+    recipient: str
+    subject: str
+    text: str
+    html: str
+    # Mail headers, e.g. List-Unsubscribe: part of the rendering, so every
+    # attempt sends the same ones.
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class Provider(Protocol):
+    # As stored in the ledger, as written for people, what a 401 rejects, and
+    # what stops while it does.
+    name: str
+    title: str
+    credentials: str
+    sends: str
+    # How long after a request `look_up` can tell whether it was accepted.
+    visible_after: timedelta
+
+    def send(self, message: RenderedMessage) -> str:
+        """Deliver the message; returns the provider's message id."""
+
+    def look_up(self, message: RenderedMessage) -> str | None:
+        """The id of this message if the provider has it, else None. Raises
+        LookUpUnavailable when the provider will not say, for good."""
+
+
+class LookUpUnavailable(Exception):
+    """The provider will not answer look-ups at all (an add-on not bought, a
+    key without access): nothing can tell whether a message arrived."""
