@@ -13,6 +13,7 @@ import uuid
 
 import httpx
 import pytest
+from temporalio.client import WorkflowExecutionStatus
 
 from codec.server import CodecServerConfig, start as start_codec_server
 from starter.embedded import installed_binary
@@ -60,12 +61,17 @@ async def test_temporal_cli_plain_json_and_status_search(dev_env, make_harness, 
     workflow_id = f"order-{order['order_id']}"
     async with make_harness(dev_env, task_queue=TASK_QUEUE) as h:
         temporal_cli = lambda *args: temporal(dev_env, codec_server, *args)  # noqa: E731
-        await temporal_cli(
+        start = (
             "workflow", "start", "--type", "OrderLifecycle", "--task-queue", TASK_QUEUE,
-            "--workflow-id", workflow_id, "--input", json.dumps(order),
+            "--workflow-id", workflow_id, "--id-reuse-policy", "RejectDuplicate",
+            "--id-conflict-policy", "UseExisting", "--input", json.dumps(order),
         )
+        await temporal_cli(*start)
         handle = dev_env.client.get_workflow_handle(workflow_id)
         await h.wait_touchpoint(handle, "order_confirmation")
+        first_run = (await handle.describe()).run_id
+        await temporal_cli(*start)  # a backend's retry finds the running order
+        assert (await handle.describe()).run_id == first_run
         await temporal_cli("workflow", "signal", "--workflow-id", workflow_id, "--name", "payment_received",
                            "--input", json.dumps(payment_for(order)))
         await temporal_cli("workflow", "signal", "--workflow-id", workflow_id, "--name", "order_dispatched",
@@ -90,6 +96,11 @@ async def test_temporal_cli_plain_json_and_status_search(dev_env, make_harness, 
         started = decoded["events"][0]["workflowExecutionStartedEventAttributes"]["input"]["payloads"][0]
         assert json.loads(base64.b64decode(started["data"])) == order and encrypted not in json.dumps(decoded)
         await handle.terminate("test done")
+        # A finished order is not started again: the CLI answers with its last
+        # run (exit 0, "Running execution" all the same) and starts none.
+        await temporal_cli(*start)
+        assert (await handle.describe()).status == WorkflowExecutionStatus.TERMINATED
+        assert (await handle.describe()).run_id == first_run
 
 
 async def test_starter_demo_end_to_end(dev_env, make_harness, database_url):
