@@ -59,6 +59,9 @@ with workflow.unsafe.imports_passed_through():
 # in one run, but a flood of signals must not reach the server's limits.
 CONTINUE_AS_NEW_AFTER_EVENTS = 2_000
 TIMELINE_KEPT = 30
+# Patched only where a win-back is still waiting when the customer orders
+# again: a journey that sent it anyway before replays as it ran.
+WIN_BACK_OVERTAKEN = "win-back-overtaken-by-order"
 
 
 def in_holdout(customer_id: str, share: float) -> bool:
@@ -143,6 +146,10 @@ class CustomerJourney:
         win_back = s.win_back
         if win_back is not None:
             s.win_back = None
+            occasion = f"win_back-{win_back.lapse_no}"
+            waiting = any(m.occasion == occasion for m in [*s.lanes.queued, *s.lanes.settling])
+            if waiting and workflow.patched(WIN_BACK_OVERTAKEN):
+                s.overtaken_win_backs.append(occasion)
             won = win_back.group == "treated" and win_back.sent
             phase = CustomerPhase.WON_BACK if won else s.qualified_phase(workflow.now())
             s.won_back_total += won
@@ -257,9 +264,9 @@ class CustomerJourney:
     def overtaken(self, message: QueuedMessage) -> bool:
         """A win-back (or its reminder) still waiting (quiet hours, the cap,
         an outage) when the customer orders again is over; the rest may wait."""
-        win_back = self.state.win_back
-        return message.kind in (Touchpoint.WIN_BACK, Touchpoint.WIN_BACK_REMINDER) and (
-            win_back is None or message.occasion != f"win_back-{win_back.lapse_no}"
+        return (
+            message.kind in (Touchpoint.WIN_BACK, Touchpoint.WIN_BACK_REMINDER)
+            and message.occasion in self.state.overtaken_win_backs
         )
 
     def rank(self, message: QueuedMessage) -> datetime | None:

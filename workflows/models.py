@@ -756,6 +756,8 @@ class CustomerState(BaseModel):
     lapses: int = 0
     win_back: WinBack | None = None
     won_back_total: int = 0
+    # Win-backs the customer ordered again before they went: never sent late.
+    overtaken_win_backs: list[str] = []
     lanes: MessageLanes = MessageLanes()
     # Messages of this journey, by ledger key: their latest state.
     messages: dict[str, DeliveryState] = {}

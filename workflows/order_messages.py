@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.waiting import Waits
 
 REPORT_SETTLES_DOUBT = "report-settles-doubt"
+REPORT_WAITS_FOR_SETTLEMENT = "report-waits-for-settlement"
 
 
 class OrderMessages:
@@ -154,9 +155,12 @@ class OrderMessages:
         s = self._state
         for report in list(s.undelivered):
             states = [t.state for t in s.touchpoints if t.kind is report.kind and t.channel is report.channel]
-            settling = any(m.kind is report.kind and m.channel is report.channel for m in s.lanes.settling)
-            if not states or settling:
+            if not states:
                 continue  # no outcome yet: `routed` comes back here
+            settling = any(m.kind is report.kind and m.channel is report.channel for m in s.lanes.settling)
+            # Patched: an order that dropped such a report before replays as it ran.
+            if settling and workflow.patched(REPORT_WAITS_FOR_SETTLEMENT):
+                continue  # its settlement's outcome brings `routed` back here
             s.undelivered.remove(report)
             taken = next((m for m in s.taken if m.kind is report.kind and m.channel is report.channel), None)
             if taken is None or DeliveryState.UNDELIVERED in states:
