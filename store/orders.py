@@ -25,6 +25,9 @@ ON CONFLICT (order_id) DO NOTHING
 RETURNING order_id
 """
 
+# Held until the recording transaction ends.
+LOCK_ORDER = "SELECT pg_advisory_xact_lock(hashtext('order:' || $1))"
+
 # Who recorded the order, and whether a run of it got as far as a message.
 RECORDED_BY = """
 SELECT first_run_id, EXISTS (SELECT 1 FROM message_ledger l WHERE l.order_id = o.order_id) AS messaged
@@ -88,6 +91,9 @@ async def store_order(conn: asyncpg.Connection, order: OrderInput, run_id: str |
     An order another run recorded first is left as it is, customer and all:
     that run is named ("run <id>", or "an earlier run" for an order recorded
     before run ids were kept whose messages began), and this one must end."""
+    # Two runs recording the order at once (a terminated run's activity still
+    # running as a new run starts): the second waits, then finds it recorded.
+    await conn.execute(LOCK_ORDER, order.order_id)
     recorded = await conn.fetchrow(RECORDED_BY, order.order_id)
     if recorded is not None and recorded["first_run_id"] != run_id:
         if recorded["first_run_id"] is not None:

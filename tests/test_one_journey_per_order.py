@@ -4,6 +4,7 @@ reset) ends at once, sending nothing and changing nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -163,3 +164,25 @@ async def test_item16_5_orders_place_does_not_start_a_finished_order_again(ts_en
         f"order {order['order_id']} has already been through its journey (workflow {workflow_id} is closed): not started again"
     )
     assert (await handle.describe()).run_id == first_run
+
+
+async def test_item16_5_of_two_runs_recording_the_order_at_once_only_the_first_goes_on(pool):
+    """A terminated run's record_order still running as a new run records the
+    same order: the second waits for the first, then finds it recorded."""
+    order = new_order(marketing_consent=None)
+    replayed = {**order, "customer": {**order["customer"], "name": "Old Name"}}
+    async with pool.acquire() as first, pool.acquire() as second:
+        first_tx = first.transaction()
+        await first_tx.start()
+        assert await store_order(first, OrderInput.model_validate(order), "run-1") is None
+
+        async def record_second() -> str | None:
+            async with second.transaction():
+                return await store_order(second, OrderInput.model_validate(replayed), "run-2")
+
+        recording = asyncio.create_task(record_second())
+        await asyncio.sleep(0.5)  # the second is under way, its transaction open
+        await first_tx.commit()
+        assert await recording == "run run-1"
+    assert await pool.fetchval("SELECT first_run_id FROM orders WHERE order_id = $1", order["order_id"]) == "run-1"
+    assert await pool.fetchval("SELECT name FROM customers WHERE customer_id = $1", order["customer"]["customer_id"]) == order["customer"]["name"]
