@@ -6,6 +6,8 @@ from datetime import timedelta
 
 from temporalio.testing import WorkflowEnvironment
 
+from bench.actions import billable_actions
+
 from tests.conftest import new_order, payment_for, store
 from tests.fake_providers import FakeProviders
 from workflows.models import OrderStatusView
@@ -46,9 +48,13 @@ async def test_happy_path_sends_every_touchpoint(ts_env: WorkflowEnvironment, ma
         await handle.signal("feedback_submitted", {"item_rating": 5, "seller_rating": 4, "comment": "great <3"})
         result = await h.result(handle)
         await h.keep_history(handle, "happy_path")
+        actions = billable_actions(await handle.fetch_history())
 
     assert result.status == "completed"
     assert not result.needs_attention
+    # The README's figure: 26 billed actions as `orders place` starts it, one
+    # upsert more here, started without search attributes. No polling, no retries.
+    assert actions == {"start": 1, "signal": 5, "activity_attempt": 11, "timer": 5, "search_attribute_upsert": 5}
     # Channels go in parallel; each keeps journey order.
     by_channel = {c: [(k, state) for k, ch, state in kinds(result) if ch == c] for c in ("email", "sms")}
     assert by_channel == {
