@@ -84,6 +84,12 @@ every attempt sends the same ones. Without UNSUBSCRIBE_SECRET no marketing
 email is rendered at all: a non-retryable UnsubscribeNotConfigured error.
 Marketing SMS end with "Reply STOP to opt out".
 
+Every email also ends with "Was this helpful?" yes and no, links signed
+with the same secret and bound to the message's ledger key
+(messages/answer_links.py), and the feedback request links to the feedback
+page until the order's feedback window closes. Without the secret, mail
+about an order goes without them.
+
 The lease
 ---------
 An attempt claims a row with its own `claim_token` and a lease, `lease_until`:
@@ -158,8 +164,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.config import ProviderConfig
-from messages import unsubscribe_tokens
-from messages.templates import render, render_for_customer
+from messages import answer_links, unsubscribe_tokens
+from messages.templates import NO_LINKS, Links, render, render_for_customer
 from providers import Provider, RenderedMessage
 from providers.sendgrid import SendGridEmail
 from providers.twilio import TwilioSms
@@ -872,15 +878,36 @@ class MessagingActivities:
             )
             if not details["products"]:
                 return None
-        url, headers = None, {}
-        if request.channel is Channel.EMAIL and a.message_class is MessageClass.MARKETING:
-            url, headers = self._unsubscribe(request.customer_id)
+        links, headers = self._links(a)
+        if request.kind is Touchpoint.FEEDBACK_REQUEST and order is not None:
+            details.update(self._feedback_link(order.order_id, details))
         if order is not None:
-            content, html_body = render(request.kind, order, details, unsubscribe_url=url)
+            content, html_body = render(request.kind, order, details, links)
         else:
-            content, html_body = render_for_customer(request.kind, a.customer, details, unsubscribe_url=url)
+            content, html_body = render_for_customer(request.kind, a.customer, details, links)
         text = content.sms if request.channel is Channel.SMS else "\n\n".join(content.paragraphs)
         return RenderedMessage(request.key, a.recipient, content.subject, text, html_body, headers)
+
+    def _links(self, a: Attempt) -> tuple[Links, dict[str, str]]:
+        """The signed links of an email (none for an SMS), and the headers they need."""
+        if a.request.channel is not Channel.EMAIL:
+            return NO_LINKS, {}
+        unsubscribe, headers = None, {}
+        if a.message_class is MessageClass.MARKETING:
+            unsubscribe, headers = self._unsubscribe(a.request.customer_id)
+        secret = self._config.unsubscribe_secret
+        # Votes are a courtesy: an order's mail goes without them rather than not at all.
+        helpful = answer_links.vote_urls(self._config.web_public_url, a.request.key, datetime.now(timezone.utc), secret) if secret else None
+        return Links(unsubscribe=unsubscribe, helpful=helpful), headers
+
+    def _feedback_link(self, order_id: str, details: dict[str, Any]) -> dict[str, str]:
+        """The feedback page's link, valid until the order's feedback window
+        closes (`respond_by`, from the workflow)."""
+        secret = self._config.unsubscribe_secret
+        if not (secret and details.get("respond_by")):
+            return {}
+        until = datetime.fromisoformat(details["respond_by"])
+        return {"feedback_url": answer_links.feedback_url(self._config.web_public_url, order_id, until, secret)}
 
     def _unsubscribe(self, customer_id: str) -> tuple[str, dict[str, str]]:
         """The unsubscribe link of a marketing email, and its RFC 8058 headers.

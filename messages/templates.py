@@ -6,8 +6,10 @@ Every value is HTML-escaped in the HTML part; dates are shown in the
 customer's timezone. Every SMS names its order, or for the customer's
 journey its coupon code (a welcome without a coupon is the customer's only
 welcome), and no two touchpoints read alike: an unanswered SMS is looked up
-at Twilio by its text. Marketing SMS end with the STOP notice; marketing
-email carries the unsubscribe link the caller passes, in text and HTML.
+at Twilio by its text. Marketing SMS end with the STOP notice. The caller
+passes the signed links (Links): every customer email ends with "Was this
+helpful?" yes and no, marketing email with the unsubscribe link, in text and
+HTML; the feedback request links to the feedback page (`feedback_url`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class Content:
     paragraphs: list[str]
     # Plain text short enough for one SMS segment where possible.
     sms: str
+    # What the message asks the customer to open: (label, url), a link in HTML.
+    link: tuple[str, str] | None = None
 
 
 def money(amount: Decimal, currency: str) -> str:
@@ -172,11 +176,15 @@ def _locker_reminder(o: OrderInput, d: dict[str, Any]) -> Content:
 
 def _feedback_request(o: OrderInput, d: dict[str, Any]) -> Content:
     names = ", ".join(item.name for item in o.items)
+    # No link for a request of a workflow started before links (no `respond_by`)
+    # or a worker without UNSUBSCRIBE_SECRET: the shop's own review page, then.
+    url = d.get("feedback_url")
     return Content(
         f"How was your order {o.order_id}?",
         [f"Hello {o.customer.name}, how do you like {names}?",
          f"Please rate the items and {o.seller.name}, the seller: it takes a minute and helps other customers."],
-        f"How was order {o.order_id}? Rate the items and {o.seller.name}.",
+        f"How was order {o.order_id}? Rate the items and {o.seller.name}" + (f": {url}" if url else "."),
+        link=("Rate your order", url) if url else None,
     )
 
 
@@ -282,30 +290,57 @@ CUSTOMER_TEMPLATES: dict[Touchpoint, Callable[[Customer, dict[str, Any]], Conten
 }
 
 
-def render(
-    kind: Touchpoint, order: OrderInput, details: dict[str, Any], *, unsubscribe_url: str | None = None
-) -> tuple[Content, str]:
+@dataclass(frozen=True)
+class Links:
+    """The signed links an email carries besides its content."""
+
+    # Marketing email: RFC 8058 one-click unsubscribe.
+    unsubscribe: str | None = None
+    # Every customer email: "Was this helpful?" yes and no.
+    helpful: tuple[str, str] | None = None
+
+
+NO_LINKS = Links()
+
+# Under a case's outcome, the vote asks whether the case was put right: "no" reopens it.
+RESOLUTION_QUESTION = "Was this resolved?"
+HELPFUL_QUESTION = "Was this helpful?"
+RESOLUTION_KINDS = frozenset({"case_outcome"})
+
+
+def render(kind: Touchpoint, order: OrderInput, details: dict[str, Any], links: Links = NO_LINKS) -> tuple[Content, str]:
     """The content and its HTML body. A touchpoint of the customer's journey
     is rendered for the order's customer."""
     if kind in CUSTOMER_TEMPLATES:
-        return render_for_customer(kind, order.customer, details, unsubscribe_url=unsubscribe_url)
-    return _finish(kind, TEMPLATES[kind](order, details), unsubscribe_url)
+        return render_for_customer(kind, order.customer, details, links)
+    return _finish(kind, TEMPLATES[kind](order, details), links)
 
 
 def render_for_customer(
-    kind: Touchpoint, customer: Customer, details: dict[str, Any], *, unsubscribe_url: str | None = None
+    kind: Touchpoint, customer: Customer, details: dict[str, Any], links: Links = NO_LINKS
 ) -> tuple[Content, str]:
     """A message of the customer's journey, which belongs to no order."""
-    return _finish(kind, CUSTOMER_TEMPLATES[kind](customer, details), unsubscribe_url)
+    return _finish(kind, CUSTOMER_TEMPLATES[kind](customer, details), links)
 
 
-def _finish(kind: Touchpoint, content: Content, unsubscribe_url: str | None) -> tuple[Content, str]:
-    """The opt-outs marketing needs, and the HTML body."""
+def _finish(kind: Touchpoint, content: Content, links: Links) -> tuple[Content, str]:
+    """The opt-outs marketing needs, the vote links, and the HTML body."""
     body = [f"<p>{html.escape(p)}</p>" for p in content.paragraphs]
+    paragraphs = list(content.paragraphs)
+    if content.link:
+        label, url = content.link
+        paragraphs.append(f"{label}: {url}")
+        body.append(f'<p><a href="{html.escape(url, quote=True)}">{html.escape(label)}</a></p>')
     if message_class(kind) is MessageClass.MARKETING:
         content = replace(content, sms=f"{content.sms} {STOP_NOTICE}")
-    if unsubscribe_url:
-        content = replace(content, paragraphs=[*content.paragraphs, f"Unsubscribe from these emails: {unsubscribe_url}"])
-        link = html.escape(unsubscribe_url, quote=True)
+    if links.helpful:
+        question = RESOLUTION_QUESTION if kind.value in RESOLUTION_KINDS else HELPFUL_QUESTION
+        yes, no = (html.escape(url, quote=True) for url in links.helpful)
+        paragraphs.append(f"{question} Yes: {links.helpful[0]} No: {links.helpful[1]}")
+        body.append(f'<p>{question} <a href="{yes}">Yes</a> · <a href="{no}">No</a></p>')
+    if links.unsubscribe:
+        paragraphs.append(f"Unsubscribe from these emails: {links.unsubscribe}")
+        link = html.escape(links.unsubscribe, quote=True)
         body.append(f'<p>No longer interested? <a href="{link}">Unsubscribe from these emails</a>.</p>')
+    content = replace(content, paragraphs=paragraphs)
     return content, f"<!doctype html><html><body>{''.join(body)}</body></html>"

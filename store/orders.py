@@ -150,19 +150,26 @@ async def record_delivery(conn: asyncpg.Connection | asyncpg.Pool, record: Deliv
     )
 
 
-async def store_feedback(conn: asyncpg.Connection | asyncpg.Pool, record: FeedbackRecord) -> None:
+async def store_feedback(pool: asyncpg.Pool, record: FeedbackRecord) -> None:
+    """The feedback and each item's stars, once per order."""
     f = record.feedback
-    await conn.execute(
-        """
-        INSERT INTO feedback (order_id, customer_id, seller_id, skus, item_rating, seller_rating, comment)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
-        ON CONFLICT (order_id) DO NOTHING
-        """,
-        record.order_id,
-        record.customer_id,
-        record.seller_id,
-        record.skus,
-        f.item_rating,
-        f.seller_rating,
-        f.comment,
-    )
+    stars = {sku: (f.item_ratings or {}).get(sku, f.item_rating) for sku in record.skus}
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            """
+            INSERT INTO feedback (order_id, customer_id, seller_id, skus, item_rating, seller_rating, comment)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            ON CONFLICT (order_id) DO NOTHING
+            """,
+            record.order_id,
+            record.customer_id,
+            record.seller_id,
+            record.skus,
+            f.item_rating,
+            f.seller_rating,
+            f.comment,
+        )
+        await conn.executemany(
+            "INSERT INTO item_ratings (order_id, sku, rating) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            [(record.order_id, sku, rating) for sku, rating in stars.items()],
+        )

@@ -22,6 +22,10 @@ StatusCallback URL), it:
   (`message_settled`), owed until delivered (the HTTP service's relay,
   web/signals.py).
 
+What customers submit through the pages (feedback, votes) is kept here
+too, as provider `customer`, with the signal it owes (`owe`), so that the
+same relay delivers it.
+
 Messages of the customer's journey get the first three only: the journey's
 next send reads the suppression and hands itself to SMS where consent allows.
 Nothing here keeps an address, a number or a message body; reasons are
@@ -68,6 +72,8 @@ TWILIO_DELIVERY = {"delivered": Delivery.DELIVERED, "undelivered": Delivery.UNDE
 REASON_LENGTH = 300
 # provider_events.event of an event we could not read.
 UNREADABLE = "unreadable"
+# provider_events.provider of what customers submit through the pages (web/answers.py).
+CUSTOMER = "customer"
 UNDELIVERED_SIGNAL = "message_undelivered"
 SETTLED_SIGNAL = "message_settled"
 
@@ -96,6 +102,9 @@ class Signal:
     workflow_id: str
     name: str
     payload: dict[str, Any]
+    # A workflow the signal opens rather than tells (a case): its type, started
+    # with `payload` as its input; None for a signal to a running workflow.
+    start_workflow: str | None = None
 
 
 @dataclass(frozen=True)
@@ -201,7 +210,7 @@ RETURNING 1
 
 # A repeat of an event whose order has not heard of it yet.
 UNSIGNALLED = """
-SELECT workflow_id, signal_name, signal FROM provider_events
+SELECT workflow_id, signal_name, signal, start_workflow FROM provider_events
 WHERE provider = $1 AND event_id = $2 AND signal IS NOT NULL AND signalled_at IS NULL
 """
 
@@ -245,7 +254,7 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) owed
 WHERE e.provider = owed.provider AND e.event_id = owed.event_id
-RETURNING e.provider, e.event_id, e.workflow_id, e.signal_name, e.signal, e.received_at
+RETURNING e.provider, e.event_id, e.workflow_id, e.signal_name, e.signal, e.start_workflow, e.received_at
 """
 
 RELEASE = "UPDATE provider_events SET claimed_until = NULL WHERE provider = $1 AND event_id = ANY($2::text[])"
@@ -309,7 +318,29 @@ async def record(conn: asyncpg.Connection, event: ProviderEvent) -> Recorded:
 
 
 def _signal(row: asyncpg.Record) -> Signal:
-    return Signal(row["workflow_id"], row["signal_name"], json.loads(row["signal"]))
+    return Signal(row["workflow_id"], row["signal_name"], json.loads(row["signal"]), row["start_workflow"])
+
+
+INSERT_OWED = """
+INSERT INTO provider_events (provider, event_id, event, workflow_id, signal_name, signal, start_workflow)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)
+ON CONFLICT (provider, event_id) DO NOTHING
+RETURNING 1
+"""
+RECORDED_SIGNAL = "SELECT workflow_id, signal_name, signal, start_workflow FROM provider_events WHERE provider = $1 AND event_id = $2"
+
+
+async def owe(conn: asyncpg.Connection, event_id: str, signal: Signal) -> tuple[bool, Signal]:
+    """What a customer submitted (`event_id` names it: one per order, per
+    message), kept with the signal it owes, for the relay to deliver as it
+    does providers'. A repeat records nothing: it gets False and the signal
+    the first recorded."""
+    inserted = await conn.fetchval(
+        INSERT_OWED, CUSTOMER, event_id, signal.name, signal.workflow_id, signal.name, json.dumps(signal.payload), signal.start_workflow
+    )
+    if inserted:
+        return True, signal
+    return False, _signal(await conn.fetchrow(RECORDED_SIGNAL, CUSTOMER, event_id))
 
 
 @dataclass(frozen=True)

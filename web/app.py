@@ -1,5 +1,5 @@
 """The endpoints: unsubscribe links (RFC 8058 one-click included) and Twilio's
-inbound-SMS webhook. Each writes PostgreSQL, the truth read at send time,
+inbound-SMS webhook. The feedback page and votes are in web/answers.py. Each writes PostgreSQL, the truth read at send time,
 commits, and only then tells the customer's workflow by signal. The
 providers' reports on messages they took are in web/webhooks.py.
 
@@ -28,6 +28,8 @@ from twilio.twiml.messaging_response import MessagingResponse
 from messages.unsubscribe_tokens import InvalidToken, verify
 from store.consent import customers_reached_at, customers_sharing_address, lift_suppression, set_consent, suppress
 from store.database import create_pool, migrate
+from web import pages
+from web.answers import add_answer_pages
 from web.config import ConfigError, WebConfig
 from web.metrics import CountRejections
 from web.signals import OwedSignals, RelayTiming, Signals
@@ -44,20 +46,7 @@ HELP = frozenset({"HELP", "INFO"})
 
 Token = Annotated[str, Query(description="the signed token from the unsubscribe link")]
 
-# The token is in the page's URL: no referrer, no caching, no framing.
-PAGE_HEADERS = {
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
-}
 WHAT = {Channel.EMAIL: "marketing email", Channel.SMS: "marketing text messages"}
-PAGE = """<!doctype html>
-<html lang="en"><meta charset="utf-8"><meta name="viewport" content="width=device-width">
-<title>Unsubscribe</title>
-<body style="font-family: sans-serif; max-width: 34em; margin: 3em auto; padding: 0 1em">
-{content}
-</body></html>
-"""
 # No action: the form posts to this very URL, token included.
 CONFIRM = """<h1>Unsubscribe?</h1>
 <p>Stop {what} from us? Messages about your orders keep coming.</p>
@@ -120,7 +109,7 @@ def create_app(
     @app.exception_handler(InvalidToken)
     async def invalid_token(request: Request, err: InvalidToken) -> PlainTextResponse:
         request.state.rejection = f"token_{err.kind}"  # for CountRejections
-        return PlainTextResponse(str(err), status_code=400, headers=PAGE_HEADERS)
+        return PlainTextResponse(str(err), status_code=400, headers=pages.HEADERS)
 
     refused = {400: {"description": "malformed or tampered token (the text says which)"}}
 
@@ -200,6 +189,7 @@ def create_app(
         return _twiml(MessagingResponse())
 
     add_event_webhooks(app, config, app.state.owed_signals, meter)
+    add_answer_pages(app, config, app.state.owed_signals)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -260,7 +250,7 @@ def _invalid(field: str, kind: str, message: str, value: Any = None) -> RequestV
 
 
 def _page(content: str) -> HTMLResponse:
-    return HTMLResponse(PAGE.format(content=content), headers=PAGE_HEADERS)
+    return pages.page("Unsubscribe", content)
 
 
 def _twiml(reply: MessagingResponse) -> Response:

@@ -3,7 +3,8 @@ the change. A workflow that is not running has nothing to act on it with,
 which is no failure: consent is read at send time, and an order that has
 finished sends nothing more. Temporal out of reach is told to the caller.
 
-The signals provider reports owe orders are kept in PostgreSQL with the
+The signals provider reports owe orders, and those what customers submit
+owes (feedback, a case a vote opens), are kept in PostgreSQL with the
 report (store/provider_events.py) and delivered by OwedSignals: at
 once, and again, with backoff, while Temporal is away, and by whichever
 replica starts or sweeps next when the process stopped in between. So a
@@ -25,12 +26,14 @@ import asyncpg
 from temporalio.api.enums.v1 import ResourceExhaustedCause, ResourceExhaustedScope
 from temporalio.api.errordetails.v1 import ResourceExhaustedFailure
 from temporalio.client import Client
-from temporalio.common import MetricMeter
+from temporalio.common import MetricMeter, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from store import provider_events
 from worker import connect_temporal
+from workflows.models import TASK_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +97,29 @@ class Signals:
         return self._client
 
     async def send(self, workflow_id: str, signal: str, payload: dict[str, Any]) -> SignalOutcome:
+        return await self.deliver(provider_events.Signal(workflow_id, signal, payload))
+
+    async def deliver(self, signal: provider_events.Signal) -> SignalOutcome:
+        """Signals the running workflow, or starts the one it opens (its
+        input the payload; an id already used, the workflow's own business)."""
+        workflow_id = signal.workflow_id
         try:
             client = await self._connected()
-            await client.get_workflow_handle(workflow_id).signal(signal, payload, rpc_timeout=RPC_TIMEOUT)
+            if signal.start_workflow:
+                await client.start_workflow(
+                    signal.start_workflow,
+                    signal.payload,
+                    id=workflow_id,
+                    task_queue=TASK_QUEUE,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    rpc_timeout=RPC_TIMEOUT,
+                )
+            else:
+                await client.get_workflow_handle(workflow_id).signal(signal.name, signal.payload, rpc_timeout=RPC_TIMEOUT)
+        except WorkflowAlreadyStartedError:
+            log.info("%s not started: it ran and is over", workflow_id)
+            return SignalOutcome.NOT_RUNNING
         except RPCError as err:
             if err.status is RPCStatusCode.NOT_FOUND:
                 log.info("%s not signalled: no running workflow", workflow_id)
@@ -156,7 +179,7 @@ class OwedSignals:
                 owed = await provider_events.claim_owed(conn, timing.batch, timing.claim_for, provider, event_ids)
             delivered, ended, left = [], [], []
             for n, item in enumerate(owed):
-                outcome = await self._signals.send(item.signal.workflow_id, item.signal.name, item.signal.payload)
+                outcome = await self._signals.deliver(item.signal)
                 self._sent.add(1, {"signal": item.signal.name, "outcome": outcome.value})
                 if outcome is SignalOutcome.UNREACHABLE:
                     left = owed[n:]

@@ -68,6 +68,7 @@ class Rejection(StrEnum):
     IN_THE_FUTURE = "in_the_future"
     NOT_A_LOCKER = "not_a_locker"
     WINDOW_CLOSED = "window_closed"
+    UNKNOWN_ITEM = "unknown_item"
 
 
 class EventRejected(Exception):
@@ -265,6 +266,9 @@ def _collection(state: JourneyState, collected: ParcelCollected, now: datetime) 
 def _feedback(state: JourneyState, feedback: FeedbackSubmitted, now: datetime) -> Early | None:
     if state.feedback:
         raise EventRejected(Rejection.DUPLICATE, "duplicate feedback")
+    unknown = sorted(set(feedback.item_ratings or ()) - {item.sku for item in state.order.items})
+    if unknown:
+        raise EventRejected(Rejection.UNKNOWN_ITEM, f"item_ratings names items not in the order: {', '.join(unknown)}")
     if not state.delivered:
         _not_decided(state)
         return Early("out of order: feedback before delivery", "order_delivered")

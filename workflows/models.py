@@ -233,9 +233,17 @@ class OrderCancelled(WireModel):
 
 
 class FeedbackSubmitted(WireModel):
+    # The items as one; each item not in `item_ratings` gets it.
     item_rating: Rating
     seller_rating: Rating
     comment: Annotated[str, Field(max_length=5000)] | None = None
+    # Stars per item, by sku, as the feedback page gives them.
+    item_ratings: dict[NonEmpty, Rating] | None = None
+
+    @property
+    def lowest_rating(self) -> int:
+        """The fewest stars given the seller or any item."""
+        return min(self.item_rating, self.seller_rating, *(self.item_ratings or {}).values())
 
 
 EVENT_MODELS: dict[str, type[WireModel]] = {

@@ -301,8 +301,11 @@ class OrderLifecycle:
         self._view.flag("locker_not_collected")
 
     def _ask_for_feedback(self) -> None:
-        self.state.feedback_asked_at = workflow.now()
-        self._notify(Touchpoint.FEEDBACK_REQUEST)
+        s = self.state
+        s.feedback_asked_at = workflow.now()
+        # The feedback page's link expires when the window closes.
+        respond_by = s.feedback_asked_at + s.setup.settings.feedback_window
+        self._notify(Touchpoint.FEEDBACK_REQUEST, {"respond_by": respond_by.isoformat()})
         self._view.transition(OrderStatus.FEEDBACK_REQUESTED)
 
     async def _store_feedback(self) -> None:
@@ -317,7 +320,7 @@ class OrderLifecycle:
         await workflow.execute_activity_method(OrderActivities.store_feedback, record, **DB_TIMEOUTS)
         s.feedback_stored = True
         # Unhappy customers reach a person, not just a table.
-        if min(s.feedback.item_rating, s.feedback.seller_rating) <= 2:
+        if s.feedback.lowest_rating <= 2:
             self._view.flag("low_rating")
 
     async def _cancel_order(self, reason: str) -> None:
