@@ -274,7 +274,7 @@ async def up(demo: bool) -> None:
         if demo:
             from starter.demo import run_demo
 
-            await run_demo(client, lifecycle=True, database_url=env["DATABASE_URL"])
+            await run_demo(client, lifecycle=True, database_url=env["DATABASE_URL"], web_url=web_config.public_url)
         await worker_task
     finally:
         stop.set()
