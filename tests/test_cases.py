@@ -118,10 +118,11 @@ async def test_a_vote_case_escalates_twice_is_resolved_by_update_and_reopens_onc
         await wait(lambda v: noted(v, "case_outcome to the customer: sent", times=2))
         await handle.signal("case_reopen_requested", {"comment": "no"})
         result = await asyncio.wait_for(handle.result(), 60)
+        await h.keep_history(handle, "case_escalated_resolved_reopened")
 
     assert result.status == "resolved" and result.resolution == "Refunded today." and result.reopened
     row = await pool.fetchrow("SELECT * FROM cases WHERE case_id = $1", opening.case_id)
-    assert (row["status"], row["owner"], row["escalation_level"], row["sla_breaches"]) == ("resolved", HEAD, 2, 2)
+    assert (row["status"], row["owner"], row["escalation_level"], row["sla_breaches"]) == ("resolved", HEAD, 2, 2), (dict(row), result)
     assert (row["resolution"], row["resolved_by"], row["reopen_comment"]) == ("Refunded today.", "Eve", "No refund yet")
     assert row["reopened_at"] and row["acknowledged_at"] and row["due_at"] is None
     keys = await ledger_keys(pool, opening.case_id)
@@ -158,6 +159,9 @@ async def test_a_low_rating_opens_a_case_through_the_order(ts_env: WorkflowEnvir
         case = await case_opened(h, f"case-{order['order_id']}-1")
         view = await h.wait_for(case, lambda v: noted(v, "case_assigned mailed"), view_type=CaseView)
         order_view = await h.wait_for(handle, lambda v: "low_rating" in v.attention_reasons)
+        await ts_env.sleep(timedelta(days=30))  # the order's journey runs to its end
+        await h.result(handle)
+        await h.keep_history(handle, "low_rating_case")
 
     assert view.trigger == "low_rating" and view.owner == OWNER and view.status == "open"
     assert order_view.needs_attention
@@ -210,3 +214,41 @@ async def test_a_retried_trigger_opens_one_case_and_two_at_once_get_their_own_nu
     with pytest.raises(OrderNotRecorded, match="is not recorded"):
         async with pool.acquire() as conn:
             await open_case(conn, order_id=f"nope-{uuid.uuid4().hex}", trigger="complaint", trigger_key="k-c", text=None)
+
+
+async def test_operators_find_cases_by_status_and_owner_and_answer_them_with_the_cli(dev_env, make_harness, pool):
+    """On the dev server: CaseStatus and CaseOwner are searchable, one upsert
+    per transition, and `orders case ack|resolve|show` print the answer or
+    the validator's rejection."""
+    import argparse
+
+    from starter.cli import UsageError, case_command
+
+    order = new_order()
+    await store(pool, order)
+    async with pool.acquire() as conn:
+        opening = await open_case(conn, order_id=order["order_id"], trigger="complaint", trigger_key=uuid.uuid4().hex, text="late")
+    owner = f"team-{uuid.uuid4().hex[:6]}@shop.example"
+    async with make_harness(dev_env, case_routing=ROUTING.model_copy(update={"default_owner": owner, "by_category": {}})) as h:
+        handle = await start_as_the_relay_does(h, opening)
+        await h.wait_for(handle, lambda v: noted(v, "case_assigned mailed"), view_type=CaseView)
+
+        async def listed(query: str) -> list[str]:
+            for _ in range(200):
+                found = [w.id async for w in h.client.list_workflows(query)]
+                if found:
+                    return found
+                await asyncio.sleep(0.1)
+            return []
+
+        assert await listed(f'CaseStatus="open" AND CaseOwner="{owner}"') == [opening.case_id]
+        case = lambda command, **kw: case_command(h.client, argparse.Namespace(case_command=command, case_id=opening.case_id, **kw))  # noqa: E731
+        with pytest.raises(UsageError, match="rejected: resolution: String should have at least 1 character"):
+            await case("resolve", resolution="", by="Eve")
+        assert (await case("ack", by="Eve")).status == "acknowledged"
+        assert await listed(f'CaseStatus="acknowledged" AND CaseOwner="{owner}"') == [opening.case_id]
+        view = await case("show")
+        assert noted(view, "acknowledged by Eve")
+        await handle.terminate("the test is over")
+    upserts = [e for e in (await handle.fetch_history()).events if e.HasField("upsert_workflow_search_attributes_event_attributes")]
+    assert len(upserts) == 2  # opened (status and owner together), acknowledged
