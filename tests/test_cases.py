@@ -252,3 +252,22 @@ async def test_operators_find_cases_by_status_and_owner_and_answer_them_with_the
         await handle.terminate("the test is over")
     upserts = [e for e in (await handle.fetch_history()).events if e.HasField("upsert_workflow_search_attributes_event_attributes")]
     assert len(upserts) == 2  # opened (status and owner together), acknowledged
+
+
+def test_case_routing_comes_from_the_environment_and_a_bad_entry_says_what_is_wrong():
+    from activities.config import case_routing_from_env
+
+    routing = case_routing_from_env({
+        "CASE_OWNERS_BY_SELLER": "S1=gadgets@shop.example", "CASE_OWNERS_BY_CATEGORY": "keyboards=kb@shop.example",
+        "CASE_DEFAULT_OWNER": "cs@shop.example", "CASE_ESCALATION": "lead@shop.example, head@shop.example", "CASE_SLA": "2h",
+    })
+    assert routing.escalation == ["lead@shop.example", "head@shop.example"] and routing.sla == timedelta(hours=2)
+    opening = lambda seller, category: CaseOpening(  # noqa: E731
+        case_id="case-A-1", order_id="A", n=1, trigger="complaint", customer_id="C", seller_id=seller, category=category,
+        opened_at="2026-01-01T00:00:00Z",
+    )
+    assert routing.owner_for(opening("S1", "keyboards")) == "gadgets@shop.example"
+    assert routing.owner_for(opening("S2", "keyboards")) == "kb@shop.example"
+    assert routing.owner_for(opening("S2", "mice")) == "cs@shop.example"
+    with pytest.raises(ValueError, match="CASE_OWNERS_BY_SELLER: 'S1' is not KEY=OWNER"):
+        case_routing_from_env({"CASE_OWNERS_BY_SELLER": "S1"})
