@@ -23,17 +23,20 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from activities.config import ProviderConfig, journey_settings_from_env, lifecycle_settings_from_env
+from activities.cases import CaseActivities
+from activities.config import ProviderConfig, case_routing_from_env, journey_settings_from_env, lifecycle_settings_from_env
 from activities.customers import CustomerActivities
 from activities.messaging import PROVIDER_REQUEST, MessagingActivities
 from activities.orders import OrderActivities
+from activities.staff_mail import StaffMailer
 from codec import CodecConfigError, encrypted_data_converter, payload_keys_from_env
 from providers import Provider
 from providers.privacy import keep_customer_data_out_of
 from store.database import create_pool, migrate
+from workflows.case_handling import CaseWorkflow
 from workflows.customer_journey import CustomerJourney
 from workflows.metrics import MESSAGE_WAIT
-from workflows.models import TASK_QUEUE, Channel, JourneySettings, LifecycleSettings
+from workflows.models import TASK_QUEUE, CaseRouting, Channel, JourneySettings, LifecycleSettings
 from workflows.order_lifecycle import OrderLifecycle
 from workflows.resend import MessageResend
 
@@ -113,6 +116,7 @@ def build_worker(
     journey: JourneySettings,
     *,
     lifecycle: LifecycleSettings | None = None,
+    case_routing: CaseRouting | None = None,
     providers: dict[Channel, Provider] | None = None,
     task_queue: str = TASK_QUEUE,
 ) -> Worker:
@@ -122,10 +126,11 @@ def build_worker(
     orders = OrderActivities(pool, journey, client, lifecycle)
     customers = CustomerActivities(pool)
     messaging = MessagingActivities(pool, provider_config, providers)
+    cases = CaseActivities(pool, client, case_routing or CaseRouting(), StaffMailer(pool, messaging.provider(Channel.EMAIL)))
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[OrderLifecycle, CustomerJourney, MessageResend],
+        workflows=[OrderLifecycle, CustomerJourney, MessageResend, CaseWorkflow],
         activities=[
             orders.record_order,
             orders.cancel_order,
@@ -134,6 +139,10 @@ def build_worker(
             customers.issue_coupon,
             customers.record_phase,
             messaging.send_message,
+            cases.open_case,
+            cases.route_case,
+            cases.record_case,
+            cases.notify_staff,
         ],
         workflow_runner=shared_module_runner("workflows"),
         # On SIGTERM, running sends finish and record their outcome instead of
@@ -159,7 +168,8 @@ async def run_worker(client: Client, database_url: str, env: Mapping[str, str], 
     try:
         journey = journey_settings_from_env(env)
         worker = build_worker(
-            client, pool, ProviderConfig.from_env(env), journey, lifecycle=lifecycle_settings_from_env(env, journey)
+            client, pool, ProviderConfig.from_env(env), journey, lifecycle=lifecycle_settings_from_env(env, journey),
+            case_routing=case_routing_from_env(env),
         )
         async with worker:
             log.info("worker polling task queue %r", TASK_QUEUE)
@@ -178,7 +188,9 @@ async def _main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        ProviderConfig.from_env(os.environ)  # every setting checked before anything starts
+        # Every setting checked before anything starts.
+        ProviderConfig.from_env(os.environ)
+        case_routing_from_env(os.environ)
         client = await connect_temporal(runtime=runtime)
     except (CodecConfigError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None

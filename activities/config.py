@@ -11,7 +11,7 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from workflows.clock import parse_duration
-from workflows.models import CouponTerms, JourneySettings, LifecycleSettings
+from workflows.models import CaseRouting, CouponTerms, JourneySettings, LifecycleSettings
 
 # JourneySettings.report_window has no default of its own: orders recorded
 # before it existed have none.
@@ -56,6 +56,36 @@ def lifecycle_settings_from_env(env: Mapping[str, str], journey: JourneySettings
         else:
             values[name] = value  # numbers: pydantic checks them
     return LifecycleSettings(**values)
+
+
+def _pairs(name: str, text: str) -> dict[str, str]:
+    pairs = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, owner = part.partition("=")
+        if not sep or not key.strip() or not owner.strip():
+            raise ValueError(f"{name}: {part!r} is not KEY=OWNER (e.g. S1=gadgets-team@shop.example)")
+        pairs[key.strip()] = owner.strip()
+    return pairs
+
+
+def case_routing_from_env(env: Mapping[str, str]) -> CaseRouting:
+    """Who owns a case (CASE_OWNERS_BY_SELLER, CASE_OWNERS_BY_CATEGORY:
+    `key=owner,...`; CASE_DEFAULT_OWNER), who it escalates to
+    (CASE_ESCALATION: `team-lead,next-level,...`) and when (CASE_SLA,
+    CASE_RESOLVE_WITHIN, CASE_REMIND_EVERY, CASE_REOPEN_WINDOW: durations)."""
+    values: dict = {}
+    for name, field in (("CASE_OWNERS_BY_SELLER", "by_seller"), ("CASE_OWNERS_BY_CATEGORY", "by_category")):
+        if env.get(name):
+            values[field] = _pairs(name, env[name])
+    if env.get("CASE_DEFAULT_OWNER"):
+        values["default_owner"] = env["CASE_DEFAULT_OWNER"].strip()
+    if env.get("CASE_ESCALATION"):
+        values["escalation"] = [level.strip() for level in env["CASE_ESCALATION"].split(",") if level.strip()]
+    for field in ("sla", "resolve_within", "remind_every", "reopen_window"):
+        value = env.get(f"CASE_{field.upper()}")
+        if value:
+            values[field] = parse_duration(value)
+    return CaseRouting(**values)
 
 
 def _is_local(url: str) -> bool:

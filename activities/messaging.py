@@ -291,6 +291,13 @@ WHERE key = $1 AND claim_token = $2 AND state = 'sending'
 RETURNING settle_at
 """
 
+# Idempotent: a second insert of a key returns the first one's id.
+OUTBOX_INSERT = """
+INSERT INTO outbox (ledger_key, channel, recipient, subject, body, headers) VALUES ($1, $2, $3, $4, $5, $6::jsonb)
+ON CONFLICT (ledger_key) DO UPDATE SET ledger_key = EXCLUDED.ledger_key
+RETURNING id
+"""
+
 NOTHING_TO_RECOMMEND = "nothing to recommend"
 # A mail settled without sending: found nowhere, and overtaken by the journey.
 OVERTAKEN_NOT_SENT = "not found at the provider once it could tell, and not sent: the journey overtook it"
@@ -452,6 +459,10 @@ class MessagingActivities:
         # Channels whose provider rejected our credentials, with the alert.
         self._paused: dict[Channel, str] = {}
         self._alerted: set[str] = set()
+
+    def provider(self, channel: Channel) -> Provider | None:
+        """The channel's provider; None: the local outbox."""
+        return self._providers.get(channel)
 
     @property
     def seconds_for_a_send(self) -> float:
@@ -965,11 +976,7 @@ class MessagingActivities:
     async def _to_outbox(self, channel: Channel, message: RenderedMessage, budget: Budget) -> str:
         row = await self._db(
             budget,
-            """
-            INSERT INTO outbox (ledger_key, channel, recipient, subject, body, headers) VALUES ($1, $2, $3, $4, $5, $6::jsonb)
-            ON CONFLICT (ledger_key) DO UPDATE SET ledger_key = EXCLUDED.ledger_key
-            RETURNING id
-            """,
+            OUTBOX_INSERT,
             message.key,
             channel.value,
             message.recipient,

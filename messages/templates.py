@@ -206,6 +206,48 @@ def _parcel_lost(o: OrderInput, d: dict[str, Any]) -> Content:
     )
 
 
+def _case_acknowledgement(o: OrderInput, d: dict[str, Any]) -> Content:
+    return Content(
+        f"We hear you: order {o.order_id}",
+        [f"Hello {o.customer.name}, thank you for telling us what went wrong with order {o.order_id}.",
+         f"Our team has it now (case {d.get('case_id', '')}) and will write to you with what we did about it."],
+        f"We hear you about order {o.order_id}: our team has it and will write back.",
+    )
+
+
+def _case_outcome(o: OrderInput, d: dict[str, Any]) -> Content:
+    return Content(
+        f"What we did about order {o.order_id}",
+        [f"Hello {o.customer.name}, about what you told us on order {o.order_id}:", d.get("resolution", ""),
+         "If it was not, tell us below, and we will look at it again."],
+        f"Order {o.order_id}: {d.get('resolution', '')}",
+    )
+
+
+_TRIGGERS = {"low_rating": "a rating of 2 or less", "not_helpful": "a \"not helpful\" vote with a comment",
+             "complaint": "a complaint"}
+
+
+def _case_for_staff(o: OrderInput, d: dict[str, Any], headline: str) -> Content:
+    due = [f"Please acknowledge it by {d['due_at']} (UTC)."] if d.get("due_at") else []
+    said = [f"The customer's words: {d['text']}"] if d.get("text") else []
+    return Content(
+        f"{headline}: case {d.get('case_id', '')} on order {o.order_id}",
+        [f"{headline}: case {d.get('case_id', '')}, opened by {_TRIGGERS.get(d.get('trigger', ''), 'a customer')} "
+         f"on order {o.order_id} from {o.seller.name}.", *said, *item_lines(o), *due,
+         "Acknowledge: orders case ack CASE_ID --by NAME; resolve: orders case resolve CASE_ID --resolution TEXT --by NAME."],
+        f"{headline}: order {o.order_id}.",
+    )
+
+
+def _case_assigned(o: OrderInput, d: dict[str, Any]) -> Content:
+    return _case_for_staff(o, d, "A case for you")
+
+
+def _case_escalated(o: OrderInput, d: dict[str, Any]) -> Content:
+    return _case_for_staff(o, d, f"Escalated (level {d.get('level', 1)}), not acknowledged in time")
+
+
 def _offer(d: dict[str, Any]) -> str:
     parts = []
     if d.get("discount_percent"):
@@ -263,6 +305,10 @@ TEMPLATES: dict[Touchpoint, Callable[[OrderInput, dict[str, Any]], Content]] = {
     Touchpoint.FEEDBACK_REQUEST: _feedback_request,
     Touchpoint.RECOMMENDATIONS: _recommendations,
     Touchpoint.PARCEL_LOST: _parcel_lost,
+    Touchpoint.CASE_ACKNOWLEDGEMENT: _case_acknowledgement,
+    Touchpoint.CASE_OUTCOME: _case_outcome,
+    Touchpoint.CASE_ASSIGNED: _case_assigned,
+    Touchpoint.CASE_ESCALATED: _case_escalated,
 }
 
 
@@ -305,7 +351,6 @@ NO_LINKS = Links()
 # Under a case's outcome, the vote asks whether the case was put right: "no" reopens it.
 RESOLUTION_QUESTION = "Was this resolved?"
 HELPFUL_QUESTION = "Was this helpful?"
-RESOLUTION_KINDS = frozenset({"case_outcome"})
 
 
 def render(kind: Touchpoint, order: OrderInput, details: dict[str, Any], links: Links = NO_LINKS) -> tuple[Content, str]:
@@ -334,7 +379,7 @@ def _finish(kind: Touchpoint, content: Content, links: Links) -> tuple[Content, 
     if message_class(kind) is MessageClass.MARKETING:
         content = replace(content, sms=f"{content.sms} {STOP_NOTICE}")
     if links.helpful:
-        question = RESOLUTION_QUESTION if kind.value in RESOLUTION_KINDS else HELPFUL_QUESTION
+        question = RESOLUTION_QUESTION if kind is Touchpoint.CASE_OUTCOME else HELPFUL_QUESTION
         yes, no = (html.escape(url, quote=True) for url in links.helpful)
         paragraphs.append(f"{question} Yes: {links.helpful[0]} No: {links.helpful[1]}")
         body.append(f'<p>{question} <a href="{yes}">Yes</a> · <a href="{no}">No</a></p>')

@@ -10,6 +10,7 @@
     orders outbox               messages kept locally when no provider is configured
     orders attention            orders and messages an operator may have to act on (no customer data)
     orders resend KEY           send a failed or in-doubt message once more, through the worker
+    orders case ack|resolve|show ID   a case (service recovery): acknowledge, resolve, or show it
     orders schema [NAME]        JSON Schema of every payload
     orders lifecycle report     customers per phase, win-backs against the holdout, coupon cost vs revenue
     orders demo                 push a handful of orders through the whole journey
@@ -32,7 +33,7 @@ from pydantic import TypeAdapter, ValidationError
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from codec import KEY_VARIABLES, KEYS_FILE_VARIABLE, CodecConfigError, new_key_entry
 from web.config import ConfigError, WebConfig, local_secret
@@ -42,6 +43,11 @@ from workflows.ledger_key import LedgerKey
 from workflows.models import (
     EVENT_MODELS,
     TASK_QUEUE,
+    CaseAcknowledged,
+    CaseOpening,
+    CaseReopenRequested,
+    CaseResolved,
+    CaseView,
     WORKFLOW_TYPE,
     EventEnvelope,
     MessageOutcome,
@@ -158,12 +164,58 @@ async def send_event(client: Client, order_id: str, event: str, payload: Any, sy
         raise UsageError(f"invalid {event}: {format_validation_error(err)}") from None
     handle = client.get_workflow_handle(workflow_id_for(order_id))
     if not sync:
-        await handle.signal(event, payload)
+        try:
+            await handle.signal(event, payload)
+        except RPCError as err:
+            if event != "complaint_received" or err.status is not RPCStatusCode.NOT_FOUND:
+                raise
+            opening = await complain_after_the_order(client, order_id, payload)
+            print(f"the order's workflow is over: complaint opened case {opening.case_id} directly", file=sys.stderr)
         return None
     try:
         return await handle.execute_update(
             "apply_event", EventEnvelope(event=event, payload=payload), result_type=OrderStatusView
         )
+    except WorkflowUpdateFailedError as err:
+        raise UsageError(f"rejected: {err.cause.message if err.cause else err}") from None
+
+
+async def complain_after_the_order(client: Client, order_id: str, complaint: dict[str, Any]) -> CaseOpening:
+    """A complaint about an order whose workflow has ended opens its case
+    from PostgreSQL, keyed by what it says, so sending it again opens no second one."""
+    import hashlib
+
+    import asyncpg
+
+    from activities.cases import start_case
+    from store import cases as case_store
+
+    said = hashlib.sha256(f"{complaint['channel']}\n{complaint['text']}".encode()).hexdigest()[:16]
+    conn = await asyncpg.connect(database_url())
+    try:
+        opening = await case_store.open_case(
+            conn, order_id=order_id, trigger="complaint", trigger_key=f"{workflow_id_for(order_id)}:complaint-{said}",
+            text=complaint["text"],
+        )
+    except case_store.OrderNotRecorded as err:
+        raise UsageError(str(err)) from None
+    finally:
+        await conn.close()
+    await start_case(client, opening, TASK_QUEUE)
+    return opening
+
+
+async def case_command(client: Client, args: argparse.Namespace) -> CaseView:
+    """`orders case ack|resolve|show ID`: the case's answer, or the validator's rejection."""
+    handle = client.get_workflow_handle(args.case_id)
+    if args.case_command == "show":
+        return await handle.query("status", result_type=CaseView)
+    if args.case_command == "ack":
+        name, payload = "case_acknowledged", {"by": args.by}
+    else:
+        name, payload = "case_resolved", {"resolution": args.resolution, "by": args.by}
+    try:
+        return await handle.execute_update(name, payload, result_type=CaseView)
     except WorkflowUpdateFailedError as err:
         raise UsageError(f"rejected: {err.cause.message if err.cause else err}") from None
 
@@ -197,6 +249,12 @@ def schemas() -> dict[str, Any]:
         # From the HTTP service, not from backends.
         "message_undelivered": MessageUndelivered,
         "message_settled": MessageOutcome,
+        # A case (workflows/case_handling.py): its input, updates, signal and status.
+        "case_opening": CaseOpening,
+        "case_acknowledged": CaseAcknowledged,
+        "case_resolved": CaseResolved,
+        "case_reopen_requested": CaseReopenRequested,
+        "case_status": CaseView,
     }
     return {name: model.model_json_schema() for name, model in models.items()}
 
@@ -329,6 +387,8 @@ async def run(args: argparse.Namespace) -> int:
                 print_json(view.model_dump(mode="json") if view else {"signalled": args.name})
             elif args.command == "status":
                 print_json((await order_status(client, args.order_id)).model_dump(mode="json"))
+            elif args.command == "case":
+                print_json((await case_command(client, args)).model_dump(mode="json"))
             elif args.command in ("attention", "resend"):
                 import asyncpg
 
@@ -379,6 +439,15 @@ def parser() -> argparse.ArgumentParser:
     from starter.lifecycle_report import add_arguments as add_report_arguments
 
     add_report_arguments(lifecycle.add_parser("report", help="per month or week: phases, win-back vs holdout, coupon cost vs revenue"))
+    case = sub.add_parser("case", help="a case: acknowledge, resolve or show it").add_subparsers(dest="case_command", required=True)
+    ack = case.add_parser("ack", help="acknowledge a case (the case_acknowledged update)")
+    ack.add_argument("case_id", help="case-{order_id}-{n}")
+    ack.add_argument("--by", required=True, help="who takes it")
+    resolve_case = case.add_parser("resolve", help="resolve a case (the case_resolved update); the customer gets the resolution")
+    resolve_case.add_argument("case_id")
+    resolve_case.add_argument("--resolution", required=True, help="what was done, as the customer will read it")
+    resolve_case.add_argument("--by", required=True)
+    case.add_parser("show", help="a case's status and timeline").add_argument("case_id")
     schema = sub.add_parser("schema", help="print JSON Schemas of the payloads")
     schema.add_argument("name", nargs="?")
     sub.add_parser("demo", help="push a handful of orders through the whole journey")

@@ -46,6 +46,7 @@ import asyncpg
 from providers.privacy import scrub
 from providers.verdicts import TWILIO_OPTED_OUT
 from store.consent import suppress
+from workflows.ledger_key import LedgerKey
 from workflows.models import Channel, DeliveryState, MessageOutcome, MessageUndelivered, workflow_id_for
 
 
@@ -299,7 +300,8 @@ async def record(conn: asyncpg.Connection, event: ProviderEvent) -> Recorded:
         return Recorded(event.event_id, duplicate=False)
     if event.suppression:
         await suppress(conn, Channel(row["channel"]), row["recipient"], reason=event.suppression, source="provider")
-    if row["order_id"] is None:
+    if row["order_id"] is None or not event.ledger_key.startswith(LedgerKey.order_prefix(row["order_id"])):
+        # The customer's journey's, a case's, a mail to staff: no order to tell.
         return Recorded(event.event_id, duplicate=False)
     if event.delivery in NOT_DELIVERED:  # the order hands it over, and lifts an in-doubt flag
         report = MessageUndelivered(kind=row["kind"], channel=row["channel"], event=event.delivery.value, reason=event.detail)

@@ -30,6 +30,7 @@ from tests.fake_providers import FakeProviders, serve
 from worker import build_worker
 from workflows import order_lifecycle
 from workflows.models import (
+    CaseRouting,
     Channel,
     DeliveryState,
     JourneySettings,
@@ -211,6 +212,7 @@ def make_harness(pool: asyncpg.Pool, provider_config: ProviderConfig):
         journey: JourneySettings = journey_settings_from_env({}),
         quiet_hours: bool = False,
         lifecycle: LifecycleSettings | None = None,
+        case_routing: CaseRouting | None = None,
         config: ProviderConfig | None = None,
         providers: dict[Channel, Provider] | None = None,
         task_queue: str | None = None,
@@ -224,6 +226,7 @@ def make_harness(pool: asyncpg.Pool, provider_config: ProviderConfig):
             config or provider_config,
             journey,
             lifecycle=lifecycle,
+            case_routing=case_routing,
             providers=providers,
             task_queue=queue,
         )

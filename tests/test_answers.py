@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from html import escape, unescape
 from typing import Any
@@ -24,7 +25,8 @@ from tests.test_consent_sending import content, mails_to, order_message, send
 from tests.test_web import FakeTemporal, unused_port
 from web.app import create_app
 from web.config import WebConfig
-from workflows.models import Channel, Touchpoint
+from workflows.ledger_key import LedgerKey
+from workflows.models import Channel, Touchpoint, case_workflow_id
 
 NOW = datetime.now(timezone.utc)
 
@@ -45,9 +47,19 @@ def config(database_url: str, provider_config) -> WebConfig:
     )
 
 
+@dataclass
+class Temporal(FakeTemporal):
+    """Records signals, and the workflows the relay starts."""
+
+    started: list[tuple[str, str, Any]] = field(default_factory=list)
+
+    async def start_workflow(self, workflow: str, arg: Any, *, id: str, **kwargs: Any) -> None:
+        self.started.append((workflow, id, arg))
+
+
 @pytest.fixture
-def temporal() -> FakeTemporal:
-    return FakeTemporal()
+def temporal() -> Temporal:
+    return Temporal()
 
 
 @pytest.fixture
@@ -229,6 +241,45 @@ async def test_no_leads_to_a_short_form_and_the_comment_is_kept_with_the_vote_on
     assert (await browser.post(comment_path, data={"comment": "  It did not say when it ships.  "})).status_code == 200
     await browser.post(comment_path, data={"comment": "something else"})
     assert await votes(pool, key) == [(False, "It did not say when it ships.")]
+
+
+async def comment_on(browser: httpx.AsyncClient, no: str, text: str) -> str:
+    """Clicks no, and says what was wrong in the form it leads to; the form's address."""
+    answer = await browser.post(no)
+    [action] = [unescape(a) for a in re.findall(r'action="([^"]+)"', answer.text)]
+    form = f"{urlsplit(action).path}?{urlsplit(action).query}"
+    assert (await browser.post(form, data={"comment": text})).status_code == 200
+    return form
+
+
+async def test_a_not_helpful_comment_on_an_orders_mail_opens_a_case_once(pool, messaging, fakes, browser, temporal: Temporal):
+    order = await an_order(pool)
+    key, _, no = await vote_links(messaging, fakes, order)
+    form = await comment_on(browser, no, "It did not say when it ships.")
+    assert (await browser.post(form, data={"comment": "Still nothing."})).status_code == 200
+    [case] = await pool.fetch("SELECT case_id, trigger, trigger_key, text FROM cases WHERE order_id = $1", order["order_id"])
+    assert tuple(case) == (f"case-{order['order_id']}-1", "not_helpful", f"vote:{key}", "It did not say when it ships.")
+    [(workflow, workflow_id, opening)] = temporal.started
+    assert (workflow, workflow_id) == ("CaseWorkflow", case["case_id"])
+    assert opening["trigger"] == "not_helpful" and opening["text"] == "It did not say when it ships."
+
+
+async def test_no_to_was_this_resolved_reopens_the_case_and_its_comment_follows(pool, messaging, fakes, browser, temporal: Temporal):
+    order = await an_order(pool)
+    case_id = case_workflow_id(order["order_id"], 1)
+    key = str(LedgerKey.of_case(case_id, Touchpoint.CASE_OUTCOME, "round-1"))
+    request = order_message(order, Touchpoint.CASE_OUTCOME, resolution="We refunded the tea.").model_copy(update={"key": key})
+    await send(messaging, request)
+    mail = await mail_of(fakes, order)
+    assert "Was this resolved?" in mail and "Was this helpful?" not in mail
+    _, no = links_in(mail, "/helpful")
+    assert "Was this resolved?" in (await browser.get(no)).text
+    await comment_on(browser, no, "The refund never came.")
+    assert temporal.sent == [
+        (case_id, "case_reopen_requested", {"comment": None}),
+        (case_id, "case_reopen_requested", {"comment": "The refund never came."}),
+    ]
+    assert temporal.started == []  # the comment goes to the case it reopened, not to a new one
 
 
 @pytest.mark.parametrize("expired", [False, True])

@@ -51,3 +51,19 @@ def test_a_customers_key_names_its_occasion_and_an_orders_none():
 def test_a_key_we_never_build_is_refused_with_what_is_wrong(key: str, says: str):
     with pytest.raises(ValueError, match=f"is not a ledger key: .*{says}"):
         LedgerKey.parse(key)
+
+
+@pytest.mark.parametrize(
+    ("key", "kind", "occasion"),
+    [
+        ("case-A1-1:case_acknowledgement:email", Touchpoint.CASE_ACKNOWLEDGEMENT, None),
+        ("case-A1-1:case_outcome:round-2:email", Touchpoint.CASE_OUTCOME, "round-2"),
+        ("case-A-b.c-3:case_escalated:escalation-1:email", Touchpoint.CASE_ESCALATED, "escalation-1"),
+    ],
+)
+def test_a_cases_key_names_the_case_its_touchpoint_and_its_round(key: str, kind: Touchpoint, occasion: str | None):
+    """The coordinator's vote links find the case and the message by it."""
+    parsed = LedgerKey.parse(key)
+    assert (parsed.workflow_id, parsed.kind, parsed.occasion) == (key.split(":")[0], kind, occasion)
+    assert str(parsed) == key
+    assert LedgerKey.of_case(parsed.workflow_id, kind, occasion) == parsed

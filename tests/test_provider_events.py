@@ -48,7 +48,7 @@ from web.config import ConfigError, WebConfig
 from web.sms_statuses import LookupTiming
 from worker import prometheus_runtime
 from workflows.ledger_key import LedgerKey
-from workflows.models import Channel, DeliveryState, Touchpoint
+from workflows.models import Channel, DeliveryState, Touchpoint, case_workflow_id
 
 REPO = Path(__file__).resolve().parent.parent
 SENDGRID_EVENTS = "/webhooks/sendgrid/events"
@@ -424,6 +424,19 @@ async def test_a_bounced_customer_journey_mail_is_recorded_and_suppressed_withou
     assert (await send(messaging, request)).state is DeliveryState.SENT
     assert (await post_events(client, [sendgrid_event("bounce", request.key, type="bounce")])).status_code == 200
     assert (await ledger(pool, request.key))["delivery"] == "bounced"
+    assert await suppressed(pool, "email", order["customer"]["email"]) is not None
+    assert temporal.sent == []
+
+
+async def test_a_bounced_case_mail_is_recorded_and_suppressed_without_telling_the_order(client, pool, messaging, temporal):
+    """A case's message is about the order but is not the order's: the order
+    has no such touchpoint to hand over, so it is not told."""
+    order = await customer(pool)
+    key = str(LedgerKey.of_case(case_workflow_id(order["order_id"], 1), Touchpoint.CASE_ACKNOWLEDGEMENT))
+    request = order_message(order, Touchpoint.CASE_ACKNOWLEDGEMENT).model_copy(update={"key": key})
+    assert (await send(messaging, request)).state is DeliveryState.SENT
+    assert (await post_events(client, [sendgrid_event("bounce", key, type="bounce")])).status_code == 200
+    assert (await ledger(pool, key))["delivery"] == "bounced"
     assert await suppressed(pool, "email", order["customer"]["email"]) is not None
     assert temporal.sent == []
 

@@ -19,6 +19,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 from codec import encrypted_data_converter
 from tests.conftest import TEST_PAYLOAD_KEYS
 from worker import shared_module_runner
+from workflows.case_handling import CaseWorkflow
 from workflows.customer_journey import CustomerJourney
 from workflows.order_lifecycle import OrderLifecycle
 
@@ -60,6 +61,10 @@ EXPECTED = {
     # The customer's journey.
     "customer_first_order",
     "customer_many_orders",
+    # Service recovery: an order rated low opens a case (one patch marker);
+    # a case escalated twice, resolved by update, reopened once.
+    "low_rating_case",
+    "case_escalated_resolved_reopened",
 }
 
 
@@ -81,6 +86,6 @@ RUNNERS = {
 async def test_item15_history_replays(path: Path, runner: str):
     history = WorkflowHistory.from_json(f"order-{path.stem}", path.read_text())
     replayer = Replayer(
-        workflows=[OrderLifecycle, CustomerJourney], data_converter=encrypted_data_converter(TEST_PAYLOAD_KEYS), workflow_runner=RUNNERS[runner]()
+        workflows=[OrderLifecycle, CustomerJourney, CaseWorkflow], data_converter=encrypted_data_converter(TEST_PAYLOAD_KEYS), workflow_runner=RUNNERS[runner]()
     )
     await replayer.replay_workflow(history)

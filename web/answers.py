@@ -7,8 +7,9 @@
   survives Temporal being away. A second submission shows what was recorded.
 - GET /helpful asks to confirm, and changes nothing: link scanners fetch
   every link. POST records the message's one vote. After a "no", a short form
-  asks what was wrong (POST /helpful/comment), kept with the vote. "No" under
-  a case's outcome reopens the case.
+  asks what was wrong (POST /helpful/comment), kept with the vote; about an
+  order's message, it opens a case (workflow started by the relay). "No"
+  under a case's outcome reopens the case.
 
 Forged, expired and broken links get a page that says so. Nothing here logs
 a rating, a comment or a token.
@@ -22,26 +23,25 @@ from datetime import datetime, timezone
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import asyncpg
 from fastapi import BackgroundTasks, FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
 
 from messages import answer_links
 from messages.signed_tokens import InvalidToken
-from store import answers, provider_events
+from store import answers, cases, provider_events
 from store.provider_events import CUSTOMER, Signal
 from web.config import WebConfig
 from web.pages import link_refused, page
 from web.signals import OwedSignals
 from workflows.ledger_key import LedgerKey
-from workflows.models import FeedbackSubmitted, workflow_id_for
+from workflows.models import CASE_WORKFLOW_TYPE, FeedbackSubmitted, Touchpoint, workflow_id_for
 
 Token = Annotated[str, Query(description="the signed token from the link in the email")]
 COMMENT_LENGTH = 2000
 STARS = range(1, 6)
 REOPEN_SIGNAL = "case_reopen_requested"
-# Votes under a case's outcome answer "Was this resolved?".
-RESOLUTION_KINDS = frozenset({"case_outcome"})
 QUESTION = {True: "Was this resolved?", False: "Was this helpful?"}
 ANSWER = {True: "Yes", False: "No"}
 
@@ -112,7 +112,7 @@ def add_answer_pages(app: FastAPI, config: WebConfig, relay: OwedSignals) -> Non
             return _not_found("message")
         if message.helpful is not None:
             return _vote_recorded(config, token, message, message.helpful, again=True)
-        question = QUESTION[message.kind in RESOLUTION_KINDS]
+        question = QUESTION[message.kind == Touchpoint.CASE_OUTCOME]
         return page(
             question,
             f"<h1>{question}</h1><p>You answered <strong>{ANSWER[claim.helpful]}</strong>.</p>"
@@ -133,10 +133,8 @@ def add_answer_pages(app: FastAPI, config: WebConfig, relay: OwedSignals) -> Non
                 return _not_found("message")
             if not await answers.record_vote(conn, message, claim.helpful):
                 return _vote_recorded(config, token, message, message.helpful, again=True)
-            if not claim.helpful and message.kind in RESOLUTION_KINDS:
-                reopen = f"reopen:{message.ledger_key}"
-                case_id = LedgerKey.parse(message.ledger_key).workflow_id
-                await provider_events.owe(conn, reopen, Signal(case_id, REOPEN_SIGNAL, {"comment": None}))
+            if not claim.helpful and message.kind == Touchpoint.CASE_OUTCOME:
+                reopen = await _reopen(conn, message, None)
         if reopen:
             tell(background, reopen)
         return _vote_recorded(config, token, message, claim.helpful, again=False)
@@ -144,10 +142,13 @@ def add_answer_pages(app: FastAPI, config: WebConfig, relay: OwedSignals) -> Non
     @app.post("/helpful/comment", response_class=HTMLResponse)
     async def comment(
         request: Request,
+        background: BackgroundTasks,
         token: Token,
         text: Annotated[str, Form(alias="comment", max_length=COMMENT_LENGTH, description="what was wrong")],
     ) -> HTMLResponse:
-        """What was wrong, kept with a "no" vote, once."""
+        """What was wrong, kept with a "no" vote, once. About an order's
+        message, it opens a case; under a case's outcome, it goes to the case
+        the "no" reopened."""
         try:
             claim = answer_links.verify_vote(token, secret, now())
         except InvalidToken as err:
@@ -159,12 +160,40 @@ def add_answer_pages(app: FastAPI, config: WebConfig, relay: OwedSignals) -> Non
             if message.helpful is not False:
                 request.state.rejection = "no_vote"
                 return page("No answer to comment on", "<h1>Please answer the question first</h1>", 409)
-            if text.strip():
-                await answers.record_comment(conn, message.ledger_key, text.strip())
+            owed = None
+            if text.strip() and await answers.record_comment(conn, message.ledger_key, text.strip()):
+                owed = await _act_on_comment(conn, message, text.strip())
+        if owed:
+            tell(background, owed)
         return page("Thank you", "<h1>Thank you</h1><p>We read every answer, and this one goes to the people who can put it right.</p>")
 
 
-async def _recorded_feedback(conn: Any, order_id: str) -> dict[str, Any] | None:
+async def _reopen(conn: asyncpg.Connection, message: answers.VotedMessage, comment: str | None) -> str:
+    """Owes the case `case_reopen_requested`: the first reopens it, a later
+    one (the comment after the "no") is noted in its timeline."""
+    event_id = f"{'reopen' if comment is None else 'reopen-comment'}:{message.ledger_key}"
+    case_id = LedgerKey.parse(message.ledger_key).workflow_id
+    await provider_events.owe(conn, event_id, Signal(case_id, REOPEN_SIGNAL, {"comment": comment}))
+    return event_id
+
+
+async def _act_on_comment(conn: asyncpg.Connection, message: answers.VotedMessage, comment: str) -> str | None:
+    """What a "not helpful" comment owes a workflow: the case it reopened, or
+    a case of its own about the order. None for the customer's journey's
+    messages, about no order: the comment is kept, for the WOCAS report."""
+    if message.kind == Touchpoint.CASE_OUTCOME:
+        return await _reopen(conn, message, comment)
+    if message.order_id is None:
+        return None
+    trigger_key = f"vote:{message.ledger_key}"
+    opening = await cases.open_case(conn, order_id=message.order_id, trigger="not_helpful", trigger_key=trigger_key, text=comment)
+    event_id = f"case:{trigger_key}"
+    start = Signal(opening.case_id, "case_opened", opening.model_dump(mode="json"), start_workflow=CASE_WORKFLOW_TYPE)
+    await provider_events.owe(conn, event_id, start)
+    return event_id
+
+
+async def _recorded_feedback(conn: asyncpg.Connection, order_id: str) -> dict[str, Any] | None:
     """What the order's workflow stored, or else what the page recorded and still owes it."""
     stored = await answers.stored_feedback(conn, order_id)
     if stored:

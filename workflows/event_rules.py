@@ -18,6 +18,9 @@ with the reason (`release_held`):
 | out_for_delivery | order_dispatched (refused once delivered) |
 | order_delivered | payment_received; after it, applied at once |
 | parcel_collected, feedback_submitted | order_delivered |
+
+A complaint (`complaint_received`) is taken at any stage while the order's
+workflow runs, even once the order is over, and owes the order a case.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from pydantic import ValidationError
 
 from workflows.models import (
     EVENT_MODELS,
+    CaseTrigger,
+    ComplaintReceived,
     EarlyEvent,
     FeedbackSubmitted,
     JourneyState,
@@ -42,6 +47,7 @@ from workflows.models import (
     ParcelCollected,
     PaymentReceived,
     WireModel,
+    workflow_id_for,
 )
 
 # A carrier's clock may run a little ahead of ours; a delivery further in the
@@ -136,7 +142,7 @@ def _check(state: JourneyState | None, parsed: WireModel, now: datetime) -> Earl
         raise EventRejected(Rejection.ORDER_REJECTED, "the order was rejected")
     if state.status is OrderStatus.DUPLICATE:
         raise EventRejected(Rejection.ORDER_OVER, "this run is a second start of a recorded order: it takes no events")
-    if state.status in FINAL_STATUSES:
+    if state.status in FINAL_STATUSES and not isinstance(parsed, ComplaintReceived):
         raise EventRejected(Rejection.ORDER_OVER, f"order is already {state.status.value}")
     return _RULES[type(parsed)](state, parsed, now)
 
@@ -175,6 +181,11 @@ def release_held(state: JourneyState, now: datetime) -> list[tuple[str, EventRej
 
 
 def _record(state: JourneyState, parsed: WireModel, now: datetime) -> None:
+    if isinstance(parsed, ComplaintReceived):
+        state.complaints_received += 1
+        key = f"{workflow_id_for(state.order.order_id)}:complaint-{state.complaints_received}"
+        state.cases_owed.append(CaseTrigger(order_id=state.order.order_id, trigger="complaint", trigger_key=key, text=parsed.text))
+        return
     field, accepted_at = _KEPT_AS[type(parsed)]
     setattr(state, field, parsed)
     if accepted_at:
@@ -277,6 +288,10 @@ def _feedback(state: JourneyState, feedback: FeedbackSubmitted, now: datetime) -
     return None
 
 
+def _complaint(state: JourneyState, complaint: ComplaintReceived, now: datetime) -> None:
+    """Taken whenever it comes: an unhappy customer is heard at any stage."""
+
+
 # Where the journey state keeps each accepted event, and, for the events
 # deadlines count from, when it was accepted.
 _KEPT_AS: dict[type[WireModel], tuple[str, str | None]] = {
@@ -297,4 +312,5 @@ _RULES = {
     OrderDelivered: _delivery,
     ParcelCollected: _collection,
     FeedbackSubmitted: _feedback,
+    ComplaintReceived: _complaint,
 }

@@ -7,7 +7,12 @@ the CLI, the benchmarks and the tests all use it.
 - an order's message: `<workflow id>:<kind>:<channel>`,
   e.g. `order-A1:dispatch_notice:sms`, once per order, kind and channel;
 - the customer's journey's: `<workflow id>:<kind>:<occasion>:<channel>`,
-  e.g. `customer-C1:win_back:win_back-2:email`, once per occasion.
+  e.g. `customer-C1:win_back:win_back-2:email`, once per occasion;
+- a case's (workflows/case_handling.py): `<case id>:<kind>:<channel>` for
+  what goes once per case (`case-A1-1:case_acknowledgement:email`), and
+  `<case id>:<kind>:<occasion>:<channel>` for what goes once per round or
+  escalation (`case-A1-1:case_outcome:round-2:email`,
+  `case-A1-1:case_escalated:escalation-1:email`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 from workflows.models import Channel, Touchpoint, customer_workflow_id, workflow_id_for
 
 CUSTOMER_PREFIX = customer_workflow_id("")
+CASE_PREFIX = "case-"
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,11 @@ class LedgerKey:
     def of_order(cls, order_id: str, kind: Touchpoint | str, channel: Channel | str) -> LedgerKey:
         return cls(workflow_id_for(order_id), Touchpoint(kind), Channel(channel))
 
+    @classmethod
+    def of_case(cls, case_id: str, kind: Touchpoint, occasion: str | None = None) -> LedgerKey:
+        """A case's message: email only, to the customer or to staff."""
+        return cls(case_id, kind, Channel.EMAIL, occasion)
+
     @staticmethod
     def order_prefix(order_id: str) -> str:
         """What every key of the order's messages starts with."""
@@ -41,12 +52,15 @@ class LedgerKey:
     def parse(cls, key: str) -> LedgerKey:
         """Raises ValueError, naming what is wrong, for a key we never build."""
         head, _, channel = key.rpartition(":")
-        of_customer = head.startswith(CUSTOMER_PREFIX)
-        parts = head.rsplit(":", 2 if of_customer else 1)
-        if len(parts) != (3 if of_customer else 2) or not all(parts):
+        of_customer, of_case = head.startswith(CUSTOMER_PREFIX), head.startswith(CASE_PREFIX)
+        parts = head.rsplit(":", 1 if not (of_customer or of_case) else 2)
+        shapes = {3} if of_customer else {2, 3} if of_case else {2}
+        if len(parts) not in shapes or not all(parts):
             shape = "workflow id:kind:occasion:channel" if of_customer else "workflow id:kind:channel"
+            if of_case:
+                shape += " or case id:kind:occasion:channel"
             raise ValueError(f"{key!r} is not a ledger key: expected {shape}")
-        workflow_id, kind, occasion = parts if of_customer else (*parts, None)
+        workflow_id, kind, occasion = parts if len(parts) == 3 else (*parts, None)
         try:
             return cls(workflow_id, Touchpoint(kind), Channel(channel), occasion)
         except ValueError:

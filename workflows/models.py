@@ -20,6 +20,7 @@ from workflows.clock import is_known_timezone, local_date, quiet_hours_end
 TASK_QUEUE = "order-lifecycle"
 WORKFLOW_TYPE = "OrderLifecycle"
 CUSTOMER_WORKFLOW_TYPE = "CustomerJourney"
+CASE_WORKFLOW_TYPE = "CaseWorkflow"
 
 
 def workflow_id_for(order_id: str) -> str:
@@ -28,6 +29,10 @@ def workflow_id_for(order_id: str) -> str:
 
 def customer_workflow_id(customer_id: str) -> str:
     return f"customer-{customer_id}"
+
+
+def case_workflow_id(order_id: str, n: int) -> str:
+    return f"case-{order_id}-{n}"
 
 
 # A pragmatic address check: one @, no spaces, a dotted domain. Full RFC 5322
@@ -246,6 +251,14 @@ class FeedbackSubmitted(WireModel):
         return min(self.item_rating, self.seller_rating, *(self.item_ratings or {}).values())
 
 
+class ComplaintReceived(WireModel):
+    """The customer complained (by phone, chat, email...): it opens a case
+    (workflows/case_handling.py), whatever stage the order is at."""
+
+    channel: Annotated[str, Field(min_length=1, max_length=40)]
+    text: Annotated[str, Field(min_length=1, max_length=5000)]
+
+
 EVENT_MODELS: dict[str, type[WireModel]] = {
     "payment_received": PaymentReceived,
     "order_dispatched": OrderDispatched,
@@ -254,6 +267,7 @@ EVENT_MODELS: dict[str, type[WireModel]] = {
     "parcel_collected": ParcelCollected,
     "order_cancelled": OrderCancelled,
     "feedback_submitted": FeedbackSubmitted,
+    "complaint_received": ComplaintReceived,
 }
 EventName = Literal[
     "payment_received",
@@ -263,6 +277,7 @@ EventName = Literal[
     "parcel_collected",
     "order_cancelled",
     "feedback_submitted",
+    "complaint_received",
 ]
 
 
@@ -327,6 +342,12 @@ class Touchpoint(StrEnum):
     LOYALTY_REWARD = "loyalty_reward"
     WIN_BACK = "win_back"
     WIN_BACK_REMINDER = "win_back_reminder"
+    # Service recovery (workflows/case_handling.py): to the customer...
+    CASE_ACKNOWLEDGEMENT = "case_acknowledgement"
+    CASE_OUTCOME = "case_outcome"
+    # ...and to staff, by email only (activities/staff_mail.py).
+    CASE_ASSIGNED = "case_assigned"
+    CASE_ESCALATED = "case_escalated"
 
 
 class MessageClass(StrEnum):
@@ -541,6 +562,122 @@ class FeedbackRecord(WireModel):
     feedback: FeedbackSubmitted
 
 
+# --- Service recovery: cases (workflows/case_handling.py) ----------------------
+
+CaseTriggerKind = Literal["low_rating", "not_helpful", "complaint"]
+
+
+class CaseTrigger(WireModel):
+    """What opens a case: store/cases.open_case's arguments."""
+
+    order_id: str
+    trigger: CaseTriggerKind
+    # What opened it (the order's feedback, its n-th complaint, a vote's
+    # ledger key): the same key again opens no second case.
+    trigger_key: str
+    # The customer's words, if any.
+    text: str | None = None
+
+
+class CaseOpening(WireModel):
+    """A case's workflow input, from store/cases.open_case."""
+
+    case_id: str
+    order_id: str
+    n: int
+    trigger: CaseTriggerKind
+    customer_id: str
+    seller_id: str
+    category: str | None = None
+    text: str | None = None
+    opened_at: datetime
+
+
+class CaseStatus(StrEnum):
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    ESCALATED = "escalated"
+    RESOLVED = "resolved"
+
+
+class CaseRouting(WireModel):
+    """Who owns a case and who it escalates to (CASE_* settings): captured by
+    the case's first activity, so a change never moves a running case."""
+
+    # Owner by seller id, else by category (the order's first item), else the default team.
+    by_seller: dict[str, str] = {}
+    by_category: dict[str, str] = {}
+    default_owner: str = "customer-service@example.com"
+    # Not acknowledged within `sla`: escalated to each in turn (team lead,
+    # then the next level), each with its own `sla`.
+    escalation: list[str] = ["customer-service-lead@example.com", "head-of-customer-service@example.com"]
+    sla: timedelta = timedelta(hours=4)
+    # Acknowledged but not resolved within this: escalated as well.
+    resolve_within: timedelta = timedelta(days=3)
+    # Past the last level: the last owner is reminded this often until it is resolved.
+    remind_every: timedelta = timedelta(days=1)
+    # After the outcome, the customer may answer "not resolved" this long.
+    reopen_window: timedelta = timedelta(days=14)
+
+    def owner_for(self, opening: CaseOpening) -> str:
+        return self.by_seller.get(opening.seller_id) or self.by_category.get(opening.category or "") or self.default_owner
+
+
+class CaseAcknowledged(WireModel):
+    """Update `case_acknowledged`."""
+
+    by: NonEmpty
+
+
+class CaseResolved(WireModel):
+    """Update `case_resolved`."""
+
+    resolution: Annotated[str, Field(min_length=1, max_length=2000)]
+    by: NonEmpty
+
+
+class CaseReopenRequested(WireModel):
+    """Signal `case_reopen_requested`: "no" to "Was this resolved?"."""
+
+    comment: Annotated[str, Field(max_length=5000)] | None = None
+
+
+class CaseRecord(WireModel):
+    """A case's row in `cases` as it stands after a transition."""
+
+    case_id: str
+    status: CaseStatus
+    owner: str
+    escalation_level: int
+    due_at: datetime | None
+    acknowledged_at: datetime | None = None
+    resolved_at: datetime | None = None
+    resolution: str | None = None
+    resolved_by: str | None = None
+    reopened_at: datetime | None = None
+    reopen_comment: str | None = None
+    sla_breaches: int = 0
+
+
+class CaseView(CaseRecord):
+    """Result of a case's `status` query, of its updates and of the workflow."""
+
+    order_id: str
+    trigger: CaseTriggerKind
+    reopened: bool = False
+    timeline: list[str] = []
+
+
+class StaffNotice(WireModel):
+    """A mail about a case to its owner (case_assigned, case_escalated)."""
+
+    key: str
+    kind: Touchpoint
+    to: str
+    opening: CaseOpening
+    details: dict[str, Any] = {}
+
+
 # --- Workflow state, carried over continue-as-new ------------------------------
 
 
@@ -631,6 +768,10 @@ class JourneyState(BaseModel):
     taken: list[QueuedMessage] = []
     # Reports of undelivered messages that came before the send's outcome.
     undelivered: list[MessageUndelivered] = []
+    # Complaints taken so far: each names its case's trigger key.
+    complaints_received: int = 0
+    # Cases to open (a low rating, a complaint), in the order they came.
+    cases_owed: list[CaseTrigger] = []
 
     @model_validator(mode="before")
     @classmethod

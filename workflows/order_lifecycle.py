@@ -20,11 +20,12 @@ from datetime import datetime
 from typing import Any, Callable, NamedTuple
 
 from temporalio import workflow
-from temporalio.exceptions import FailureError
+from temporalio.exceptions import ActivityError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
+    from activities.cases import CaseActivities
     from activities.orders import OrderActivities
     from workflows import metrics, waiting
     from workflows.clock import end_of_local_day
@@ -32,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.models import (
         WORKFLOW_TYPE,
         CancelRecord,
+        CaseTrigger,
         DeliveryRecord,
         EventEnvelope,
         FeedbackRecord,
@@ -59,6 +61,9 @@ CONTINUE_AS_NEW_AFTER_EVENTS = 4_000
 CUSTOMER_ID_CHECK = "customer-id-opaque"
 # Patched for orders set up before deliveries were stored, delivered since.
 STORE_DELIVERY = "store-delivery"
+# Patched on the low-rating path only: an order rated low before ratings
+# opened cases replays as it ran (a flag, no case).
+LOW_RATING_OPENS_CASE = "low-rating-opens-case"
 
 
 class Step(NamedTuple):
@@ -111,6 +116,8 @@ class OrderLifecycle:
         s, lanes = self.state, self._messages.lanes
         self._view.attributes.start()
         lanes.start()
+        # Issues no command until a case is owed: histories from before replay.
+        cases = asyncio.create_task(self._open_cases())
         try:
             if s.setup is None:
                 await self._record_order()
@@ -129,9 +136,12 @@ class OrderLifecycle:
             await asyncio.gather(*self._customer_news)
             await self._waits.until(lanes.idle)
             await self._messages.wait_for_late_reports(self._waits)
+            # Every case owed opened (a complaint may come until the end).
+            await workflow.wait_condition(lambda: not s.cases_owed)
         except ContinueAsNewDue:
             await waiting.continue_as_new(lanes, self._view.attributes, lambda: s, self._customer_news)
         await workflow.wait_condition(workflow.all_handlers_finished)
+        cases.cancel()
         self._view.attributes.stop()
         return self._view.view()
 
@@ -322,6 +332,23 @@ class OrderLifecycle:
         # Unhappy customers reach a person, not just a table.
         if s.feedback.lowest_rating <= 2:
             self._view.flag("low_rating")
+            if workflow.patched(LOW_RATING_OPENS_CASE):
+                key = f"{workflow.info().workflow_id}:low_rating"
+                s.cases_owed.append(CaseTrigger(order_id=s.order.order_id, trigger="low_rating", trigger_key=key, text=s.feedback.comment))
+
+    async def _open_cases(self) -> None:
+        """Each case owed (a low rating, a complaint) opened, one at a time,
+        once the order is recorded: the case reads it from PostgreSQL. A state
+        carried over continue-as-new opens what it still owes, under the same
+        trigger keys, so a case opened just before is found, not opened twice."""
+        s = self.state
+        while True:
+            await workflow.wait_condition(lambda: bool(s.cases_owed) and s.setup is not None)
+            try:
+                await workflow.execute_activity_method(CaseActivities.open_case, s.cases_owed[0], **DB_TIMEOUTS)
+            except ActivityError:
+                workflow.logger.error("a case could not be opened for this order")
+            s.cases_owed.pop(0)
 
     async def _cancel_order(self, reason: str) -> None:
         s = self.state
@@ -407,6 +434,10 @@ class OrderLifecycle:
     @workflow.signal
     def feedback_submitted(self, payload: Any) -> None:
         self._events.on_signal("feedback_submitted", payload)
+
+    @workflow.signal
+    def complaint_received(self, payload: Any) -> None:
+        self._events.on_signal("complaint_received", payload)
 
     @workflow.signal
     def message_resent(self, outcome: MessageOutcome) -> None:

@@ -11,11 +11,14 @@ ORDER_STATUS = SearchAttributeKey.for_keyword("OrderStatus")
 CUSTOMER_PHASE = SearchAttributeKey.for_keyword("CustomerPhase")
 CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
 NEEDS_ATTENTION = SearchAttributeKey.for_bool("NeedsAttention")
+CASE_STATUS = SearchAttributeKey.for_keyword("CaseStatus")
+CASE_OWNER = SearchAttributeKey.for_keyword("CaseOwner")
 
-# Kept by each order's workflow, and by each customer's.
+# Kept by each order's workflow, each customer's, and each case's.
 ORDER = (ORDER_STATUS, CUSTOMER_ID, NEEDS_ATTENTION)
 CUSTOMER = (CUSTOMER_ID, CUSTOMER_PHASE)
-ALL = (*ORDER, CUSTOMER_PHASE)
+CASE = (CASE_STATUS, CASE_OWNER)
+ALL = (*ORDER, CUSTOMER_PHASE, *CASE)
 
 
 class Keeper:

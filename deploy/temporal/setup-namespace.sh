@@ -14,7 +14,7 @@ done
 temporal operator namespace describe --namespace "$TEMPORAL_NAMESPACE" >/dev/null 2>&1 ||
   temporal operator namespace create --namespace "$TEMPORAL_NAMESPACE" --retention 168h
 
-for attribute in OrderStatus:Keyword CustomerId:Keyword CustomerPhase:Keyword NeedsAttention:Bool; do
+for attribute in OrderStatus:Keyword CustomerId:Keyword CustomerPhase:Keyword NeedsAttention:Bool CaseStatus:Keyword CaseOwner:Keyword; do
   temporal operator search-attribute create --namespace "$TEMPORAL_NAMESPACE" \
     --name "${attribute%%:*}" --type "${attribute#*:}"
 done

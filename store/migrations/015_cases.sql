@@ -25,6 +25,8 @@ CREATE TABLE cases (
     resolution       text,
     resolved_by      text,
     reopened_at      timestamptz,
+    -- What the customer said when answering "not resolved".
+    reopen_comment   text,
     sla_breaches     integer NOT NULL DEFAULT 0,
     UNIQUE (order_id, n)
 );
