@@ -12,6 +12,9 @@
     orders resend KEY           send a failed or in-doubt message once more, through the worker
     orders schema [NAME]        JSON Schema of every payload
     orders lifecycle report     customers per phase, win-backs against the holdout, coupon cost vs revenue
+    orders report wocas         "What our customers are saying" (HTML, charts, CSV) written to a folder
+    orders metrics              lifecycle metrics against their targets (METRIC_TARGET_*)
+    orders seed-history         a year of realistic history in an empty database, to try the report on
     orders demo                 push a handful of orders through the whole journey
 """
 
@@ -35,6 +38,8 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from codec import KEY_VARIABLES, KEYS_FILE_VARIABLE, CodecConfigError, new_key_entry
+from reports.config import ReportConfigError
+from reports.seed import SeedRefused
 from web.config import ConfigError, WebConfig, local_secret
 from workflows import search_attributes as sa
 from workflows.event_rules import format_validation_error
@@ -313,6 +318,18 @@ async def run(args: argparse.Namespace) -> int:
         from starter import lifecycle_report
 
         print(await lifecycle_report.run(args, database_url()))
+    elif args.command == "report":
+        from reports import cli as reports_cli
+
+        print(await reports_cli.report(args, database_url()))
+    elif args.command == "metrics":
+        from reports import cli as reports_cli
+
+        print(await reports_cli.metrics(args, database_url()))
+    elif args.command == "seed-history":
+        from reports import cli as reports_cli
+
+        print(await reports_cli.seed(args, database_url()))
     elif args.command == "outbox":
         for row in await show_outbox(args.order, args.limit):
             print(f"#{row['id']} {row['created_at']:%Y-%m-%d %H:%M:%S} {row['channel']} to {row['recipient']} [{row['ledger_key']}]")
@@ -379,6 +396,16 @@ def parser() -> argparse.ArgumentParser:
     from starter.lifecycle_report import add_arguments as add_report_arguments
 
     add_report_arguments(lifecycle.add_parser("report", help="per month or week: phases, win-back vs holdout, coupon cost vs revenue"))
+    from reports import cli as reports_cli
+
+    report = sub.add_parser("report", help="reports").add_subparsers(dest="report_command", required=True)
+    reports_cli.add_report_arguments(
+        report.add_parser("wocas", help='"What our customers are saying": build it now, write its folder, print its path')
+    )
+    reports_cli.add_metrics_arguments(sub.add_parser("metrics", help="lifecycle metrics against their targets"))
+    reports_cli.add_seed_arguments(
+        sub.add_parser("seed-history", help="fill an empty database with a year of realistic history (for trying the report)")
+    )
     schema = sub.add_parser("schema", help="print JSON Schemas of the payloads")
     schema.add_argument("name", nargs="?")
     sub.add_parser("demo", help="push a handful of orders through the whole journey")
@@ -390,7 +417,7 @@ def run_command(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         return asyncio.run(run(args))
-    except (UsageError, ConfigError, CodecConfigError) as err:
+    except (UsageError, ConfigError, CodecConfigError, ReportConfigError, SeedRefused) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -155,3 +155,34 @@ async def test_an_empty_period_has_no_values_and_no_errors(week) -> None:
     values = {m.definition.name: m.value for m in report.metrics}
     assert values["helpful_rate"] is None and values["payment_to_dispatch_p50_hours"] is None
     assert all(m.position is None for m in report.metrics if m.value is None)
+
+
+async def test_a_leads_email_carries_only_their_sections_with_inline_charts(report) -> None:
+    from reports.config import Lead
+    from reports.render import render_email
+
+    email = render_email(report, Lead("Dana", "dana@shop.example", ("delivery",)))
+    assert [cid for cid, _ in email.images] == ["wocas-deadline_breaches"]
+    assert all(png.startswith(b"\x89PNG") for _, png in email.images)
+    assert 'src="cid:wocas-deadline_breaches"' in email.html
+    assert 'id="delivery"' in email.html and 'id="sellers"' not in email.html and 'id="customer_service"' not in email.html
+    assert "Lifecycle metrics" in email.html  # the headline goes to everyone
+    sections = {line.split(",")[0] for line in email.csv.splitlines()[1:]}
+    assert sections == {"lifecycle", "delivery"}
+
+
+async def test_the_folder_has_the_page_its_charts_and_the_figures(report, tmp_path) -> None:
+    from reports.render import write_folder
+
+    index = write_folder(report, tmp_path / "wocas")
+    page = index.read_text()
+    for section in ("sellers", "categories", "delivery", "customer_service"):
+        assert f'id="{section}"' in page
+    charts = sorted(p.name for p in index.parent.glob("*.png"))
+    assert charts == ["cases_by_status.png", "deadline_breaches.png", "helpful_by_touchpoint.png", "ratings_by_category.png"]
+    assert all(f'src="{name}"' in page for name in charts)
+    assert "Alpha Lights" in page and "box damaged" in page and "case-o3-1" in page
+    figures = (index.parent / "figures.csv").read_text().splitlines()
+    assert figures[0] == "section,subject,figure,value,previous"
+    assert "sellers,S1,average_stars,5,3" in figures
+    assert "customer_service,theme:box damaged,complaints,3," in figures
