@@ -145,7 +145,7 @@ class _History:
         self.sellers = [(sid, name, rng.gauss(0, 0.35), rng.choice([10, 14, 18, 22, 28])) for sid, name in SELLERS]
         self.seller_weights = [rng.uniform(0.5, 3) for _ in SELLERS]
         # Median hours each team takes to acknowledge a case: some miss the SLA often.
-        self.ack_hours = {team: rng.choice([1.5, 2.5, 3.5, 6.0]) for team in CASE_TEAMS.values()}
+        self.ack_hours = {team: rng.choice([1.0, 1.5, 2.0, 3.5]) for team in CASE_TEAMS.values()}
         self.orders = 0
         self.cases_per_order: dict[str, int] = {}
 
@@ -352,7 +352,8 @@ class _History:
             # Not acknowledged yet: open, or escalated once per SLA passed so far.
             passed = int((self.until - opened) // CASE_SLA)
             status, level, breaches = ("escalated", min(passed, 2), passed) if passed else ("open", 0, 0)
-            due = opened + CASE_SLA * (passed + 1)
+            # Past the last level nobody else is told: overdue until someone acts.
+            due = opened + CASE_SLA * (min(passed, 2) + 1)
             acknowledged = resolved = None
         elif resolved >= self.until:
             status, due, resolved = "acknowledged", None, None

@@ -68,7 +68,8 @@ WITH rated AS (
     ) i
     WHERE f.received_at >= $1 AND f.received_at < $3
 )
-SELECT GROUPING(sku) = 1 AS is_category, coalesce(sku, category) AS key, min(name) AS name, category,
+SELECT GROUPING(sku) = 1 AS is_category, coalesce(sku, category) AS key,
+       CASE WHEN GROUPING(sku) = 1 THEN category ELSE min(name) END AS name, category,
        avg(rating) FILTER (WHERE now) AS avg_now, count(*) FILTER (WHERE now) AS n_now,
        avg(rating) FILTER (WHERE NOT now) AS avg_before, count(*) FILTER (WHERE NOT now) AS n_before
 FROM rated

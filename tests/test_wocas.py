@@ -49,7 +49,7 @@ async def test_product_ratings_with_volume_and_trend(report) -> None:
 
 async def test_category_ratings_with_volume_and_trend(report) -> None:
     kitchen, lighting = report.categories
-    assert (kitchen.key, kitchen.count, kitchen.average_before, kitchen.count_before) == ("kitchen", 3, None, 0)
+    assert (kitchen.key, kitchen.name, kitchen.count, kitchen.average_before, kitchen.count_before) == ("kitchen", "kitchen", 3, None, 0)
     assert kitchen.average == pytest.approx(4 / 3)
     assert (lighting.key, lighting.average, lighting.count, lighting.average_before, lighting.trend) == ("lighting", 4.0, 1, 2.0, 2.0)
 

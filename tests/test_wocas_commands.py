@@ -78,7 +78,7 @@ def test_the_history_is_the_same_for_the_same_seed() -> None:
 
 
 def test_the_history_has_cases_in_every_state_and_every_journey_breach() -> None:
-    history = generate(20_000, 1, UNTIL)
+    history = generate(50_000, 1, UNTIL)
     assert {c[10] for c in history.cases} == {"open", "acknowledged", "escalated", "resolved"}
     assert {c[3] for c in history.cases} == {"low_rating", "not_helpful", "complaint"}
     assert {"dispatch_delayed", "delivery_delayed", "parcel_lost"} <= {r[2] for r in history.message_ledger}
