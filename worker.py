@@ -135,6 +135,7 @@ def build_worker(
             orders.record_order,
             orders.cancel_order,
             orders.record_delivery,
+            orders.record_pickup_missed,
             orders.store_feedback,
             customers.issue_coupon,
             customers.record_phase,

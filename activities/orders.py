@@ -17,6 +17,7 @@ from workflows.models import (
     CUSTOMER_WORKFLOW_TYPE,
     CancelRecord,
     DeliveryRecord,
+    PickupMissedRecord,
     FeedbackRecord,
     JourneySettings,
     LifecycleSettings,
@@ -57,7 +58,7 @@ class OrderActivities:
                 return OrderSetup(settings=self._settings, recorded_by=recorded_by)
             customer = await customer_store.starting_state(conn, c.customer_id, self._lifecycle, datetime.now(timezone.utc))
         await self._tell_customer(order, customer.model_dump(mode="json"))
-        return OrderSetup(settings=self._settings, stores_delivery=True)
+        return OrderSetup(settings=self._settings, stores_delivery=True, records_pickup_missed=True)
 
     async def _tell_customer(self, order: OrderInput, starting: dict) -> None:
         """Signal-with-start: one billable action, whether or not the
@@ -91,6 +92,10 @@ class OrderActivities:
     @activity.defn
     async def record_delivery(self, record: DeliveryRecord) -> None:
         await order_store.record_delivery(self._pool, record)
+
+    @activity.defn
+    async def record_pickup_missed(self, record: PickupMissedRecord) -> None:
+        await order_store.record_pickup_missed(self._pool, record)
 
     @activity.defn
     async def store_feedback(self, record: FeedbackRecord) -> None:

@@ -4,6 +4,7 @@
     python -m bench chaos [DRILL ...] [--orders N]   failure drills; exit 1 on a message lost, repeated, stranded or untruly recorded
     python -m bench recommendations [--orders N]     recommendations query p99 at a million orders
     python -m bench open-orders [--orders N]         worker memory with N paid orders awaiting dispatch
+    python -m bench wocas [--orders N]               the WOCAS report's build time on a year of N orders
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def main() -> None:
     recs = sub.add_parser("recommendations", help="recommendations query at scale")
     recs.add_argument("--orders", type=int, default=1_000_000)
     recs.add_argument("--queries", type=int, default=2000)
+    wocas = sub.add_parser("wocas", help="WOCAS report build time on a year of history")
+    wocas.add_argument("--orders", type=int, default=100_000)
+    wocas.add_argument("--runs", type=int, default=5)
     parser.add_argument("--orders", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--only", choices=["ours", "floor"], help="run one side only, e.g. to profile it")
@@ -49,6 +53,10 @@ def main() -> None:
         from bench.recommendations import main as recommendations
 
         recommendations(args.orders, args.queries)
+    elif args.command == "wocas":
+        from bench.wocas import main as wocas
+
+        wocas(args.orders, args.runs)
     elif args.command == "chaos":
         from bench.chaos import DRILLS, EMAIL_ACTIVITY_LAG_SECONDS, SMS_OUTAGE_SECONDS, main as chaos_main
 

@@ -13,6 +13,9 @@
     orders case ack|resolve|show ID   a case (service recovery): acknowledge, resolve, or show it
     orders schema [NAME]        JSON Schema of every payload
     orders lifecycle report     customers per phase, win-backs against the holdout, coupon cost vs revenue
+    orders report wocas         "What our customers are saying" (HTML, charts, CSV) written to a folder
+    orders metrics              lifecycle metrics against their targets (METRIC_TARGET_*)
+    orders seed-history         a year of realistic history in an empty database, to try the report on
     orders demo                 push a handful of orders through the whole journey
 """
 
@@ -36,6 +39,8 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from codec import KEY_VARIABLES, KEYS_FILE_VARIABLE, CodecConfigError, new_key_entry
+from reports.config import ReportConfigError
+from reports.seed import SeedRefused
 from web.config import ConfigError, WebConfig, local_secret
 from workflows import search_attributes as sa
 from workflows.event_rules import format_validation_error
@@ -371,6 +376,18 @@ async def run(args: argparse.Namespace) -> int:
         from starter import lifecycle_report
 
         print(await lifecycle_report.run(args, database_url()))
+    elif args.command == "report":
+        from reports import cli as reports_cli
+
+        print(await reports_cli.report(args, database_url()))
+    elif args.command == "metrics":
+        from reports import cli as reports_cli
+
+        print(await reports_cli.metrics(args, database_url()))
+    elif args.command == "seed-history":
+        from reports import cli as reports_cli
+
+        print(await reports_cli.seed(args, database_url()))
     elif args.command == "outbox":
         for row in await show_outbox(args.order, args.limit):
             print(f"#{row['id']} {row['created_at']:%Y-%m-%d %H:%M:%S} {row['channel']} to {row['recipient']} [{row['ledger_key']}]")
@@ -448,6 +465,17 @@ def parser() -> argparse.ArgumentParser:
     resolve_case.add_argument("--resolution", required=True, help="what was done, as the customer will read it")
     resolve_case.add_argument("--by", required=True)
     case.add_parser("show", help="a case's status and timeline").add_argument("case_id")
+
+    from reports import cli as reports_cli
+
+    report = sub.add_parser("report", help="reports").add_subparsers(dest="report_command", required=True)
+    reports_cli.add_report_arguments(
+        report.add_parser("wocas", help='"What our customers are saying": build it now, write its folder, print its path')
+    )
+    reports_cli.add_metrics_arguments(sub.add_parser("metrics", help="lifecycle metrics against their targets"))
+    reports_cli.add_seed_arguments(
+        sub.add_parser("seed-history", help="fill an empty database with a year of realistic history (for trying the report)")
+    )
     schema = sub.add_parser("schema", help="print JSON Schemas of the payloads")
     schema.add_argument("name", nargs="?")
     sub.add_parser("demo", help="push a handful of orders through the whole journey")
@@ -459,7 +487,7 @@ def run_command(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         return asyncio.run(run(args))
-    except (UsageError, ConfigError, CodecConfigError) as err:
+    except (UsageError, ConfigError, CodecConfigError, ReportConfigError, SeedRefused) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

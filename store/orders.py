@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncpg
 
 from store.consent import record_checkout_consent
-from workflows.models import CancelRecord, DeliveryRecord, FeedbackRecord, OrderInput
+from workflows.models import CancelRecord, DeliveryRecord, FeedbackRecord, OrderInput, PickupMissedRecord
 
 UPSERT_CUSTOMER = """
 INSERT INTO customers (customer_id, name, email, phone, timezone)
@@ -144,9 +144,23 @@ async def cancel_order(conn: asyncpg.Connection | asyncpg.Pool, record: CancelRe
 
 async def record_delivery(conn: asyncpg.Connection | asyncpg.Pool, record: DeliveryRecord) -> None:
     """When the order was delivered, once, for the customer's starting state
-    (store/customers.py)."""
+    (store/customers.py), and when it was paid and dispatched (reports/)."""
     await conn.execute(
-        "UPDATE orders SET delivered_at = $2 WHERE order_id = $1 AND delivered_at IS NULL", record.order_id, record.delivered_at
+        """
+        UPDATE orders SET delivered_at = coalesce(delivered_at, $2), paid_at = coalesce(paid_at, $3),
+                          dispatched_at = coalesce(dispatched_at, $4)
+        WHERE order_id = $1
+        """,
+        record.order_id,
+        record.delivered_at,
+        record.paid_at,
+        record.dispatched_at,
+    )
+
+
+async def record_pickup_missed(conn: asyncpg.Connection | asyncpg.Pool, record: PickupMissedRecord) -> None:
+    await conn.execute(
+        "UPDATE orders SET pickup_missed_at = coalesce(pickup_missed_at, $2) WHERE order_id = $1", record.order_id, record.missed_at
     )
 
 

@@ -21,6 +21,7 @@ MAY_IMPORT = {
     "store": {"providers", "workflows"},
     "activities": {"store", "providers", "messages", "workflows"},
     "web": {"store", "providers", "messages", "workflows", "codec", "worker"},
+    "reports": {"store", "workflows"},
 }
 
 

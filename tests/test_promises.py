@@ -272,7 +272,7 @@ async def sent_key(client, history, started) -> str:
 
 
 async def test_item13_a_flag_and_a_status_change_in_one_task_cost_one_upsert(
-    ts_env: WorkflowEnvironment, make_harness
+    ts_env: WorkflowEnvironment, make_harness, pool
 ):
     """A locker parcel never collected, its pickup deadline the last step of
     the journey: the flag and the completion come in the same workflow task.
@@ -296,6 +296,12 @@ async def test_item13_a_flag_and_a_status_change_in_one_task_cost_one_upsert(
         history = await handle.fetch_history()
     assert result.status == "completed"
     assert result.attention_reasons == ["locker_not_collected"]
+    # What the WOCAS report reads: paid, dispatched, delivered, pickup missed 10 days after.
+    times = await pool.fetchrow(
+        "SELECT paid_at, dispatched_at, delivered_at, pickup_missed_at FROM orders WHERE order_id = $1", order["order_id"]
+    )
+    assert times["paid_at"] <= times["dispatched_at"] <= times["delivered_at"]
+    assert times["pickup_missed_at"] - times["delivered_at"] >= timedelta(days=10)
     upserts_per_task = []
     for event in history.events:
         if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:

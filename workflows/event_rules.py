@@ -296,7 +296,7 @@ def _complaint(state: JourneyState, complaint: ComplaintReceived, now: datetime)
 # deadlines count from, when it was accepted.
 _KEPT_AS: dict[type[WireModel], tuple[str, str | None]] = {
     PaymentReceived: ("payment", "paid_at"),
-    OrderDispatched: ("dispatch", None),
+    OrderDispatched: ("dispatch", "dispatched_at"),
     OutForDelivery: ("delivery_day", None),
     OrderDelivered: ("delivered", "delivered_seen_at"),
     ParcelCollected: ("collected", None),

@@ -458,6 +458,8 @@ class OrderSetup(WireModel):
     # The order's workflow stores its delivery (record_delivery); orders set
     # up before it did replay without.
     stores_delivery: bool = False
+    # Set up since pickups missed are recorded (reports/): no patch needed.
+    records_pickup_missed: bool = False
 
 
 class SendMode(StrEnum):
@@ -552,6 +554,15 @@ class DeliveryRecord(WireModel):
     order_id: str
     # The carrier's clock.
     delivered_at: datetime
+    # When the workflow accepted the payment and the dispatch (for the
+    # report's times from payment to dispatch to delivery).
+    paid_at: datetime | None = None
+    dispatched_at: datetime | None = None
+
+
+class PickupMissedRecord(WireModel):
+    order_id: str
+    missed_at: datetime
 
 
 class FeedbackRecord(WireModel):
@@ -750,6 +761,7 @@ class JourneyState(BaseModel):
     payment: PaymentReceived | None = None
     paid_at: datetime | None = None
     dispatch: OrderDispatched | None = None
+    dispatched_at: datetime | None = None
     delivery_day: OutForDelivery | None = None
     delivered: OrderDelivered | None = None
     delivered_seen_at: datetime | None = None
@@ -758,6 +770,9 @@ class JourneyState(BaseModel):
     feedback: FeedbackSubmitted | None = None
     feedback_stored: bool = False
     feedback_asked_at: datetime | None = None
+    # A locker parcel's pickup deadline passed uncollected, and whether PostgreSQL has it.
+    pickup_missed_at: datetime | None = None
+    pickup_missed_recorded: bool = False
     # Events that came before the one they follow, in the order they came.
     held: list[EarlyEvent] = []
     # Touchpoints already handed to a channel (each goes once per order).

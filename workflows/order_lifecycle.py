@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         CancelRecord,
         CaseTrigger,
         DeliveryRecord,
+        PickupMissedRecord,
         EventEnvelope,
         FeedbackRecord,
         JourneyState,
@@ -64,6 +65,9 @@ STORE_DELIVERY = "store-delivery"
 # Patched on the low-rating path only: an order rated low before ratings
 # opened cases replays as it ran (a flag, no case).
 LOW_RATING_OPENS_CASE = "low-rating-opens-case"
+# Patched where a locker parcel's pickup deadline passes, for orders set up
+# before it was recorded: one whose deadline passed before replays as it ran.
+RECORD_PICKUP_MISSED = "record-pickup-missed"
 
 
 class Step(NamedTuple):
@@ -106,6 +110,7 @@ class OrderLifecycle:
             self._deadlines = Deadlines()
             self._waits = Waits(self._deadlines.timer, self._messages.lanes, lambda: CONTINUE_AS_NEW_AFTER_EVENTS)
         self._customer_news: list[asyncio.Task] = []
+        self._pickup_missed_record: asyncio.Task | None = None
 
     # --- the journey ------------------------------------------------------------
 
@@ -205,7 +210,9 @@ class OrderLifecycle:
         self._view.transition(OrderStatus.DELIVERED)
         self._tell_customer("delivered")
         if s.setup.stores_delivery or workflow.patched(STORE_DELIVERY):
-            record = DeliveryRecord(order_id=s.order.order_id, delivered_at=s.delivered.delivered_at)
+            record = DeliveryRecord(
+                order_id=s.order.order_id, delivered_at=s.delivered.delivered_at, paid_at=s.paid_at, dispatched_at=s.dispatched_at
+            )
             await workflow.execute_activity_method(OrderActivities.record_delivery, record, **DB_TIMEOUTS)
 
     async def _track_parcel(self) -> bool:
@@ -254,6 +261,8 @@ class OrderLifecycle:
                     moments.append(at)
                 elif step.act is not None:
                     step.act()
+            if s.pickup_missed_at and not s.pickup_missed_recorded and self._pickup_missed_record is None:
+                self._record_pickup_missed()
             if not moments:
                 break
             await self._waits.until(
@@ -261,6 +270,8 @@ class OrderLifecycle:
             )
         self._deadlines.cancel()
         self._view.transition(OrderStatus.COMPLETED)
+        if self._pickup_missed_record:
+            await self._pickup_missed_record
 
     def _steps_after_delivery(self) -> tuple[Step, ...]:
         """The journey table's rows after delivery, in journey order."""
@@ -307,6 +318,7 @@ class OrderLifecycle:
         return s.order.delivery.method == "locker" and not s.collected and "locker_not_collected" not in s.attention
 
     def _pickup_missed(self) -> None:
+        self.state.pickup_missed_at = workflow.now()
         metrics.deadline_passed("locker_pickup_window")
         self._view.flag("locker_not_collected")
 
@@ -317,6 +329,18 @@ class OrderLifecycle:
         respond_by = s.feedback_asked_at + s.setup.settings.feedback_window
         self._notify(Touchpoint.FEEDBACK_REQUEST, {"respond_by": respond_by.isoformat()})
         self._view.transition(OrderStatus.FEEDBACK_REQUESTED)
+
+    def _record_pickup_missed(self) -> None:
+        """For the WOCAS report's lockers not collected. Not awaited here, so
+        that the flag and a completion in the same task cost one upsert; the
+        journey awaits it before it ends."""
+        s = self.state
+        if not (s.setup.records_pickup_missed or workflow.patched(RECORD_PICKUP_MISSED)):
+            s.pickup_missed_recorded = True
+            return
+        record = PickupMissedRecord(order_id=s.order.order_id, missed_at=s.pickup_missed_at)
+        self._pickup_missed_record = workflow.start_activity_method(OrderActivities.record_pickup_missed, record, **DB_TIMEOUTS)
+        self._pickup_missed_record.add_done_callback(lambda _: setattr(s, "pickup_missed_recorded", True))
 
     async def _store_feedback(self) -> None:
         s = self.state
