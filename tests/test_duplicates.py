@@ -93,8 +93,8 @@ async def test_a_duplicate_dispatch_is_rejected_and_notifies_no_one_again(
         view = await duplicate_rejected(h, handle, "order_dispatched", {**dispatch, "tracking_number": "DUP2"})
     assert [r.reason for r in view.rejected_events] == ["duplicate dispatch", "duplicate dispatch"]
     assert view.status == "dispatched"
-    assert len([m for m in fakes.deliveries_to(order["customer"]["email"]) if "DUP" in m]) == 1
-    assert len([m for m in fakes.deliveries_to(order["customer"]["phone"]) if "DUP" in m]) == 1
+    assert len([m for m in fakes.deliveries_to(order["customer"]["email"]) if "tracking number DUP" in m]) == 1
+    assert len([m for m in fakes.deliveries_to(order["customer"]["phone"]) if "DHL DUP" in m]) == 1
     await nothing_sent_twice(pool, fakes, order, view)
 
 
