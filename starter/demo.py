@@ -36,6 +36,11 @@ DEMO_WORKER_ENV = {
     "JOURNEY_SMS_QUIET_FROM": "0s",
     "JOURNEY_SMS_QUIET_UNTIL": "0s",
     "MARKETING_CAP": "20",
+    # A case escalates after 8 s unacknowledged, and once more 8 s later.
+    "CASE_SLA": "8s",
+    "CASE_DEFAULT_OWNER": "care-team@shop.example",
+    "CASE_ESCALATION": "care-lead@shop.example,head-of-care@shop.example",
+    "CASE_REOPEN_WINDOW": "30s",
 }
 
 DEMO_JOURNEY = {
@@ -125,6 +130,9 @@ async def happy(client: Client, order: dict[str, Any], *, collect: bool = True, 
     if answers:
         await answers.vote(str(LedgerKey.of_order(oid, "order_confirmation", "email")), helpful=True)
         await answers.rate(oid, [4] * len(order["items"]), 5, "Good keyboard, quick delivery.")
+        complaint = "The courier left the parcel at the door without ringing."
+        if await answers.vote(str(LedgerKey.of_order(oid, "delivery_confirmation", "email")), helpful=False, comment=complaint):
+            await answers.escalate_and_resolve(client, oid)
         return
     await asyncio.sleep(6)
     await send_event(client, oid, "feedback_submitted", {"item_rating": 5, "seller_rating": 4, "comment": "Fast!"}, sync=True)
@@ -169,7 +177,20 @@ async def run_demo(
     finally:
         if customers and not customers.done():
             customers.cancel()
+    if database_url:
+        await wocas_report(database_url, run)
     return views
+
+
+async def wocas_report(database_url: str, run: str) -> None:
+    """The week's "What our customers are saying", the demo's answers in it."""
+    import argparse
+
+    from reports.cli import report
+    from starter.cli import DATA_DIR
+
+    page = await report(argparse.Namespace(until=None, days=7, out=DATA_DIR / "wocas-reports" / f"demo-{run}"), database_url)
+    print(f"\n`orders report wocas`: this week's \"What our customers are saying\", to open in a browser: {page.resolve()}")
 
 
 async def order_scenarios(client: Client, run: str, answers: DemoAnswers | None = None) -> list[OrderStatusView]:

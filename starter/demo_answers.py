@@ -1,21 +1,29 @@
 """The demo's customers answer as a customer would: they follow the links
 in the messages they got (read from the ledger's stored rendering, which
 holds them whether the mail went to SendGrid or to the outbox) and use the
-HTTP service's pages."""
+HTTP service's pages. The case a complaint opens is left unacknowledged
+until it has escalated twice, then resolved as an operator would."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
+from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError
 
 from workflows.ledger_key import LedgerKey
+from workflows.models import CaseView, case_workflow_id
 
 # How long a message may take to be rendered and sent before the demo gives up on it.
 MESSAGE_TIMEOUT = 30.0
+# Two SLAs of DEMO_WORKER_ENV's CASE_SLA, and room to spare.
+CASE_TIMEOUT = 60.0
+RESOLUTION = "We spoke to the courier: they ring from now on. A 10 PLN voucher is on its way to you."
 
 
 class DemoAnswers:
@@ -78,3 +86,29 @@ class DemoAnswers:
         said = ("yes" if helpful else "no") + (", with what was wrong" if comment else "")
         self.told.append(f"{ledger_key}: \"Was this helpful?\" {said}" + ("" if ok else " FAILED"))
         return ok
+
+    async def escalate_and_resolve(self, client: Client, order_id: str) -> CaseView | None:
+        """The order's first case: nobody acknowledges it, so it escalates
+        to the team lead and then the next level; then it is resolved."""
+        case_id = case_workflow_id(order_id, 1)
+        handle = client.get_workflow_handle(case_id, result_type=CaseView)
+        view = await _case_until(handle, lambda v: v.escalation_level >= 2)
+        if view is None:
+            self.told.append(f"{case_id}: did not escalate twice within {CASE_TIMEOUT:.0f} s")
+            return None
+        view = await handle.execute_update("case_resolved", {"resolution": RESOLUTION, "by": "demo care lead"}, result_type=CaseView)
+        self.told.append(f"{case_id}: opened by the vote, escalated twice (now {view.owner}), resolved; timeline:")
+        self.told.extend(f"    {line}" for line in view.timeline)
+        return view
+
+
+async def _case_until(handle: WorkflowHandle, done: Callable[[CaseView], bool]) -> CaseView | None:
+    for _ in range(int(CASE_TIMEOUT)):
+        try:
+            view = await handle.query("status", result_type=CaseView)
+            if done(view):
+                return view
+        except RPCError:
+            pass  # not started yet: the relay starts it
+        await asyncio.sleep(1)
+    return None
