@@ -132,7 +132,9 @@ def _headline(report: Report) -> str:
         if m.meets_target is None:
             mark = '<span class="note">no data</span>'
         else:
-            mark = f'<span class="{"good" if m.meets_target else "bad"}">{m.position} target</span>'
+            # Above is good for some, bad for others: the mark says which, not only the colour.
+            verdict = "✓ met" if m.meets_target else "✗ missed"
+            mark = f'<span class="{"good" if m.meets_target else "bad"}">{verdict}: {m.position} target</span>'
         rows.append(
             [escape(m.definition.label), m.show(), ("≥ " if m.definition.higher_is_better else "≤ ") + m.show(m.target), mark,
              escape(m.basis)]
