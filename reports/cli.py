@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from datetime import date, datetime, time, timezone
 from pathlib import Path
 
@@ -13,6 +14,11 @@ import asyncpg
 from reports.period import Period
 
 DEFAULT_FOLDER = "wocas-reports"
+
+
+def report_folder(env: Mapping[str, str], period: Period) -> Path:
+    """Where a period's report is written unless told otherwise: WOCAS_REPORT_DIR/<period end>."""
+    return Path(env.get("WOCAS_REPORT_DIR") or DEFAULT_FOLDER) / f"{period.end:%Y-%m-%dT%H%M}"
 
 
 def _until(text: str) -> datetime:
@@ -81,8 +87,7 @@ async def report(args: argparse.Namespace, database_url: str) -> Path:
         built = await build_report(conn, period, targets)
     finally:
         await conn.close()
-    out = args.out or Path(os.environ.get("WOCAS_REPORT_DIR") or DEFAULT_FOLDER) / f"{period.end:%Y-%m-%dT%H%M}"
-    return write_folder(built, out)
+    return write_folder(built, args.out or report_folder(os.environ, period))
 
 
 async def metrics(args: argparse.Namespace, database_url: str) -> str:
