@@ -50,6 +50,10 @@ def _period_arguments(parser: argparse.ArgumentParser) -> None:
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     _period_arguments(parser)
     parser.add_argument(
+        "--mail", action="store_true",
+        help="run the weekly report now through its Temporal Schedule: built by the worker and mailed to the leads (WOCAS_LEADS)",
+    )
+    parser.add_argument(
         "--out", type=Path,
         help=f"folder to write index.html, the charts and figures.csv to (default: WOCAS_REPORT_DIR, else {DEFAULT_FOLDER}/<period end>)",
     )

@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import subprocess
+import sys
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -23,6 +26,14 @@ from tests.wocas_fixture import private_database
 from worker import run_worker
 from workflows.models import WocasOutcome
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_mail_on_demand_takes_no_period_of_its_own() -> None:
+    refused = subprocess.run([sys.executable, "-m", "starter.cli", "report", "wocas", "--mail", "--until", "2026-03-02"],
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--mail runs the schedule's own report" in refused.stderr
+
 
 def test_the_schedule_is_weekly_by_default_and_a_wrong_setting_says_what_is_wrong() -> None:
     assert schedule_from_env({}).when == "0 6 * * 1" and schedule_from_env({}).period_days == 7
@@ -31,6 +42,12 @@ def test_the_schedule_is_weekly_by_default_and_a_wrong_setting_says_what_is_wron
         schedule_from_env({"WOCAS_SCHEDULE": "weekly"})
     with pytest.raises(ReportConfigError, match="WOCAS_PERIOD_DAYS='0' is not a whole number"):
         schedule_from_env({"WOCAS_PERIOD_DAYS": "0"})
+
+
+async def orders_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "starter.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 async def _run_of(handle, runs_before: int, timeout: float = 60) -> str:
@@ -104,8 +121,11 @@ async def test_the_worker_keeps_the_schedule_and_a_triggered_run_mails_each_lead
                 assert csv["filename"] == "figures.csv" and base64.b64decode(csv["content"]).startswith(b"section,subject,figure")
             assert "Customer service" in html and "Sellers" not in html.split("</style>")[1].split("Lifecycle metrics")[0]
 
-            # The same period again (a second trigger that day): nobody is mailed twice.
-            await trigger_schedule(dev_env.client)
+            # The same period again, on demand as an operator asks for it: nobody is mailed twice.
+            cli_env = {**os.environ, **TEST_KEY_ENV, "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host}
+            asked = await orders_cli(cli_env, "report", "wocas", "--mail")
+            assert asked.returncode == 0, asked.stderr
+            assert "triggered schedule 'wocas-report'" in asked.stdout
             second = dev_env.client.get_workflow_handle(await _run_of(schedule, 1), result_type=WocasOutcome)
             again = await asyncio.wait_for(second.result(), 60)
             assert again.period == outcome.period and sorted(again.mailed) == sorted(outcome.mailed)
