@@ -20,7 +20,7 @@ from temporalio.service import RPCError
 
 from reports.config import ReportConfigError
 from reports.schedule import SCHEDULE_ID, ensure_schedule, schedule_from_env, trigger_schedule
-from tests.conftest import TEST_KEY_ENV
+from tests.conftest import HISTORIES, TEST_KEY_ENV
 from tests.fake_providers import FakeProviders
 from tests.wocas_fixture import private_database
 from worker import run_worker
@@ -106,6 +106,8 @@ async def test_the_worker_keeps_the_schedule_and_a_triggered_run_mails_each_lead
             await trigger_schedule(dev_env.client)
             first = dev_env.client.get_workflow_handle(await _run_of(schedule, 0), result_type=WocasOutcome)
             outcome = await asyncio.wait_for(first.result(), 60)
+            if os.environ.get("RECORD_HISTORIES") == "1":  # for tests/test_replay.py
+                (HISTORIES / "wocas_report.json").write_text((await first.fetch_history()).to_json())
             assert len(outcome.mailed) == 2 and outcome.not_mailed == []
             assert outcome.period.end.hour == 0 and outcome.period.days == 7
             assert (Path(outcome.folder) / "index.html").exists()
