@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -145,3 +145,22 @@ async def test_the_worker_keeps_the_schedule_and_a_triggered_run_mails_each_lead
             stop.set()
             await asyncio.wait_for(worker, 60)
             await schedule.delete()
+
+
+async def test_without_a_provider_the_outbox_keeps_the_report_mail_naming_its_attachments(pool) -> None:
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.staff_mail import StaffMailer
+    from activities.wocas import WocasActivities
+    from reports.config import Lead
+    from reports.metrics import targets_from_env
+    from workflows.models import WocasLead, WocasMail, WocasPeriod
+
+    lead = Lead("Dana", f"dana.{uuid.uuid4().hex[:8]}@shop.example", ("delivery",))
+    activities = WocasActivities(pool, StaffMailer(pool, None), [lead], targets_from_env({}), {})
+    mail = WocasMail(period=WocasPeriod(end=datetime(2030, 1, 15, tzinfo=timezone.utc), days=7),
+                     lead=WocasLead(name=lead.name, email=lead.email, sections=list(lead.sections)))
+    first = await ActivityEnvironment().run(activities.mail_wocas_report, mail)
+    assert await ActivityEnvironment().run(activities.mail_wocas_report, mail) == first  # once per period and lead
+    [body] = await pool.fetch("SELECT body FROM outbox WHERE recipient = $1", lead.email)
+    assert "figures.csv (text/csv" in body["body"] and "wocas-deadline_breaches.png (image/png" in body["body"]
