@@ -29,9 +29,13 @@ from activities.customers import CustomerActivities
 from activities.messaging import PROVIDER_REQUEST, MessagingActivities
 from activities.orders import OrderActivities
 from activities.staff_mail import StaffMailer
+from activities.wocas import WocasActivities
 from codec import CodecConfigError, encrypted_data_converter, payload_keys_from_env
 from providers import Provider
 from providers.privacy import keep_customer_data_out_of
+from reports.config import leads_from_env
+from reports.metrics import targets_from_env
+from reports.schedule import ensure_schedule, schedule_from_env
 from store.database import create_pool, migrate
 from workflows.case_handling import CaseWorkflow
 from workflows.customer_journey import CustomerJourney
@@ -39,6 +43,7 @@ from workflows.metrics import MESSAGE_WAIT
 from workflows.models import TASK_QUEUE, CaseRouting, Channel, JourneySettings, LifecycleSettings
 from workflows.order_lifecycle import OrderLifecycle
 from workflows.resend import MessageResend
+from workflows.wocas_report import WocasReport
 
 log = logging.getLogger("worker")
 
@@ -119,18 +124,22 @@ def build_worker(
     case_routing: CaseRouting | None = None,
     providers: dict[Channel, Provider] | None = None,
     task_queue: str = TASK_QUEUE,
+    report_env: Mapping[str, str] = {},
 ) -> Worker:
+    """`report_env`: the WOCAS report's settings (WOCAS_LEADS, WOCAS_REPORT_DIR, METRIC_TARGET_*)."""
     keep_customer_data_out_of(TEMPORAL_PAYLOAD_LOGGERS)
     if lifecycle is None:
         lifecycle = LifecycleSettings(sms_quiet_from=journey.sms_quiet_from, sms_quiet_until=journey.sms_quiet_until)
     orders = OrderActivities(pool, journey, client, lifecycle)
     customers = CustomerActivities(pool)
     messaging = MessagingActivities(pool, provider_config, providers)
-    cases = CaseActivities(pool, client, case_routing or CaseRouting(), StaffMailer(pool, messaging.provider(Channel.EMAIL)))
+    staff_mail = StaffMailer(pool, messaging.provider(Channel.EMAIL))
+    cases = CaseActivities(pool, client, case_routing or CaseRouting(), staff_mail)
+    wocas = WocasActivities(pool, staff_mail, leads_from_env(report_env), targets_from_env(report_env), report_env)
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[OrderLifecycle, CustomerJourney, MessageResend, CaseWorkflow],
+        workflows=[OrderLifecycle, CustomerJourney, MessageResend, CaseWorkflow, WocasReport],
         activities=[
             orders.record_order,
             orders.cancel_order,
@@ -144,6 +153,8 @@ def build_worker(
             cases.route_case,
             cases.record_case,
             cases.notify_staff,
+            wocas.build_wocas_report,
+            wocas.mail_wocas_report,
         ],
         workflow_runner=shared_module_runner("workflows"),
         # On SIGTERM, running sends finish and record their outcome instead of
@@ -170,8 +181,9 @@ async def run_worker(client: Client, database_url: str, env: Mapping[str, str], 
         journey = journey_settings_from_env(env)
         worker = build_worker(
             client, pool, ProviderConfig.from_env(env), journey, lifecycle=lifecycle_settings_from_env(env, journey),
-            case_routing=case_routing_from_env(env),
+            case_routing=case_routing_from_env(env), report_env=env,
         )
+        await ensure_schedule(client, schedule_from_env(env))
         async with worker:
             log.info("worker polling task queue %r", TASK_QUEUE)
             await stop.wait()
@@ -192,6 +204,9 @@ async def _main() -> None:
         # Every setting checked before anything starts.
         ProviderConfig.from_env(os.environ)
         case_routing_from_env(os.environ)
+        leads_from_env(os.environ)
+        targets_from_env(os.environ)
+        schedule_from_env(os.environ)
         client = await connect_temporal(runtime=runtime)
     except (CodecConfigError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None

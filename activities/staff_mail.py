@@ -66,6 +66,16 @@ WHERE key = $1 AND claim_token = $2
 """
 
 
+def _with_attachments_listed(mail: RenderedMessage) -> str:
+    """The outbox keeps text: attachments are named, not kept."""
+    if not mail.attachments:
+        return mail.text
+    listed = "\n".join(
+        f"- {a.filename} ({a.content_type}, {len(a.content):,} bytes{', inline' if a.content_id else ''})" for a in mail.attachments
+    )
+    return f"{mail.text}\n\nAttachments:\n{listed}"
+
+
 class StaffMailer:
     def __init__(self, pool: asyncpg.Pool, provider: Provider | None) -> None:
         self._pool = pool
@@ -85,7 +95,9 @@ class StaffMailer:
             if found:
                 return found
         if self._provider is None:
-            row_id = await self._pool.fetchval(OUTBOX_INSERT, mail.key, Channel.EMAIL.value, mail.recipient, mail.subject, mail.text, None)
+            row_id = await self._pool.fetchval(
+                OUTBOX_INSERT, mail.key, Channel.EMAIL.value, mail.recipient, mail.subject, _with_attachments_listed(mail), None
+            )
             message_id = f"outbox-{row_id}"
         else:
             message_id = await self._send(mail, token)

@@ -17,6 +17,17 @@ from typing import Protocol
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A file sent with a mail: shown in its body where the HTML names
+    `cid:<content_id>` (inline), else offered as a download."""
+
+    filename: str
+    content_type: str
+    content: bytes
+    content_id: str | None = None
+
+
+@dataclass(frozen=True)
 class RenderedMessage:
     key: str
     recipient: str
@@ -26,6 +37,8 @@ class RenderedMessage:
     # Mail headers, e.g. List-Unsubscribe: part of the rendering, so every
     # attempt sends the same ones.
     headers: Mapping[str, str] = field(default_factory=dict)
+    # Mail only (staff mail: the WOCAS report's charts and figures).
+    attachments: tuple[Attachment, ...] = ()
 
 
 class Provider(Protocol):

@@ -4,13 +4,15 @@ carries as the custom arg `message_key`."""
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import timedelta
 from typing import Protocol
 
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
-from sendgrid.helpers.mail import CustomArg, Header, Mail
+from sendgrid.helpers.mail import Attachment as SendGridAttachment
+from sendgrid.helpers.mail import ContentId, CustomArg, Disposition, FileContent, FileName, FileType, Header, Mail
 
 from providers import LookUpUnavailable, RenderedMessage
 from providers.privacy import HTTP_CLIENT_LOGGERS, keep_customer_data_out_of
@@ -70,6 +72,16 @@ class SendGridEmail:
         # The message's own headers (List-Unsubscribe...), in the top-level `headers` object.
         for name, value in message.headers.items():
             mail.add_header(Header(name, value))
+        for attached in message.attachments:
+            mail.add_attachment(
+                SendGridAttachment(
+                    FileContent(base64.b64encode(attached.content).decode()),
+                    FileName(attached.filename),
+                    FileType(attached.content_type),
+                    Disposition("inline" if attached.content_id else "attachment"),
+                    ContentId(attached.content_id) if attached.content_id else None,
+                )
+            )
         response = self._client.send(mail)
         return response.headers.get("X-Message-Id") or f"sendgrid-{message.key}"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from datetime import date, datetime, time, timezone
 from pathlib import Path
 
@@ -13,6 +14,11 @@ import asyncpg
 from reports.period import Period
 
 DEFAULT_FOLDER = "wocas-reports"
+
+
+def report_folder(env: Mapping[str, str], period: Period) -> Path:
+    """Where a period's report is written unless told otherwise: WOCAS_REPORT_DIR/<period end>."""
+    return Path(env.get("WOCAS_REPORT_DIR") or DEFAULT_FOLDER) / f"{period.end:%Y-%m-%dT%H%M}"
 
 
 def _until(text: str) -> datetime:
@@ -43,6 +49,10 @@ def _period_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     _period_arguments(parser)
+    parser.add_argument(
+        "--mail", action="store_true",
+        help="run the weekly report now through its Temporal Schedule: built by the worker and mailed to the leads (WOCAS_LEADS)",
+    )
     parser.add_argument(
         "--out", type=Path,
         help=f"folder to write index.html, the charts and figures.csv to (default: WOCAS_REPORT_DIR, else {DEFAULT_FOLDER}/<period end>)",
@@ -81,8 +91,7 @@ async def report(args: argparse.Namespace, database_url: str) -> Path:
         built = await build_report(conn, period, targets)
     finally:
         await conn.close()
-    out = args.out or Path(os.environ.get("WOCAS_REPORT_DIR") or DEFAULT_FOLDER) / f"{period.end:%Y-%m-%dT%H%M}"
-    return write_folder(built, out)
+    return write_folder(built, args.out or report_folder(os.environ, period))
 
 
 async def metrics(args: argparse.Namespace, database_url: str) -> str:

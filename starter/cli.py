@@ -13,7 +13,7 @@
     orders case ack|resolve|show ID   a case (service recovery): acknowledge, resolve, or show it
     orders schema [NAME]        JSON Schema of every payload
     orders lifecycle report     customers per phase, win-backs against the holdout, coupon cost vs revenue
-    orders report wocas         "What our customers are saying" (HTML, charts, CSV) written to a folder
+    orders report wocas         "What our customers are saying" (HTML, charts, CSV) written to a folder; --mail: the scheduled run now, mailed to the leads
     orders metrics              lifecycle metrics against their targets (METRIC_TARGET_*)
     orders seed-history         a year of realistic history in an empty database, to try the report on
     orders demo                 push a handful of orders through the whole journey
@@ -376,6 +376,15 @@ async def run(args: argparse.Namespace) -> int:
         from starter import lifecycle_report
 
         print(await lifecycle_report.run(args, database_url()))
+    elif args.command == "report" and args.mail:
+        from reports.schedule import SCHEDULE_ID, trigger_schedule
+
+        if args.until or args.out or args.days != 7:
+            raise UsageError("--mail runs the schedule's own report (the period ending today, WOCAS_PERIOD_DAYS long): "
+                             "it takes no --until, --days or --out")
+        await trigger_schedule(await connect())
+        print(f"triggered schedule {SCHEDULE_ID!r}: its run mails each lead in WOCAS_LEADS (once per period) "
+              "and writes the folder in the worker's WOCAS_REPORT_DIR")
     elif args.command == "report":
         from reports import cli as reports_cli
 

@@ -19,7 +19,7 @@ MAY_IMPORT = {
     "messages": {"workflows"},
     "providers": set(),
     "store": {"providers", "workflows"},
-    "activities": {"store", "providers", "messages", "workflows"},
+    "activities": {"store", "providers", "messages", "workflows", "reports"},  # reports: the WOCAS report it builds and mails
     "web": {"store", "providers", "messages", "workflows", "codec", "worker"},
     "reports": {"store", "workflows"},
 }

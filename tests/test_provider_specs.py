@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
+from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
 
@@ -132,3 +134,30 @@ async def test_unsubscribe_headers_conform_to_the_mail_send_spec(pool, fakes: Fa
     listed = {**mail.json, "headers": [{k: v} for k, v in mail.json["headers"].items()]}
     with pytest.raises(Exception, match="headers"):
         validate(RecordedRequest(mail.method, mail.path, mail.headers, json.dumps(listed).encode()))
+
+
+async def test_the_report_mail_conforms_to_the_mail_send_spec(pool, fakes: FakeProviders, provider_config):
+    """The WOCAS report's mail to a lead: the charts as inline attachments
+    (disposition inline, content_id) and the figures as a CSV attachment."""
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.messaging import MessagingActivities
+    from activities.staff_mail import StaffMailer
+    from activities.wocas import WocasActivities
+    from reports.config import Lead
+    from reports.metrics import targets_from_env
+    from workflows.models import Channel, WocasLead, WocasMail, WocasPeriod
+
+    lead = Lead("Dana", f"dana.{uuid.uuid4().hex[:8]}@shop.example", ("delivery", "customer_service"))
+    mailer = StaffMailer(pool, MessagingActivities(pool, provider_config).provider(Channel.EMAIL))
+    activities = WocasActivities(pool, mailer, [lead], targets_from_env({}), {})
+    period = WocasPeriod(end=datetime(2030, 1, 15, tzinfo=timezone.utc), days=7)
+    mail = WocasMail(period=period, lead=WocasLead(name=lead.name, email=lead.email, sections=list(lead.sections)))
+    await ActivityEnvironment().run(activities.mail_wocas_report, mail)
+    [sent] = [r for r in fakes.requests if r.path == "/v3/mail/send" and lead.email in r.body.decode()]
+    dispositions = sorted({a["disposition"] for a in sent.json["attachments"]})
+    assert dispositions == ["attachment", "inline"] and all(a.get("content_id") for a in sent.json["attachments"] if a["disposition"] == "inline")
+    validate(sent)
+    wrong = {**sent.json, "attachments": [{**a, "disposition": "embedded"} for a in sent.json["attachments"]]}
+    with pytest.raises(Exception, match="disposition"):
+        validate(RecordedRequest(sent.method, sent.path, sent.headers, json.dumps(wrong).encode()))

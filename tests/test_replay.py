@@ -22,6 +22,7 @@ from worker import shared_module_runner
 from workflows.case_handling import CaseWorkflow
 from workflows.customer_journey import CustomerJourney
 from workflows.order_lifecycle import OrderLifecycle
+from workflows.wocas_report import WocasReport
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 EXPECTED = {
@@ -65,6 +66,8 @@ EXPECTED = {
     # a case escalated twice, resolved by update, reopened once.
     "low_rating_case",
     "case_escalated_resolved_reopened",
+    # The WOCAS report's scheduled run: built, then mailed to two leads.
+    "wocas_report",
 }
 
 
@@ -86,6 +89,6 @@ RUNNERS = {
 async def test_item15_history_replays(path: Path, runner: str):
     history = WorkflowHistory.from_json(f"order-{path.stem}", path.read_text())
     replayer = Replayer(
-        workflows=[OrderLifecycle, CustomerJourney, CaseWorkflow], data_converter=encrypted_data_converter(TEST_PAYLOAD_KEYS), workflow_runner=RUNNERS[runner]()
+        workflows=[OrderLifecycle, CustomerJourney, CaseWorkflow, WocasReport], data_converter=encrypted_data_converter(TEST_PAYLOAD_KEYS), workflow_runner=RUNNERS[runner]()
     )
     await replayer.replay_workflow(history)

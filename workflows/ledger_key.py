@@ -12,12 +12,17 @@ the CLI, the benchmarks and the tests all use it.
   what goes once per case (`case-A1-1:case_acknowledgement:email`), and
   `<case id>:<kind>:<occasion>:<channel>` for what goes once per round or
   escalation (`case-A1-1:case_outcome:round-2:email`,
-  `case-A1-1:case_escalated:escalation-1:email`).
+  `case-A1-1:case_escalated:escalation-1:email`);
+- the WOCAS report's mail to a lead (workflows/wocas_report.py):
+  `wocas-report:<period end>:<days>d:lead-<digest of the address>:email`,
+  once per period and lead (report_mail_key), no address in the key.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from datetime import datetime
 
 from workflows.models import Channel, Touchpoint, customer_workflow_id, workflow_id_for
 
@@ -73,3 +78,10 @@ class LedgerKey:
     def __str__(self) -> str:
         parts = [self.workflow_id, self.kind.value, *([self.occasion] if self.occasion is not None else []), self.channel.value]
         return ":".join(parts)
+
+
+def report_mail_key(period_end: datetime, days: int, lead_email: str) -> str:
+    """The WOCAS report's mail to one lead for one period: a staff mail, no
+    order's, so not a LedgerKey. The address is digested: keys go in logs."""
+    lead = hashlib.sha256(lead_email.strip().lower().encode()).hexdigest()[:12]
+    return f"wocas-report:{period_end:%Y-%m-%d}:{days}d:lead-{lead}:email"

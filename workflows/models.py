@@ -8,7 +8,7 @@ Schemas for the public models come from `orders schema`.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -977,3 +977,59 @@ def customer_id_problem(order: OrderInput) -> str | None:
         "customer.customer_id: must be an opaque id (letters, digits, '.', '_', '-', at most 64), "
         "never an email or a phone number: it is stored unencrypted"
     )
+
+
+# --- the WOCAS report on its schedule (workflows/wocas_report.py) -----------------------
+
+WOCAS_WORKFLOW_TYPE = "WocasReport"
+
+
+class WocasRequest(WireModel):
+    """The schedule's input to each run (WOCAS_PERIOD_DAYS when the worker
+    last created or updated the schedule)."""
+
+    period_days: Annotated[int, Field(ge=1, le=366)] = 7
+
+
+class WocasPeriod(WireModel):
+    """The days a run reports on: `days` before `end` (exclusive, 00:00 UTC)."""
+
+    end: datetime
+    days: int
+
+    @classmethod
+    def ending_on_the_day_of(cls, moment: datetime, days: int) -> WocasPeriod:
+        """The period ending at 00:00 UTC of `moment`'s day: the weekly run, a
+        retry, a late run and an on-demand run that day all report the same days."""
+        return cls(end=moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0), days=days)
+
+
+class WocasLead(WireModel):
+    """A department lead who gets their sections (WOCAS_LEADS)."""
+
+    name: str
+    email: str
+    sections: list[str]
+
+
+class WocasBuilt(WireModel):
+    """What the build activity did: the folder (None when it could not be
+    written) and the leads configured now, each mailed in turn."""
+
+    folder: str | None
+    leads: list[WocasLead]
+
+
+class WocasMail(WireModel):
+    period: WocasPeriod
+    lead: WocasLead
+
+
+class WocasOutcome(WireModel):
+    """The run's result: the period, its folder, the message id of each lead's
+    mail, and the leads whose mail failed for good."""
+
+    period: WocasPeriod
+    folder: str | None
+    mailed: list[str]
+    not_mailed: list[str] = []
