@@ -99,4 +99,5 @@ class OrderActivities:
 
     @activity.defn
     async def store_feedback(self, record: FeedbackRecord) -> None:
-        await order_store.store_feedback(self._pool, record)
+        async with self._pool.acquire() as conn:
+            await order_store.store_feedback(conn, record)

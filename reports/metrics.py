@@ -160,12 +160,14 @@ GROUP BY grp
 DELIVERY = """
 SELECT channel, count(*) AS sent, count(delivery) AS reported, count(*) FILTER (WHERE delivery = 'delivered') AS delivered
 FROM message_ledger WHERE state = 'sent' AND sent_at >= $1 AND sent_at < $2
+  AND message_class IS DISTINCT FROM 'staff'  -- customers' messages, not mail to the team
 GROUP BY channel
 """
 
 HELPFUL = """
 SELECT count(*) AS votes, count(*) FILTER (WHERE helpful) AS helpful
 FROM message_votes WHERE voted_at >= $1 AND voted_at < $2
+  AND kind <> 'case_outcome'  -- "Was this resolved?" is about the case, not the message
 """
 
 SLA = """

@@ -13,6 +13,8 @@ import asyncpg
 @dataclass(frozen=True)
 class OrderToRate:
     order_id: str
+    customer_id: str
+    seller_id: str
     seller_name: str
     # (sku, name), in the order's own order, each sku once.
     items: list[tuple[str, str]]
@@ -31,14 +33,14 @@ class VotedMessage:
 
 
 async def order_to_rate(conn: asyncpg.Connection, order_id: str) -> OrderToRate | None:
-    seller = await conn.fetchval("SELECT seller_name FROM orders WHERE order_id = $1", order_id)
-    if seller is None:
+    order = await conn.fetchrow("SELECT customer_id, seller_id, seller_name FROM orders WHERE order_id = $1", order_id)
+    if order is None:
         return None
     rows = await conn.fetch(
         "SELECT DISTINCT ON (sku) sku, name, line_no FROM order_items WHERE order_id = $1 ORDER BY sku, line_no", order_id
     )
     items = [(r["sku"], r["name"]) for r in sorted(rows, key=lambda r: r["line_no"])]
-    return OrderToRate(order_id, seller, items)
+    return OrderToRate(order_id, order["customer_id"], order["seller_id"], order["seller_name"], items)
 
 
 async def stored_feedback(conn: asyncpg.Connection, order_id: str) -> dict[str, Any] | None:

@@ -164,11 +164,12 @@ async def record_pickup_missed(conn: asyncpg.Connection | asyncpg.Pool, record: 
     )
 
 
-async def store_feedback(pool: asyncpg.Pool, record: FeedbackRecord) -> None:
-    """The feedback and each item's stars, once per order."""
+async def store_feedback(conn: asyncpg.Connection, record: FeedbackRecord) -> None:
+    """The feedback and each item's stars, once per order: the order's
+    workflow stores what it took, the feedback page what it was given."""
     f = record.feedback
     stars = {sku: (f.item_ratings or {}).get(sku, f.item_rating) for sku in record.skus}
-    async with pool.acquire() as conn, conn.transaction():
+    async with conn.transaction():
         await conn.execute(
             """
             INSERT INTO feedback (order_id, customer_id, seller_id, skus, item_rating, seller_rating, comment)

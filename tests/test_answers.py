@@ -26,7 +26,7 @@ from tests.test_web import FakeTemporal, unused_port
 from web.app import create_app
 from web.config import WebConfig
 from workflows.ledger_key import LedgerKey
-from workflows.models import Channel, Touchpoint, case_workflow_id
+from workflows.models import TASK_QUEUE, Channel, Touchpoint, case_workflow_id
 
 NOW = datetime.now(timezone.utc)
 
@@ -324,7 +324,8 @@ async def test_a_customer_rates_each_item_through_the_page_and_the_order_stores_
     ts_env, make_harness, fakes: FakeProviders, pool, config
 ):
     order = await an_order(pool)
-    async with make_harness(ts_env) as h:
+    # The queue the HTTP service starts cases on: the 2-star item opens one.
+    async with make_harness(ts_env, task_queue=TASK_QUEUE) as h:
         handle = await h.start(order)
         await deliver(h, handle, order)
         await ts_env.sleep(timedelta(days=3, hours=1))
@@ -340,6 +341,8 @@ async def test_a_customer_rates_each_item_through_the_page_and_the_order_stores_
     assert result.status == "completed"
     # The items' mean is 4, but one item got 2 stars: an unhappy customer.
     assert "low_rating" in result.attention_reasons
+    # Opened by the page and by the order under one key: one case.
+    assert await pool.fetchval("SELECT count(*) FROM cases WHERE order_id = $1", order["order_id"]) == 1
     stars = await pool.fetch("SELECT sku, rating FROM item_ratings WHERE order_id = $1 ORDER BY sku", order["order_id"])
     assert [tuple(r) for r in stars] == [("MUG-1", 5), ("TEA-2", 2)]
     assert await pool.fetchval("SELECT item_rating FROM feedback WHERE order_id = $1", order["order_id"]) == 4
@@ -356,3 +359,50 @@ async def test_a_backend_rating_items_the_order_does_not_have_is_told_which(ts_e
                 {"event": "feedback_submitted", "payload": {"item_rating": 4, "seller_rating": 4, "item_ratings": {"SOCK-9": 1}}},
             )
         assert "item_ratings names items not in the order: SOCK-9" in str(refused.value.cause)
+
+
+async def test_the_comment_is_optional_and_a_too_long_one_gets_a_page_not_an_error(pool, messaging, fakes, browser, temporal):
+    order = await an_order(pool)
+    key, _, no = await vote_links(messaging, fakes, order)
+    answer = await browser.post(no)
+    [action] = [unescape(a) for a in re.findall(r'action="([^"]+)"', answer.text)]
+    form = f"{urlsplit(action).path}?{urlsplit(action).query}"
+    too_long = await browser.post(form, data={"comment": "x" * 2001})
+    assert too_long.status_code == 422 and "<h1>" in too_long.text and "x" * 50 not in too_long.text
+    empty = await browser.post(form, data={"comment": ""})
+    assert empty.status_code == 200 and "Thank you" in empty.text
+    assert await votes(pool, key) == [(False, None)]
+    assert temporal.started == []  # nothing said, nothing to open a case about
+
+
+async def test_a_low_rating_is_stored_and_opens_its_case_even_if_the_order_never_hears_of_it(
+    pool, messaging, fakes, config, database_url
+):
+    """Temporal away until the order is over: the rating and its case do not
+    wait for the order's workflow."""
+    order = await an_order(pool)
+    link = await feedback_link(messaging, fakes, order)
+    away = create_app(config, pool=pool)  # Temporal at a closed port
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=away), base_url=config.public_url) as http:
+        assert (await http.post(link, data=stars_form(seller="1", comment="Rude courier."))).status_code == 200
+    stored = await pool.fetchrow("SELECT item_rating, seller_rating, comment FROM feedback WHERE order_id = $1", order["order_id"])
+    assert tuple(stored) == (4, 1, "Rude courier.")
+    stars = await pool.fetch("SELECT sku, rating FROM item_ratings WHERE order_id = $1 ORDER BY sku", order["order_id"])
+    assert [tuple(r) for r in stars] == [("MUG-1", 5), ("TEA-2", 2)]
+    [case] = await pool.fetch("SELECT case_id, trigger, trigger_key FROM cases WHERE order_id = $1", order["order_id"])
+    assert tuple(case) == (f"case-{order['order_id']}-1", "low_rating", f"order-{order['order_id']}:low_rating")
+
+    back = Temporal()
+    relay = create_app(config, pool=pool, temporal_client=back).state.owed_signals  # type: ignore[arg-type]
+    await relay.deliver("customer", [f"case:order-{order['order_id']}:low_rating"])
+    assert [(w, i) for w, i, _ in back.started] == [("CaseWorkflow", case["case_id"])]
+
+
+async def test_a_not_helpful_comment_on_a_cases_own_mail_opens_no_second_case(pool, messaging, fakes, browser, temporal: Temporal):
+    order = await an_order(pool)
+    key = str(LedgerKey.of_case(case_workflow_id(order["order_id"], 1), Touchpoint.CASE_ACKNOWLEDGEMENT))
+    await send(messaging, order_message(order, Touchpoint.CASE_ACKNOWLEDGEMENT).model_copy(update={"key": key}))
+    _, no = links_in(await mail_of(fakes, order), "/helpful")
+    await comment_on(browser, no, "Automatic answers are useless.")
+    assert await votes(pool, key) == [(False, "Automatic answers are useless.")]
+    assert temporal.started == [] and temporal.sent == []

@@ -104,6 +104,7 @@ def valid_events(order: dict[str, Any], today: str) -> dict[str, dict[str, Any]]
         "parcel_collected": {},
         "order_cancelled": {"reason": "fuzz"},
         "feedback_submitted": {"item_rating": 4, "seller_rating": 2},
+        "complaint_received": {"channel": "phone", "text": "fuzz"},
     }
 
 

@@ -136,6 +136,33 @@ async def test_lifecycle_metrics_against_hand_computed_values(week) -> None:
     assert metrics["win_back_uplift"].basis == "treated 1/2 vs holdout 1/3"
 
 
+async def test_mail_to_staff_and_was_this_resolved_votes_count_in_no_customer_rate(week) -> None:
+    """A case's mail to its owner bounced, a customer said no to "Was this
+    resolved?": neither is about a message to a customer."""
+    def rates(metrics) -> dict[str, float | None]:
+        return {m.definition.name: m.value for m in metrics if m.definition.name in ("delivery_rate_email", "helpful_rate")}
+
+    before = rates(await lifecycle_metrics(week, PERIOD, DEFAULT_TARGETS))
+    during = PERIOD.start + timedelta(hours=1)
+    transaction = week.transaction()
+    await transaction.start()
+    try:
+        await week.execute(
+            "INSERT INTO message_ledger (key, order_id, kind, channel, recipient, state, sent_at, delivery, created_at, message_class) "
+            "VALUES ('case-o1-1:case_assigned:round-1:email', 'o1', 'case_assigned', 'email', 'team', 'sent', $1, 'bounced', $1, 'staff')",
+            during,
+        )
+        await week.execute(
+            "INSERT INTO message_votes (ledger_key, order_id, kind, channel, helpful, voted_at) "
+            "VALUES ('case-o1-1:case_outcome:round-1:email', 'o1', 'case_outcome', 'email', false, $1)",
+            during,
+        )
+        after = rates(await lifecycle_metrics(week, PERIOD, DEFAULT_TARGETS))
+    finally:
+        await transaction.rollback()
+    assert after == before
+
+
 async def test_each_metric_is_marked_above_or_below_its_target(week) -> None:
     targets = DEFAULT_TARGETS | {"activation_rate": 0.5, "payment_to_dispatch_p50_hours": 25.0, "payment_to_dispatch_p90_hours": 30.0}
     metrics = {m.definition.name: m for m in await lifecycle_metrics(week, PERIOD, targets)}

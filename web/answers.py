@@ -31,12 +31,13 @@ from pydantic import ValidationError
 from messages import answer_links
 from messages.signed_tokens import InvalidToken
 from store import answers, cases, provider_events
+from store import orders as order_store
 from store.provider_events import CUSTOMER, Signal
 from web.config import WebConfig
 from web.pages import link_refused, page
 from web.signals import OwedSignals
-from workflows.ledger_key import LedgerKey
-from workflows.models import CASE_WORKFLOW_TYPE, FeedbackSubmitted, Touchpoint, workflow_id_for
+from workflows.ledger_key import CASE_PREFIX, LedgerKey
+from workflows.models import CASE_WORKFLOW_TYPE, FeedbackRecord, FeedbackSubmitted, Touchpoint, workflow_id_for
 
 Token = Annotated[str, Query(description="the signed token from the link in the email")]
 COMMENT_LENGTH = 2000
@@ -95,8 +96,9 @@ def add_answer_pages(app: FastAPI, config: WebConfig, relay: OwedSignals) -> Non
                 return _feedback_form(order, problem=str(err), form=form)
             signal = Signal(workflow_id_for(order.order_id), "feedback_submitted", feedback.model_dump(mode="json", exclude_none=True))
             new, signal = await provider_events.owe(conn, f"feedback:{order.order_id}", signal)
-        if new:
-            tell(background, f"feedback:{order.order_id}")
+            owed = [f"feedback:{order.order_id}", *await _keep_feedback(conn, order, feedback)] if new else []
+        for event_id in owed:
+            tell(background, event_id)
         return _feedback_recorded(order, signal.payload, again=not new)
 
     @app.get("/helpful", response_class=HTMLResponse)
@@ -144,7 +146,7 @@ def add_answer_pages(app: FastAPI, config: WebConfig, relay: OwedSignals) -> Non
         request: Request,
         background: BackgroundTasks,
         token: Token,
-        text: Annotated[str, Form(alias="comment", max_length=COMMENT_LENGTH, description="what was wrong")],
+        text: Annotated[str, Form(alias="comment", description="what was wrong; may be empty")] = "",
     ) -> HTMLResponse:
         """What was wrong, kept with a "no" vote, once. About an order's
         message, it opens a case; under a case's outcome, it goes to the case
@@ -160,6 +162,9 @@ def add_answer_pages(app: FastAPI, config: WebConfig, relay: OwedSignals) -> Non
             if message.helpful is not False:
                 request.state.rejection = "no_vote"
                 return page("No answer to comment on", "<h1>Please answer the question first</h1>", 409)
+            if len(text) > COMMENT_LENGTH:
+                request.state.rejection = "invalid_field"
+                return page("Too long", f"<h1>That is a little long</h1><p>Please go back and say it in under {COMMENT_LENGTH:,} characters.</p>", 422)
             owed = None
             if text.strip() and await answers.record_comment(conn, message.ledger_key, text.strip()):
                 owed = await _act_on_comment(conn, message, text.strip())
@@ -180,13 +185,32 @@ async def _reopen(conn: asyncpg.Connection, message: answers.VotedMessage, comme
 async def _act_on_comment(conn: asyncpg.Connection, message: answers.VotedMessage, comment: str) -> str | None:
     """What a "not helpful" comment owes a workflow: the case it reopened, or
     a case of its own about the order. None for the customer's journey's
-    messages, about no order: the comment is kept, for the WOCAS report."""
+    messages and a case's other ones: the comment is kept, for the WOCAS
+    report."""
     if message.kind == Touchpoint.CASE_OUTCOME:
         return await _reopen(conn, message, comment)
-    if message.order_id is None:
-        return None
-    trigger_key = f"vote:{message.ledger_key}"
-    opening = await cases.open_case(conn, order_id=message.order_id, trigger="not_helpful", trigger_key=trigger_key, text=comment)
+    if message.order_id is None or message.ledger_key.startswith(CASE_PREFIX):
+        return None  # about no order, or a case's own message: that case has an owner
+    return await _open_case(conn, message.order_id, "not_helpful", f"vote:{message.ledger_key}", comment)
+
+
+async def _keep_feedback(conn: asyncpg.Connection, order: answers.OrderToRate, feedback: FeedbackSubmitted) -> list[str]:
+    """Stored now, and a low rating's case opened now (under the key the
+    order's workflow opens it with: one case), so that neither hangs on the
+    order hearing of it: its workflow may be over, or refuse feedback that
+    Temporal's absence delayed past the window. Returns what it owes."""
+    skus = [sku for sku, _ in order.items]
+    await order_store.store_feedback(conn, FeedbackRecord(
+        order_id=order.order_id, customer_id=order.customer_id, seller_id=order.seller_id, skus=skus, feedback=feedback
+    ))
+    if feedback.lowest_rating > 2:
+        return []
+    return [await _open_case(conn, order.order_id, "low_rating", f"{workflow_id_for(order.order_id)}:low_rating", feedback.comment)]
+
+
+async def _open_case(conn: asyncpg.Connection, order_id: str, trigger: str, trigger_key: str, text: str | None) -> str:
+    """Opens the case and owes its start (the relay starts the workflow)."""
+    opening = await cases.open_case(conn, order_id=order_id, trigger=trigger, trigger_key=trigger_key, text=text)
     event_id = f"case:{trigger_key}"
     start = Signal(opening.case_id, "case_opened", opening.model_dump(mode="json"), start_workflow=CASE_WORKFLOW_TYPE)
     await provider_events.owe(conn, event_id, start)
