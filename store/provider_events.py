@@ -28,8 +28,9 @@ same relay delivers it.
 
 Messages of the customer's journey get the first three only: the journey's
 next send reads the suppression and hands itself to SMS where consent allows.
-Nothing here keeps an address, a number or a message body; reasons are
-scrubbed of them.
+No provider's event kept here holds an address, a number or a message
+body; reasons are scrubbed of them. What a customer submits (stars, a
+comment) is kept in the signal it owes, as the workflow will hear it.
 """
 
 from __future__ import annotations
