@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import temporalio.worker._workflow
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker._workflow_instance import _WorkflowLogicFlag
 
+from store import cases as case_store
 from store.cases import OrderNotRecorded, open_case
 from tests.conftest import Harness, new_order, payment_for, store
 from tests.fake_providers import FakeProviders
@@ -143,6 +146,75 @@ async def test_a_vote_case_escalates_twice_is_resolved_by_update_and_reopens_onc
     assert sum("A refund is on its way." in m for m in customer_mails) == 1
     assert sum("Refunded today." in m for m in customer_mails) == 1
     assert fakes.duplicates() == {}
+
+
+async def test_a_resolution_that_comes_while_the_acknowledgement_is_recorded_is_recorded_too(
+    ts_env: WorkflowEnvironment, make_harness, fakes: FakeProviders, pool, monkeypatch
+):
+    """`orders case ack X` then at once `orders case resolve X`: the resolution
+    lands while the acknowledgement's row is being written, and is written after it."""
+    order = new_order()
+    await store(pool, order)
+    async with pool.acquire() as conn:
+        opening = await open_case(conn, order_id=order["order_id"], trigger="complaint", trigger_key=uuid.uuid4().hex, text="late")
+    writing, release = asyncio.Event(), asyncio.Event()
+    record_case = case_store.record_case
+
+    async def slow_acknowledged_record(conn, record):
+        if record.status == "acknowledged":
+            writing.set()
+            await release.wait()
+        await record_case(conn, record)
+
+    monkeypatch.setattr(case_store, "record_case", slow_acknowledged_record)
+    async with make_harness(ts_env, case_routing=ROUTING) as h:
+        handle = await start_as_the_relay_does(h, opening)
+        await h.wait_for(handle, lambda v: noted(v, "case_assigned mailed"), view_type=CaseView)
+        await handle.execute_update("case_acknowledged", {"by": "Eve"}, result_type=CaseView)
+        await asyncio.wait_for(writing.wait(), 20)
+        await handle.execute_update("case_resolved", {"resolution": "Sent again today.", "by": "Eve"}, result_type=CaseView)
+        release.set()
+        result = await asyncio.wait_for(handle.result(), 60)
+
+    assert (result.status, result.resolution) == ("resolved", "Sent again today.")
+    row = await pool.fetchrow("SELECT status, resolution, resolved_by, resolved_at FROM cases WHERE case_id = $1", opening.case_id)
+    assert (row["status"], row["resolution"], row["resolved_by"]) == ("resolved", "Sent again today.", "Eve"), dict(row)
+    assert row["resolved_at"] is not None
+
+
+@pytest.mark.parametrize("single_batch", [False, True], ids=["jobs-in-sets", "jobs-in-one-batch"])
+async def test_an_acknowledgement_that_comes_with_the_sla_timer_is_not_overwritten_by_an_escalation(
+    dev_env, make_harness, pool, monkeypatch, single_batch: bool
+):
+    """On the dev server, the worker away while the SLA passes and the owner
+    acknowledges: the timer and the update come in one workflow task, and the
+    acknowledgement wins. Under both of the SDK's activation orders: today's
+    (updates, then conditions, then timers) and the single batch a later
+    release makes the default (timers can fire before conditions are checked)."""
+    order = new_order()
+    await store(pool, order)
+    async with pool.acquire() as conn:
+        opening = await open_case(conn, order_id=order["order_id"], trigger="complaint", trigger_key=uuid.uuid4().hex, text="late")
+    queue, routing = f"tq-{uuid.uuid4().hex[:8]}", ROUTING.model_copy(update={"sla": timedelta(seconds=5)})
+    async with make_harness(dev_env, case_routing=routing, task_queue=queue) as h:
+        handle = await h.client.start_workflow(CASE_WORKFLOW_TYPE, opening, id=opening.case_id, task_queue=queue, result_type=CaseView)
+        view = await h.wait_for(handle, lambda v: noted(v, "case_assigned mailed"), view_type=CaseView)
+    assert view.status == "open"
+    await asyncio.sleep((view.due_at - datetime.now(UTC)).total_seconds() + 1)  # the SLA timer fires, no worker sees it
+    acknowledged = asyncio.create_task(handle.execute_update("case_acknowledged", {"by": "Eve"}, result_type=CaseView))
+    await asyncio.sleep(1)  # the update waits on the server, with the timer
+    if single_batch:
+        flags = frozenset({_WorkflowLogicFlag.PROCESS_WORKFLOW_ACTIVATION_JOBS_AS_SINGLE_BATCH})
+        monkeypatch.setattr(temporalio.worker._workflow, "_DEFAULT_ENABLED_WORKFLOW_LOGIC_FLAGS", flags)
+    async with make_harness(dev_env, case_routing=routing, task_queue=queue) as h:
+        h.started.append(handle)
+        view = await asyncio.wait_for(acknowledged, 20)
+        view = await h.wait_for(handle, lambda v: noted(v, "case_acknowledgement to the customer"), view_type=CaseView)
+        row = await pool.fetchrow("SELECT status, escalation_level, owner FROM cases WHERE case_id = $1", opening.case_id)
+
+    assert (view.status, view.escalation_level, view.owner, view.sla_breaches) == ("acknowledged", 0, OWNER, 0), view.timeline
+    assert not noted(view, "escalated")
+    assert (row["status"], row["escalation_level"], row["owner"]) == ("acknowledged", 0, OWNER)
 
 
 async def test_a_low_rating_opens_a_case_through_the_order(ts_env: WorkflowEnvironment, make_harness, fakes: FakeProviders, pool):

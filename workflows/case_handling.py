@@ -70,6 +70,11 @@ with workflow.unsafe.imports_passed_through():
 # the first "not resolved" reopens the case, no later one does.
 ROUNDS = 2
 
+# Patch: a change that comes while another is being written, or with the SLA
+# timer, is recorded, not lost or overwritten by an escalation (cases that ran
+# before exited or escalated without it).
+CHANGE_PENDING_RECORDED = "case-change-pending-recorded"
+
 
 def _parsed(model: type[BaseModel], raw: Any) -> Any:
     """The update's payload, or a ValueError saying what is wrong with it."""
@@ -138,7 +143,13 @@ class CaseWorkflow:
             try:
                 await workflow.wait_condition(lambda: self._changed, timeout=max(self.deadline - workflow.now(), timedelta(0)))
             except asyncio.TimeoutError:
-                self._escalate()
+                # An answer that came with the timer is in time: it is not overwritten.
+                if not (self._changed and workflow.patched(CHANGE_PENDING_RECORDED)):
+                    self._escalate()
+            self._changed = False
+            await self._record()
+        # A resolution that came while the last change was being written.
+        if self._changed and workflow.patched(CHANGE_PENDING_RECORDED):
             self._changed = False
             await self._record()
 
