@@ -217,6 +217,44 @@ async def test_an_acknowledgement_that_comes_with_the_sla_timer_is_not_overwritt
     assert (row["status"], row["escalation_level"], row["owner"]) == ("acknowledged", 0, OWNER)
 
 
+async def test_the_comment_after_not_resolved_is_kept_with_the_reopened_case(
+    ts_env: WorkflowEnvironment, make_harness, fakes: FakeProviders, pool
+):
+    """As the HTTP service sends them: "no" to "Was this resolved?" (no comment),
+    then the "what was wrong" form's comment. The comment belongs to the round
+    just reopened; only a "no" after the next resolution is a second "no"."""
+    order = new_order()
+    await store(pool, order)
+    async with pool.acquire() as conn:
+        opening = await open_case(conn, order_id=order["order_id"], trigger="complaint", trigger_key=uuid.uuid4().hex, text="late")
+    async with make_harness(ts_env, case_routing=ROUTING) as h:
+        handle = await start_as_the_relay_does(h, opening)
+        wait = lambda p: h.wait_for(handle, p, view_type=CaseView)  # noqa: E731
+        await wait(lambda v: noted(v, "case_assigned mailed"))
+        await handle.execute_update("case_resolved", {"resolution": "Sent again.", "by": "Eve"}, result_type=CaseView)
+        await wait(lambda v: noted(v, "case_outcome to the customer: sent"))
+        await handle.signal("case_reopen_requested", {"comment": None})
+        await wait(lambda v: v.status == "open" and v.reopened)
+        await handle.signal("case_reopen_requested", {"comment": "The parcel never came"})
+        view = await wait(lambda v: v.reopen_comment is not None)
+        for _ in range(100):
+            stored = await pool.fetchval("SELECT reopen_comment FROM cases WHERE case_id = $1", opening.case_id)
+            if stored:
+                break
+            await asyncio.sleep(0.05)
+        await handle.execute_update("case_resolved", {"resolution": "Refunded.", "by": "Eve"}, result_type=CaseView)
+        await wait(lambda v: noted(v, "case_outcome to the customer: sent", times=2))
+        await handle.signal("case_reopen_requested", {"comment": "Still no refund"})
+        result = await asyncio.wait_for(handle.result(), 60)
+
+    assert view.reopen_comment == "The parcel never came" and view.status == "open" and not noted(view, "not reopened")
+    assert stored == "The parcel never came"
+    assert (result.status, result.reopened, result.reopen_comment) == ("resolved", True, "The parcel never came")
+    assert noted(result, "not reopened a second time")
+    row = await pool.fetchrow("SELECT status, resolution, reopen_comment FROM cases WHERE case_id = $1", opening.case_id)
+    assert tuple(row) == ("resolved", "Refunded.", "The parcel never came")
+
+
 async def test_a_low_rating_opens_a_case_through_the_order(ts_env: WorkflowEnvironment, make_harness, fakes: FakeProviders, pool):
     order = new_order()
     async with make_harness(ts_env, case_routing=ROUTING) as h:
