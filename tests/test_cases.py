@@ -280,8 +280,12 @@ async def test_a_low_rating_opens_a_case_through_the_order(ts_env: WorkflowEnvir
 
 
 async def test_complaints_open_a_case_each_through_the_order_even_once_it_is_over(
-    ts_env: WorkflowEnvironment, make_harness, fakes: FakeProviders, pool
+    ts_env: WorkflowEnvironment, make_harness, fakes: FakeProviders, pool, database_url, monkeypatch
 ):
+    """A complaint opens one case, whichever way it comes: a backend retrying
+    it on the running order, or `orders event` once the order's workflow is over."""
+    from starter.cli import complain_after_the_order
+
     order = new_order()
     async with make_harness(ts_env, case_routing=ROUTING) as h:
         handle = await h.start(order)
@@ -292,19 +296,22 @@ async def test_complaints_open_a_case_each_through_the_order_even_once_it_is_ove
         await handle.signal("complaint_received", {"channel": "phone", "text": "Charged twice"})
         first = await case_opened(h, f"case-{order['order_id']}-1")
         await h.wait_for(first, lambda v: noted(v, "case_assigned mailed"), view_type=CaseView)
+        # The backend retried it: the same case (the order opens its cases in turn).
+        await handle.signal("complaint_received", {"channel": "phone", "text": "Charged twice"})
         # Cancelled, the order stays open for late reports, and still hears complaints.
         await handle.signal("order_cancelled", {"reason": "changed my mind"})
         await h.wait_for(handle, lambda v: v.status == "cancelled")
         await handle.signal("complaint_received", {"channel": "chat", "text": "Where is my refund?"})
         second = await case_opened(h, f"case-{order['order_id']}-2")
         await h.wait_for(second, lambda v: noted(v, "case_acknowledgement to the customer: sent"), view_type=CaseView)
+        # The path `orders event` takes when the order's workflow is over: the same case again.
+        monkeypatch.setenv("DATABASE_URL", database_url)
+        again = await complain_after_the_order(h.client, order["order_id"], {"channel": "chat", "text": "Where is my refund?"})
 
+    assert again.case_id == second.id
     rows = await pool.fetch("SELECT n, trigger, trigger_key, text FROM cases WHERE order_id = $1 ORDER BY n", order["order_id"])
-    prefix = f"order-{order['order_id']}:complaint-"
-    assert [tuple(r) for r in rows] == [
-        (1, "complaint", f"{prefix}1", "Charged twice"),
-        (2, "complaint", f"{prefix}2", "Where is my refund?"),
-    ]
+    assert [(r["n"], r["trigger"], r["text"]) for r in rows] == [(1, "complaint", "Charged twice"), (2, "complaint", "Where is my refund?")]
+    assert all(r["trigger_key"].startswith(f"order-{order['order_id']}:complaint-") for r in rows)
     assert sum("We hear you" in m for m in fakes.deliveries_to(order["customer"]["email"])) == 2
 
 
