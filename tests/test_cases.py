@@ -197,7 +197,9 @@ async def test_an_acknowledgement_that_comes_with_the_sla_timer_is_not_overwritt
         opening = await open_case(conn, order_id=order["order_id"], trigger="complaint", trigger_key=uuid.uuid4().hex, text="late")
     queue, routing = f"tq-{uuid.uuid4().hex[:8]}", ROUTING.model_copy(update={"sla": timedelta(seconds=5)})
     async with make_harness(dev_env, case_routing=routing, task_queue=queue) as h:
-        handle = await h.client.start_workflow(CASE_WORKFLOW_TYPE, opening, id=opening.case_id, task_queue=queue, result_type=CaseView)
+        handle = await h.client.start_workflow(
+            CASE_WORKFLOW_TYPE, opening, id=opening.case_id, task_queue=queue, result_type=CaseView
+        )
         view = await h.wait_for(handle, lambda v: noted(v, "case_assigned mailed"), view_type=CaseView)
     assert view.status == "open"
     await asyncio.sleep((view.due_at - datetime.now(UTC)).total_seconds() + 1)  # the SLA timer fires, no worker sees it
@@ -310,7 +312,10 @@ async def test_complaints_open_a_case_each_through_the_order_even_once_it_is_ove
 
     assert again.case_id == second.id
     rows = await pool.fetch("SELECT n, trigger, trigger_key, text FROM cases WHERE order_id = $1 ORDER BY n", order["order_id"])
-    assert [(r["n"], r["trigger"], r["text"]) for r in rows] == [(1, "complaint", "Charged twice"), (2, "complaint", "Where is my refund?")]
+    assert [(r["n"], r["trigger"], r["text"]) for r in rows] == [
+        (1, "complaint", "Charged twice"),
+        (2, "complaint", "Where is my refund?"),
+    ]
     assert all(r["trigger_key"].startswith(f"order-{order['order_id']}:complaint-") for r in rows)
     assert sum("We hear you" in m for m in fakes.deliveries_to(order["customer"]["email"])) == 2
 
