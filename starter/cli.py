@@ -53,6 +53,7 @@ from workflows.models import (
     CaseReopenRequested,
     CaseResolved,
     CaseView,
+    ComplaintReceived,
     WORKFLOW_TYPE,
     EventEnvelope,
     MessageOutcome,
@@ -188,19 +189,16 @@ async def send_event(client: Client, order_id: str, event: str, payload: Any, sy
 async def complain_after_the_order(client: Client, order_id: str, complaint: dict[str, Any]) -> CaseOpening:
     """A complaint about an order whose workflow has ended opens its case
     from PostgreSQL, keyed by what it says, so sending it again opens no second one."""
-    import hashlib
-
     import asyncpg
 
     from activities.cases import start_case
     from store import cases as case_store
 
-    said = hashlib.sha256(f"{complaint['channel']}\n{complaint['text']}".encode()).hexdigest()[:16]
+    said = ComplaintReceived.model_validate(complaint)
     conn = await asyncpg.connect(database_url())
     try:
         opening = await case_store.open_case(
-            conn, order_id=order_id, trigger="complaint", trigger_key=f"{workflow_id_for(order_id)}:complaint-{said}",
-            text=complaint["text"],
+            conn, order_id=order_id, trigger="complaint", trigger_key=said.case_trigger_key(order_id), text=said.text
         )
     except case_store.OrderNotRecorded as err:
         raise UsageError(str(err)) from None

@@ -223,3 +223,12 @@ def test_item16_6_once_the_order_is_decided_an_early_event_is_refused_not_held()
     state, order = journey()
     state.decision = "being cancelled: changed my mind"
     assert reason(state, "order_delivered", {"delivered_at": NOW.isoformat()}) == "order is being cancelled: changed my mind"
+
+
+def test_the_same_complaint_twice_owes_one_case_key_and_another_complaint_its_own():
+    state, _ = journey()
+    for text in ("Charged twice", "Charged twice", "Charged three times"):
+        apply(state, "complaint_received", {"channel": "phone", "text": text})
+    keys = [owed.trigger_key for owed in state.cases_owed]
+    assert keys[0] == keys[1] != keys[2]
+    assert keys[0].startswith(f"order-{state.order.order_id}:complaint-")

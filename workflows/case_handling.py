@@ -20,8 +20,9 @@ configuration change never moves a running case. Then:
 - resolved: the customer gets the outcome (`case_outcome`, with "Was this
   resolved?") and may answer "no" (`case_reopen_requested`) within
   `reopen_window`: the first "no" reopens the case once (round 2, the same
-  owner, a new SLA); any later one is noted and changes nothing. The case
-  ends when the window passes.
+  owner, a new SLA), and the comment the customer sends after it (the "what
+  was wrong" form) is kept with that round; a "no" after the next resolution
+  is noted and changes nothing. The case ends when the window passes.
 
 Each transition updates the `cases` row and, in one upsert, the search
 attributes CaseStatus and CaseOwner. Customer mail goes through the ledger
@@ -69,6 +70,14 @@ with workflow.unsafe.imports_passed_through():
 # Customer mail is acknowledged and resolved in at most this many rounds:
 # the first "not resolved" reopens the case, no later one does.
 ROUNDS = 2
+
+# Patch: a change that comes while another is being written, or with the SLA
+# timer, is recorded, not lost or overwritten by an escalation (cases that ran
+# before exited or escalated without it).
+CHANGE_PENDING_RECORDED = "case-change-pending-recorded"
+# Patch: the comment that follows the "no" which reopened the case is
+# recorded (cases that ran before only noted it as a second "no").
+REOPEN_COMMENT_RECORDED = "case-reopen-comment-recorded"
 
 
 def _parsed(model: type[BaseModel], raw: Any) -> Any:
@@ -138,7 +147,13 @@ class CaseWorkflow:
             try:
                 await workflow.wait_condition(lambda: self._changed, timeout=max(self.deadline - workflow.now(), timedelta(0)))
             except asyncio.TimeoutError:
-                self._escalate()
+                # An answer that came with the timer is in time: it is not overwritten.
+                if not (self._changed and workflow.patched(CHANGE_PENDING_RECORDED)):
+                    self._escalate()
+            self._changed = False
+            await self._record()
+        # A resolution that came while the last change was being written.
+        if self._changed and workflow.patched(CHANGE_PENDING_RECORDED):
             self._changed = False
             await self._record()
 
@@ -276,8 +291,18 @@ class CaseWorkflow:
         if self.status is CaseStatus.RESOLVED and self.round < ROUNDS and not self.reopen_requested:
             self.reopen_requested = True
             self.reopen_comment = request.comment
+        elif request.comment is not None and self.reopen_comment is None and self._reopening():
+            # The "what was wrong" form, sent after the "no" click: the same "no".
+            self.reopen_comment = request.comment
+            self._note("the customer said what is not resolved")
+            if not self.reopen_requested and workflow.patched(REOPEN_COMMENT_RECORDED):
+                self._changed = True  # reopened already: the run records it
         else:
             self._note("the customer says it is not resolved again: noted, the case is not reopened a second time")
+
+    def _reopening(self) -> bool:
+        """The "no" that reopens the case came, and the round it opened is not resolved yet."""
+        return self.reopen_requested or (self.reopened_at is not None and self.status is not CaseStatus.RESOLVED)
 
     @workflow.query
     def status(self) -> CaseView:

@@ -47,7 +47,6 @@ from workflows.models import (
     ParcelCollected,
     PaymentReceived,
     WireModel,
-    workflow_id_for,
 )
 
 # A carrier's clock may run a little ahead of ours; a delivery further in the
@@ -182,8 +181,7 @@ def release_held(state: JourneyState, now: datetime) -> list[tuple[str, EventRej
 
 def _record(state: JourneyState, parsed: WireModel, now: datetime) -> None:
     if isinstance(parsed, ComplaintReceived):
-        state.complaints_received += 1
-        key = f"{workflow_id_for(state.order.order_id)}:complaint-{state.complaints_received}"
+        key = parsed.case_trigger_key(state.order.order_id)
         state.cases_owed.append(CaseTrigger(order_id=state.order.order_id, trigger="complaint", trigger_key=key, text=parsed.text))
         return
     field, accepted_at = _KEPT_AS[type(parsed)]

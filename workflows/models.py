@@ -7,6 +7,7 @@ Schemas for the public models come from `orders schema`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -257,6 +258,13 @@ class ComplaintReceived(WireModel):
 
     channel: Annotated[str, Field(min_length=1, max_length=40)]
     text: Annotated[str, Field(min_length=1, max_length=5000)]
+
+    def case_trigger_key(self, order_id: str) -> str:
+        """The key of the case this complaint opens, from what it says: the
+        same complaint again (a backend's retry) opens no second case, whether
+        the order's workflow takes it or, once that is over, `orders event`."""
+        said = hashlib.sha256(f"{self.channel}\n{self.text}".encode()).hexdigest()[:16]
+        return f"{workflow_id_for(order_id)}:complaint-{said}"
 
 
 EVENT_MODELS: dict[str, type[WireModel]] = {
@@ -583,7 +591,7 @@ class CaseTrigger(WireModel):
 
     order_id: str
     trigger: CaseTriggerKind
-    # What opened it (the order's feedback, its n-th complaint, a vote's
+    # What opened it (the order's feedback, a complaint by what it says, a vote's
     # ledger key): the same key again opens no second case.
     trigger_key: str
     # The customer's words, if any.
@@ -783,8 +791,6 @@ class JourneyState(BaseModel):
     taken: list[QueuedMessage] = []
     # Reports of undelivered messages that came before the send's outcome.
     undelivered: list[MessageUndelivered] = []
-    # Complaints taken so far: each names its case's trigger key.
-    complaints_received: int = 0
     # Cases to open (a low rating, a complaint), in the order they came.
     cases_owed: list[CaseTrigger] = []
 
