@@ -28,6 +28,7 @@ from activities.config import ProviderConfig, case_routing_from_env, journey_set
 from activities.customers import CustomerActivities
 from activities.messaging import PROVIDER_REQUEST, MessagingActivities
 from activities.orders import OrderActivities
+from activities.retention import RetentionActivities
 from activities.staff_mail import StaffMailer
 from activities.wocas import WocasActivities
 from codec import CodecConfigError, encrypted_data_converter, payload_keys_from_env
@@ -35,7 +36,7 @@ from providers import Provider
 from providers.privacy import keep_customer_data_out_of
 from reports.config import leads_from_env
 from reports.metrics import targets_from_env
-from reports.schedule import ensure_schedule, schedule_from_env
+from reports.schedule import ensure_schedule, retention_schedule_from_env, schedule_from_env
 from store.database import create_pool, migrate
 from workflows.case_handling import CaseWorkflow
 from workflows.customer_journey import CustomerJourney
@@ -43,6 +44,7 @@ from workflows.metrics import MESSAGE_WAIT
 from workflows.models import TASK_QUEUE, CaseRouting, Channel, JourneySettings, LifecycleSettings
 from workflows.order_lifecycle import OrderLifecycle
 from workflows.resend import MessageResend
+from workflows.retention import RetentionRun
 from workflows.wocas_report import WocasReport
 
 log = logging.getLogger("worker")
@@ -139,7 +141,7 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[OrderLifecycle, CustomerJourney, MessageResend, CaseWorkflow, WocasReport],
+        workflows=[OrderLifecycle, CustomerJourney, MessageResend, CaseWorkflow, WocasReport, RetentionRun],
         activities=[
             orders.record_order,
             orders.cancel_order,
@@ -155,6 +157,7 @@ def build_worker(
             cases.notify_staff,
             wocas.build_wocas_report,
             wocas.mail_wocas_report,
+            RetentionActivities(pool).apply_retention,
         ],
         workflow_runner=shared_module_runner("workflows"),
         # On SIGTERM, running sends finish and record their outcome instead of
@@ -184,6 +187,7 @@ async def run_worker(client: Client, database_url: str, env: Mapping[str, str], 
             case_routing=case_routing_from_env(env), report_env=env,
         )
         await ensure_schedule(client, schedule_from_env(env))
+        await ensure_schedule(client, retention_schedule_from_env(env))
         async with worker:
             log.info("worker polling task queue %r", TASK_QUEUE)
             await stop.wait()
@@ -207,6 +211,7 @@ async def _main() -> None:
         leads_from_env(os.environ)
         targets_from_env(os.environ)
         schedule_from_env(os.environ)
+        retention_schedule_from_env(os.environ)
         client = await connect_temporal(runtime=runtime)
     except (CodecConfigError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None

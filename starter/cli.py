@@ -14,6 +14,7 @@
     orders schema [NAME]        JSON Schema of every payload
     orders lifecycle report     customers per phase, win-backs against the holdout, coupon cost vs revenue
     orders report wocas         "What our customers are saying" (HTML, charts, CSV) written to a folder; --mail: the scheduled run now, mailed to the leads
+    orders retention [--dry-run]  remove what the retention policy no longer keeps (RETENTION_*): the schedule's run now; --dry-run: counts only
     orders metrics              lifecycle metrics against their targets (METRIC_TARGET_*)
     orders seed-history         a year of realistic history in an empty database, to try the report on
     orders demo                 push a handful of orders through the whole journey
@@ -41,6 +42,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from codec import KEY_VARIABLES, KEYS_FILE_VARIABLE, CodecConfigError, new_key_entry
 from reports.config import ReportConfigError
 from reports.seed import SeedRefused
+from store.retention import RetentionConfigError
 from web.config import ConfigError, WebConfig, local_secret
 from workflows import search_attributes as sa
 from workflows.event_rules import format_validation_error
@@ -387,6 +389,8 @@ async def run(args: argparse.Namespace) -> int:
         from reports import cli as reports_cli
 
         print(await reports_cli.report(args, database_url()))
+    elif args.command == "retention":
+        await retention(args.dry_run)
     elif args.command == "metrics":
         from reports import cli as reports_cli
 
@@ -433,6 +437,27 @@ async def run(args: argparse.Namespace) -> int:
         except RPCError as err:
             raise UsageError(f"Temporal said: {err.message}") from None
     return 0
+
+
+async def retention(dry_run: bool) -> None:
+    """What the policy would remove now (by this shell's RETENTION_* settings);
+    without `dry_run`, then the schedule's run now, with the worker's."""
+    from datetime import datetime, timezone
+
+    import asyncpg
+
+    from reports.schedule import RETENTION_SCHEDULE_ID, trigger_schedule
+    from store import retention as policy
+
+    conn = await asyncpg.connect(database_url())
+    try:
+        print("\n".join(await policy.dry_run(conn, policy.policy_from_env(os.environ), datetime.now(timezone.utc))))
+    finally:
+        await conn.close()
+    if not dry_run:
+        await trigger_schedule(await connect(), RETENTION_SCHEDULE_ID)
+        print(f"triggered schedule {RETENTION_SCHEDULE_ID!r}: its run applies the policy as the worker's RETENTION_* settings say, "
+              "and its result (in the Web UI) counts what each rule removed")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -483,6 +508,9 @@ def parser() -> argparse.ArgumentParser:
     reports_cli.add_seed_arguments(
         sub.add_parser("seed-history", help="fill an empty database with a year of realistic history (for trying the report)")
     )
+    sub.add_parser("retention", help="remove what the retention policy no longer keeps: its schedule's run, now").add_argument(
+        "--dry-run", action="store_true", help="only print, per table, the cut-off and what a run now would remove or blank"
+    )
     schema = sub.add_parser("schema", help="print JSON Schemas of the payloads")
     schema.add_argument("name", nargs="?")
     sub.add_parser("demo", help="push a handful of orders through the whole journey")
@@ -494,7 +522,7 @@ def run_command(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         return asyncio.run(run(args))
-    except (UsageError, ConfigError, CodecConfigError, ReportConfigError, SeedRefused) as err:
+    except (UsageError, ConfigError, CodecConfigError, ReportConfigError, RetentionConfigError, SeedRefused) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1039,3 +1039,51 @@ class WocasOutcome(WireModel):
     folder: str | None
     mailed: list[str]
     not_mailed: list[str] = []
+
+
+# --- retention on its schedule (workflows/retention.py, store/retention.py) -------------
+
+RETENTION_WORKFLOW_TYPE = "RetentionRun"
+
+
+class RetentionTable(StrEnum):
+    """What each rule removes: the ledger's renderings and recipients (the
+    rows stay), provider events no longer owed, outbox rows, inbound SMS ids."""
+
+    LEDGER_RENDERINGS = "ledger_renderings"
+    PROVIDER_EVENTS = "provider_events"
+    OUTBOX = "outbox"
+    SMS_KEYWORDS = "sms_keywords"
+
+
+class RetentionRule(WireModel):
+    table: RetentionTable
+    keep: timedelta
+
+
+class RetentionRequest(WireModel):
+    """The schedule's input to each run: the policy (RETENTION_*) when the
+    worker last created or updated the schedule; rules set to `never` are absent."""
+
+    rules: list[RetentionRule]
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 1000
+
+
+class RetentionStep(WireModel):
+    """One rule applied: every row of `table` past `cutoff`, `batch_size` at a time."""
+
+    table: RetentionTable
+    cutoff: datetime
+    batch_size: int
+
+
+class RetentionCount(WireModel):
+    """What a rule removed or blanked (counts only, never a row's content)."""
+
+    table: RetentionTable
+    cutoff: datetime
+    rows: int
+
+
+class RetentionOutcome(WireModel):
+    counts: list[RetentionCount]
