@@ -189,7 +189,7 @@ log = logging.getLogger(__name__)
 
 LEDGER_ROW = """
 SELECT state, recipient, claim_token, provider_message_id, error, created_at, subject, body_text, body_html, headers,
-       settle_at, coalesce(extract(epoch FROM lease_until - now()), 0)::float8 AS lease_seconds_left
+       settle_at, blanked_at, coalesce(extract(epoch FROM lease_until - now()), 0)::float8 AS lease_seconds_left
 FROM message_ledger WHERE key = $1
 """
 
@@ -208,7 +208,7 @@ SET recipient = EXCLUDED.recipient, provider = EXCLUDED.provider, state = EXCLUD
     subject = EXCLUDED.subject, body_text = EXCLUDED.body_text, body_html = EXCLUDED.body_html,
     headers = EXCLUDED.headers, claim_token = EXCLUDED.claim_token, lease_until = EXCLUDED.lease_until,
     customer_id = EXCLUDED.customer_id, message_class = EXCLUDED.message_class,
-    created_at = now(), updated_at = now()
+    created_at = now(), updated_at = now(), blanked_at = NULL
 WHERE l.state = 'not_permitted'
 RETURNING created_at
 """
@@ -355,6 +355,8 @@ class LedgerRow:
     message: RenderedMessage | None
     # 'in_doubt': when it can be settled; None when it never can.
     settle_at: datetime | None
+    # When retention blanked its rendering and recipient (store/retention.py): never sent again.
+    blanked_at: datetime | None = None
 
     @classmethod
     def of(cls, key: str, row: asyncpg.Record) -> LedgerRow:
@@ -364,7 +366,7 @@ class LedgerRow:
             message = RenderedMessage(key, row["recipient"], row["subject"], row["body_text"], row["body_html"], headers)
         return cls(
             row["state"], row["claim_token"], row["provider_message_id"], row["error"], row["lease_seconds_left"], message,
-            row["settle_at"],
+            row["settle_at"], row["blanked_at"],
         )
 
     def outcome(self, request: MessageRequest) -> MessageOutcome:
@@ -556,6 +558,8 @@ class MessagingActivities:
                 raise _claim_held(key)
             return Claim(key, token, message)
         if row.state in ("in_doubt", "failed"):  # settling it, or an operator's resend
+            if row.blanked_at is not None:
+                raise _rendering_removed(key, row.blanked_at)
             claimed = await self._db(a.budget, CLAIM_SETTLED, key, token, a.budget.left(), row.state)
             if not claimed:
                 raise _claim_held(key)
@@ -1006,6 +1010,16 @@ def _claim_held(key: str, seconds_left: float = 0) -> ApplicationError:
         f"another attempt holds {key}",
         type="ClaimHeld",
         next_retry_delay=timedelta(seconds=seconds_left) if seconds_left > 0 else None,
+    )
+
+
+def _rendering_removed(key: str, blanked_at: datetime) -> ApplicationError:
+    """The message as it went out is gone: rendering it again could send something else."""
+    return ApplicationError(
+        f"{key} cannot be sent again: retention removed its rendering and recipient on {blanked_at:%Y-%m-%d} "
+        "(RETENTION_LEDGER_RENDERINGS)",
+        type="RenderingRemoved",
+        non_retryable=True,
     )
 
 

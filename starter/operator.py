@@ -53,7 +53,8 @@ ORDER BY e.received_at DESC LIMIT $1
 
 MESSAGE = """
 SELECT l.key, l.order_id, coalesce(l.customer_id, o.customer_id) AS customer_id, l.kind, l.channel, l.state,
-       l.provider_message_id, l.settle_at, l.settle_at > now() AS settling_later, l.body_text IS NOT NULL AS rendered
+       l.provider_message_id, l.settle_at, l.settle_at > now() AS settling_later, l.body_text IS NOT NULL AS rendered,
+       l.blanked_at
 FROM message_ledger l LEFT JOIN orders o USING (order_id) WHERE l.key = $1
 """
 
@@ -152,6 +153,11 @@ def why_not_resent(key: str, row: Any) -> str | None:
         return (
             f"{key} is in doubt and is settled at {row['settle_at']:%Y-%m-%d %H:%M:%S %Z}: looked up at SendGrid, and sent "
             "if it is not there; resend it only if it is still in doubt after that"
+        )
+    if row["blanked_at"] is not None:
+        return (
+            f"{key} cannot be resent: retention removed its rendering and recipient on {row['blanked_at']:%Y-%m-%d} "
+            "(RETENTION_LEDGER_RENDERINGS), and a message rendered anew would not be the one that failed"
         )
     if not row["rendered"] or row["customer_id"] is None:
         return f"{key} was recorded before messages were kept as rendered: it cannot be resent as it was"

@@ -299,7 +299,8 @@ async def record(conn: asyncpg.Connection, event: ProviderEvent) -> Recorded:
     )
     if row is None:  # a key we never sent (another deployment's, or long deleted)
         return Recorded(event.event_id, duplicate=False)
-    if event.suppression:
+    # A row blanked by retention no longer knows its recipient: nothing to suppress.
+    if event.suppression and row["recipient"] is not None:
         await suppress(conn, Channel(row["channel"]), row["recipient"], reason=event.suppression, source="provider")
     if row["order_id"] is None or not event.ledger_key.startswith(LedgerKey.order_prefix(row["order_id"])):
         # The customer's journey's, a case's, a mail to staff: no order to tell.

@@ -177,3 +177,84 @@ def test_the_policy_has_documented_defaults_and_a_wrong_setting_says_what_is_wro
         policy_from_env({"RETENTION_LEDGER_RENDERINGS": "2h"})
     with pytest.raises(RetentionConfigError, match="RETENTION_BATCH_SIZE='0'"):
         policy_from_env({"RETENTION_BATCH_SIZE": "0"})
+
+
+# --- the ledger after its renderings are blanked ------------------------------------
+
+
+async def blanked(pool: asyncpg.Pool, provider_config, state: str):
+    """A message sent, left in `state`, then past the ledger's cut-off and blanked."""
+    from activities.messaging import MessagingActivities
+    from tests.test_exactly_once import attempt, recorded_order, request_for
+
+    order = await recorded_order(pool)
+    request = request_for(order)
+    messaging = MessagingActivities(pool, provider_config)
+    assert (await attempt().run(messaging.send_message, request)).state.value == "sent"
+    await pool.execute(
+        "UPDATE message_ledger SET state = $2, updated_at = now() - interval '91 days' WHERE key = $1", request.key, state
+    )
+    assert await retention.apply(pool, RetentionTable.LEDGER_RENDERINGS, days_ago(90), 1000) == 1
+    return order, request, messaging
+
+
+async def test_a_blanked_ledger_row_still_keeps_its_key_from_being_sent_twice(db, fakes, provider_config) -> None:
+    from tests.test_exactly_once import attempt, requests_to
+
+    _, pool = db
+    order, request, messaging = await blanked(pool, provider_config, "sent")
+    email = order["customer"]["email"]
+    assert len(requests_to(fakes, email)) == 1
+    for number in (1, 2):  # a late first attempt (a replayed schedule) and a retry
+        outcome = await attempt(number).run(messaging.send_message, request)
+        assert outcome.state.value == "sent"
+    assert len(requests_to(fakes, email)) == 1
+    row = await pool.fetchrow("SELECT state, recipient, body_text, blanked_at FROM message_ledger WHERE key = $1", request.key)
+    assert row["state"] == "sent" and row["recipient"] is row["body_text"] is None and row["blanked_at"]
+
+
+async def test_a_blanked_message_is_not_resent_and_says_why(db, fakes, provider_config) -> None:
+    from starter.operator import MESSAGE, why_not_resent
+    from tests.test_exactly_once import attempt, requests_to
+    from workflows.models import SendMode
+
+    _, pool = db
+    order, request, messaging = await blanked(pool, provider_config, "failed")
+    refusal = why_not_resent(request.key, await pool.fetchrow(MESSAGE, request.key))
+    assert refusal and "removed" in refusal and "retention" in refusal and "RETENTION_LEDGER_RENDERINGS" in refusal
+    # Should the rendering go between that check and the worker's attempt: refused there too, for good.
+    with pytest.raises(ApplicationError) as refused:
+        await attempt().run(messaging.send_message, request.model_copy(update={"mode": SendMode.RESEND}))
+    assert refused.value.type == "RenderingRemoved" and refused.value.non_retryable
+    assert len(requests_to(fakes, order["customer"]["email"])) == 1
+    assert await pool.fetchval("SELECT state FROM message_ledger WHERE key = $1", request.key) == "failed"
+
+
+async def test_a_late_bounce_of_a_blanked_message_is_recorded(db, provider_config) -> None:
+    from store import provider_events
+
+    _, pool = db
+    _, request, _ = await blanked(pool, provider_config, "sent")
+    bounce = provider_events.from_sendgrid(
+        event_id="late-bounce", event="bounce", occurred_at=NOW, message_key=request.key, sg_message_id=None,
+        bounce_type="bounce", reason="550 no such user",
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        await provider_events.record(conn, bounce)
+    assert await pool.fetchval("SELECT delivery FROM message_ledger WHERE key = $1", request.key) == "bounced"
+    assert await pool.fetchval("SELECT count(*) FROM provider_events WHERE event_id = 'late-bounce'") == 1
+
+
+async def test_a_blanked_refusal_sent_later_is_kept_and_blanked_again_in_its_time(db, fakes, provider_config) -> None:
+    """A 'not_permitted' row is registered anew when the message may go now:
+    its new rendering is the one kept, and retention blanks it once it is old."""
+    from tests.test_exactly_once import attempt, requests_to
+
+    _, pool = db
+    order, request, messaging = await blanked(pool, provider_config, "not_permitted")
+    assert (await attempt().run(messaging.send_message, request)).state.value == "sent"
+    assert len(requests_to(fakes, order["customer"]["email"])) == 2
+    row = await pool.fetchrow("SELECT recipient, body_text, blanked_at FROM message_ledger WHERE key = $1", request.key)
+    assert row["recipient"] == order["customer"]["email"] and row["body_text"] and row["blanked_at"] is None
+    await pool.execute("UPDATE message_ledger SET updated_at = now() - interval '91 days' WHERE key = $1", request.key)
+    assert await retention.apply(pool, RetentionTable.LEDGER_RENDERINGS, days_ago(90), 1000) == 1
