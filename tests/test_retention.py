@@ -258,3 +258,62 @@ async def test_a_blanked_refusal_sent_later_is_kept_and_blanked_again_in_its_tim
     assert row["recipient"] == order["customer"]["email"] and row["body_text"] and row["blanked_at"] is None
     await pool.execute("UPDATE message_ledger SET updated_at = now() - interval '91 days' WHERE key = $1", request.key)
     assert await retention.apply(pool, RetentionTable.LEDGER_RENDERINGS, days_ago(90), 1000) == 1
+
+
+# --- on its schedule, on the dev server ------------------------------------------------
+
+
+async def test_the_worker_keeps_the_retention_schedule_and_a_triggered_run_applies_the_policy(dev_env, database_url: str) -> None:
+    from temporalio.client import ScheduleActionStartWorkflow, ScheduleOverlapPolicy
+    from temporalio.service import RPCError
+
+    from reports.schedule import RETENTION_SCHEDULE_ID, SCHEDULE_ID, ensure_schedule, retention_schedule_from_env, trigger_schedule
+    from tests.conftest import TEST_KEY_ENV
+    from tests.test_wocas_schedule import _run_of
+    from worker import run_worker
+    from workflows.models import RetentionOutcome
+
+    async with private_database(database_url) as url:
+        pool = await create_pool(url)
+        await seed(pool)
+        env = {**TEST_KEY_ENV, "DATABASE_URL": url, "RETENTION_SMS_KEYWORDS": "never", "RETENTION_BATCH_SIZE": "2"}
+        stop = asyncio.Event()
+        worker = asyncio.create_task(run_worker(dev_env.client, url, env, stop))
+        schedule = dev_env.client.get_schedule_handle(RETENTION_SCHEDULE_ID)
+        try:
+            for _ in range(300):  # the worker creates it as it starts
+                try:
+                    described = await schedule.describe()
+                    break
+                except RPCError:
+                    assert not worker.done(), worker
+                    await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the worker created no retention schedule")
+            assert described.schedule.policy.overlap == ScheduleOverlapPolicy.BUFFER_ONE
+            action = described.schedule.action
+            assert isinstance(action, ScheduleActionStartWorkflow) and action.workflow == "RetentionRun"
+            [calendar] = described.schedule.spec.calendars  # daily at 03:15 UTC
+            assert [r.start for r in calendar.hour] == [3] and [r.start for r in calendar.minute] == [15]
+
+            await trigger_schedule(dev_env.client, RETENTION_SCHEDULE_ID)
+            run = dev_env.client.get_workflow_handle(await _run_of(schedule, 0), result_type=RetentionOutcome)
+            outcome = await asyncio.wait_for(run.result(), 60)
+            assert {c.table: c.rows for c in outcome.counts} == {
+                RetentionTable.LEDGER_RENDERINGS: 5, RetentionTable.PROVIDER_EVENTS: 2, RetentionTable.OUTBOX: 1,
+            }
+            assert await pool.fetchval("SELECT count(*) FROM message_ledger WHERE blanked_at IS NOT NULL") == 5
+            assert await pool.fetchval("SELECT count(*) FROM sms_keywords_seen") == 2  # RETENTION_SMS_KEYWORDS=never
+
+            # The same configuration leaves the schedule be; another one updates it.
+            updated_at = (await schedule.describe()).info.last_updated_at
+            await ensure_schedule(dev_env.client, retention_schedule_from_env(env))
+            assert (await schedule.describe()).info.last_updated_at == updated_at
+            await ensure_schedule(dev_env.client, retention_schedule_from_env({"RETENTION_SCHEDULE": "12h"}))
+            assert (await schedule.describe()).schedule.spec.intervals[0].every == timedelta(hours=12)
+        finally:
+            stop.set()
+            await asyncio.wait_for(worker, 60)
+            await pool.close()
+            for made in (RETENTION_SCHEDULE_ID, SCHEDULE_ID):
+                await dev_env.client.get_schedule_handle(made).delete()
