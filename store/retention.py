@@ -51,10 +51,13 @@ class Rule:
     batch: str
 
 
-def _rule(table: RetentionTable, setting: str, days: int, removes: str, name: str, key: str, at: str, due: str, change: str) -> Rule:
-    chosen = f"SELECT {key} FROM {name} WHERE {due} ORDER BY {at} LIMIT $2 FOR UPDATE SKIP LOCKED"
+def _rule(table: RetentionTable, setting: str, days: int, removes: str, name: str, at: str, due: str, change: str) -> Rule:
+    # The batch is found oldest first by `at`'s index, locked, then reached by
+    # its rows' physical ids (a TID scan): `IN (subquery)` let the planner
+    # join it against a scan of the whole table.
+    chosen = f"SELECT ctid FROM {name} WHERE {due} ORDER BY {at} LIMIT $2 FOR UPDATE SKIP LOCKED"
     return Rule(table, setting, timedelta(days=days), removes, f"SELECT count(*) FROM {name} WHERE {due}",
-                f"{change} WHERE ({key}) IN ({chosen})")
+                f"{change} WHERE ctid = ANY(ARRAY({chosen}))")
 
 
 RULES = {
@@ -63,7 +66,7 @@ RULES = {
         _rule(
             RetentionTable.LEDGER_RENDERINGS, "RETENTION_LEDGER_RENDERINGS", 90,
             "message_ledger: subject, bodies, headers and recipient blanked (the row stays)",
-            "message_ledger", "key", "updated_at",
+            "message_ledger", "updated_at",
             "updated_at < $1 AND blanked_at IS NULL AND state NOT IN ('pending', 'sending')",
             "UPDATE message_ledger SET recipient = NULL, subject = NULL, body_text = NULL, body_html = NULL, "
             "headers = NULL, blanked_at = now()",
@@ -71,17 +74,17 @@ RULES = {
         _rule(
             RetentionTable.PROVIDER_EVENTS, "RETENTION_PROVIDER_EVENTS", 180,
             "provider_events: deleted, unless a workflow is still owed their signal",
-            "provider_events", "provider, event_id", "received_at",
+            "provider_events", "received_at",
             "received_at < $1 AND (signal IS NULL OR signalled_at IS NOT NULL)",
             "DELETE FROM provider_events",
         ),
         _rule(
             RetentionTable.OUTBOX, "RETENTION_OUTBOX", 30, "outbox: deleted",
-            "outbox", "id", "created_at", "created_at < $1", "DELETE FROM outbox",
+            "outbox", "created_at", "created_at < $1", "DELETE FROM outbox",
         ),
         _rule(
             RetentionTable.SMS_KEYWORDS, "RETENTION_SMS_KEYWORDS", 30, "sms_keywords_seen: deleted",
-            "sms_keywords_seen", "message_sid", "received_at", "received_at < $1", "DELETE FROM sms_keywords_seen",
+            "sms_keywords_seen", "received_at", "received_at < $1", "DELETE FROM sms_keywords_seen",
         ),
     )
 }
