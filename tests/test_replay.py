@@ -22,6 +22,7 @@ from worker import shared_module_runner
 from workflows.case_handling import CaseWorkflow
 from workflows.customer_journey import CustomerJourney
 from workflows.order_lifecycle import OrderLifecycle
+from workflows.retention import RetentionRun
 from workflows.wocas_report import WocasReport
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
@@ -68,6 +69,8 @@ EXPECTED = {
     "case_escalated_resolved_reopened",
     # The WOCAS report's scheduled run: built, then mailed to two leads.
     "wocas_report",
+    # The retention schedule's run: three rules, an activity each.
+    "retention_run",
 }
 
 
@@ -89,6 +92,6 @@ RUNNERS = {
 async def test_item15_history_replays(path: Path, runner: str):
     history = WorkflowHistory.from_json(f"order-{path.stem}", path.read_text())
     replayer = Replayer(
-        workflows=[OrderLifecycle, CustomerJourney, CaseWorkflow, WocasReport], data_converter=encrypted_data_converter(TEST_PAYLOAD_KEYS), workflow_runner=RUNNERS[runner]()
+        workflows=[OrderLifecycle, CustomerJourney, CaseWorkflow, WocasReport, RetentionRun], data_converter=encrypted_data_converter(TEST_PAYLOAD_KEYS), workflow_runner=RUNNERS[runner]()
     )
     await replayer.replay_workflow(history)

@@ -268,7 +268,7 @@ async def test_the_worker_keeps_the_retention_schedule_and_a_triggered_run_appli
     from temporalio.service import RPCError
 
     from reports.schedule import RETENTION_SCHEDULE_ID, SCHEDULE_ID, ensure_schedule, retention_schedule_from_env, trigger_schedule
-    from tests.conftest import TEST_KEY_ENV
+    from tests.conftest import HISTORIES, TEST_KEY_ENV
     from tests.test_wocas_schedule import _run_of
     from worker import run_worker
     from workflows.models import RetentionOutcome
@@ -299,6 +299,8 @@ async def test_the_worker_keeps_the_retention_schedule_and_a_triggered_run_appli
             await trigger_schedule(dev_env.client, RETENTION_SCHEDULE_ID)
             run = dev_env.client.get_workflow_handle(await _run_of(schedule, 0), result_type=RetentionOutcome)
             outcome = await asyncio.wait_for(run.result(), 60)
+            if os.environ.get("RECORD_HISTORIES") == "1":  # for tests/test_replay.py
+                (HISTORIES / "retention_run.json").write_text((await run.fetch_history()).to_json())
             assert {c.table: c.rows for c in outcome.counts} == {
                 RetentionTable.LEDGER_RENDERINGS: 5, RetentionTable.PROVIDER_EVENTS: 2, RetentionTable.OUTBOX: 1,
             }
