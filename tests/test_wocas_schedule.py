@@ -15,11 +15,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from temporalio.client import ScheduleActionStartWorkflow, ScheduleOverlapPolicy
+from temporalio.client import ScheduleActionStartWorkflow, ScheduleDescription, ScheduleHandle, ScheduleOverlapPolicy
 from temporalio.service import RPCError
 
 from reports.config import ReportConfigError
-from reports.schedule import SCHEDULE_ID, ensure_schedule, schedule_from_env, trigger_schedule
+from reports.schedule import RETENTION_SCHEDULE_ID, SCHEDULE_ID, ensure_schedule, schedule_from_env, trigger_schedule
 from tests.conftest import HISTORIES, TEST_KEY_ENV
 from tests.fake_providers import FakeProviders
 from tests.wocas_fixture import private_database
@@ -61,6 +61,17 @@ async def _run_of(handle, runs_before: int, timeout: float = 60) -> str:
         await asyncio.sleep(0.1)
 
 
+async def made_by(worker: asyncio.Task, schedule: ScheduleHandle) -> ScheduleDescription:
+    """The schedule once the worker starting in `worker` has created it (tests may poll)."""
+    for _ in range(300):
+        try:
+            return await schedule.describe()
+        except RPCError:
+            assert not worker.done(), worker
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"the worker created no schedule {schedule.id!r}")
+
+
 async def test_the_worker_keeps_the_schedule_and_a_triggered_run_mails_each_lead_once(
     dev_env, database_url: str, fakes: FakeProviders, provider_config, tmp_path: Path
 ) -> None:
@@ -86,15 +97,7 @@ async def test_the_worker_keeps_the_schedule_and_a_triggered_run_mails_each_lead
         worker = asyncio.create_task(run_worker(dev_env.client, url, env, stop))
         schedule = dev_env.client.get_schedule_handle(SCHEDULE_ID)
         try:
-            for _ in range(300):  # the worker creates it as it starts
-                try:
-                    described = await schedule.describe()
-                    break
-                except RPCError:
-                    assert not worker.done(), worker
-                    await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("the worker created no schedule")
+            described = await made_by(worker, schedule)
             assert described.schedule.policy.overlap == ScheduleOverlapPolicy.BUFFER_ONE
             assert described.schedule.policy.catchup_window == timedelta(days=1)
             action = described.schedule.action
@@ -144,7 +147,8 @@ async def test_the_worker_keeps_the_schedule_and_a_triggered_run_mails_each_lead
         finally:
             stop.set()
             await asyncio.wait_for(worker, 60)
-            await schedule.delete()
+            for made in (SCHEDULE_ID, RETENTION_SCHEDULE_ID):  # the worker keeps both
+                await dev_env.client.get_schedule_handle(made).delete()
 
 
 async def test_without_a_provider_the_outbox_keeps_the_report_mail_naming_its_attachments(pool) -> None:
