@@ -216,3 +216,96 @@ async def test_the_erasure_owes_its_workflows_a_signal(pool, outbox_messaging):
         (f"order-{order['order_id']}", "customer_erased"),
     ]
     assert await erasure.pending_signals(pool, done.receipt.receipt_id) == 2
+
+
+# --- the HTTP endpoint ----------------------------------------------------------
+
+ERASURE_TOKEN = "back-office-erasure-token"
+
+
+@pytest.fixture
+def web_config(database_url: str):
+    from tests.test_web import PUBLIC_URL, SECRET, unused_port
+    from tests.conftest import TEST_KEY_ENV
+    from web.config import WebConfig
+
+    return WebConfig(
+        unsubscribe_secret=SECRET,
+        database_url=database_url,
+        public_url=PUBLIC_URL,
+        erasure_api_token=ERASURE_TOKEN,
+        temporal_env={"TEMPORAL_ADDRESS": f"127.0.0.1:{unused_port()}", **TEST_KEY_ENV},
+    )
+
+
+async def http_client(config, pool, temporal):
+    import httpx
+
+    from web.app import create_app
+
+    app = create_app(config, pool=pool, temporal_client=temporal)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=config.public_url)
+
+
+async def test_the_endpoint_needs_its_token_forgets_with_a_receipt_and_shows_its_state(pool, outbox_messaging, web_config):
+    from tests.test_web import FakeTemporal
+
+    order = await a_customer_with_history(pool, outbox_messaging)
+    cid = order["customer"]["customer_id"]
+    body = {"customer_id": cid, "requested_by": "back office"}
+    temporal = FakeTemporal()
+    async with await http_client(dataclasses.replace(web_config, erasure_api_token=None), pool, temporal) as http:
+        assert (await http.post("/erasures", json=body)).status_code == 503
+    async with await http_client(web_config, pool, temporal) as http:
+        assert (await http.post("/erasures", json=body)).status_code == 401
+        assert (await http.post("/erasures", json=body, headers={"Authorization": "Bearer wrong"})).status_code == 403
+        assert await where_found(pool, personal_data(order))  # refused: nothing erased
+        auth = {"Authorization": f"Bearer {ERASURE_TOKEN}"}
+        bad = await http.post("/erasures", json={"customer_id": "ada@example.com", "requested_by": "x"}, headers=auth)
+        assert bad.status_code == 422 and "customer_id" in bad.text
+
+        answer = await http.post("/erasures", json=body, headers=auth)
+        assert answer.status_code == 202
+        receipt = answer.json()
+        assert receipt["receipt_id"].startswith("er-") and receipt["erased"]["customers"] == 1
+        assert await where_found(pool, personal_data(order)) == []
+        # Both workflows told, so the erasure is complete.
+        assert sorted(temporal.sent) == [(f"customer-{cid}", "customer_erased", {}), (f"order-{order['order_id']}", "customer_erased", {})]
+        assert receipt["state"] == "completed"
+        shown = await http.get(f"/erasures/{receipt['receipt_id']}", headers=auth)
+        assert shown.status_code == 200 and shown.json() == receipt
+        assert (await http.get(f"/erasures/{receipt['receipt_id']}")).status_code == 401
+        assert (await http.get("/erasures/er-unknown", headers=auth)).status_code == 404
+        # Again: the first receipt, nothing signalled twice.
+        again = await http.post("/erasures", json={**body, "requested_by": "someone else"}, headers=auth)
+        assert again.status_code == 202 and again.json()["receipt_id"] == receipt["receipt_id"]
+        assert len(temporal.sent) == 2
+
+
+async def test_while_temporal_is_away_the_erasure_waits_for_its_signals(pool, outbox_messaging, web_config):
+    order = await a_customer_with_history(pool, outbox_messaging)
+    auth = {"Authorization": f"Bearer {ERASURE_TOKEN}"}
+    async with await http_client(web_config, pool, None) as http:  # Temporal at a closed port
+        answer = await http.post("/erasures", json={"customer_id": order["customer"]["customer_id"], "requested_by": "dpo"}, headers=auth)
+        assert answer.status_code == 202
+        receipt = answer.json()
+        assert receipt["state"] == "workflows_being_told" and receipt["completed_at"] is None
+        assert await where_found(pool, personal_data(order)) == []  # PostgreSQL's part is done already
+        assert await erasure.pending_signals(pool, receipt["receipt_id"]) == 2
+
+
+async def test_orders_forget_does_what_the_endpoint_does(pool, outbox_messaging, database_url, monkeypatch):
+    from starter.cli import UsageError, forget_customer
+    from tests.test_web import FakeTemporal
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    order = await a_customer_with_history(pool, outbox_messaging)
+    cid = order["customer"]["customer_id"]
+    temporal = FakeTemporal()
+    receipt = await forget_customer(temporal, cid, "dpo")
+    assert receipt["state"] == "completed" and receipt["requested_by"] == "dpo"
+    assert await where_found(pool, personal_data(order)) == []
+    assert {(w, name) for w, name, _ in temporal.sent} == {(f"customer-{cid}", "customer_erased"), (f"order-{order['order_id']}", "customer_erased")}
+    assert (await forget_customer(temporal, cid, "dpo"))["receipt_id"] == receipt["receipt_id"]
+    with pytest.raises(UsageError, match="not a customer id"):
+        await forget_customer(temporal, "ada@example.com", "dpo")

@@ -655,6 +655,14 @@ class CaseResolved(WireModel):
     by: NonEmpty
 
 
+class ErasureRequest(WireModel):
+    """`POST /erasures` (web/erasures.py): forget a customer."""
+
+    customer_id: Annotated[str, Field(pattern=CUSTOMER_ID_PATTERN)]
+    # Who asked for it (an operator, a back office): kept in the erasure log.
+    requested_by: NonEmpty
+
+
 class CaseReopenRequested(WireModel):
     """Signal `case_reopen_requested`: "no" to "Was this resolved?"."""
 
