@@ -171,9 +171,9 @@ from providers.sendgrid import SendGridEmail
 from providers.twilio import TwilioSms
 from providers.verdicts import ProviderFailure, Verdict
 from store import consent
-from store.erasure import CUSTOMER_ERASED
 from store.recommendations import recommend
 from workflows.models import (
+    CUSTOMER_ERASED,
     Channel,
     Customer,
     DeliveryState,

@@ -43,11 +43,9 @@ from typing import Any
 import asyncpg
 
 from store import provider_events
-from workflows.models import customer_workflow_id, workflow_id_for
+from workflows.models import CUSTOMER_ERASED, customer_workflow_id, workflow_id_for
 
 ERASED_NAME = "erased"
-# Why a send to an erased customer is refused: in the ledger, the touchpoint and the erasure's signal.
-CUSTOMER_ERASED = "customer erased"
 ERASED_SIGNAL = "customer_erased"
 
 LOCK_CUSTOMER = "SELECT pg_advisory_xact_lock(hashtext('erasure:' || $1::text))"
@@ -112,7 +110,7 @@ SCRUB = {
     "message_ledger": f"""
         UPDATE message_ledger SET recipient = '', subject = NULL, body_text = NULL, body_html = NULL, headers = NULL,
             state = CASE WHEN state = 'pending' THEN 'not_permitted' ELSE state END,
-            error = CASE WHEN state = 'pending' THEN 'customer erased' ELSE error END,
+            error = CASE WHEN state = 'pending' THEN $3 ELSE error END,
             updated_at = now()
         WHERE {MESSAGES}
     """,
@@ -190,7 +188,7 @@ async def forget(conn: asyncpg.Connection, customer_id: str, requested_by: str) 
             erased["suppressions"] = _rows(status)
         # The outbox and votes find the messages by the ledger's customer and order: before the ledger is blanked.
         for table, statement in SCRUB.items():
-            args = (customer_id, order_ids) if "$2" in statement else (customer_id,)
+            args = (customer_id, order_ids, CUSTOMER_ERASED) if "$3" in statement else (customer_id, order_ids) if "$2" in statement else (customer_id,)
             erased[table] = _rows(await conn.execute(statement, *args))
         receipt_id = f"er-{uuid.uuid4().hex}"
         workflows = [workflow_id_for(o) for o in order_ids] + [customer_workflow_id(customer_id)]

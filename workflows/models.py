@@ -655,6 +655,11 @@ class CaseResolved(WireModel):
     by: NonEmpty
 
 
+# Why nothing more goes to a customer forgotten on request (store/erasure.py):
+# the ledger's error, the touchpoint's, a message still queued.
+CUSTOMER_ERASED = "customer erased"
+
+
 class ErasureRequest(WireModel):
     """`POST /erasures` (web/erasures.py): forget a customer."""
 
