@@ -173,6 +173,7 @@ from providers.verdicts import ProviderFailure, Verdict
 from store import consent
 from store.recommendations import recommend
 from workflows.models import (
+    CUSTOMER_ERASED,
     Channel,
     Customer,
     DeliveryState,
@@ -245,6 +246,9 @@ ORDER BY created_at
 REGISTERED = "SELECT 1 FROM message_ledger WHERE key = $1 AND state <> 'not_permitted'"
 
 CUSTOMER = "SELECT customer_id, name, email, phone, timezone FROM customers WHERE customer_id = $1"
+
+# Forgotten on request (store/erasure.py): nothing more goes to the customer.
+ERASED = "SELECT erased_at IS NOT NULL AS erased FROM customers WHERE customer_id = $1"
 
 CLAIM_PENDING = """
 UPDATE message_ledger
@@ -479,6 +483,12 @@ class MessagingActivities:
     @activity.defn
     async def send_message(self, request: MessageRequest) -> MessageOutcome:
         budget = Budget.of_this_attempt()
+        # Before anything is read or written: this worker may hold the
+        # order as it was recorded, contact details and all.
+        erased = await self._db(budget, ERASED, request.customer_id)
+        if erased and erased["erased"]:
+            log.info("%s not sent: %s", request.key, CUSTOMER_ERASED)
+            return _outcome(request, DeliveryState.NOT_PERMITTED, error=CUSTOMER_ERASED)
         order, customer = await self._addressee(request, budget)
         recipient = customer.email if request.channel is Channel.EMAIL else customer.phone
         if not recipient:

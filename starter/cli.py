@@ -225,6 +225,29 @@ async def case_command(client: Client, args: argparse.Namespace) -> CaseView:
         raise UsageError(f"rejected: {err.cause.message if err.cause else err}") from None
 
 
+async def forget_customer(client: Client, customer_id: str, requested_by: str) -> dict[str, Any]:
+    """`orders forget`: as `POST /erasures` does (web/erasures.py); signals
+    Temporal does not take now, the HTTP service's relay delivers later."""
+    from pydantic import ValidationError
+
+    from store.database import create_pool
+    from web.erasures import forget_and_tell
+    from web.signals import OwedSignals, Signals
+    from workflows.models import ErasureRequest
+
+    try:
+        request = ErasureRequest(customer_id=customer_id, requested_by=requested_by)
+    except ValidationError as err:
+        raise UsageError(f"not a customer id or requester: {err.errors()[0]['msg']}") from None
+    pool = await create_pool(database_url(), max_size=2)
+    try:
+        relay = OwedSignals(lambda: pool, Signals({}, client))
+        receipt = await forget_and_tell(pool, relay, request.customer_id, request.requested_by)
+    finally:
+        await pool.close()
+    return receipt.as_json()
+
+
 async def order_status(client: Client, order_id: str) -> OrderStatusView:
     return await client.get_workflow_handle(workflow_id_for(order_id)).query("status", result_type=OrderStatusView)
 
@@ -417,6 +440,8 @@ async def run(args: argparse.Namespace) -> int:
                 print_json((await order_status(client, args.order_id)).model_dump(mode="json"))
             elif args.command == "case":
                 print_json((await case_command(client, args)).model_dump(mode="json"))
+            elif args.command == "forget":
+                print_json(await forget_customer(client, args.customer_id, args.by))
             elif args.command in ("attention", "resend"):
                 import asyncpg
 
@@ -481,6 +506,9 @@ def parser() -> argparse.ArgumentParser:
     attention.add_argument("--limit", type=int, default=100, help="at most this many of each")
     resend = sub.add_parser("resend", help="send a failed or in-doubt message once more (a worker must run)")
     resend.add_argument("key", help="its ledger key, as `orders attention` lists it")
+    forget = sub.add_parser("forget", help="erase a customer's data (GDPR); prints the receipt")
+    forget.add_argument("customer_id")
+    forget.add_argument("--by", default="orders forget", help="who asked for it, kept in the erasure log")
     outbox = sub.add_parser("outbox", help="show messages kept in the local outbox")
     outbox.add_argument("--order", help="only this order id")
     outbox.add_argument("--limit", type=int, default=50)

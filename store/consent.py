@@ -15,7 +15,8 @@ from workflows.models import Channel, MarketingConsent, MessageClass
 
 PERMISSION = """
 SELECT (SELECT granted FROM consent WHERE customer_id = $1 AND message_class = $2 AND channel = $3) AS granted,
-       (SELECT reason FROM suppressions WHERE channel = $3 AND recipient = $4) AS suppressed
+       -- An erased customer's suppression is kept as a salted hash (store/erasure.py).
+       (SELECT reason FROM suppressions WHERE channel = $3 AND recipient IN ($4, erasure_hash($3, $4)) LIMIT 1) AS suppressed
 """
 
 # consent.updated_at is the `at` of the row's last audit row. A choice made
@@ -98,10 +99,18 @@ async def suppress(conn: asyncpg.Connection, channel: Channel, recipient: str, *
 
 
 async def lift_suppression(conn: asyncpg.Connection, channel: Channel, recipient: str) -> bool:
+    """Lifts it, whether kept in clear or, its customer erased, hashed."""
     deleted = await conn.fetchval(
-        "DELETE FROM suppressions WHERE channel = $1 AND recipient = $2 RETURNING 1", channel.value, recipient
+        """
+        WITH lifted AS (
+            DELETE FROM suppressions WHERE channel = $1 AND recipient IN ($2, erasure_hash($1, $2)) RETURNING 1
+        )
+        SELECT count(*) > 0 FROM lifted
+        """,
+        channel.value,
+        recipient,
     )
-    return deleted is not None
+    return bool(deleted)
 
 
 def _contact_column(channel: Channel) -> str:

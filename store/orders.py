@@ -14,7 +14,10 @@ INSERT INTO customers (customer_id, name, email, phone, timezone)
 VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (customer_id) DO UPDATE
 SET name = EXCLUDED.name, email = EXCLUDED.email, phone = EXCLUDED.phone,
-    timezone = EXCLUDED.timezone, updated_at = now()
+    timezone = EXCLUDED.timezone, updated_at = now(), erased_at = NULL
+-- A customer erased (store/erasure.py) who places a new order is recorded
+-- anew; a retried recording of an order from before the erasure is not.
+WHERE customers.erased_at IS NULL OR $6
 """
 
 INSERT_ORDER = """
@@ -104,7 +107,7 @@ async def store_order(conn: asyncpg.Connection, order: OrderInput, run_id: str |
         # run's record_order, retried across the upgrade.
         await conn.execute("UPDATE orders SET first_run_id = $2 WHERE order_id = $1", order.order_id, run_id)
     c = order.customer
-    await conn.execute(UPSERT_CUSTOMER, c.customer_id, c.name, c.email, c.phone, c.timezone)
+    await conn.execute(UPSERT_CUSTOMER, c.customer_id, c.name, c.email, c.phone, c.timezone, recorded is None)
     inserted = await conn.fetchval(
         INSERT_ORDER,
         order.order_id,

@@ -30,6 +30,7 @@ from store.consent import customers_reached_at, customers_sharing_address, lift_
 from store.database import create_pool, migrate
 from web import pages
 from web.answers import add_answer_pages
+from web.erasures import add_erasure_endpoints
 from web.config import ConfigError, WebConfig
 from web.metrics import CountRejections
 from web.signals import OwedSignals, RelayTiming, Signals
@@ -190,6 +191,7 @@ def create_app(
 
     add_event_webhooks(app, config, app.state.owed_signals, meter)
     add_answer_pages(app, config, app.state.owed_signals)
+    add_erasure_endpoints(app, config, app.state.owed_signals)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

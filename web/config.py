@@ -51,6 +51,9 @@ class WebConfig:
     sendgrid_webhook_tolerance: timedelta = timedelta(minutes=5)
     # SendGrid posts events in batches of up to 768 KB.
     sendgrid_webhook_max_body_bytes: int = 1024 * 1024
+    # The bearer token of POST /erasures and GET /erasures/{receipt}
+    # (web/erasures.py); without it they answer 503.
+    erasure_api_token: str | None = field(default=None, repr=False)
     # TEMPORAL_* and the payload keys for worker.connect_temporal, used on the first signal.
     temporal_env: Mapping[str, str] = field(default_factory=dict, repr=False)
     # Where `orders web` serves Prometheus metrics (METRICS_HOST:WEB_METRICS_PORT),
@@ -88,6 +91,7 @@ class WebConfig:
             sendgrid_webhook_max_body_bytes=_int(
                 env, "SENDGRID_WEBHOOK_MAX_BODY_BYTES", cls.sendgrid_webhook_max_body_bytes
             ),
+            erasure_api_token=env.get("ERASURE_API_TOKEN") or None,
             temporal_env={k: v for k, v in env.items() if k.startswith("TEMPORAL_") or k in KEY_VARIABLES},
             metrics_address=metrics_address(env, "WEB_METRICS_PORT", DEFAULT_METRICS_PORT),
         )

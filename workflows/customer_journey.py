@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import search_attributes as sa
     from workflows.ledger_key import LedgerKey
     from workflows.models import (
+        CUSTOMER_ERASED,
         CUSTOMER_WORKFLOW_TYPE,
         Channel,
         Coupon,
@@ -53,7 +54,7 @@ with workflow.unsafe.imports_passed_through():
         WinBack,
     )
     from workflows.retries import DB_TIMEOUTS
-    from workflows.waiting import ContinueAsNewDue, NextMoment, Waits
+    from workflows.waiting import ContinueAsNewDue, CustomerErased, NextMoment, Waits
 
 # A customer's history grows by a few events per order: years of orders fit
 # in one run, but a flood of signals must not reach the server's limits.
@@ -97,6 +98,13 @@ class CustomerJourney:
             await self._live()
         except ContinueAsNewDue:
             pass
+        except CustomerErased:
+            # Forgotten: the journey ends; what is queued is not sent.
+            await self._lanes.close()
+            self._lanes.drop_queued(CUSTOMER_ERASED)
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            self._attributes.stop()
+            return
         await waiting.continue_as_new(self._lanes, self._attributes, self._carried_over)
 
     async def _live(self) -> None:
@@ -359,6 +367,11 @@ class CustomerJourney:
         s.messages[outcome.key] = outcome.state
         self._note(f"{kind.value} by {outcome.channel.value}: {outcome.state.value} (resent by an operator)")
         self._show()
+
+    @workflow.signal
+    def customer_erased(self, _: Any = None) -> None:
+        """The customer was forgotten (store/erasure.py): the journey ends."""
+        self._waits.customer_erased = True
 
     @workflow.signal
     def consent_changed(self, raw: Any) -> None:

@@ -150,6 +150,18 @@ class Lanes:
         await workflow.wait_condition(lambda: all(task.done() for task in self._tasks))
         self.raise_failure()
 
+    def drop_queued(self, reason: str) -> None:
+        """Once closed for good (the customer erased): every message still
+        queued is recorded as not sent, with the reason."""
+        for queue in self._state.queues.values():
+            for message in queue:
+                outcome = MessageOutcome(
+                    key=self._journey.key(message), channel=message.channel, state=DeliveryState.NOT_PERMITTED, error=reason
+                )
+                metrics.message_outcome(message, outcome)
+                self._journey.record(message, outcome)
+            queue.clear()
+
     def failure(self) -> BaseException | None:
         return next((task.exception() for task in self._tasks if task.done() and not task.cancelled()), None)
 

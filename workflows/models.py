@@ -655,6 +655,19 @@ class CaseResolved(WireModel):
     by: NonEmpty
 
 
+# Why nothing more goes to a customer forgotten on request (store/erasure.py):
+# the ledger's error, the touchpoint's, a message still queued.
+CUSTOMER_ERASED = "customer erased"
+
+
+class ErasureRequest(WireModel):
+    """`POST /erasures` (web/erasures.py): forget a customer."""
+
+    customer_id: Annotated[str, Field(pattern=CUSTOMER_ID_PATTERN)]
+    # Who asked for it (an operator, a back office): kept in the erasure log.
+    requested_by: NonEmpty
+
+
 class CaseReopenRequested(WireModel):
     """Signal `case_reopen_requested`: "no" to "Was this resolved?"."""
 

@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.clock import end_of_local_day
     from workflows.event_rules import format_validation_error
     from workflows.models import (
+        CUSTOMER_ERASED,
         WORKFLOW_TYPE,
         CancelRecord,
         CaseTrigger,
@@ -54,7 +55,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.order_messages import OrderMessages
     from workflows.order_view import OrderView
     from workflows.retries import DB_TIMEOUTS
-    from workflows.waiting import ContinueAsNewDue, Deadlines, Waits
+    from workflows.waiting import ContinueAsNewDue, CustomerErased, Deadlines, Waits
 
 # Well below the server's limits (10,240 events suggested, 10,000 signals per
 # run), so a flood of events cannot lock an order out of its real ones.
@@ -145,6 +146,11 @@ class OrderLifecycle:
             await workflow.wait_condition(lambda: not s.cases_owed)
         except ContinueAsNewDue:
             await waiting.continue_as_new(lanes, self._view.attributes, lambda: s, self._customer_news)
+        except CustomerErased:
+            # Forgotten: a send already running finishes (the activity refuses
+            # it), the rest is recorded as not sent, and the order ends now.
+            await lanes.close()
+            lanes.drop_queued(CUSTOMER_ERASED)
         await workflow.wait_condition(workflow.all_handlers_finished)
         cases.cancel()
         self._view.attributes.stop()
@@ -491,6 +497,13 @@ class OrderLifecycle:
             return
         if self.state is not None:
             self._messages.report_undelivered(report)
+
+    @workflow.signal
+    def customer_erased(self, _: Any = None) -> None:
+        """The customer was forgotten (store/erasure.py): nothing more is
+        sent, and the order ends at its next wait."""
+        if self.state is not None:
+            self._waits.customer_erased = True
 
     @workflow.update
     def apply_event(self, envelope: EventEnvelope) -> OrderStatusView:

@@ -35,6 +35,11 @@ class ContinueAsNewDue(Exception):
     """Raised out of a wait when this run's history is long enough."""
 
 
+class CustomerErased(Exception):
+    """Raised out of a wait once the customer was forgotten (signal
+    `customer_erased`, store/erasure.py): the workflow ends, sending nothing more."""
+
+
 class Deadlines:
     """One timer per deadline; `cancel` when they no longer matter."""
 
@@ -81,6 +86,8 @@ class Waits:
         self._lanes = lanes
         # Read at each check: tests lower it on a running workflow.
         self._continue_as_new_after = continue_as_new_after
+        # Set by the signal `customer_erased`; a history without it waits as before.
+        self.customer_erased = False
 
     def continue_as_new_due(self) -> bool:
         info = workflow.info()
@@ -88,7 +95,8 @@ class Waits:
 
     async def until(self, condition: Callable[[], Any], moment: datetime | None = None) -> bool:
         """Wait for `condition`; False once `moment` passes first. Raises
-        ContinueAsNewDue when this run's history has grown long, and what a
+        ContinueAsNewDue when this run's history has grown long,
+        CustomerErased once the customer was forgotten, and what a
         lane died of (a bug, an undecodable result), visibly, instead of
         leaving its messages queued for ever."""
         # Already there, or too late: no timer.
@@ -102,8 +110,11 @@ class Waits:
             or (timer is not None and timer.done())
             or self.continue_as_new_due()
             or self._lanes.failure() is not None
+            or self.customer_erased
         )
         self._lanes.raise_failure()
+        if self.customer_erased:
+            raise CustomerErased
         if condition():
             return True
         if timer is not None and timer.done():

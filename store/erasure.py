@@ -1,0 +1,229 @@
+"""The right to erasure in PostgreSQL: a customer forgotten on request.
+
+`forget` does it in one transaction, under a lock on the customer:
+
+- `customers`: name 'erased', email '', phone NULL, `erased_at` set (every
+  send reads it and refuses: activities/messaging.py);
+- `orders.document`: the customer's name, email and phone and the postal
+  address replaced (name and address lines 'erased', email
+  erased@erased.invalid: the order stays a valid OrderInput);
+- the ledger and the outbox: recipients, subjects, bodies and headers of
+  every message of the customer and their orders blanked; a message still
+  'pending' ends 'not_permitted', "customer erased";
+- their words: feedback and vote comments, cases' texts, reopen comments
+  and resolutions, and the `comment` and `text` of the signals kept in
+  `provider_events` for their orders, cases and customer workflow;
+- their suppressions: each address or number they were suppressed at is
+  kept only as a salted hash (`erasure_hash`, migration 018), which the
+  send-time check also reads (store/consent.py), so an erased customer who
+  said STOP is still never messaged at that number;
+- what metrics need stays, anonymous: orders, totals, items, ratings,
+  votes, cases' timings, phases, coupons, timestamps.
+
+Each erasure leaves a row in `erasures` (receipt id, the customer id's salted
+hash, by whom, when, rows changed per table; nothing personal) and owes
+`customer_erased` to the customer's order workflows and customer workflow
+(kept in `provider_events`, delivered by the relay: web/signals.py). A
+second request for a customer erased with nothing recorded since gets the
+first receipt.
+
+Crypto-shredding of Temporal history plugs in after this transaction (see
+`forget`'s caller, web/erasures.py): there the customer's data keys would be
+destroyed once their workflows are closed.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from store import provider_events
+from workflows.models import CUSTOMER_ERASED, customer_workflow_id, workflow_id_for
+
+ERASED_NAME = "erased"
+ERASED_SIGNAL = "customer_erased"
+
+LOCK_CUSTOMER = "SELECT pg_advisory_xact_lock(hashtext('erasure:' || $1::text))"
+
+# A customer already forgotten, with nothing recorded about them since.
+ALREADY_ERASED = """
+SELECT e.receipt_id FROM customers c
+JOIN erasures e ON e.customer_hash = erasure_hash('customer', c.customer_id)
+WHERE c.customer_id = $1 AND c.erased_at IS NOT NULL AND c.updated_at <= c.erased_at
+ORDER BY e.requested_at DESC LIMIT 1
+"""
+
+CUSTOMER_ORDERS = "SELECT order_id FROM orders WHERE customer_id = $1 ORDER BY order_id"
+
+# Every message of the customer: their journey's, their orders' and their cases'.
+MESSAGES = "(customer_id = $1 OR order_id = ANY($2::text[]))"
+
+# Where anything was ever sent to them, before it is blanked.
+ADDRESSES = f"""
+SELECT channel, recipient FROM message_ledger WHERE {MESSAGES} AND recipient <> '' AND message_class IS DISTINCT FROM 'staff'
+UNION
+SELECT 'email', email FROM customers WHERE customer_id = $1 AND email <> ''
+UNION
+SELECT 'sms', phone FROM customers WHERE customer_id = $1 AND phone IS NOT NULL
+"""
+
+HASH_SUPPRESSIONS = """
+WITH gone AS (
+    DELETE FROM suppressions s USING unnest($1::text[], $2::text[]) AS a(channel, recipient)
+    WHERE s.channel = a.channel AND s.recipient = a.recipient
+    RETURNING s.channel, s.recipient, s.reason, s.source, s.at
+)
+INSERT INTO suppressions (channel, recipient, reason, source, at)
+SELECT channel, erasure_hash(channel, recipient), reason, source, at FROM gone
+ON CONFLICT (channel, recipient) DO NOTHING
+"""
+
+SCRUB = {
+    "customers": """
+        UPDATE customers SET name = 'erased', email = '', phone = NULL, erased_at = now(), updated_at = now()
+        WHERE customer_id = $1
+    """,
+    # The address or locker stays where metrics read them (delivery_method); the
+    # document keeps its shape so that whatever reads it still can.
+    "orders": """
+        UPDATE orders SET document = jsonb_set(
+            jsonb_set(document, '{customer}',
+                      (document->'customer') || '{"name": "erased", "email": "erased@erased.invalid", "phone": null}'::jsonb),
+            '{delivery}',
+            CASE WHEN document->'delivery'->>'method' = 'address'
+                 THEN jsonb_set(document->'delivery', '{address}',
+                                jsonb_build_object('line1', 'erased', 'line2', null, 'city', 'erased',
+                                                   'postal_code', 'erased',
+                                                   'country', document->'delivery'->'address'->'country'))
+                 ELSE document->'delivery' END)
+        WHERE customer_id = $1 AND document IS NOT NULL
+    """,
+    "outbox": f"""
+        UPDATE outbox SET recipient = '', subject = NULL, body = '', headers = NULL
+        WHERE ledger_key IN (SELECT key FROM message_ledger WHERE {MESSAGES})
+    """,
+    "message_ledger": f"""
+        UPDATE message_ledger SET recipient = '', subject = NULL, body_text = NULL, body_html = NULL, headers = NULL,
+            -- As retention blanks it: never resent or settled, and retention leaves it be.
+            blanked_at = coalesce(blanked_at, now()),
+            state = CASE WHEN state = 'pending' THEN 'not_permitted' ELSE state END,
+            error = CASE WHEN state = 'pending' THEN $3 ELSE error END,
+            updated_at = now()
+        WHERE {MESSAGES}
+    """,
+    "feedback": "UPDATE feedback SET comment = NULL WHERE (customer_id = $1 OR order_id = ANY($2::text[])) AND comment IS NOT NULL",
+    "message_votes": f"""
+        UPDATE message_votes SET comment = NULL
+        WHERE comment IS NOT NULL
+          AND (order_id = ANY($2::text[]) OR ledger_key IN (SELECT key FROM message_ledger WHERE {MESSAGES}))
+    """,
+    "cases": """
+        UPDATE cases SET text = NULL, reopen_comment = NULL, resolution = NULL
+        WHERE (customer_id = $1 OR order_id = ANY($2::text[]))
+          AND (text IS NOT NULL OR reopen_comment IS NOT NULL OR resolution IS NOT NULL)
+    """,
+    "provider_events": """
+        UPDATE provider_events SET signal = signal - 'comment' - 'text'
+        WHERE (signal ? 'comment' OR signal ? 'text')
+          AND workflow_id IN (SELECT 'order-' || o FROM unnest($2::text[]) o
+                              UNION SELECT case_id FROM cases WHERE customer_id = $1 OR order_id = ANY($2::text[])
+                              UNION SELECT 'customer-' || $1::text)
+    """,
+}
+
+LOG = """
+INSERT INTO erasures (receipt_id, customer_hash, requested_by, erased, completed_at)
+VALUES ($1, erasure_hash('customer', $2), $3, $4::jsonb, CASE WHEN $5 THEN now() END)
+"""
+
+RECEIPT = "SELECT receipt_id, requested_by, requested_at, completed_at, erased FROM erasures WHERE receipt_id = $1"
+
+COMPLETE = "UPDATE erasures SET completed_at = now() WHERE receipt_id = $1 AND completed_at IS NULL"
+
+
+@dataclass(frozen=True)
+class Receipt:
+    receipt_id: str
+    requested_by: str
+    requested_at: datetime
+    completed_at: datetime | None
+    # Rows changed per table.
+    erased: dict[str, int]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "receipt_id": self.receipt_id,
+            "state": "completed" if self.completed_at else "workflows_being_told",
+            "requested_by": self.requested_by,
+            "requested_at": self.requested_at.isoformat(),
+            "completed_at": self.completed_at.isoformat() if self.completed_at else None,
+            "erased": self.erased,
+        }
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    receipt: Receipt
+    # False: an earlier erasure's receipt, nothing done now.
+    new: bool
+    # The `customer_erased` signals owed, by event id, for the relay.
+    owed_event_ids: list[str]
+
+
+async def forget(conn: asyncpg.Connection, customer_id: str, requested_by: str) -> Forgotten:
+    """Erase the customer's data in one transaction and log it; see the module."""
+    async with conn.transaction():
+        await conn.execute(LOCK_CUSTOMER, customer_id)
+        earlier = await conn.fetchval(ALREADY_ERASED, customer_id)
+        if earlier:
+            return Forgotten(await receipt(conn, earlier), new=False, owed_event_ids=[])
+        order_ids = [r["order_id"] for r in await conn.fetch(CUSTOMER_ORDERS, customer_id)]
+        addresses = await conn.fetch(ADDRESSES, customer_id, order_ids)
+        erased: dict[str, int] = {}
+        if addresses:
+            status = await conn.execute(HASH_SUPPRESSIONS, [a["channel"] for a in addresses], [a["recipient"] for a in addresses])
+            erased["suppressions"] = _rows(status)
+        # The outbox and votes find the messages by the ledger's customer and order: before the ledger is blanked.
+        for table, statement in SCRUB.items():
+            args = (customer_id, order_ids, CUSTOMER_ERASED) if "$3" in statement else (customer_id, order_ids) if "$2" in statement else (customer_id,)
+            erased[table] = _rows(await conn.execute(statement, *args))
+        receipt_id = f"er-{uuid.uuid4().hex}"
+        workflows = [workflow_id_for(o) for o in order_ids] + [customer_workflow_id(customer_id)]
+        owed = []
+        for workflow_id in workflows:
+            event_id = f"erasure:{receipt_id}:{workflow_id}"
+            await provider_events.owe(conn, event_id, provider_events.Signal(workflow_id, ERASED_SIGNAL, {}))
+            owed.append(event_id)
+        await conn.execute(LOG, receipt_id, customer_id, requested_by, json.dumps(erased), False)
+        return Forgotten(await receipt(conn, receipt_id), new=True, owed_event_ids=owed)
+
+
+async def complete(conn: asyncpg.Connection | asyncpg.Pool, receipt_id: str) -> None:
+    """Every workflow told (or found over): the erasure is complete."""
+    await conn.execute(COMPLETE, receipt_id)
+
+
+async def receipt(conn: asyncpg.Connection | asyncpg.Pool, receipt_id: str) -> Receipt | None:
+    row = await conn.fetchrow(RECEIPT, receipt_id)
+    if row is None:
+        return None
+    return Receipt(row["receipt_id"], row["requested_by"], row["requested_at"], row["completed_at"], json.loads(row["erased"]))
+
+
+async def pending_signals(conn: asyncpg.Connection | asyncpg.Pool, receipt_id: str) -> int:
+    """The erasure's `customer_erased` signals not delivered yet."""
+    return await conn.fetchval(
+        "SELECT count(*) FROM provider_events WHERE provider = $1 AND event_id LIKE $2 AND signalled_at IS NULL",
+        provider_events.CUSTOMER,
+        f"erasure:{receipt_id}:%",
+    )
+
+
+def _rows(status: str) -> int:
+    """The row count of an UPDATE, DELETE or INSERT's status ('UPDATE 3', 'INSERT 0 3')."""
+    return int(status.rsplit(" ", 1)[1])
