@@ -225,7 +225,7 @@ async def case_command(client: Client, args: argparse.Namespace) -> CaseView:
         raise UsageError(f"rejected: {err.cause.message if err.cause else err}") from None
 
 
-async def forget_customer(client: Client, customer_id: str, requested_by: str) -> dict[str, Any]:
+async def forget_customer(client: Client, customer_id: str, requested_by: str, url: str | None = None) -> dict[str, Any]:
     """`orders forget`: as `POST /erasures` does (web/erasures.py); signals
     Temporal does not take now, the HTTP service's relay delivers later."""
     from pydantic import ValidationError
@@ -239,7 +239,7 @@ async def forget_customer(client: Client, customer_id: str, requested_by: str) -
         request = ErasureRequest(customer_id=customer_id, requested_by=requested_by)
     except ValidationError as err:
         raise UsageError(f"not a customer id or requester: {err.errors()[0]['msg']}") from None
-    pool = await create_pool(database_url(), max_size=2)
+    pool = await create_pool(url or database_url(), max_size=2)
     try:
         relay = OwedSignals(lambda: pool, Signals({}, client))
         receipt = await forget_and_tell(pool, relay, request.customer_id, request.requested_by)

@@ -179,7 +179,19 @@ async def run_demo(
             customers.cancel()
     if database_url:
         await wocas_report(database_url, run)
+        await forget(client, database_url, demo_order(4, run)["customer"]["customer_id"])
     return views
+
+
+async def forget(client: Client, database_url: str, customer_id: str) -> None:
+    """The customer who cancelled asks to be forgotten, as `orders forget` does it."""
+    import json
+
+    from starter.cli import forget_customer
+
+    receipt = await forget_customer(client, customer_id, "orders up --demo", database_url)
+    print(f"\n`orders forget {customer_id}`: the customer who cancelled is forgotten; the receipt:")
+    print(json.dumps(receipt, indent=2))
 
 
 async def wocas_report(database_url: str, run: str) -> None:
