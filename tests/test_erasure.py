@@ -29,16 +29,8 @@ def words(order: dict[str, Any]) -> tuple[str, str, str]:
     return tuple(f"{text} ({order['customer']['name']})" for text in (COMMENT, COMPLAINT, REOPEN))
 
 
-@pytest.fixture(autouse=True)
-async def signals_owed_are_taken_away(pool: asyncpg.Pool):
-    """The erasures here owe workflows signals no relay delivers: a later
-    test's relay would sweep them first and be held up while its Temporal is
-    away. Marked delivered once each test is done."""
-    yield
-    await pool.execute(
-        "UPDATE provider_events SET signalled_at = now() WHERE provider = $1 AND signal IS NOT NULL AND signalled_at IS NULL",
-        provider_events.CUSTOMER,
-    )
+# Erasures here owe workflows signals that no relay delivers.
+pytestmark = pytest.mark.usefixtures("no_owed_signals_left")
 
 
 @pytest.fixture

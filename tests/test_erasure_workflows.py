@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import pytest
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
@@ -13,6 +14,9 @@ from store import erasure
 from tests.conftest import new_order
 from tests.fake_providers import FakeProviders
 from tests.test_exactly_once import requests_to
+
+# The erasure owes the workflows signals that the test delivers itself.
+pytestmark = pytest.mark.usefixtures("no_owed_signals_left")
 
 
 async def test_an_erased_customer_s_open_order_sends_nothing_more_and_ends_and_so_does_their_journey(

@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from google.protobuf.any_pb2 import Any as ProtoAny
 from temporalio.api.common.v1 import GrpcStatus
 from temporalio.api.enums.v1 import ResourceExhaustedCause, ResourceExhaustedScope
@@ -66,6 +67,10 @@ class TemporalAway:
                 await real.signal(name, arg, **kwargs)
 
         return Handle()
+
+
+# Each test's relay sweeps every owed signal: only its own are.
+pytestmark = pytest.mark.usefixtures("no_owed_signals_before")
 
 
 async def owed(pool: asyncpg.Pool, *workflow_ids: str) -> int:
