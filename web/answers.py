@@ -18,7 +18,6 @@ a rating, a comment or a token.
 from __future__ import annotations
 
 import html
-import json
 from datetime import datetime, timezone
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -66,7 +65,7 @@ def add_answer_pages(app: FastAPI, config: WebConfig, relay: OwedSignals) -> Non
             return link_refused(request, err)
         async with app.state.pool.acquire() as conn:
             order = await answers.order_to_rate(conn, claim.order_id)
-            recorded = await _recorded_feedback(conn, claim.order_id) if order else None
+            recorded = await answers.stored_feedback(conn, claim.order_id) if order else None
         if order is None:
             return _not_found("order")
         if recorded:
@@ -215,17 +214,6 @@ async def _open_case(conn: asyncpg.Connection, order_id: str, trigger: str, trig
     start = Signal(opening.case_id, "case_opened", opening.model_dump(mode="json"), start_workflow=CASE_WORKFLOW_TYPE)
     await provider_events.owe(conn, event_id, start)
     return event_id
-
-
-async def _recorded_feedback(conn: asyncpg.Connection, order_id: str) -> dict[str, Any] | None:
-    """What the order's workflow stored, or else what the page recorded and still owes it."""
-    stored = await answers.stored_feedback(conn, order_id)
-    if stored:
-        return stored
-    owed = await conn.fetchval(
-        "SELECT signal FROM provider_events WHERE provider = $1 AND event_id = $2", CUSTOMER, f"feedback:{order_id}"
-    )
-    return json.loads(owed) if owed else None
 
 
 def _read_feedback(order: answers.OrderToRate, form: Any) -> FeedbackSubmitted:
