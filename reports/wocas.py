@@ -148,14 +148,14 @@ SELECT coalesce(owner, '(no owner)') AS owner,
        count(*) FILTER (WHERE status = 'escalated') AS escalated,
        count(*) FILTER (WHERE due_at < $1) AS overdue,
        min(opened_at) AS oldest
-FROM cases WHERE status <> 'resolved'
+FROM cases WHERE status NOT IN ('resolved', 'closed')
 GROUP BY 1 ORDER BY overdue DESC, count(*) DESC, 1
 """
 
 OVERDUE_CASES = """
 SELECT case_id, coalesce(owner, '(no owner)') AS owner, status, escalation_level, trigger, seller_id, opened_at, due_at,
        count(*) OVER () AS total
-FROM cases WHERE status <> 'resolved' AND due_at < $1
+FROM cases WHERE status NOT IN ('resolved', 'closed') AND due_at < $1
 ORDER BY due_at, case_id LIMIT $2
 """
 
@@ -172,7 +172,7 @@ SELECT count(*) FILTER (WHERE opened_at >= $1 AND opened_at < $2) AS opened,
        count(*) FILTER (WHERE status = 'acknowledged') AS now_acknowledged,
        count(*) FILTER (WHERE status = 'escalated') AS now_escalated
 FROM cases
-WHERE opened_at >= $1 OR resolved_at >= $1 OR reopened_at >= $1 OR status <> 'resolved'
+WHERE opened_at >= $1 OR resolved_at >= $1 OR reopened_at >= $1 OR status NOT IN ('resolved', 'closed')
 """
 
 DEADLINE_BREACHES = """

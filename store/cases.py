@@ -37,7 +37,8 @@ RETURNING case_id, order_id, n, trigger, customer_id, seller_id, category, text,
 
 UPDATE = """
 UPDATE cases SET status = $2, owner = $3, escalation_level = $4, due_at = $5, acknowledged_at = $6, resolved_at = $7,
-                 resolution = $8, resolved_by = $9, reopened_at = $10, reopen_comment = $11, sla_breaches = $12
+                 resolution = $8, resolved_by = $9, reopened_at = $10, reopen_comment = $11, sla_breaches = $12,
+                 closed_reason = $13
 WHERE case_id = $1
 """
 
@@ -66,5 +67,5 @@ async def record_case(conn: asyncpg.Connection | asyncpg.Pool, record: CaseRecor
     await conn.execute(
         UPDATE, record.case_id, record.status.value, record.owner, record.escalation_level, record.due_at,
         record.acknowledged_at, record.resolved_at, record.resolution, record.resolved_by, record.reopened_at,
-        record.reopen_comment, record.sla_breaches,
+        record.reopen_comment, record.sla_breaches, record.closed_reason,
     )

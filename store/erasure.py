@@ -22,8 +22,9 @@
 
 Each erasure leaves a row in `erasures` (receipt id, the customer id's salted
 hash, by whom, when, rows changed per table; nothing personal) and owes
-`customer_erased` to the customer's order workflows and customer workflow
-(kept in `provider_events`, delivered by the relay: web/signals.py). A
+`customer_erased` to the customer's order workflows, customer workflow and
+case workflows not closed yet (kept in `provider_events`, delivered by the
+relay: web/signals.py); the receipt is complete once all are told. A
 second request for a customer erased with nothing recorded since gets the
 first receipt.
 
@@ -59,6 +60,12 @@ ORDER BY e.requested_at DESC LIMIT 1
 """
 
 CUSTOMER_ORDERS = "SELECT order_id FROM orders WHERE customer_id = $1 ORDER BY order_id"
+
+# Their cases whose workflow may still run: a resolved one waits out its
+# reopen window (one found over, the relay leaves be).
+CUSTOMER_CASES = """
+SELECT case_id FROM cases WHERE (customer_id = $1 OR order_id = ANY($2::text[])) AND status <> 'closed' ORDER BY case_id
+"""
 
 # Every message of the customer: their journey's, their orders' and their cases'.
 MESSAGES = "(customer_id = $1 OR order_id = ANY($2::text[]))"
@@ -193,7 +200,8 @@ async def forget(conn: asyncpg.Connection, customer_id: str, requested_by: str) 
             args = (customer_id, order_ids, CUSTOMER_ERASED) if "$3" in statement else (customer_id, order_ids) if "$2" in statement else (customer_id,)
             erased[table] = _rows(await conn.execute(statement, *args))
         receipt_id = f"er-{uuid.uuid4().hex}"
-        workflows = [workflow_id_for(o) for o in order_ids] + [customer_workflow_id(customer_id)]
+        cases = [r["case_id"] for r in await conn.fetch(CUSTOMER_CASES, customer_id, order_ids)]
+        workflows = [workflow_id_for(o) for o in order_ids] + [customer_workflow_id(customer_id)] + cases
         owed = []
         for workflow_id in workflows:
             event_id = f"erasure:{receipt_id}:{workflow_id}"

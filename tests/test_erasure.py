@@ -216,10 +216,17 @@ async def test_the_erasure_owes_its_workflows_a_signal(pool, outbox_messaging):
         done.owed_event_ids,
     )
     assert sorted((r["workflow_id"], r["signal_name"]) for r in rows) == [
+        (f"case-{order['order_id']}-1", "customer_erased"),
         (f"customer-{cid}", "customer_erased"),
         (f"order-{order['order_id']}", "customer_erased"),
     ]
-    assert await erasure.pending_signals(pool, done.receipt.receipt_id) == 2
+    assert await erasure.pending_signals(pool, done.receipt.receipt_id) == 3
+    # A case already closed is not told again: a new order's erasure tells its own workflows.
+    await pool.execute("UPDATE cases SET status = 'closed', closed_reason = 'customer erased' WHERE order_id = $1", order["order_id"])
+    await store(pool, new_order(customer=order["customer"]))
+    again = await forget(pool, cid)
+    told = await pool.fetch("SELECT workflow_id FROM provider_events WHERE event_id = ANY($1::text[])", again.owed_event_ids)
+    assert f"case-{order['order_id']}-1" not in {r["workflow_id"] for r in told} and len(told) == 3
 
 
 # --- the HTTP endpoint ----------------------------------------------------------
@@ -274,7 +281,11 @@ async def test_the_endpoint_needs_its_token_forgets_with_a_receipt_and_shows_its
         assert receipt["receipt_id"].startswith("er-") and receipt["erased"]["customers"] == 1
         assert await where_found(pool, personal_data(order)) == []
         # Both workflows told, so the erasure is complete.
-        assert sorted(temporal.sent) == [(f"customer-{cid}", "customer_erased", {}), (f"order-{order['order_id']}", "customer_erased", {})]
+        assert sorted(temporal.sent) == [
+            (f"case-{order['order_id']}-1", "customer_erased", {}),
+            (f"customer-{cid}", "customer_erased", {}),
+            (f"order-{order['order_id']}", "customer_erased", {}),
+        ]
         assert receipt["state"] == "completed"
         shown = await http.get(f"/erasures/{receipt['receipt_id']}", headers=auth)
         assert shown.status_code == 200 and shown.json() == receipt
@@ -283,7 +294,7 @@ async def test_the_endpoint_needs_its_token_forgets_with_a_receipt_and_shows_its
         # Again: the first receipt, nothing signalled twice.
         again = await http.post("/erasures", json={**body, "requested_by": "someone else"}, headers=auth)
         assert again.status_code == 202 and again.json()["receipt_id"] == receipt["receipt_id"]
-        assert len(temporal.sent) == 2
+        assert len(temporal.sent) == 3
 
 
 async def test_while_temporal_is_away_the_erasure_waits_for_its_signals(pool, outbox_messaging, web_config):
@@ -295,7 +306,7 @@ async def test_while_temporal_is_away_the_erasure_waits_for_its_signals(pool, ou
         receipt = answer.json()
         assert receipt["state"] == "workflows_being_told" and receipt["completed_at"] is None
         assert await where_found(pool, personal_data(order)) == []  # PostgreSQL's part is done already
-        assert await erasure.pending_signals(pool, receipt["receipt_id"]) == 2
+        assert await erasure.pending_signals(pool, receipt["receipt_id"]) == 3
 
 
 async def test_orders_forget_does_what_the_endpoint_does(pool, outbox_messaging, database_url, monkeypatch):
@@ -309,7 +320,11 @@ async def test_orders_forget_does_what_the_endpoint_does(pool, outbox_messaging,
     receipt = await forget_customer(temporal, cid, "dpo")
     assert receipt["state"] == "completed" and receipt["requested_by"] == "dpo"
     assert await where_found(pool, personal_data(order)) == []
-    assert {(w, name) for w, name, _ in temporal.sent} == {(f"customer-{cid}", "customer_erased"), (f"order-{order['order_id']}", "customer_erased")}
+    assert {(w, name) for w, name, _ in temporal.sent} == {
+        (f"case-{order['order_id']}-1", "customer_erased"),
+        (f"customer-{cid}", "customer_erased"),
+        (f"order-{order['order_id']}", "customer_erased"),
+    }
     assert (await forget_customer(temporal, cid, "dpo"))["receipt_id"] == receipt["receipt_id"]
     with pytest.raises(UsageError, match="not a customer id"):
         await forget_customer(temporal, "ada@example.com", "dpo")

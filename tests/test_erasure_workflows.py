@@ -1,19 +1,25 @@
-"""An erased customer's open order sends nothing more and ends, and their
-customer workflow ends (time-skipping), told by `customer_erased`."""
+"""An erased customer's open order sends nothing more and ends, their
+customer workflow ends, and their cases close (time-skipping), told by
+`customer_erased`."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import timedelta
 
 import pytest
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
+from store import cases as case_store
 from store import erasure
-from tests.conftest import new_order
+from store.cases import open_case
+from tests.conftest import new_order, store
 from tests.fake_providers import FakeProviders
+from tests.test_cases import HEAD, LEAD, OWNER, ROUTING, noted, start_as_the_relay_does
 from tests.test_exactly_once import requests_to
+from workflows.models import CaseView
 
 # The erasure owes the workflows signals that the test delivers itself.
 pytestmark = pytest.mark.usefixtures("no_owed_signals_left")
@@ -43,3 +49,66 @@ async def test_an_erased_customer_s_open_order_sends_nothing_more_and_ends_and_s
     assert result.status == "awaiting_payment"
     assert len(requests_to(fakes, email)) == sent_before
     assert [t.kind for t in result.touchpoints] == ["order_confirmation"]
+
+
+async def test_an_erased_customer_s_cases_send_nothing_more_refuse_answers_forget_their_words_and_end_closed(
+    ts_env: WorkflowEnvironment, make_harness, fakes: FakeProviders, pool, monkeypatch
+):
+    """One case reopened and waiting for its owner, one resolved and waiting
+    out its reopen window: both told `customer_erased` by the erasure, both
+    end at once, closed, without the customer's words; an answer that comes
+    while one is closing is refused with the reason."""
+    order = new_order()
+    await store(pool, order)
+    oid, cid, name = order["order_id"], order["customer"]["customer_id"], order["customer"]["name"]
+    openings = []
+    for n in (1, 2):
+        async with pool.acquire() as conn:
+            openings.append(
+                await open_case(conn, order_id=oid, trigger="complaint", trigger_key=uuid.uuid4().hex, text=f"{name}: parcel {n} is broken")
+            )
+    reopened, resolved = openings
+    closing, release = asyncio.Event(), asyncio.Event()
+    record_case = case_store.record_case
+
+    async def slow_closing_record(conn, record):
+        if record.case_id == reopened.case_id and record.status == "closed":
+            closing.set()
+            await release.wait()
+        await record_case(conn, record)
+
+    monkeypatch.setattr(case_store, "record_case", slow_closing_record)
+    async with make_harness(ts_env, case_routing=ROUTING) as h:
+        handles = [await start_as_the_relay_does(h, opening) for opening in openings]
+        for handle in handles:
+            await h.wait_for(handle, lambda v: noted(v, "case_acknowledgement to the customer: sent") and noted(v, "case_assigned mailed"), view_type=CaseView)
+            await handle.execute_update("case_resolved", {"resolution": f"Refunded, dear {name}", "by": "Eve"}, result_type=CaseView)
+            await h.wait_for(handle, lambda v: noted(v, "case_outcome to the customer: sent"), view_type=CaseView)
+        await handles[0].signal("case_reopen_requested", {"comment": f"No refund yet, {name} here"})
+        await h.wait_for(handles[0], lambda v: v.reopened and noted(v, "case_assigned mailed", times=2), view_type=CaseView)
+        staff_mails = {to: len(fakes.deliveries_to(to)) for to in (OWNER, LEAD, HEAD)}
+        customer_mails = len(fakes.deliveries_to(order["customer"]["email"]))
+
+        async with pool.acquire() as conn:
+            forgotten = await erasure.forget(conn, cid, "test")
+        told = await pool.fetch("SELECT workflow_id FROM provider_events WHERE event_id = ANY($1::text[])", forgotten.owed_event_ids)
+        assert {r["workflow_id"] for r in told} >= {reopened.case_id, resolved.case_id}
+        for handle in handles:
+            await handle.signal(erasure.ERASED_SIGNAL, {})
+        await asyncio.wait_for(closing.wait(), 20)
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handles[0].execute_update("case_acknowledged", {"by": "Eve"}, result_type=CaseView)
+        release.set()
+        results = [await asyncio.wait_for(handle.result(), 30) for handle in handles]
+
+    assert "customer erased" in str(refused.value.cause)
+    for result, opening in zip(results, openings):
+        assert (result.status, result.closed_reason) == ("closed", "customer erased"), result.timeline
+        assert (result.resolution, result.reopen_comment, result.due_at) == (None, None, None)
+        assert noted(result, "closed: customer erased")
+        assert name not in str(result.model_dump())
+        row = await pool.fetchrow("SELECT status, closed_reason, text, resolution, reopen_comment FROM cases WHERE case_id = $1", opening.case_id)
+        assert dict(row) == {"status": "closed", "closed_reason": "customer erased", "text": None, "resolution": None, "reopen_comment": None}
+    # No escalation, reminder, outcome or acknowledgement after the erasure.
+    assert {to: len(fakes.deliveries_to(to)) for to in (OWNER, LEAD, HEAD)} == staff_mails
+    assert len(fakes.deliveries_to(order["customer"]["email"])) == customer_mails

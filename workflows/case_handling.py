@@ -22,7 +22,13 @@ configuration change never moves a running case. Then:
   `reopen_window`: the first "no" reopens the case once (round 2, the same
   owner, a new SLA), and the comment the customer sends after it (the "what
   was wrong" form) is kept with that round; a "no" after the next resolution
-  is noted and changes nothing. The case ends when the window passes.
+  is noted and changes nothing. The case ends when the window passes;
+- its customer erased (signal `customer_erased`, store/erasure.py): the
+  case is closed at once, whatever its state: it forgets the customer's
+  words (the complaint, the reopen comment, the resolution, which staff
+  mail would quote), records status 'closed' with the reason, sends
+  nothing more (no escalation, reminder, outcome or acknowledgement) and
+  ends; the updates are refused with the reason.
 
 Each transition updates the `cases` row and, in one upsert, the search
 attributes CaseStatus and CaseOwner. Customer mail goes through the ledger
@@ -49,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.ledger_key import LedgerKey
     from workflows.models import (
         CASE_WORKFLOW_TYPE,
+        CUSTOMER_ERASED,
         CaseAcknowledged,
         CaseOpening,
         CaseRecord,
@@ -80,6 +87,10 @@ CHANGE_PENDING_RECORDED = "case-change-pending-recorded"
 REOPEN_COMMENT_RECORDED = "case-reopen-comment-recorded"
 
 
+class CaseClosed(Exception):
+    """Raised out of a wait once the case was closed (its customer erased)."""
+
+
 def _parsed(model: type[BaseModel], raw: Any) -> Any:
     """The update's payload, or a ValueError saying what is wrong with it."""
     try:
@@ -109,6 +120,7 @@ class CaseWorkflow:
         self.reopen_requested = False
         self.reopened_at: datetime | None = None
         self.reopen_comment: str | None = None
+        self.closed_reason: str | None = None
         self.timeline: list[str] = []
         # A handler changed the case: the run records it.
         self._changed = False
@@ -125,17 +137,21 @@ class CaseWorkflow:
         await self._record()
         self._tell_customer(Touchpoint.CASE_ACKNOWLEDGEMENT, None)
         self._tell_staff(Touchpoint.CASE_ASSIGNED, "round-1")
-        while True:
-            await self._until_resolved()
-            self._tell_customer(Touchpoint.CASE_OUTCOME, f"round-{self.round}", {"resolution": self.resolution})
-            reopen = lambda: self.reopen_requested and self.status is CaseStatus.RESOLVED  # noqa: E731
-            try:
-                await workflow.wait_condition(reopen, timeout=self.routing.reopen_window)
-            except asyncio.TimeoutError:
-                break
-            self._reopen()
+        try:
+            while True:
+                await self._until_resolved()
+                self._tell_customer(Touchpoint.CASE_OUTCOME, f"round-{self.round}", {"resolution": self.resolution})
+                reopen = lambda: (self.reopen_requested and self.status is CaseStatus.RESOLVED) or self._closed()  # noqa: E731
+                try:
+                    await workflow.wait_condition(reopen, timeout=self.routing.reopen_window)
+                except asyncio.TimeoutError:
+                    break
+                self._stop_if_closed()
+                self._reopen()
+                await self._record()
+                self._tell_staff(Touchpoint.CASE_ASSIGNED, f"round-{self.round}")
+        except CaseClosed:
             await self._record()
-            self._tell_staff(Touchpoint.CASE_ASSIGNED, f"round-{self.round}")
         await asyncio.gather(*self._mail)
         await workflow.wait_condition(workflow.all_handlers_finished)
         attributes.stop()
@@ -145,11 +161,15 @@ class CaseWorkflow:
         """Acknowledged, escalated, reminded, until resolved; each change recorded."""
         while self.status is not CaseStatus.RESOLVED:
             try:
-                await workflow.wait_condition(lambda: self._changed, timeout=max(self.deadline - workflow.now(), timedelta(0)))
+                await workflow.wait_condition(
+                    lambda: self._changed or self._closed(), timeout=max(self.deadline - workflow.now(), timedelta(0))
+                )
             except asyncio.TimeoutError:
+                self._stop_if_closed()
                 # An answer that came with the timer is in time: it is not overwritten.
                 if not (self._changed and workflow.patched(CHANGE_PENDING_RECORDED)):
                     self._escalate()
+            self._stop_if_closed()
             self._changed = False
             await self._record()
         # A resolution that came while the last change was being written.
@@ -181,6 +201,13 @@ class CaseWorkflow:
         self.resolved_at = self.resolution = self.resolved_by = None
         self._note(f"reopened: the customer says it is not resolved; owner {self.owner}")
 
+    def _closed(self) -> bool:
+        return self.status is CaseStatus.CLOSED
+
+    def _stop_if_closed(self) -> None:
+        if self._closed():
+            raise CaseClosed
+
     # --- side effects ----------------------------------------------------------
 
     async def _record(self) -> None:
@@ -188,6 +215,8 @@ class CaseWorkflow:
 
     def _tell_customer(self, kind: Touchpoint, occasion: str | None, details: dict[str, Any] | None = None) -> None:
         """Through the ledger, as order mail goes (the vote links come with it)."""
+        if self._closed():
+            return
         o = self.opening
         request = MessageRequest(
             key=str(LedgerKey.of_case(o.case_id, kind, occasion)),
@@ -217,6 +246,8 @@ class CaseWorkflow:
         )
 
     def _tell_staff(self, kind: Touchpoint, occasion: str, details: dict[str, Any] | None = None) -> None:
+        if self._closed():
+            return
         due = self.deadline.isoformat(timespec="minutes") if self.deadline and self.status is not CaseStatus.ACKNOWLEDGED else None
         notice = StaffNotice(
             key=str(LedgerKey.of_case(self.opening.case_id, kind, occasion)),
@@ -276,6 +307,8 @@ class CaseWorkflow:
         self._open_for("resolved")
 
     def _open_for(self, what: str) -> None:
+        if self._closed():
+            raise ValueError(f"case {self.opening.case_id} is closed ({self.closed_reason}): it cannot be {what}")
         if self.routing is None:
             raise ValueError(f"case {self.opening.case_id} is still being opened: try again in a moment")
         if self.status is CaseStatus.RESOLVED:
@@ -288,6 +321,8 @@ class CaseWorkflow:
         except ValidationError as err:
             workflow.logger.warning("rejected a case_reopen_requested signal: %d error(s)", err.error_count())
             return
+        if self._closed():
+            return
         if self.status is CaseStatus.RESOLVED and self.round < ROUNDS and not self.reopen_requested:
             self.reopen_requested = True
             self.reopen_comment = request.comment
@@ -299,6 +334,18 @@ class CaseWorkflow:
                 self._changed = True  # reopened already: the run records it
         else:
             self._note("the customer says it is not resolved again: noted, the case is not reopened a second time")
+
+    @workflow.signal
+    def customer_erased(self, _: Any = None) -> None:
+        """The customer was forgotten (store/erasure.py): the case closes now
+        and forgets their words; the run records it and ends."""
+        if self._closed():
+            return
+        self.status = CaseStatus.CLOSED
+        self.closed_reason = CUSTOMER_ERASED
+        self.opening = self.opening.model_copy(update={"text": None})
+        self.resolution = self.reopen_comment = None
+        self._note(f"closed: {CUSTOMER_ERASED}; nothing more is sent")
 
     def _reopening(self) -> bool:
         """The "no" that reopens the case came, and the round it opened is not resolved yet."""
@@ -323,6 +370,7 @@ class CaseWorkflow:
             reopened_at=self.reopened_at,
             reopen_comment=self.reopen_comment,
             sla_breaches=self.sla_breaches,
+            closed_reason=self.closed_reason,
         )
 
     def view(self) -> CaseView:

@@ -617,6 +617,8 @@ class CaseStatus(StrEnum):
     ACKNOWLEDGED = "acknowledged"
     ESCALATED = "escalated"
     RESOLVED = "resolved"
+    # Ended without a resolution, for the reason in `closed_reason` (its customer erased).
+    CLOSED = "closed"
 
 
 class CaseRouting(WireModel):
@@ -689,6 +691,7 @@ class CaseRecord(WireModel):
     reopened_at: datetime | None = None
     reopen_comment: str | None = None
     sla_breaches: int = 0
+    closed_reason: str | None = None
 
 
 class CaseView(CaseRecord):
