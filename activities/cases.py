@@ -15,7 +15,14 @@ from activities.staff_mail import StaffMailer
 from messages.templates import render
 from providers import RenderedMessage
 from store import cases as case_store
-from workflows.models import CASE_WORKFLOW_TYPE, CaseOpening, CaseRecord, CaseRouting, CaseTrigger, OrderInput, StaffNotice
+from workflows.models import CASE_WORKFLOW_TYPE, CUSTOMER_ERASED, CaseOpening, CaseRecord, CaseRouting, CaseTrigger, OrderInput, StaffNotice
+
+
+# The case's order, and whether its customer was erased (store/erasure.py).
+ORDER_OF_CASE = """
+SELECT o.document, c.erased_at IS NOT NULL AS erased
+FROM orders o LEFT JOIN customers c USING (customer_id) WHERE o.order_id = $1
+"""
 
 
 async def start_case(client: Client, opening: CaseOpening, task_queue: str) -> None:
@@ -66,8 +73,12 @@ class CaseActivities:
 
     @activity.defn
     async def notify_staff(self, notice: StaffNotice) -> str:
-        document = await self._pool.fetchval("SELECT document FROM orders WHERE order_id = $1", notice.opening.order_id)
-        order = OrderInput.model_validate_json(document)
+        """The mail to the case's owner; refused once the customer was erased:
+        the notice (scheduled before the case closed) quotes their words."""
+        row = await self._pool.fetchrow(ORDER_OF_CASE, notice.opening.order_id)
+        if row["erased"]:
+            raise ApplicationError(f"{notice.key} not sent: {CUSTOMER_ERASED}", type="CustomerErased", non_retryable=True)
+        order = OrderInput.model_validate_json(row["document"])
         details = {**notice.opening.model_dump(mode="json"), **notice.details}
         content, html = render(notice.kind, order, details)
         mail = RenderedMessage(notice.key, notice.to, content.subject, "\n\n".join(content.paragraphs), html)

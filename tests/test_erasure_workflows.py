@@ -112,3 +112,28 @@ async def test_an_erased_customer_s_cases_send_nothing_more_refuse_answers_forge
     # No escalation, reminder, outcome or acknowledgement after the erasure.
     assert {to: len(fakes.deliveries_to(to)) for to in (OWNER, LEAD, HEAD)} == staff_mails
     assert len(fakes.deliveries_to(order["customer"]["email"])) == customer_mails
+
+
+async def test_a_staff_mail_about_an_erased_customer_s_case_is_not_sent(pool):
+    """An escalation already scheduled when the erasure came (or its retry)
+    carries the complaint in its input: it is refused, not rendered."""
+    from temporalio.exceptions import ApplicationError
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.cases import CaseActivities
+    from activities.staff_mail import StaffMailer
+    from workflows.models import StaffNotice, Touchpoint
+
+    order = new_order()
+    await store(pool, order)
+    async with pool.acquire() as conn:
+        opening = await open_case(conn, order_id=order["order_id"], trigger="complaint", trigger_key=uuid.uuid4().hex, text="Zbigniew took it")
+        await erasure.forget(conn, order["customer"]["customer_id"], "test")
+    activities = CaseActivities(pool, None, ROUTING, StaffMailer(pool, None))
+    key = f"{opening.case_id}:case_escalated:escalation-1:email"
+    notice = StaffNotice(key=key, kind=Touchpoint.CASE_ESCALATED, to=LEAD, opening=opening, details={"level": 1})
+    with pytest.raises(ApplicationError, match="customer erased") as refused:
+        await ActivityEnvironment().run(activities.notify_staff, notice)
+    assert refused.value.non_retryable
+    assert await pool.fetchval("SELECT count(*) FROM message_ledger WHERE key = $1", key) == 0
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE ledger_key = $1", key) == 0
