@@ -194,15 +194,26 @@ SELECT state, recipient, claim_token, provider_message_id, error, created_at, su
 FROM message_ledger WHERE key = $1
 """
 
+# The customer erased (store/erasure.py), read under a share lock on their
+# row: a statement that writes their data waits for an erasure under way
+# (`forget` updates that row first) and then sees it; one that got the lock
+# first has committed before `forget` blanks what it wrote. So a send
+# claimed before the erasure and recorded after it stores nothing of theirs.
+ERASED_NOW = "SELECT erased_at IS NOT NULL AS erased FROM customers WHERE customer_id = {} FOR SHARE"
+
 # Registers the message with its rendering and claims it ('sending'), or
 # registers it as final ('skipped'). Nothing when the row exists already,
 # unless it is 'not_permitted' and the message may go now: then it is
 # registered anew, as if new (its rendering, if any, never went out).
-REGISTER = """
+# Nothing either, `erased`, once the customer was erased.
+REGISTER = f"""
+WITH customer AS ({ERASED_NOW.format("$3")}),
+registered AS (
 INSERT INTO message_ledger AS l (key, order_id, customer_id, message_class, kind, channel, recipient, provider, state,
                                  attempts, error, subject, body_text, body_html, headers, claim_token, lease_until)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, CASE WHEN $9 = 'sending' THEN 1 ELSE 0 END, $10,
-        $11, $12, $13, $14::jsonb, $15, now() + $16::float8 * interval '1 second')
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, CASE WHEN $9 = 'sending' THEN 1 ELSE 0 END, $10,
+       $11, $12, $13, $14::jsonb, $15, now() + $16::float8 * interval '1 second'
+WHERE NOT EXISTS (SELECT 1 FROM customer WHERE erased)
 ON CONFLICT (key) DO UPDATE
 SET recipient = EXCLUDED.recipient, provider = EXCLUDED.provider, state = EXCLUDED.state,
     attempts = l.attempts + EXCLUDED.attempts, error = EXCLUDED.error, provider_message_id = NULL,
@@ -212,6 +223,8 @@ SET recipient = EXCLUDED.recipient, provider = EXCLUDED.provider, state = EXCLUD
     created_at = now(), updated_at = now(), blanked_at = NULL
 WHERE l.state = 'not_permitted'
 RETURNING created_at
+)
+SELECT (SELECT created_at FROM registered) AS created_at, EXISTS (SELECT 1 FROM customer WHERE erased) AS erased
 """
 
 # Consent or the suppression list forbids the message: a new row, or a
@@ -295,9 +308,16 @@ WHERE key = $1 AND claim_token = $2 AND state = 'sending'
 RETURNING settle_at
 """
 
-# Idempotent: a second insert of a key returns the first one's id.
-OUTBOX_INSERT = """
-INSERT INTO outbox (ledger_key, channel, recipient, subject, body, headers) VALUES ($1, $2, $3, $4, $5, $6::jsonb)
+# Idempotent: a second insert of a key returns the first one's id. A
+# message whose customer was erased since its claim went out, but the
+# outbox keeps none of it.
+OUTBOX_INSERT = f"""
+WITH customer AS ({ERASED_NOW.format("(SELECT customer_id FROM message_ledger WHERE key = $1)")}),
+kept AS (SELECT NOT EXISTS (SELECT 1 FROM customer WHERE erased) AS kept)
+INSERT INTO outbox (ledger_key, channel, recipient, subject, body, headers)
+SELECT $1, $2, CASE WHEN kept THEN $3 ELSE '' END, CASE WHEN kept THEN $4 END, CASE WHEN kept THEN $5 ELSE '' END,
+       CASE WHEN kept THEN $6::jsonb END
+FROM kept
 ON CONFLICT (ledger_key) DO UPDATE SET ledger_key = EXCLUDED.ledger_key
 RETURNING id
 """
@@ -624,7 +644,8 @@ class MessagingActivities:
     async def _register(self, a: Attempt, token: uuid.UUID) -> Claim | MessageOutcome | None:
         """The new row, claimed by this attempt, or final as 'skipped' when
         there is nothing to send; DEFERRED when the marketing cap is reached;
-        None when the row exists already."""
+        NOT_PERMITTED, nothing registered, when the customer was erased since
+        this attempt began; None when the row exists already."""
         message = await self._render(a)
         values = (
             *self._row_identity(a),
@@ -641,8 +662,13 @@ class MessagingActivities:
             registered = await self._register_within_the_cap(a, values)
         else:
             registered = await self._db(a.budget, REGISTER, *values)
-        if isinstance(registered, MessageOutcome) or not registered:
+        if registered is None or isinstance(registered, MessageOutcome):
             return registered
+        if registered["erased"]:
+            log.info("%s not sent: %s", a.request.key, CUSTOMER_ERASED)
+            return _outcome(a.request, DeliveryState.NOT_PERMITTED, error=CUSTOMER_ERASED)
+        if registered["created_at"] is None:
+            return None
         if message is None:
             return _outcome(a.request, DeliveryState.SKIPPED, error=NOTHING_TO_RECOMMEND)
         return Claim(a.request.key, token, message)

@@ -229,6 +229,82 @@ async def test_the_erasure_owes_its_workflows_a_signal(pool, outbox_messaging):
     assert f"case-{order['order_id']}-1" not in {r["workflow_id"] for r in told} and len(told) == 3
 
 
+# --- the send in flight -----------------------------------------------------------
+
+
+def an_order_of_their_own() -> dict[str, Any]:
+    """An order whose name and address no other test's order has."""
+    order = new_order()
+    order["customer"]["name"] = f"Ada {uuid.uuid4().hex[:8]}"
+    order["delivery"]["address"]["line1"] = f"Ulica Kwiatowa {uuid.uuid4().hex[:6]}"
+    return order
+
+
+async def test_a_send_claimed_before_the_erasure_and_recorded_after_it_stores_none_of_their_data(pool, outbox_messaging, monkeypatch):
+    """Claim, forget, record: the message went out (the outbox stands in for
+    the provider), but neither the ledger nor the outbox keeps its address or body."""
+    order = an_order_of_their_own()
+    await store(pool, order)
+    to_outbox = outbox_messaging._to_outbox
+
+    async def forgotten_while_sending(*args):
+        await forget(pool, order["customer"]["customer_id"])
+        return await to_outbox(*args)
+
+    monkeypatch.setattr(outbox_messaging, "_to_outbox", forgotten_while_sending)
+    request = order_message(order, Touchpoint.ORDER_CONFIRMATION)
+    outcome = await send(outbox_messaging, request)
+
+    assert outcome.state is DeliveryState.SENT
+    row = await pool.fetchrow("SELECT state, recipient, body_text, blanked_at FROM message_ledger WHERE key = $1", request.key)
+    assert (row["state"], row["recipient"], row["body_text"]) == ("sent", "", None) and row["blanked_at"]
+    outbox = await pool.fetchrow("SELECT recipient, subject, body FROM outbox WHERE ledger_key = $1", request.key)
+    assert tuple(outbox) == ("", None, "")
+    assert await where_found(pool, personal_data(order)) == []
+
+
+async def test_a_send_the_erasure_overtakes_before_its_claim_is_refused_and_stores_nothing(pool, outbox_messaging, monkeypatch):
+    """The attempt read the customer as not erased; the erasure commits before
+    it registers the message: it registers nothing and sends nothing."""
+    order = an_order_of_their_own()
+    await store(pool, order)
+    render = outbox_messaging._render
+
+    async def forgotten_before_the_claim(a):
+        await forget(pool, order["customer"]["customer_id"])
+        return await render(a)
+
+    monkeypatch.setattr(outbox_messaging, "_render", forgotten_before_the_claim)
+    request = order_message(order, Touchpoint.ORDER_CONFIRMATION)
+    outcome = await send(outbox_messaging, request)
+
+    assert (outcome.state, outcome.error) == (DeliveryState.NOT_PERMITTED, erasure.CUSTOMER_ERASED)
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE ledger_key = $1", request.key) == 0
+    assert await where_found(pool, personal_data(order)) == []
+
+
+async def test_a_send_that_registers_while_the_erasure_is_under_way_waits_for_it_and_stores_nothing(pool, outbox_messaging):
+    """No monkeypatching: the erasure's transaction is open (the customer not
+    erased yet as others see it) when the send reads the customer and
+    registers; the registration waits for the erasure's commit, then refuses."""
+    import asyncio
+
+    order = an_order_of_their_own()
+    await store(pool, order)
+    request = order_message(order, Touchpoint.ORDER_CONFIRMATION)
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await erasure.forget(conn, order["customer"]["customer_id"], "dpo")
+            sending = asyncio.create_task(send(outbox_messaging, request))
+            await asyncio.sleep(1)
+            assert not sending.done()  # held at the customer's row
+        outcome = await asyncio.wait_for(sending, 20)
+
+    assert (outcome.state, outcome.error) == (DeliveryState.NOT_PERMITTED, erasure.CUSTOMER_ERASED)
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE ledger_key = $1", request.key) == 0
+    assert await where_found(pool, personal_data(order)) == []
+
+
 # --- the HTTP endpoint ----------------------------------------------------------
 
 ERASURE_TOKEN = "back-office-erasure-token"
