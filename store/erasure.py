@@ -6,7 +6,10 @@
   send reads it and refuses: activities/messaging.py);
 - `orders.document`: the customer's name, email and phone and the postal
   address replaced (name and address lines 'erased', email
-  erased@erased.invalid: the order stays a valid OrderInput);
+  erased@erased.invalid, a parcel locker's id 'erased' and its name
+  removed: the order stays a valid OrderInput), and the cancellation's
+  reason ('erased' where one was given);
+- `consent_audit`: the detail of each change (which, how and when stay);
 - the ledger and the outbox: recipients, subjects, bodies and headers of
   every message of the customer and their orders blanked; a message still
   'pending' ends 'not_permitted', "customer erased";
@@ -95,20 +98,27 @@ SCRUB = {
         UPDATE customers SET name = 'erased', email = '', phone = NULL, erased_at = now(), updated_at = now()
         WHERE customer_id = $1
     """,
-    # The address or locker stays where metrics read them (delivery_method); the
-    # document keeps its shape so that whatever reads it still can.
+    # The method (address or locker) stays where metrics read it
+    # (delivery_method), and the address's country; the document keeps its
+    # shape so that whatever reads it still can. A cancellation's reason is
+    # the customer's words: whether one was given stays.
     "orders": """
         UPDATE orders SET document = jsonb_set(
             jsonb_set(document, '{customer}',
                       (document->'customer') || '{"name": "erased", "email": "erased@erased.invalid", "phone": null}'::jsonb),
             '{delivery}',
-            CASE WHEN document->'delivery'->>'method' = 'address'
+            CASE document->'delivery'->>'method'
+                 WHEN 'address'
                  THEN jsonb_set(document->'delivery', '{address}',
                                 jsonb_build_object('line1', 'erased', 'line2', null, 'city', 'erased',
                                                    'postal_code', 'erased',
                                                    'country', document->'delivery'->'address'->'country'))
-                 ELSE document->'delivery' END)
-        WHERE customer_id = $1 AND document IS NOT NULL
+                 WHEN 'locker'
+                 THEN (document->'delivery') || '{"locker_id": "erased", "locker_name": null}'::jsonb
+                 ELSE document->'delivery' END),
+            cancellation_reason = CASE WHEN cancellation_reason IS NOT NULL THEN 'erased' END
+        -- An order recorded without a document keeps none (jsonb_set of NULL is NULL).
+        WHERE customer_id = $1
     """,
     "outbox": f"""
         UPDATE outbox SET recipient = '', subject = NULL, body = '', headers = NULL
@@ -123,6 +133,9 @@ SCRUB = {
             updated_at = now()
         WHERE {MESSAGES}
     """,
+    # Which change, how and when stay; the detail (a keyword, an order id,
+    # an operator's note) may say who.
+    "consent_audit": "UPDATE consent_audit SET detail = NULL WHERE customer_id = $1 AND detail IS NOT NULL",
     "feedback": "UPDATE feedback SET comment = NULL WHERE (customer_id = $1 OR order_id = ANY($2::text[])) AND comment IS NOT NULL",
     "message_votes": f"""
         UPDATE message_votes SET comment = NULL

@@ -229,6 +229,34 @@ async def test_the_erasure_owes_its_workflows_a_signal(pool, outbox_messaging):
     assert f"case-{order['order_id']}-1" not in {r["workflow_id"] for r in told} and len(told) == 3
 
 
+async def test_the_cancellation_reason_the_locker_and_the_consent_audit_s_details_are_scrubbed_and_their_counts_stay(pool):
+    from store.orders import CANCEL
+    from workflows.models import MessageClass
+
+    order = new_order()
+    uid = uuid.uuid4().hex[:8]
+    order["delivery"] = {"method": "locker", "locker_id": f"WAW-{uid}", "locker_name": f"Paczkomat Kwiatowa {uid}"}
+    await store(pool, order)
+    oid, cid = order["order_id"], order["customer"]["customer_id"]
+    reason, detail = f"Moving to my sister's in Gdańsk {uid}", f"asked by phone, Ada {uid}"
+    async with pool.acquire() as conn:
+        await conn.execute(CANCEL, oid, reason)
+        assert await consent.set_consent(conn, cid, MessageClass.MARKETING, Channel.EMAIL, False, source="operator", detail=detail)
+    needles = [f"WAW-{uid}", f"Paczkomat Kwiatowa {uid}", reason, detail]
+    assert {needle for _, _, needle in await where_found(pool, needles)} == set(needles)
+
+    await forget(pool, cid)
+
+    assert await where_found(pool, needles) == []
+    row = await pool.fetchrow("SELECT status, delivery_method, cancellation_reason, document FROM orders WHERE order_id = $1", oid)
+    assert (row["status"], row["delivery_method"], row["cancellation_reason"]) == ("cancelled", "locker", erasure.ERASED_NAME)
+    from workflows.models import OrderInput
+
+    assert OrderInput.model_validate_json(row["document"]).delivery.method == "locker"
+    audit = await pool.fetch("SELECT source, granted, detail FROM consent_audit WHERE customer_id = $1 ORDER BY id", cid)
+    assert [(a["source"], a["granted"], a["detail"]) for a in audit][-1] == ("operator", False, None)
+
+
 # --- the send in flight -----------------------------------------------------------
 
 
