@@ -38,6 +38,7 @@ from reports.config import leads_from_env
 from reports.metrics import targets_from_env
 from reports.schedule import ensure_schedule, retention_schedule_from_env, schedule_from_env
 from store.database import create_pool, migrate
+from store.erasure_salt import erasure_salt_from_env
 from workflows.case_handling import CaseWorkflow
 from workflows.customer_journey import CustomerJourney
 from workflows.metrics import MESSAGE_WAIT
@@ -176,10 +177,11 @@ def shared_module_runner(package: str) -> SandboxedWorkflowRunner:
 
 
 async def run_worker(client: Client, database_url: str, env: Mapping[str, str], stop: asyncio.Event) -> None:
-    applied = await migrate(database_url)
+    erasure_salt = erasure_salt_from_env(env)
+    applied = await migrate(database_url, erasure_salt)
     if applied:
         log.info("database migrated: %s", ", ".join(applied))
-    pool = await create_pool(database_url, max_size=int(env.get("DATABASE_POOL_SIZE", "10")))
+    pool = await create_pool(database_url, erasure_salt=erasure_salt, max_size=int(env.get("DATABASE_POOL_SIZE", "10")))
     try:
         journey = journey_settings_from_env(env)
         worker = build_worker(
@@ -212,6 +214,7 @@ async def _main() -> None:
         targets_from_env(os.environ)
         schedule_from_env(os.environ)
         retention_schedule_from_env(os.environ)
+        erasure_salt_from_env(os.environ)
         client = await connect_temporal(runtime=runtime)
     except (CodecConfigError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None

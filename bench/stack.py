@@ -23,6 +23,8 @@ from workflows.models import TASK_QUEUE
 REPO = Path(__file__).resolve().parents[1]
 TWILIO_SID = "AC" + "b" * 32
 TWILIO_TOKEN = "bench-token"
+# The bench's own erasure salt (store/erasure_salt.py), for its database only.
+BENCH_ERASURE_SALT = "bench-erasure-salt-not-secret"
 
 # Short delays so a whole journey takes seconds; the deadlines stay long so the
 # happy path never hits them. No SMS quiet hours: the figures must not depend
@@ -131,6 +133,7 @@ class Stack:
             "PROVIDER_TIMEOUT_SECONDS": str(provider_timeout),
             # Marketing mail carries a signed unsubscribe link.
             "UNSUBSCRIBE_SECRET": "bench-unsubscribe-secret",
+            "ERASURE_SALT": BENCH_ERASURE_SALT,
             "WEB_PUBLIC_URL": "http://localhost:8000",
             "LOG_LEVEL": "WARNING",
             # Several workers may run at once: none takes the default metrics port.
@@ -152,6 +155,7 @@ class Stack:
             "TEMPORAL_ADDRESS": self.temporal_address,
             "DATABASE_URL": self.database_url,
             "UNSUBSCRIBE_SECRET": "bench-unsubscribe-secret",
+            "ERASURE_SALT": BENCH_ERASURE_SALT,
             "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
             "SENDGRID_WEBHOOK_PUBLIC_KEY": sendgrid_public_key,
             "WEB_HOST": "127.0.0.1",

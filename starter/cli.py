@@ -69,6 +69,9 @@ from workflows.models import (
 DATA_DIR = Path(os.environ.get("ORDERS_DATA_DIR", ".orders-data"))
 # Made by `orders up` on its first run, and kept: its histories need it to decode.
 LOCAL_PAYLOAD_KEYS = DATA_DIR / "payload-encryption-keys"
+# Made by `orders up` on its first run when ERASURE_SALT is not set, and kept:
+# the erased customers' hashes in its database were made with it.
+LOCAL_ERASURE_SALT = DATA_DIR / "erasure-salt"
 UI_ORIGIN = "http://localhost:8233"
 
 
@@ -225,12 +228,24 @@ async def case_command(client: Client, args: argparse.Namespace) -> CaseView:
         raise UsageError(f"rejected: {err.cause.message if err.cause else err}") from None
 
 
+def erasure_salt() -> str:
+    """ERASURE_SALT(_FILE), else the one `orders up` made, if any (a salt
+    that is not the database's is refused when the pool connects)."""
+    from store.erasure_salt import SALT_FILE_VARIABLE, SALT_VARIABLE, erasure_salt_from_env
+
+    env = dict(os.environ)
+    if not env.get(SALT_VARIABLE) and not env.get(SALT_FILE_VARIABLE) and LOCAL_ERASURE_SALT.exists():
+        env[SALT_FILE_VARIABLE] = str(LOCAL_ERASURE_SALT)
+    return erasure_salt_from_env(env)
+
+
 async def forget_customer(client: Client, customer_id: str, requested_by: str, url: str | None = None) -> dict[str, Any]:
     """`orders forget`: as `POST /erasures` does (web/erasures.py); signals
     Temporal does not take now, the HTTP service's relay delivers later."""
     from pydantic import ValidationError
 
     from store.database import create_pool
+    from store.erasure_salt import SaltError
     from web.erasures import forget_and_tell
     from web.signals import OwedSignals, Signals
     from workflows.models import ErasureRequest
@@ -239,7 +254,10 @@ async def forget_customer(client: Client, customer_id: str, requested_by: str, u
         request = ErasureRequest(customer_id=customer_id, requested_by=requested_by)
     except ValidationError as err:
         raise UsageError(f"not a customer id or requester: {err.errors()[0]['msg']}") from None
-    pool = await create_pool(url or database_url(), max_size=2)
+    try:
+        pool = await create_pool(url or database_url(), erasure_salt=erasure_salt(), max_size=2)
+    except SaltError as err:
+        raise UsageError(str(err)) from None
     try:
         relay = OwedSignals(lambda: pool, Signals({}, client))
         receipt = await forget_and_tell(pool, relay, request.customer_id, request.requested_by)
@@ -322,6 +340,9 @@ async def up(demo: bool) -> None:
     codec_config = CodecServerConfig.from_env(env)
     # Kept in the data dir so unsubscribe links in mails sent before a restart still work.
     env.setdefault("UNSUBSCRIBE_SECRET", local_secret(DATA_DIR / "unsubscribe-secret"))
+    # Kept too: the erased customers' hashes in its database were made with it.
+    if not env.get("ERASURE_SALT") and not env.get("ERASURE_SALT_FILE"):
+        env["ERASURE_SALT"] = local_secret(LOCAL_ERASURE_SALT)
     # Every setting is checked before anything starts, so a bad one leaves nothing running.
     web_config = WebConfig.from_env(env)
     env.setdefault("WEB_PUBLIC_URL", web_config.public_url)  # the worker's links point at this service
@@ -351,7 +372,7 @@ async def up(demo: bool) -> None:
             web_config = dataclasses.replace(web_config, database_url=env["DATABASE_URL"])
             print(f"PostgreSQL at {env['DATABASE_URL']}")
         # Before the HTTP service, which reads tables of the schema at once.
-        await migrate(env["DATABASE_URL"])
+        await migrate(env["DATABASE_URL"], web_config.erasure_salt)
         worker_task = asyncio.create_task(run_worker(client, env["DATABASE_URL"], env, stop))
         print(f"Worker running on task queue {TASK_QUEUE!r}. Ctrl-C stops everything; state stays in {DATA_DIR}/.")
         tasks.append(worker_task)

@@ -207,11 +207,11 @@ async def forget(conn: asyncpg.Connection, customer_id: str, requested_by: str) 
         erased: dict[str, int] = {}
         if addresses:
             status = await conn.execute(HASH_SUPPRESSIONS, [a["channel"] for a in addresses], [a["recipient"] for a in addresses])
-            erased["suppressions"] = _rows(status)
+            erased["suppressions"] = rows_changed(status)
         # The outbox and votes find the messages by the ledger's customer and order: before the ledger is blanked.
         for table, statement in SCRUB.items():
             args = (customer_id, order_ids, CUSTOMER_ERASED) if "$3" in statement else (customer_id, order_ids) if "$2" in statement else (customer_id,)
-            erased[table] = _rows(await conn.execute(statement, *args))
+            erased[table] = rows_changed(await conn.execute(statement, *args))
         receipt_id = f"er-{uuid.uuid4().hex}"
         cases = [r["case_id"] for r in await conn.fetch(CUSTOMER_CASES, customer_id, order_ids)]
         workflows = [workflow_id_for(o) for o in order_ids] + [customer_workflow_id(customer_id)] + cases
@@ -245,6 +245,6 @@ async def pending_signals(conn: asyncpg.Connection | asyncpg.Pool, receipt_id: s
     )
 
 
-def _rows(status: str) -> int:
+def rows_changed(status: str) -> int:
     """The row count of an UPDATE, DELETE or INSERT's status ('UPDATE 3', 'INSERT 0 3')."""
     return int(status.rsplit(" ", 1)[1])

@@ -26,6 +26,7 @@ from codec import KEYS_VARIABLE, payload_keys_from_env
 from providers import Provider
 from starter.embedded import start_dev_server, start_postgres, start_time_skipping_server
 from store.database import create_pool, migrate
+from store.erasure_salt import SALT_VARIABLE
 from tests.fake_providers import FakeProviders, serve
 from worker import build_worker
 from workflows import order_lifecycle
@@ -43,9 +44,11 @@ from workflows.models import (
 TWILIO_SID = "AC" + "0" * 32
 HISTORIES = Path(__file__).parent / "histories"
 NO_QUIET_HOURS = {"sms_quiet_from": timedelta(0), "sms_quiet_until": timedelta(0)}
-# The tests' own payload key, fixed so that histories recorded with it replay
-# (tests/histories, RECORD_HISTORIES=1). Never used outside the tests.
-TEST_KEY_ENV = {KEYS_VARIABLE: "test-1:b25seSB0aGUgdGVzdHMgdXNlIHRoaXMga2V5OiAzMmI="}
+# The tests' own keys, never used outside the tests: the payload key, fixed
+# so that histories recorded with it replay (tests/histories,
+# RECORD_HISTORIES=1), and the erasure salt (store/erasure_salt.py).
+TEST_ERASURE_SALT = "the tests' own erasure salt"
+TEST_KEY_ENV = {KEYS_VARIABLE: "test-1:b25seSB0aGUgdGVzdHMgdXNlIHRoaXMga2V5OiAzMmI=", SALT_VARIABLE: TEST_ERASURE_SALT}
 TEST_PAYLOAD_KEYS = payload_keys_from_env(TEST_KEY_ENV)
 
 # tests/skip_rule.py: an unmarked skip fails. pytester: the rule's own test.
@@ -63,13 +66,13 @@ def state_dir() -> Path:
 @pytest.fixture(scope="session")
 async def database_url(state_dir: Path) -> str:
     url = start_postgres(state_dir / "pg")
-    await migrate(url)
+    await migrate(url, TEST_ERASURE_SALT)
     return url
 
 
 @pytest.fixture(scope="session")
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url)
+    pool = await create_pool(database_url, erasure_salt=TEST_ERASURE_SALT)
     yield pool
     await pool.close()
 

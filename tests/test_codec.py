@@ -143,6 +143,7 @@ def test_the_worker_refuses_to_start_without_keys():
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAYLOAD_ENCRYPTION_KEYS")}
     env["DATABASE_URL"] = "postgresql://nobody@127.0.0.1:1/none"
     env["METRICS_PORT"] = "0"  # the refusal, not a busy metrics port
+    env["ERASURE_SALT"] = "every other setting is valid"
     result = subprocess.run([sys.executable, "worker.py"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "error: PAYLOAD_ENCRYPTION_KEYS or PAYLOAD_ENCRYPTION_KEYS_FILE is required" in result.stderr

@@ -159,7 +159,7 @@ def test_no_secret_is_written_in_the_compose_file():
                 assert INTERPOLATION.fullmatch(value), f"{name}: {variable} must come from the environment, not the file"
     # A missing password or secret stops `docker compose up` with a message.
     required = {m.group(1) for m in INTERPOLATION.finditer(json.dumps(COMPOSE)) if (m.group(2) or "").startswith(":?")}
-    assert {"POSTGRES_PASSWORD", "UNSUBSCRIBE_SECRET", "CODEC_SERVER_TOKEN"} <= required
+    assert {"POSTGRES_PASSWORD", "UNSUBSCRIBE_SECRET", "CODEC_SERVER_TOKEN", "ERASURE_SALT"} <= required
     # The payload keys: a file, mounted as a secret, never in the repository.
     assert COMPOSE["secrets"]["payload_encryption_keys"]["file"] == "./secrets/payload-encryption-keys"
     for name in ("worker", "web", "codec-server"):

@@ -17,7 +17,7 @@ from store import consent, erasure, provider_events
 from tests.conftest import new_order, store
 from tests.fake_providers import FakeProviders
 from tests.test_consent_sending import journey_message, order_message, send, sms_posts_to
-from workflows.models import Channel, DeliveryState, Touchpoint
+from workflows.models import Channel, DeliveryState, MessageClass, Touchpoint
 
 # The customer's words; each customer's own (words(order)).
 COMMENT = "The parcel was left at my neighbour Zbigniew's flat"
@@ -231,7 +231,6 @@ async def test_the_erasure_owes_its_workflows_a_signal(pool, outbox_messaging):
 
 async def test_the_cancellation_reason_the_locker_and_the_consent_audit_s_details_are_scrubbed_and_their_counts_stay(pool):
     from store.orders import CANCEL
-    from workflows.models import MessageClass
 
     order = new_order()
     uid = uuid.uuid4().hex[:8]
@@ -255,6 +254,114 @@ async def test_the_cancellation_reason_the_locker_and_the_consent_audit_s_detail
     assert OrderInput.model_validate_json(row["document"]).delivery.method == "locker"
     audit = await pool.fetch("SELECT source, granted, detail FROM consent_audit WHERE customer_id = $1 ORDER BY id", cid)
     assert [(a["source"], a["granted"], a["detail"]) for a in audit][-1] == ("operator", False, None)
+
+
+# --- the erasure salt ------------------------------------------------------------
+
+
+def test_the_erasure_salt_comes_from_the_environment_or_a_file_and_is_required(tmp_path):
+    from store.erasure_salt import SaltError, erasure_salt_from_env
+
+    with pytest.raises(SaltError, match="ERASURE_SALT .or ERASURE_SALT_FILE. is required"):
+        erasure_salt_from_env({})
+    with pytest.raises(SaltError, match="at least 16 characters"):
+        erasure_salt_from_env({"ERASURE_SALT": "short"})
+    secret = tmp_path / "erasure-salt"
+    secret.write_text("kept in a secret file\n")
+    assert erasure_salt_from_env({"ERASURE_SALT_FILE": str(secret)}) == "kept in a secret file"
+    with pytest.raises(SaltError, match="ERASURE_SALT_FILE: cannot read"):
+        erasure_salt_from_env({"ERASURE_SALT_FILE": str(tmp_path / "none")})
+
+
+def test_the_worker_and_the_http_service_refuse_to_start_without_the_erasure_salt():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import TEST_KEY_ENV
+    from web.config import ConfigError, WebConfig
+
+    without = {k: v for k, v in TEST_KEY_ENV.items() if k != "ERASURE_SALT"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ERASURE_SALT")}
+    env.update(without, DATABASE_URL="postgresql://nobody@127.0.0.1:1/none", METRICS_PORT="0")
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "worker.py"], cwd=repo, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "error: ERASURE_SALT (or ERASURE_SALT_FILE) is required" in result.stderr, result.stderr
+    with pytest.raises(ConfigError, match="ERASURE_SALT .or ERASURE_SALT_FILE. is required"):
+        WebConfig.from_env({"UNSUBSCRIBE_SECRET": "s", **without})
+
+
+async def test_no_database_dump_can_test_a_guessed_number_against_an_erased_customer_s_hash(pool, database_url):
+    """What a dump holds (the salt migration 018 stored, the hashes) does not
+    reproduce the hash of the number the customer said STOP from; the salt
+    that does is in no table. A connection without it cannot hash at all."""
+    import hashlib
+
+    from store.database import create_pool
+    from tests.conftest import TEST_ERASURE_SALT
+
+    order = an_order_of_their_own()
+    phone = order["customer"]["phone"]
+    await store(pool, order)
+    async with pool.acquire() as conn:
+        await consent.suppress(conn, Channel.SMS, phone, reason="STOP keyword", source="sms_keyword")
+    await forget(pool, order["customer"]["customer_id"])
+
+    kept = await pool.fetchval("SELECT recipient FROM suppressions WHERE recipient LIKE 'erased:%' AND reason = 'STOP keyword' ORDER BY at DESC LIMIT 1")
+    stored_salt = await pool.fetchval("SELECT salt FROM erasure_salt")
+    from_the_dump = "erased:" + hashlib.sha256(f"{stored_salt}:sms:{phone}".encode()).hexdigest()
+    assert await pool.fetchval("SELECT count(*) FROM suppressions WHERE recipient = $1", from_the_dump) == 0
+    assert kept != from_the_dump
+    assert await where_found(pool, [TEST_ERASURE_SALT]) == []
+    unsalted = await create_pool(database_url, max_size=1)
+    try:
+        with pytest.raises(asyncpg.RaiseError, match="ERASURE_SALT is not set"):
+            await consent.refusal(unsalted, "C-anyone", MessageClass.TRANSACTIONAL, Channel.SMS, phone)
+    finally:
+        await unsalted.close()
+    # With the salt, the STOP holds (test_a_stop_survives_erasure...).
+    refused = await consent.refusal(pool, "C-anyone", MessageClass.TRANSACTIONAL, Channel.SMS, phone)
+    assert refused == "sms recipient suppressed: STOP keyword"
+
+
+async def test_hashes_made_with_the_stored_salt_are_re_hashed_at_start_up_and_keep_matching(pool, database_url):
+    """Suppressions and erasure log rows hashed by migration 018's scheme (its
+    stored salt) before ERASURE_SALT: the start-up re-hashes them in place,
+    the STOP still holds, a repeated erasure still finds its first receipt;
+    a start-up with another salt is refused."""
+    from store.database import create_pool, migrate
+    from store.erasure_salt import SaltError
+    from tests.conftest import TEST_ERASURE_SALT
+
+    order = an_order_of_their_own()
+    phone, cid = order["customer"]["phone"], order["customer"]["customer_id"]
+    await store(pool, order)
+    receipt_id = f"er-{uuid.uuid4().hex}"
+    async with pool.acquire() as conn:
+        # As forget did before: the customer erased, their STOP and log row hashed with the stored salt.
+        await conn.execute("UPDATE customers SET name = 'erased', email = '', phone = NULL, erased_at = now() WHERE customer_id = $1", cid)
+        await conn.execute(
+            "INSERT INTO suppressions (channel, recipient, reason, source) VALUES ('sms', erasure_hash_018('sms', $1), 'STOP keyword', 'sms_keyword')",
+            phone,
+        )
+        await conn.execute(
+            "INSERT INTO erasures (receipt_id, customer_hash, requested_by, completed_at) VALUES ($1, erasure_hash_018('customer', $2), 'dpo', now())",
+            receipt_id, cid,
+        )
+    assert await consent.refusal(pool, cid, MessageClass.TRANSACTIONAL, Channel.SMS, phone) is None  # not yet
+
+    await migrate(database_url, TEST_ERASURE_SALT)  # the next start-up
+
+    refused = await consent.refusal(pool, "C-newcomer", MessageClass.TRANSACTIONAL, Channel.SMS, phone)
+    assert refused == "sms recipient suppressed: STOP keyword"
+    assert (await forget(pool, cid)).receipt.receipt_id == receipt_id
+    assert await pool.fetchval("SELECT count(*) FROM suppressions WHERE recipient ~ '^erased:[0-9a-f]{64}$'") == 0
+    with pytest.raises(SaltError, match="not the one this database's erased customers were hashed with"):
+        await migrate(database_url, "another salt, of another service")
+    with pytest.raises(SaltError, match="not the one"):
+        await create_pool(database_url, erasure_salt="another salt, of another service")
 
 
 # --- the send in flight -----------------------------------------------------------
@@ -415,12 +522,17 @@ async def test_while_temporal_is_away_the_erasure_waits_for_its_signals(pool, ou
 
 async def test_orders_forget_does_what_the_endpoint_does(pool, outbox_messaging, database_url, monkeypatch):
     from starter.cli import UsageError, forget_customer
+    from tests.conftest import TEST_ERASURE_SALT
     from tests.test_web import FakeTemporal
 
     monkeypatch.setenv("DATABASE_URL", database_url)
     order = await a_customer_with_history(pool, outbox_messaging)
     cid = order["customer"]["customer_id"]
     temporal = FakeTemporal()
+    monkeypatch.setenv("ERASURE_SALT", "another salt, of another service")
+    with pytest.raises(UsageError, match="ERASURE_SALT is not the one"):
+        await forget_customer(temporal, cid, "dpo")
+    monkeypatch.setenv("ERASURE_SALT", TEST_ERASURE_SALT)
     receipt = await forget_customer(temporal, cid, "dpo")
     assert receipt["state"] == "completed" and receipt["requested_by"] == "dpo"
     assert await where_found(pool, personal_data(order)) == []

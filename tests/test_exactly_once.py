@@ -29,7 +29,7 @@ from activities.config import ProviderConfig
 from activities.messaging import MessagingActivities
 from messages.templates import CUSTOMER_TEMPLATES, render
 from store.database import create_pool
-from tests.conftest import new_order, store
+from tests.conftest import TEST_ERASURE_SALT, new_order, store
 from tests.fake_providers import BOUNCING_EMAIL_DOMAIN, FakeProviders, RecordedRequest
 from tests.test_journey import kinds
 from worker import build_worker
@@ -152,7 +152,7 @@ class CuttablePostgres:
 async def postgres_behind_proxy(database_url: str):
     proxy = CuttablePostgres(database_url)
     await proxy.open()
-    pool = await create_pool(proxy.url)
+    pool = await create_pool(proxy.url, erasure_salt=TEST_ERASURE_SALT)
     yield proxy, pool
     await pool.close()
 
@@ -184,7 +184,7 @@ async def three_slow_mails_on_two_threads(database_url: str, fakes: FakeProvider
     outcomes."""
     # How worker.py sized the provider threads from PROVIDER_THREADS before.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(2))
-    pool = await create_pool(database_url)
+    pool = await create_pool(database_url, erasure_salt=TEST_ERASURE_SALT)
     try:
         orders = [await recorded_order(pool) for _ in range(3)]
         for order in orders:

@@ -25,7 +25,7 @@ from bench.prometheus import Sample, free_port, parse, scrape, total
 from bench.stack import REPO, Stack, start_stack, wait_for_pollers
 from starter.cli import UsageError, place_order, send_event
 from starter.demo import payment
-from tests.conftest import Harness
+from tests.conftest import TEST_ERASURE_SALT, Harness
 from workflows.models import TASK_QUEUE, OrderStatusView, workflow_id_for
 
 import worker
@@ -174,6 +174,7 @@ async def test_web_service_counts_rejected_requests_on_its_own_port(database_url
         **os.environ,
         "DATABASE_URL": database_url,
         "UNSUBSCRIBE_SECRET": uuid.uuid4().hex,
+        "ERASURE_SALT": TEST_ERASURE_SALT,
         "TWILIO_AUTH_TOKEN": twilio_token,
         "WEB_PORT": str(port),
         "WEB_PUBLIC_URL": public_url,

@@ -24,6 +24,7 @@ from temporalio.exceptions import ApplicationError
 from store import retention
 from store.database import create_pool
 from store.retention import RETENTION_LOCK_ID, RetentionBusy, RetentionConfigError, policy_from_env
+from tests.conftest import TEST_ERASURE_SALT
 from tests.wocas_fixture import private_database
 from workflows.models import RetentionTable
 
@@ -38,7 +39,7 @@ def days_ago(days: float) -> datetime:
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
     async with private_database(database_url) as url:
-        pool = await create_pool(url)
+        pool = await create_pool(url, erasure_salt=TEST_ERASURE_SALT)
         try:
             yield url, pool
         finally:
@@ -281,7 +282,7 @@ async def test_the_worker_keeps_the_retention_schedule_and_a_triggered_run_appli
     from workflows.models import RetentionOutcome
 
     async with private_database(database_url) as url:
-        pool = await create_pool(url)
+        pool = await create_pool(url, erasure_salt=TEST_ERASURE_SALT)
         await seed(pool)
         env = {**TEST_KEY_ENV, "DATABASE_URL": url, "RETENTION_SMS_KEYWORDS": "never", "RETENTION_BATCH_SIZE": "2"}
         schedule = dev_env.client.get_schedule_handle(RETENTION_SCHEDULE_ID)

@@ -25,6 +25,7 @@ from temporalio import workflow
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from twilio.request_validator import RequestValidator
 
+from codec import KEY_VARIABLES
 from messages.unsubscribe_tokens import sign
 from store.consent import set_consent
 from tests.conftest import TEST_KEY_ENV, new_order, store
@@ -519,8 +520,11 @@ def test_config_from_environment(tmp_path: Path):
     )
     assert (config.host, config.port, config.public_url) == ("127.0.0.1", 8123, "http://localhost:8123")
     assert config.max_body_bytes == 65536
-    assert config.temporal_env == {"TEMPORAL_ADDRESS": "t:7233", **TEST_KEY_ENV} and config.twilio_auth_token == "sms-key"
-    assert "link-key" not in repr(config) and "sms-key" not in repr(config)  # a logged config leaks no secret
+    payload_keys = {k: v for k, v in TEST_KEY_ENV.items() if k in KEY_VARIABLES}
+    assert config.temporal_env == {"TEMPORAL_ADDRESS": "t:7233", **payload_keys} and config.twilio_auth_token == "sms-key"
+    assert config.erasure_salt == TEST_KEY_ENV["ERASURE_SALT"]
+    # A logged config leaks no secret.
+    assert "link-key" not in repr(config) and "sms-key" not in repr(config) and config.erasure_salt not in repr(config)
     with pytest.raises(ConfigError, match="DATABASE_URL"):
         create_app(config)
 

@@ -80,8 +80,8 @@ def create_app(
         if pool is None:
             # As the worker does, under the same lock: the service may start
             # first, and it reads and writes tables of the latest schema.
-            await migrate(config.database_url)
-            app.state.pool = await create_pool(config.database_url)
+            await migrate(config.database_url, config.erasure_salt)
+            app.state.pool = await create_pool(config.database_url, erasure_salt=config.erasure_salt)
         tasks = [asyncio.create_task(app.state.owed_signals.run()), asyncio.create_task(app.state.sms_statuses.run())]
         try:
             yield

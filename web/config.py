@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from codec import KEY_VARIABLES, CodecConfigError, payload_keys_from_env
+from store.erasure_salt import SaltError, erasure_salt_from_env
 from worker import metrics_address
 from workflows.clock import parse_duration
 
@@ -54,6 +55,9 @@ class WebConfig:
     # The bearer token of POST /erasures and GET /erasures/{receipt}
     # (web/erasures.py); without it they answer 503.
     erasure_api_token: str | None = field(default=None, repr=False)
+    # ERASURE_SALT(_FILE) (store/erasure_salt.py): required by from_env; None
+    # only for an app given its pool.
+    erasure_salt: str | None = field(default=None, repr=False)
     # TEMPORAL_* and the payload keys for worker.connect_temporal, used on the first signal.
     temporal_env: Mapping[str, str] = field(default_factory=dict, repr=False)
     # Where `orders web` serves Prometheus metrics (METRICS_HOST:WEB_METRICS_PORT),
@@ -71,6 +75,10 @@ class WebConfig:
         try:  # checked now, though used only at the first signal: a service that cannot signal must not start
             payload_keys_from_env(env)
         except CodecConfigError as err:
+            raise ConfigError(str(err)) from None
+        try:
+            erasure_salt = erasure_salt_from_env(env)
+        except SaltError as err:
             raise ConfigError(str(err)) from None
         port = _int(env, "WEB_PORT", cls.port)
         return cls(
@@ -92,6 +100,7 @@ class WebConfig:
                 env, "SENDGRID_WEBHOOK_MAX_BODY_BYTES", cls.sendgrid_webhook_max_body_bytes
             ),
             erasure_api_token=env.get("ERASURE_API_TOKEN") or None,
+            erasure_salt=erasure_salt,
             temporal_env={k: v for k, v in env.items() if k.startswith("TEMPORAL_") or k in KEY_VARIABLES},
             metrics_address=metrics_address(env, "WEB_METRICS_PORT", DEFAULT_METRICS_PORT),
         )
