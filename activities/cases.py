@@ -68,8 +68,9 @@ class CaseActivities:
         return self._routing
 
     @activity.defn
-    async def record_case(self, record: CaseRecord) -> None:
-        await case_store.record_case(self._pool, record)
+    async def record_case(self, record: CaseRecord) -> bool:
+        """Whether the case's customer was erased: the case closes."""
+        return await case_store.record_case(self._pool, record)
 
     @activity.defn
     async def notify_staff(self, notice: StaffNotice) -> str:

@@ -35,11 +35,19 @@ FROM cases WHERE order_id = $2
 RETURNING case_id, order_id, n, trigger, customer_id, seller_id, category, text, opened_at
 """
 
+# The customer's words (and a resolution, which may quote them) are not
+# written back once the customer was erased (store/erasure.py); the case
+# hears it in the answer, and closes.
 UPDATE = """
+WITH customer AS (
+    SELECT c.erased_at IS NOT NULL AS erased FROM cases k JOIN customers c USING (customer_id) WHERE k.case_id = $1
+)
 UPDATE cases SET status = $2, owner = $3, escalation_level = $4, due_at = $5, acknowledged_at = $6, resolved_at = $7,
-                 resolution = $8, resolved_by = $9, reopened_at = $10, reopen_comment = $11, sla_breaches = $12,
-                 closed_reason = $13
+                 resolution = CASE WHEN (SELECT erased FROM customer) THEN NULL ELSE $8 END, resolved_by = $9,
+                 reopened_at = $10, reopen_comment = CASE WHEN (SELECT erased FROM customer) THEN NULL ELSE $11 END,
+                 sla_breaches = $12, closed_reason = $13
 WHERE case_id = $1
+RETURNING coalesce((SELECT erased FROM customer), false)
 """
 
 
@@ -63,9 +71,10 @@ async def open_case(
     return CaseOpening(**dict(row))
 
 
-async def record_case(conn: asyncpg.Connection | asyncpg.Pool, record: CaseRecord) -> None:
-    await conn.execute(
+async def record_case(conn: asyncpg.Connection | asyncpg.Pool, record: CaseRecord) -> bool:
+    """Whether the case's customer was erased."""
+    return bool(await conn.fetchval(
         UPDATE, record.case_id, record.status.value, record.owner, record.escalation_level, record.due_at,
         record.acknowledged_at, record.resolved_at, record.resolution, record.resolved_by, record.reopened_at,
         record.reopen_comment, record.sla_breaches, record.closed_reason,
-    )
+    ))

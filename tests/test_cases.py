@@ -229,7 +229,11 @@ async def test_an_acknowledgement_that_comes_with_the_sla_timer_is_not_overwritt
         h.started.append(handle)
         view = await asyncio.wait_for(acknowledged, 20)
         view = await h.wait_for(handle, lambda v: noted(v, "case_acknowledgement to the customer"), view_type=CaseView)
-        row = await pool.fetchrow("SELECT status, escalation_level, owner FROM cases WHERE case_id = $1", opening.case_id)
+        for _ in range(100):  # the acknowledgement's row is written after the update answered
+            row = await pool.fetchrow("SELECT status, escalation_level, owner FROM cases WHERE case_id = $1", opening.case_id)
+            if row["status"] != "open":
+                break
+            await asyncio.sleep(0.05)
         history = await handle.fetch_history()
 
     failed = [e for e in history.events if e.HasField("workflow_task_failed_event_attributes")]

@@ -137,3 +137,26 @@ async def test_a_staff_mail_about_an_erased_customer_s_case_is_not_sent(pool):
     assert refused.value.non_retryable
     assert await pool.fetchval("SELECT count(*) FROM message_ledger WHERE key = $1", key) == 0
     assert await pool.fetchval("SELECT count(*) FROM outbox WHERE ledger_key = $1", key) == 0
+
+
+async def test_a_case_that_starts_after_its_customer_was_erased_closes_at_once(
+    ts_env: WorkflowEnvironment, make_harness, fakes: FakeProviders, pool
+):
+    """A "not helpful" vote's case the relay starts late, after the erasure
+    (whose `customer_erased` found no workflow to tell): its first record
+    finds the customer erased, and it ends closed without a mail."""
+    order = new_order()
+    await store(pool, order)
+    async with pool.acquire() as conn:
+        opening = await open_case(conn, order_id=order["order_id"], trigger="not_helpful", trigger_key=uuid.uuid4().hex, text="Which DHL?")
+        await erasure.forget(conn, order["customer"]["customer_id"], "test")
+    async with make_harness(ts_env, case_routing=ROUTING) as h:
+        handle = await start_as_the_relay_does(h, opening.model_copy(update={"text": None}))
+        result = await asyncio.wait_for(handle.result(), 30)
+
+    assert (result.status, result.closed_reason) == ("closed", "customer erased"), result.timeline
+    assert not noted(result, "mailed") and not noted(result, "to the customer")
+    assert [m for m in fakes.deliveries_to(OWNER) if opening.case_id in m] == []
+    assert fakes.deliveries_to(order["customer"]["email"]) == []
+    row = await pool.fetchrow("SELECT status, closed_reason FROM cases WHERE case_id = $1", opening.case_id)
+    assert tuple(row) == ("closed", "customer erased")

@@ -211,7 +211,11 @@ class CaseWorkflow:
     # --- side effects ----------------------------------------------------------
 
     async def _record(self) -> None:
-        await workflow.execute_activity_method(CaseActivities.record_case, self._record_now(), **DB_TIMEOUTS)
+        customer_erased = await workflow.execute_activity_method(CaseActivities.record_case, self._record_now(), **DB_TIMEOUTS)
+        # The signal may never come: a case started after the erasure had no workflow to tell.
+        # (None: recorded before the activity said.)
+        if customer_erased:
+            self._close(CUSTOMER_ERASED)
 
     def _tell_customer(self, kind: Touchpoint, occasion: str | None, details: dict[str, Any] | None = None) -> None:
         """Through the ledger, as order mail goes (the vote links come with it)."""
@@ -337,15 +341,19 @@ class CaseWorkflow:
 
     @workflow.signal
     def customer_erased(self, _: Any = None) -> None:
-        """The customer was forgotten (store/erasure.py): the case closes now
-        and forgets their words; the run records it and ends."""
+        """The customer was forgotten (store/erasure.py): the case closes now;
+        the run records it and ends."""
+        self._close(CUSTOMER_ERASED)
+
+    def _close(self, reason: str) -> None:
+        """Closed for good, forgetting the customer's words; nothing more is sent."""
         if self._closed():
             return
         self.status = CaseStatus.CLOSED
-        self.closed_reason = CUSTOMER_ERASED
+        self.closed_reason = reason
         self.opening = self.opening.model_copy(update={"text": None})
         self.resolution = self.reopen_comment = None
-        self._note(f"closed: {CUSTOMER_ERASED}; nothing more is sent")
+        self._note(f"closed: {reason}; nothing more is sent")
 
     def _reopening(self) -> bool:
         """The "no" that reopens the case came, and the round it opened is not resolved yet."""
