@@ -100,6 +100,7 @@ async def test_an_erased_customer_s_cases_send_nothing_more_refuse_answers_forge
             await handles[0].execute_update("case_acknowledged", {"by": "Eve"}, result_type=CaseView)
         release.set()
         results = [await asyncio.wait_for(handle.result(), 30) for handle in handles]
+        await h.keep_history(handles[0], "case_closed_customer_erased")
 
     assert "customer erased" in str(refused.value.cause)
     for result, opening in zip(results, openings):

@@ -67,6 +67,9 @@ EXPECTED = {
     # a case escalated twice, resolved by update, reopened once.
     "low_rating_case",
     "case_escalated_resolved_reopened",
+    # A reopened case closed by its customer's erasure (customer_erased), an
+    # update refused while it closed.
+    "case_closed_customer_erased",
     # The WOCAS report's scheduled run: built, then mailed to two leads.
     "wocas_report",
     # The retention schedule's run: three rules, an activity each.
