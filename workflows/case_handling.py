@@ -38,6 +38,7 @@ as order mail does; staff mail through activities/staff_mail.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -137,7 +138,7 @@ class CaseWorkflow:
         await self._record()
         self._tell_customer(Touchpoint.CASE_ACKNOWLEDGEMENT, None)
         self._tell_staff(Touchpoint.CASE_ASSIGNED, "round-1")
-        try:
+        with contextlib.suppress(CaseClosed):
             while True:
                 await self._until_resolved()
                 self._tell_customer(Touchpoint.CASE_OUTCOME, f"round-{self.round}", {"resolution": self.resolution})
@@ -150,7 +151,7 @@ class CaseWorkflow:
                 self._reopen()
                 await self._record()
                 self._tell_staff(Touchpoint.CASE_ASSIGNED, f"round-{self.round}")
-        except CaseClosed:
+        if self._closed():  # also when it closed as the reopen window passed
             await self._record()
         await asyncio.gather(*self._mail)
         await workflow.wait_condition(workflow.all_handlers_finished)
