@@ -230,11 +230,14 @@ SELECT (SELECT created_at FROM registered) AS created_at, EXISTS (SELECT 1 FROM 
 # Consent or the suppression list forbids the message: a new row, or a
 # 'pending' one (never sent), ends 'not_permitted' with the reason; one
 # already 'not_permitted' gets today's reason. Nothing when the row is in any
-# other state (another attempt got there first).
-REFUSE = """
+# other state (another attempt got there first). No recipient once the
+# customer was erased.
+REFUSE = f"""
+WITH customer AS ({ERASED_NOW.format("$3")})
 INSERT INTO message_ledger AS l (key, order_id, customer_id, message_class, kind, channel, recipient, provider,
                                  state, error)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'not_permitted', $9)
+SELECT $1, $2, $3, $4, $5, $6, CASE WHEN EXISTS (SELECT 1 FROM customer WHERE erased) THEN '' ELSE $7 END, $8,
+       'not_permitted', $9
 ON CONFLICT (key) DO UPDATE
 SET state = 'not_permitted', error = EXCLUDED.error, claim_token = NULL, lease_until = NULL, updated_at = now()
 WHERE l.state IN ('pending', 'not_permitted')

@@ -418,6 +418,26 @@ async def test_a_send_the_erasure_overtakes_before_its_claim_is_refused_and_stor
     assert await where_found(pool, personal_data(order)) == []
 
 
+async def test_a_refusal_the_erasure_overtakes_records_no_recipient(pool, outbox_messaging, monkeypatch):
+    """Refused (no marketing consent on SMS) just after the erasure committed:
+    the refusal's ledger row keeps no number."""
+    order = an_order_of_their_own()
+    await store(pool, order)
+    refusal = outbox_messaging._refusal
+
+    async def forgotten_before_the_refusal(*args):
+        await forget(pool, order["customer"]["customer_id"])
+        return await refusal(*args)
+
+    monkeypatch.setattr(outbox_messaging, "_refusal", forgotten_before_the_refusal)
+    request = journey_message(order, Touchpoint.WELCOME, Channel.SMS)
+    outcome = await send(outbox_messaging, request)
+
+    assert outcome.state is DeliveryState.NOT_PERMITTED
+    assert await pool.fetchval("SELECT recipient FROM message_ledger WHERE key = $1", request.key) == ""
+    assert await where_found(pool, personal_data(order)) == []
+
+
 async def test_a_send_that_registers_while_the_erasure_is_under_way_waits_for_it_and_stores_nothing(pool, outbox_messaging):
     """No monkeypatching: the erasure's transaction is open (the customer not
     erased yet as others see it) when the send reads the customer and
