@@ -17,12 +17,16 @@ from store import erasure
 from store.cases import open_case
 from tests.conftest import new_order, store
 from tests.fake_providers import FakeProviders
-from tests.test_cases import HEAD, LEAD, OWNER, ROUTING, noted, start_as_the_relay_does
+from tests.test_cases import HEAD, LEAD, ROUTING, noted, start_as_the_relay_does
 from tests.test_exactly_once import requests_to
 from workflows.models import CaseView
 
 # The erasure owes the workflows signals that the test delivers itself.
 pytestmark = pytest.mark.usefixtures("no_owed_signals_left")
+
+# These cases' own owner: tests/test_cases.py counts the mail its owner gets.
+OWNER = "erased-customers-cases@shop.example"
+CASE_ROUTING = ROUTING.model_copy(update={"by_category": {"keyboards": OWNER}})
 
 
 async def test_an_erased_customer_s_open_order_sends_nothing_more_and_ends_and_so_does_their_journey(
@@ -78,7 +82,7 @@ async def test_an_erased_customer_s_cases_send_nothing_more_refuse_answers_forge
         await record_case(conn, record)
 
     monkeypatch.setattr(case_store, "record_case", slow_closing_record)
-    async with make_harness(ts_env, case_routing=ROUTING) as h:
+    async with make_harness(ts_env, case_routing=CASE_ROUTING) as h:
         handles = [await start_as_the_relay_does(h, opening) for opening in openings]
         for handle in handles:
             await h.wait_for(handle, lambda v: noted(v, "case_acknowledgement to the customer: sent") and noted(v, "case_assigned mailed"), view_type=CaseView)
@@ -130,7 +134,7 @@ async def test_a_staff_mail_about_an_erased_customer_s_case_is_not_sent(pool):
     async with pool.acquire() as conn:
         opening = await open_case(conn, order_id=order["order_id"], trigger="complaint", trigger_key=uuid.uuid4().hex, text="Zbigniew took it")
         await erasure.forget(conn, order["customer"]["customer_id"], "test")
-    activities = CaseActivities(pool, None, ROUTING, StaffMailer(pool, None))
+    activities = CaseActivities(pool, None, CASE_ROUTING, StaffMailer(pool, None))
     key = f"{opening.case_id}:case_escalated:escalation-1:email"
     notice = StaffNotice(key=key, kind=Touchpoint.CASE_ESCALATED, to=LEAD, opening=opening, details={"level": 1})
     with pytest.raises(ApplicationError, match="customer erased") as refused:
@@ -151,7 +155,7 @@ async def test_a_case_that_starts_after_its_customer_was_erased_closes_at_once(
     async with pool.acquire() as conn:
         opening = await open_case(conn, order_id=order["order_id"], trigger="not_helpful", trigger_key=uuid.uuid4().hex, text="Which DHL?")
         await erasure.forget(conn, order["customer"]["customer_id"], "test")
-    async with make_harness(ts_env, case_routing=ROUTING) as h:
+    async with make_harness(ts_env, case_routing=CASE_ROUTING) as h:
         handle = await start_as_the_relay_does(h, opening.model_copy(update={"text": None}))
         result = await asyncio.wait_for(handle.result(), 30)
 
