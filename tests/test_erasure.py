@@ -375,18 +375,23 @@ def an_order_of_their_own() -> dict[str, Any]:
     return order
 
 
+def forgotten_just_before(pool: asyncpg.Pool, messaging: MessagingActivities, step: str, order: dict[str, Any], monkeypatch) -> None:
+    """The customer is forgotten just before the send takes `step`, one of its methods."""
+    original = getattr(messaging, step)
+
+    async def forgotten_first(*args: Any) -> Any:
+        await forget(pool, order["customer"]["customer_id"])
+        return await original(*args)
+
+    monkeypatch.setattr(messaging, step, forgotten_first)
+
+
 async def test_a_send_claimed_before_the_erasure_and_recorded_after_it_stores_none_of_their_data(pool, outbox_messaging, monkeypatch):
     """Claim, forget, record: the message went out (the outbox stands in for
     the provider), but neither the ledger nor the outbox keeps its address or body."""
     order = an_order_of_their_own()
     await store(pool, order)
-    to_outbox = outbox_messaging._to_outbox
-
-    async def forgotten_while_sending(*args):
-        await forget(pool, order["customer"]["customer_id"])
-        return await to_outbox(*args)
-
-    monkeypatch.setattr(outbox_messaging, "_to_outbox", forgotten_while_sending)
+    forgotten_just_before(pool, outbox_messaging, "_to_outbox", order, monkeypatch)
     request = order_message(order, Touchpoint.ORDER_CONFIRMATION)
     outcome = await send(outbox_messaging, request)
 
@@ -403,13 +408,7 @@ async def test_a_send_the_erasure_overtakes_before_its_claim_is_refused_and_stor
     it registers the message: it registers nothing and sends nothing."""
     order = an_order_of_their_own()
     await store(pool, order)
-    render = outbox_messaging._render
-
-    async def forgotten_before_the_claim(a):
-        await forget(pool, order["customer"]["customer_id"])
-        return await render(a)
-
-    monkeypatch.setattr(outbox_messaging, "_render", forgotten_before_the_claim)
+    forgotten_just_before(pool, outbox_messaging, "_render", order, monkeypatch)  # which registers next
     request = order_message(order, Touchpoint.ORDER_CONFIRMATION)
     outcome = await send(outbox_messaging, request)
 
@@ -423,13 +422,7 @@ async def test_a_refusal_the_erasure_overtakes_records_no_recipient(pool, outbox
     the refusal's ledger row keeps no number."""
     order = an_order_of_their_own()
     await store(pool, order)
-    refusal = outbox_messaging._refusal
-
-    async def forgotten_before_the_refusal(*args):
-        await forget(pool, order["customer"]["customer_id"])
-        return await refusal(*args)
-
-    monkeypatch.setattr(outbox_messaging, "_refusal", forgotten_before_the_refusal)
+    forgotten_just_before(pool, outbox_messaging, "_refusal", order, monkeypatch)
     request = journey_message(order, Touchpoint.WELCOME, Channel.SMS)
     outcome = await send(outbox_messaging, request)
 
