@@ -1,0 +1,192 @@
+"""`python -m bench history`: where an order's history bytes go.
+
+Runs a few happy-path orders on the real stack (or reads a history saved as
+JSON, `--from FILE`) and splits every event's bytes, as the server stores
+them (`event.ByteSize()`, as bench/actions.py counts them), into payloads by
+kind (the order's input, each activity's input and result, each signal,
+search attributes, the result...) and the overhead of each event type (ids,
+times, task queues, identities, retry policies, timeouts). A field's bytes
+are exact: the event's size less its size without that field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf.message import Message
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.client import WorkflowHistory
+
+RESULTS = Path(__file__).parent / "results"
+# Fields that hold what the application (or its codec) put in: the rest of
+# an event is the server's and the SDK's own bookkeeping.
+PAYLOAD_TYPES = {
+    "temporal.api.common.v1.Payloads",
+    "temporal.api.common.v1.Payload",
+    "temporal.api.common.v1.Header",
+    "temporal.api.common.v1.Memo",
+    "temporal.api.common.v1.SearchAttributes",
+    "temporal.api.failure.v1.Failure",
+}
+
+
+def _event_type_name(event: HistoryEvent) -> str:
+    return EventType.Name(event.event_type).removeprefix("EVENT_TYPE_").lower()
+
+
+def _field_bytes(message: Message) -> dict[str, int]:
+    """Each set field's share of the message's serialized size, tag included."""
+    total, shares = message.ByteSize(), {}
+    for descriptor, _ in message.ListFields():
+        without = type(message)()
+        without.CopyFrom(message)
+        without.ClearField(descriptor.name)
+        shares[descriptor.name] = total - without.ByteSize()
+    return shares
+
+
+def _payload_kind(event: HistoryEvent, attrs: Message, field_name: str, activity_types: dict[int, str]) -> str:
+    """A name for what a payload field holds, e.g. `activity send_message input`."""
+    kind = _event_type_name(event)
+    if kind == "activity_task_scheduled":
+        return f"activity {attrs.activity_type.name} input" if field_name == "input" else f"activity {field_name}"
+    if kind in ("activity_task_completed", "activity_task_failed"):
+        what = "result" if field_name == "result" else field_name
+        return f"activity {activity_types.get(attrs.scheduled_event_id, '?')} {what}"
+    if kind == "workflow_execution_signaled":
+        return f"signal {attrs.signal_name} {field_name}"
+    if kind == "signal_external_workflow_execution_initiated":
+        return f"signal out {attrs.signal_name} {field_name}"
+    if kind == "workflow_execution_started":
+        return f"workflow {field_name}" if field_name != "input" else "workflow input (order or carried-over state)"
+    if kind == "workflow_execution_completed":
+        return "workflow result"
+    if kind == "workflow_execution_continued_as_new":
+        return "continue-as-new state" if field_name == "input" else f"continue-as-new {field_name}"
+    if kind == "upsert_workflow_search_attributes":
+        return "search attribute upserts"
+    return f"{kind} {field_name}"
+
+
+@dataclass
+class Breakdown:
+    histories: int = 0
+    events: Counter[str] = field(default_factory=Counter)
+    event_bytes: Counter[str] = field(default_factory=Counter)
+    # Per event type: the bytes of each overhead field.
+    overhead: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    payload_bytes: Counter[str] = field(default_factory=Counter)
+    payload_count: Counter[str] = field(default_factory=Counter)
+
+    def add(self, history: WorkflowHistory) -> None:
+        self.histories += 1
+        activity_types: dict[int, str] = {}
+        for event in history.events:
+            kind = _event_type_name(event)
+            self.events[kind] += 1
+            self.event_bytes[kind] += event.ByteSize()
+            attrs_name = event.WhichOneof("attributes")
+            attrs = getattr(event, attrs_name)
+            if kind == "activity_task_scheduled":
+                activity_types[event.event_id] = attrs.activity_type.name
+            for name, size in _field_bytes(event).items():
+                if name != attrs_name:
+                    self.overhead[kind]["event: " + name] += size
+            # The attributes' own tag and length prefix.
+            self.overhead[kind]["event: attributes framing"] += event.ByteSize() - sum(_field_bytes(event).values()) + (
+                _field_bytes(event)[attrs_name] - attrs.ByteSize()
+            )
+            for descriptor, value in attrs.ListFields():
+                size = _field_bytes(attrs)[descriptor.name]
+                if descriptor.message_type is not None and descriptor.message_type.full_name in PAYLOAD_TYPES:
+                    what = _payload_kind(event, attrs, descriptor.name, activity_types)
+                    self.payload_bytes[what] += size
+                    self.payload_count[what] += 1
+                else:
+                    self.overhead[kind][descriptor.name] += size
+
+    def per_order(self, n: int) -> float:
+        return n / max(self.histories, 1)
+
+    def report(self) -> str:
+        total = sum(self.event_bytes.values())
+        payloads = sum(self.payload_bytes.values())
+        per = self.per_order
+        lines = [
+            f"histories: {self.histories}; per history: {per(sum(self.events.values())):.1f} events, "
+            f"{per(total):.0f} bytes, of which payloads {per(payloads):.0f} ({100 * payloads / max(total, 1):.0f} %), "
+            f"overhead {per(total - payloads):.0f}",
+            "",
+            "payloads by kind (bytes on the server per history, encoded as stored)",
+            f"{'kind':58}{'count':>7}{'bytes':>8}{'each':>7}{'share':>7}",
+        ]
+        for what, size in self.payload_bytes.most_common():
+            count = self.payload_count[what]
+            lines.append(f"{what[:58]:58}{per(count):>7.1f}{per(size):>8.0f}{size / count:>7.0f}{100 * size / total:>6.1f}%")
+        lines += [
+            "",
+            "events by type (bytes per history; overhead = the event less its payloads)",
+            f"{'event type':46}{'count':>7}{'bytes':>8}{'overhead':>9}  largest overhead fields (bytes per event)",
+        ]
+        for kind, size in self.event_bytes.most_common():
+            count = self.events[kind]
+            over = sum(self.overhead[kind].values())
+            top = ", ".join(f"{name} {b / count:.0f}" for name, b in self.overhead[kind].most_common(5))
+            lines.append(f"{kind[:46]:46}{per(count):>7.1f}{per(size):>8.0f}{per(over):>9.0f}  {top}")
+        return "\n".join(lines)
+
+
+def from_file(path: Path) -> Breakdown:
+    breakdown = Breakdown()
+    breakdown.add(WorkflowHistory.from_json(path.stem, path.read_text()))
+    return breakdown
+
+
+async def live(orders: int, concurrency: int) -> tuple[Breakdown, Breakdown]:
+    """The order's and the customer's histories of `orders` happy-path bench
+    orders; one of each is saved to bench/results/ for `--from`."""
+    from bench.driver import System, Tracker, bench_order, drive, new_run_id
+    from bench.stack import start_stack, wait_for_pollers
+
+    stack = await start_stack()
+    try:
+        tracker = Tracker()
+        stack.fakes.on_accept = tracker.on_provider_request
+        worker = stack.our_worker()
+        worker.start()
+        await wait_for_pollers(stack)
+        system = System(stack.client, floor=False)
+        runs, _ = await drive(system, tracker, [bench_order(n, "h" + new_run_id()) for n in range(orders)], concurrency)
+        worker.stop()
+        order_side, customer_side = Breakdown(), Breakdown()
+        done = [r for r in runs if r.completed]
+        if not done:
+            raise SystemExit(f"no order completed: {[r.error for r in runs][:3]}")
+        for r in done:
+            order = await stack.client.get_workflow_handle(system.workflow_id(r.order_id)).fetch_history()
+            customer = await stack.client.get_workflow_handle(system.customer_workflow_id(r.customer_id)).fetch_history()
+            order_side.add(order)
+            customer_side.add(customer)
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "history-order.json").write_text(json.dumps(json.loads(order.to_json()), indent=1) + "\n")
+        (RESULTS / "history-customer.json").write_text(json.dumps(json.loads(customer.to_json()), indent=1) + "\n")
+        return order_side, customer_side
+    finally:
+        await stack.shutdown()
+
+
+def main(orders: int, concurrency: int, path: Path | None) -> None:
+    if path:
+        print(from_file(path).report())
+        return
+    order_side, customer_side = asyncio.run(live(orders, concurrency))
+    print(f"== order (OrderLifecycle), {orders} happy-path orders ==")
+    print(order_side.report())
+    print(f"\n== customer (CustomerJourney) ==")
+    print(customer_side.report())
+    print(f"\nwritten: {RESULTS / 'history-order.json'}, {RESULTS / 'history-customer.json'}")
