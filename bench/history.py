@@ -15,14 +15,18 @@ import asyncio
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from google.protobuf.message import Message
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
+from temporalio.api.common.v1 import Payload
 from temporalio.client import WorkflowHistory
+from temporalio.converter import PayloadCodec
 
 RESULTS = Path(__file__).parent / "results"
+HISTORIES = Path(__file__).resolve().parents[1] / "tests" / "histories"
 # Fields that hold what the application (or its codec) put in: the rest of
 # an event is the server's and the SDK's own bookkeeping.
 PAYLOAD_TYPES = {
@@ -141,17 +145,78 @@ class Breakdown:
         return "\n".join(lines)
 
 
+async def decoded(history: WorkflowHistory, codec: PayloadCodec) -> WorkflowHistory:
+    """A copy of `history` with every payload as the codec decodes it: the
+    plain payloads beside the stored ones show what encryption adds."""
+    events = []
+    for event in history.events:
+        copy = HistoryEvent()
+        copy.CopyFrom(event)
+        await _decode_payloads(copy, codec)
+        events.append(copy)
+    return WorkflowHistory(history.workflow_id, events)
+
+
+async def _decode_payloads(message: Message, codec: PayloadCodec) -> None:
+    for _, payload in list(_payloads(message)):
+        [plain] = await codec.decode([payload])
+        payload.CopyFrom(plain)
+
+
+def _payloads(message: Message, path: str = "") -> Iterator[tuple[str, Payload]]:
+    """Every payload in `message`, with the path of fields that leads to it."""
+    for descriptor, value in message.ListFields():
+        if descriptor.message_type is None:
+            continue
+        if descriptor.message_type.GetOptions().map_entry:
+            if descriptor.message_type.fields_by_name["value"].message_type is None:
+                continue
+            items = list(value.values())
+        else:
+            items = list(value) if descriptor.is_repeated else [value]
+        for item in items:
+            if isinstance(item, Payload):
+                yield f"{path}.{descriptor.name}", item
+            else:
+                yield from _payloads(item, f"{path}.{descriptor.name}")
+
+
+def deflate_dictionary(histories: Iterable[Path], per_kind: int = 4, longest: int = 2048) -> bytes:
+    """A preset dictionary for the codec's deflate (codec/encryption.py),
+    from the plain payloads of recorded histories: up to `per_kind`
+    distinct serialized payloads of each kind (event type and field), the
+    most frequent kinds last (nearest the data, cheapest to refer to), cut to
+    deflate's 32 KiB window. Payloads over `longest` bytes are left out: a
+    flood's carried-over state would fill the window with one kind. Search attributes are left out: the codec never
+    sees them. A dictionary in use never changes: payloads sealed with it
+    need it to open (a new one takes a new marker in the codec)."""
+    samples: dict[str, list[bytes]] = defaultdict(list)
+    frequency: Counter[str] = Counter()
+    for path in histories:
+        for event in WorkflowHistory.from_json(path.stem, path.read_text()).events:
+            for where, payload in _payloads(event, _event_type_name(event)):
+                if "search_attributes" in where:
+                    continue
+                frequency[where] += 1
+                serialized = payload.SerializeToString()
+                if len(serialized) <= longest and serialized not in samples[where] and len(samples[where]) < per_kind:
+                    samples[where].append(serialized)
+    return b"".join(s for where in sorted(samples, key=lambda w: (frequency[w], w)) for s in samples[where])[-32 * 1024 :]
+
+
 def from_file(path: Path) -> Breakdown:
     breakdown = Breakdown()
     breakdown.add(WorkflowHistory.from_json(path.stem, path.read_text()))
     return breakdown
 
 
-async def live(orders: int, concurrency: int) -> tuple[Breakdown, Breakdown]:
+async def live(orders: int, concurrency: int) -> dict[str, Breakdown]:
     """The order's and the customer's histories of `orders` happy-path bench
-    orders; one of each is saved to bench/results/ for `--from`."""
+    orders, as stored and decoded; one of each is saved to bench/results/
+    for `--from`."""
     from bench.driver import System, Tracker, bench_order, drive, new_run_id
     from bench.stack import start_stack, wait_for_pollers
+    from codec import EncryptionCodec
 
     stack = await start_stack()
     try:
@@ -163,30 +228,38 @@ async def live(orders: int, concurrency: int) -> tuple[Breakdown, Breakdown]:
         system = System(stack.client, floor=False)
         runs, _ = await drive(system, tracker, [bench_order(n, "h" + new_run_id()) for n in range(orders)], concurrency)
         worker.stop()
-        order_side, customer_side = Breakdown(), Breakdown()
+        codec = EncryptionCodec(stack.payload_keys)
+        sides = {name: Breakdown() for name in ("order", "order decoded", "customer", "customer decoded")}
         done = [r for r in runs if r.completed]
         if not done:
             raise SystemExit(f"no order completed: {[r.error for r in runs][:3]}")
         for r in done:
             order = await stack.client.get_workflow_handle(system.workflow_id(r.order_id)).fetch_history()
             customer = await stack.client.get_workflow_handle(system.customer_workflow_id(r.customer_id)).fetch_history()
-            order_side.add(order)
-            customer_side.add(customer)
+            sides["order"].add(order)
+            sides["order decoded"].add(await decoded(order, codec))
+            sides["customer"].add(customer)
+            sides["customer decoded"].add(await decoded(customer, codec))
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "history-order.json").write_text(json.dumps(json.loads(order.to_json()), indent=1) + "\n")
-        (RESULTS / "history-customer.json").write_text(json.dumps(json.loads(customer.to_json()), indent=1) + "\n")
-        return order_side, customer_side
+        for name, history in (("order", order), ("customer", customer)):
+            for suffix, saved in (("", history), ("-decoded", await decoded(history, codec))):
+                (RESULTS / f"history-{name}{suffix}.json").write_text(json.dumps(json.loads(saved.to_json()), indent=1) + "\n")
+        return sides
     finally:
         await stack.shutdown()
 
 
-def main(orders: int, concurrency: int, path: Path | None) -> None:
+def main(orders: int, concurrency: int, path: Path | None, dictionary: Path | None = None) -> None:
+    if dictionary:
+        dictionary.write_bytes(deflate_dictionary(sorted(HISTORIES.glob("*.json"))))
+        print(f"written: {dictionary} ({dictionary.stat().st_size} bytes)")
+        return
     if path:
         print(from_file(path).report())
         return
-    order_side, customer_side = asyncio.run(live(orders, concurrency))
-    print(f"== order (OrderLifecycle), {orders} happy-path orders ==")
-    print(order_side.report())
-    print(f"\n== customer (CustomerJourney) ==")
-    print(customer_side.report())
-    print(f"\nwritten: {RESULTS / 'history-order.json'}, {RESULTS / 'history-customer.json'}")
+    sides = asyncio.run(live(orders, concurrency))
+    for name, breakdown in sides.items():
+        how = "payloads decoded (plain JSON, as the worker sees them)" if "decoded" in name else "as stored on the server"
+        print(f"== {name.split()[0]}'s workflow, {breakdown.histories} happy-path orders, {how} ==")
+        print(breakdown.report() + "\n")
+    print(f"written: {RESULTS}/history-{{order,customer}}{{,-decoded}}.json")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.api.failure.v1 import Failure
@@ -28,6 +29,7 @@ from codec import (
     new_key_entry,
     payload_keys_from_env,
 )
+from codec.encryption import NONCE_BYTES, TAG_BYTES
 from codec.server import CodecServerConfig, create_app
 from tests.conftest import HISTORIES, TEST_KEY_ENV, TEST_PAYLOAD_KEYS, new_order
 from workflows.models import OrderInput
@@ -95,6 +97,43 @@ def test_the_recorded_histories_are_such_plain_payloads():
     happy_path = json.loads((HISTORIES / "happy_path.json").read_text())
     started = happy_path["events"][0]["workflowExecutionStartedEventAttributes"]["input"]["payloads"][0]
     assert base64.b64decode(started["metadata"]["encoding"]) == b"json/plain"
+
+
+# --- compression before encryption ---------------------------------------------
+
+
+async def test_payloads_are_compressed_before_they_are_sealed():
+    """History bytes: an order sealed takes well under half its plain size
+    (deflate with the codec's dictionary of this project's payloads)."""
+    plain = a_payload(new_order())
+    [sealed] = await EncryptionCodec(TEST_PAYLOAD_KEYS).encode([plain])
+    assert len(sealed.data) < len(plain.SerializeToString()) / 2
+    assert await EncryptionCodec(TEST_PAYLOAD_KEYS).decode([sealed]) == [plain]
+
+
+async def test_a_payload_compression_would_not_shrink_is_sealed_as_it_is():
+    plain = Payload(metadata={"encoding": b"binary/plain"}, data=os.urandom(600))
+    [sealed] = await EncryptionCodec(TEST_PAYLOAD_KEYS).encode([plain])
+    assert len(sealed.data) == NONCE_BYTES + len(plain.SerializeToString()) + TAG_BYTES
+    assert await EncryptionCodec(TEST_PAYLOAD_KEYS).decode([sealed]) == [plain]
+
+
+def sealed_by_hand(plain_bytes: bytes) -> Payload:
+    """A payload sealed as the codec did before it compressed (or as a newer
+    codec might, with `plain_bytes` of its own)."""
+    nonce = os.urandom(NONCE_BYTES)
+    key = base64.b64decode(TEST_KEY_ENV["PAYLOAD_ENCRYPTION_KEYS"].split(":", 1)[1])
+    return Payload(metadata={"encoding": b"binary/encrypted", "encryption-key-id": b"test-1"}, data=nonce + AESGCM(key).encrypt(nonce, plain_bytes, None))
+
+
+async def test_payloads_sealed_before_compression_still_decode():
+    plain = a_payload(new_order())
+    assert await EncryptionCodec(TEST_PAYLOAD_KEYS).decode([sealed_by_hand(plain.SerializeToString())]) == [plain]
+
+
+async def test_a_compression_this_codec_does_not_know_is_a_clear_error():
+    with pytest.raises(PayloadDecryptionError, match="compressed in a way this codec does not know"):
+        await EncryptionCodec(TEST_PAYLOAD_KEYS).decode([sealed_by_hand(b"\x07" + os.urandom(40))])
 
 
 async def test_failure_message_and_stack_trace_are_encrypted():
