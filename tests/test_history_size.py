@@ -1,11 +1,15 @@
-"""What an order costs in history bytes beyond its payloads (python -m bench
-history measures it all): the overhead the worker itself sets on events."""
+"""What an order costs in history bytes (python -m bench history measures it
+all): the overhead the worker itself sets on events, and payloads kept lean."""
 
 from __future__ import annotations
 
+import json
+from datetime import datetime, timezone
+from decimal import Decimal
+
 from temporalio.worker._worker import load_default_build_id
 
-from workflows.models import JourneySettings
+from workflows.models import CustomerState, JourneySettings, LifecycleSettings, OrderFacts
 from worker import build_worker
 
 
@@ -16,3 +20,25 @@ async def test_the_worker_stamps_a_short_build_id_that_still_follows_the_code(ts
     worker = build_worker(ts_env.client, pool, provider_config, JourneySettings(), task_queue="tq-build-id")
     build_id = worker.config()["build_id"]
     assert len(build_id) == 8 and load_default_build_id().startswith(build_id)
+
+
+def a_customer_state() -> CustomerState:
+    placed = datetime(2026, 12, 1, 9, 30, tzinfo=timezone.utc)
+    order = OrderFacts(order_id="A1", placed_at=placed, total=Decimal("42.80"), status="placed")
+    return CustomerState(
+        customer_id="C1", settings=LifecycleSettings(), phase_since=placed, timezone="Europe/Warsaw", has_phone=True,
+        orders={"A1": order}, orders_total=1, last_order_at=placed,
+    )
+
+
+def test_the_customer_starts_from_a_lean_state_with_its_settings_in_full():
+    """The customer's starting state goes into its history (started event):
+    what is at its default (empty timeline, lanes, messages...) is left out,
+    except the settings, captured in full when it starts so that a worker
+    whose defaults differ reads the same ones."""
+    state = a_customer_state()
+    starting = state.starting_input()
+    assert CustomerState.model_validate(starting) == state
+    assert starting["settings"] == LifecycleSettings().model_dump(mode="json")
+    assert not {"timeline", "messages", "lanes", "pending_news", "win_back", "welcomed"} & starting.keys()
+    assert len(json.dumps(starting)) < len(state.model_dump_json()) * 0.8
