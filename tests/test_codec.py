@@ -5,6 +5,7 @@ and the processes that refuse to start without keys."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -129,6 +130,21 @@ def sealed_by_hand(plain_bytes: bytes) -> Payload:
 async def test_payloads_sealed_before_compression_still_decode():
     plain = a_payload(new_order())
     assert await EncryptionCodec(TEST_PAYLOAD_KEYS).decode([sealed_by_hand(plain.SerializeToString())]) == [plain]
+
+
+async def test_a_payload_compressed_with_the_first_dictionary_opens_for_ever():
+    """Sealed on the day dictionary 1 came in: a changed dictionary would
+    leave every history written since unreadable (a new one takes a new marker)."""
+    sealed = Payload(
+        metadata={"encoding": b"binary/encrypted", "encryption-key-id": b"test-1"},
+        data=base64.b64decode("GS1rskW2dYxjBKqIfun+Zl8QNvH6NVqnAdO1D1MVzqwbaFV7BRjXszPV3JI="),
+    )
+    outcome = {"key": "order-A1:order_confirmation:email", "channel": "email", "state": "sent",
+               "provider_message_id": "sg-1", "error": None, "not_before": None}
+    assert await EncryptionCodec(TEST_PAYLOAD_KEYS).decode([sealed]) == [a_payload(outcome)]
+    # Byte for byte: a change this payload does not reach would still break others.
+    dictionary = (REPO / "codec" / "deflate-dictionary-1.bin").read_bytes()
+    assert hashlib.sha256(dictionary).hexdigest() == "dbe163b224ebad8a5e7cc18c03fcdc3cfbaffa643d7f334d4eed657c13e2bcd0"
 
 
 async def test_a_compression_this_codec_does_not_know_is_a_clear_error():
