@@ -43,6 +43,7 @@ def main() -> None:
     history.add_argument("--orders", type=int, default=20)
     history.add_argument("--concurrency", type=int, default=10)
     history.add_argument("--from", dest="path", type=Path, help="a history saved as JSON instead of a live run")
+    history.add_argument("--save", type=Path, help="a directory to save one order's and one customer's history in, stored and decoded")
     history.add_argument(
         "--write-dictionary", dest="dictionary", type=Path,
         help="write a deflate dictionary for the codec from tests/histories (a new one needs a new codec marker)",
@@ -66,7 +67,7 @@ def main() -> None:
     elif args.command == "history":
         from bench.history import main as history_main
 
-        history_main(args.orders, args.concurrency, args.path, args.dictionary)
+        history_main(args.orders, args.concurrency, args.path, args.save, args.dictionary)
     elif args.command == "wocas":
         from bench.wocas import main as wocas
 

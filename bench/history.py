@@ -14,14 +14,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf.message import Message
+from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.api.common.v1 import Payload
 from temporalio.client import WorkflowHistory
 from temporalio.converter import PayloadCodec
 
@@ -98,15 +98,15 @@ class Breakdown:
             attrs = getattr(event, attrs_name)
             if kind == "activity_task_scheduled":
                 activity_types[event.event_id] = attrs.activity_type.name
-            for name, size in _field_bytes(event).items():
+            shares = _field_bytes(event)
+            for name, size in shares.items():
                 if name != attrs_name:
                     self.overhead[kind]["event: " + name] += size
             # The attributes' own tag and length prefix.
-            self.overhead[kind]["event: attributes framing"] += event.ByteSize() - sum(_field_bytes(event).values()) + (
-                _field_bytes(event)[attrs_name] - attrs.ByteSize()
-            )
-            for descriptor, value in attrs.ListFields():
-                size = _field_bytes(attrs)[descriptor.name]
+            self.overhead[kind]["event: attributes framing"] += shares[attrs_name] - attrs.ByteSize()
+            attrs_shares = _field_bytes(attrs)
+            for descriptor, _ in attrs.ListFields():
+                size = attrs_shares[descriptor.name]
                 if descriptor.message_type is not None and descriptor.message_type.full_name in PAYLOAD_TYPES:
                     what = _payload_kind(event, attrs, descriptor.name, activity_types)
                     self.payload_bytes[what] += size
@@ -114,19 +114,19 @@ class Breakdown:
                 else:
                     self.overhead[kind][descriptor.name] += size
 
-    def per_order(self, n: int) -> float:
+    def per_history(self, n: int) -> float:
         return n / max(self.histories, 1)
 
     def report(self) -> str:
         total = sum(self.event_bytes.values())
         payloads = sum(self.payload_bytes.values())
-        per = self.per_order
+        per = self.per_history
         lines = [
             f"histories: {self.histories}; per history: {per(sum(self.events.values())):.1f} events, "
             f"{per(total):.0f} bytes, of which payloads {per(payloads):.0f} ({100 * payloads / max(total, 1):.0f} %), "
             f"overhead {per(total - payloads):.0f}",
             "",
-            "payloads by kind (bytes on the server per history, encoded as stored)",
+            "payloads by kind (per history: how many, their bytes; each: bytes per payload; share of all bytes)",
             f"{'kind':58}{'count':>7}{'bytes':>8}{'each':>7}{'share':>7}",
         ]
         for what, size in self.payload_bytes.most_common():
@@ -210,10 +210,10 @@ def from_file(path: Path) -> Breakdown:
     return breakdown
 
 
-async def live(orders: int, concurrency: int) -> dict[str, Breakdown]:
+async def live(orders: int, concurrency: int, save: Path | None) -> dict[str, Breakdown]:
     """The order's and the customer's histories of `orders` happy-path bench
-    orders, as stored and decoded; one of each is saved to bench/results/
-    for `--from`."""
+    orders, as stored and decoded; with `save`, the last of each is written
+    there as JSON (for `--from`, or to read what each payload holds)."""
     from bench.driver import System, Tracker, bench_order, drive, new_run_id
     from bench.stack import start_stack, wait_for_pollers
     from codec import EncryptionCodec
@@ -240,16 +240,17 @@ async def live(orders: int, concurrency: int) -> dict[str, Breakdown]:
             sides["order decoded"].add(await decoded(order, codec))
             sides["customer"].add(customer)
             sides["customer decoded"].add(await decoded(customer, codec))
-        RESULTS.mkdir(exist_ok=True)
-        for name, history in (("order", order), ("customer", customer)):
-            for suffix, saved in (("", history), ("-decoded", await decoded(history, codec))):
-                (RESULTS / f"history-{name}{suffix}.json").write_text(json.dumps(json.loads(saved.to_json()), indent=1) + "\n")
+        if save:
+            save.mkdir(parents=True, exist_ok=True)
+            for name, history in (("order", order), ("customer", customer)):
+                for suffix, saved in (("", history), ("-decoded", await decoded(history, codec))):
+                    (save / f"history-{name}{suffix}.json").write_text(json.dumps(json.loads(saved.to_json()), indent=1) + "\n")
         return sides
     finally:
         await stack.shutdown()
 
 
-def main(orders: int, concurrency: int, path: Path | None, dictionary: Path | None = None) -> None:
+def main(orders: int, concurrency: int, path: Path | None, save: Path | None, dictionary: Path | None) -> None:
     if dictionary:
         dictionary.write_bytes(deflate_dictionary(sorted(HISTORIES.glob("*.json"))))
         print(f"written: {dictionary} ({dictionary.stat().st_size} bytes)")
@@ -257,9 +258,12 @@ def main(orders: int, concurrency: int, path: Path | None, dictionary: Path | No
     if path:
         print(from_file(path).report())
         return
-    sides = asyncio.run(live(orders, concurrency))
+    sides = asyncio.run(live(orders, concurrency, save))
+    text = ""
     for name, breakdown in sides.items():
         how = "payloads decoded (plain JSON, as the worker sees them)" if "decoded" in name else "as stored on the server"
-        print(f"== {name.split()[0]}'s workflow, {breakdown.histories} happy-path orders, {how} ==")
-        print(breakdown.report() + "\n")
-    print(f"written: {RESULTS}/history-{{order,customer}}{{,-decoded}}.json")
+        text += f"== {name.split()[0]}'s workflow, {breakdown.histories} happy-path orders, {how} ==\n{breakdown.report()}\n\n"
+    print(text, end="")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "history.txt").write_text(text)
+    print(f"written: {RESULTS / 'history.txt'}" + (f", {save}/history-{{order,customer}}{{,-decoded}}.json" if save else ""))

@@ -7,8 +7,12 @@ import json
 from datetime import datetime, timezone
 from decimal import Decimal
 
+from temporalio.client import WorkflowHistory
 from temporalio.worker._worker import load_default_build_id
 
+from bench.actions import history_size
+from bench.history import Breakdown
+from tests.conftest import HISTORIES
 from workflows.models import CustomerState, JourneySettings, LifecycleSettings, OrderFacts
 from worker import build_worker
 
@@ -42,3 +46,16 @@ def test_the_customer_starts_from_a_lean_state_with_its_settings_in_full():
     assert starting["settings"] == LifecycleSettings().model_dump(mode="json")
     assert not {"timeline", "messages", "lanes", "pending_news", "win_back", "welcomed"} & starting.keys()
     assert len(json.dumps(starting)) < len(state.model_dump_json()) * 0.8
+
+
+def test_bench_history_accounts_for_every_byte_of_a_history():
+    """`python -m bench history`: payloads by kind and overhead by field add
+    up to the history's size as bench/actions.py counts it."""
+    path = HISTORIES / "happy_path.json"
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    breakdown = Breakdown()
+    breakdown.add(history)
+    overhead = sum(sum(fields.values()) for fields in breakdown.overhead.values())
+    assert sum(breakdown.payload_bytes.values()) + overhead == history_size(history)[1]
+    assert breakdown.payload_count["activity send_message input"] == 8
+    assert breakdown.payload_bytes["workflow result"] > 1000
