@@ -43,6 +43,7 @@ KEY_VARIABLES = (KEYS_VARIABLE, KEYS_FILE_VARIABLE)
 
 # The metadata Temporal's encryption samples use, so their tools recognise it.
 ENCODING = b"binary/encrypted"
+NULL_ENCODING = b"binary/null"
 KEY_ID = "encryption-key-id"
 NONCE_BYTES = 12
 TAG_BYTES = 16  # AES-GCM appends its tag to the ciphertext
@@ -173,6 +174,11 @@ class EncryptionCodec(PayloadCodec):
         cipher = self._keys.cipher(key_id)
         encrypted = []
         for payload in payloads:
+            if payload.metadata.get("encoding") == NULL_ENCODING and not payload.data:
+                # None (an activity that returns nothing): nothing to hide,
+                # and sealed it would take four times the bytes.
+                encrypted.append(payload)
+                continue
             nonce = os.urandom(NONCE_BYTES)
             sealed = cipher.encrypt(nonce, compress(payload.SerializeToString()), None)
             encrypted.append(Payload(metadata={"encoding": ENCODING, KEY_ID: key_id.encode()}, data=nonce + sealed))

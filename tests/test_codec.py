@@ -119,6 +119,15 @@ async def test_a_payload_compression_would_not_shrink_is_sealed_as_it_is():
     assert await EncryptionCodec(TEST_PAYLOAD_KEYS).decode([sealed]) == [plain]
 
 
+async def test_an_activity_that_returns_nothing_leaves_a_plain_null():
+    """Nothing to hide in None (the event says as much), and sealed it takes
+    four times the bytes: record_delivery, store_feedback, record_phase..."""
+    null = a_payload(None)
+    assert null.metadata["encoding"] == b"binary/null" and not null.data
+    assert await EncryptionCodec(TEST_PAYLOAD_KEYS).encode([null]) == [null]
+    assert await EncryptionCodec(TEST_PAYLOAD_KEYS).decode([null]) == [null]
+
+
 def sealed_by_hand(plain_bytes: bytes) -> Payload:
     """A payload sealed as the codec did before it compressed (or as a newer
     codec might, with `plain_bytes` of its own)."""
