@@ -12,10 +12,11 @@ Each payload is compressed before it is sealed (history bytes: the server
 stores, bills and sends every payload to workers), with deflate and a preset
 dictionary of this project's own payloads (codec/deflate-dictionary-1.bin,
 made by `python -m bench history --write-dictionary`), kept only where it
-comes out smaller. Inside the sealed bytes, a first byte that cannot start a
-serialized Payload (a protobuf tag of field 0) says how it was compressed:
-no metadata entry, which would cost more than small payloads save. A
-dictionary in use never changes: a new one takes a new marker byte.
+comes out smaller. Inside the sealed bytes, a first byte under 0x08, which
+cannot start a serialized Payload (it would be the tag of a field 0), says
+how it was compressed: no metadata entry, which would cost more than small
+payloads save. A dictionary in use never changes: a new one takes a new
+marker byte. None (binary/null, no data) is left plain: nothing to hide.
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ KEY_ID = "encryption-key-id"
 NONCE_BYTES = 12
 TAG_BYTES = 16  # AES-GCM appends its tag to the ciphertext
 KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-# Marker byte -> the deflate dictionary it was compressed with.
-DEFLATE_DICTIONARIES = {b"\x01": (Path(__file__).parent / "deflate-dictionary-1.bin").read_bytes()}
+# The marker byte of what this codec compresses with, and of every
+# dictionary it can open.
 DEFLATE_MARKER = b"\x01"
+DEFLATE_DICTIONARIES = {DEFLATE_MARKER: (Path(__file__).parent / "deflate-dictionary-1.bin").read_bytes()}
 # A serialized Payload starts with a tag of field 1 or above: 0x08 or more.
 FIRST_TAG_OF_A_PAYLOAD = 0x08
 

@@ -956,9 +956,9 @@ class CustomerState(BaseModel):
 
     def starting_input(self) -> dict[str, Any]:
         """The customer's workflow input (its started event, in history):
-        fields at their default left out (a new customer's state in about a
-        third of the bytes); the settings in full, as captured now, whatever
-        defaults the worker that reads them has."""
+        fields at their default left out (a new customer's state in three
+        quarters of the bytes); the settings in full, as captured now,
+        whatever defaults the worker that reads them has."""
         return {**self.model_dump(mode="json", exclude_defaults=True), "settings": self.settings.model_dump(mode="json")}
 
     def delivered_in_window(self, now: datetime) -> list[OrderFacts]:
