@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncpg
 
+from codec import data_keys
 from store.consent import record_checkout_consent
-from workflows.models import CancelRecord, DeliveryRecord, FeedbackRecord, OrderInput, PickupMissedRecord
+from workflows.models import CancelRecord, DeliveryRecord, FeedbackRecord, OrderInput, PickupMissedRecord, customer_workflow_id
 
 UPSERT_CUSTOMER = """
 INSERT INTO customers (customer_id, name, email, phone, timezone)
@@ -108,6 +109,9 @@ async def store_order(conn: asyncpg.Connection, order: OrderInput, run_id: str |
         await conn.execute("UPDATE orders SET first_run_id = $2 WHERE order_id = $1", order.order_id, run_id)
     c = order.customer
     await conn.execute(UPSERT_CUSTOMER, c.customer_id, c.name, c.email, c.phone, c.timezone, recorded is None)
+    if recorded is None:
+        # An erased customer who returns: their customer workflow starts anew, under a new data key.
+        await data_keys.revive(conn, customer_workflow_id(c.customer_id))
     inserted = await conn.fetchval(
         INSERT_ORDER,
         order.order_id,

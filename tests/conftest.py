@@ -22,7 +22,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.config import ProviderConfig, journey_settings_from_env
-from codec import KEYS_VARIABLE, payload_keys_from_env
+from codec import KEYS_VARIABLE, DataKeys, payload_keys_from_env
 from providers import Provider
 from starter.embedded import start_dev_server, start_postgres, start_time_skipping_server
 from store.database import create_pool, migrate
@@ -75,6 +75,12 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture(scope="session")
+def data_keys(pool: asyncpg.Pool) -> DataKeys:
+    """The tests' master key and the customers' workflows' data keys in the tests' database."""
+    return DataKeys(TEST_PAYLOAD_KEYS, pool)
+
+
+@pytest.fixture(scope="session")
 def fakes() -> FakeProviders:
     providers, server = serve()
     yield providers
@@ -101,18 +107,18 @@ def provider_config(fakes: FakeProviders) -> ProviderConfig:
 
 
 @pytest.fixture
-async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
+async def ts_env(data_keys: DataKeys) -> AsyncIterator[WorkflowEnvironment]:
     """A time-skipping server per test: the server's known fault (see
     Harness.wait_queues_empty) leaves time skipping locked for good, and on a shared
     server it stalled every later test."""
-    env = await start_time_skipping_server(TEST_PAYLOAD_KEYS)
+    env = await start_time_skipping_server(data_keys)
     yield env
     await env.shutdown()
 
 
 @pytest.fixture(scope="session")
-async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await start_dev_server(None, TEST_PAYLOAD_KEYS)
+async def dev_env(data_keys: DataKeys) -> AsyncIterator[WorkflowEnvironment]:
+    env = await start_dev_server(None, data_keys)
     yield env
     await env.shutdown()
 

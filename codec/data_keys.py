@@ -1,0 +1,241 @@
+"""Per-workflow data keys, so a customer's Temporal history can be shredded.
+
+Each workflow that holds a customer's data (`order-*`, `customer-*`,
+`case-*`: codec/encryption.py `holds_customer_data`) has its payloads sealed with its own random
+AES-256 data key instead of the namespace's master key. The data key lives in
+PostgreSQL (`data_keys`, migration 019) wrapped by the current master key and
+naming it, so a master key rotation keeps working: keys wrapped under an
+older master key unwrap while that key is configured, and `rewrap` moves them
+to the current one so the older key can be retired (`orders
+rewrap-data-keys`). An erasure `shred`s the keys of the customer's workflows
+once they are closed (web/erasures.py): the histories left on the Temporal
+server until its retention can no longer be read by anyone.
+
+Unwrapped keys are cached per process for `CACHE_TTL` seconds (at most
+`CACHE_SIZE` of them), so a workflow task costs no round trip to PostgreSQL:
+that TTL bounds how long a process that held a key before it was shredded
+may still use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Callable, Generic, TypeVar
+
+import asyncpg
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from codec.encryption import (
+    DATA_KEY_ID_PREFIX,
+    NONCE_BYTES,
+    CodecConfigError,
+    DataKeyShredded,
+    PayloadDecryptionError,
+    PayloadKeys,
+    payload_keys_from_env,
+)
+
+CACHE_TTL = 60.0
+CACHE_SIZE = 4096
+# The codec's own connections when it is given a URL rather than a pool.
+OWN_POOL_SIZE = 2
+
+KEY_OF_WORKFLOW = "SELECT key_id, master_key_id, wrapped_key FROM data_keys WHERE workflow_id = $1"
+# Two processes may race to create a workflow's key: one row wins and both
+# use it (the loser reads it back). A workflow id that was shredded gets none.
+CREATE_KEY = """
+INSERT INTO data_keys (key_id, workflow_id, master_key_id, wrapped_key)
+SELECT $2, $1, $3, $4
+WHERE NOT EXISTS (SELECT 1 FROM data_keys WHERE workflow_hash = erasure_hash('workflow', $1))
+ON CONFLICT (workflow_id) DO NOTHING
+RETURNING key_id
+"""
+KEY_BY_ID = "SELECT master_key_id, wrapped_key FROM data_keys WHERE key_id = $1"
+# A tombstone for each workflow, whether or not it ever had a key, so that
+# nothing more is written for it under a new one.
+SHRED = """
+UPDATE data_keys SET wrapped_key = NULL, master_key_id = NULL, workflow_id = NULL,
+    workflow_hash = erasure_hash('workflow', workflow_id), shredded_at = now()
+WHERE workflow_id = ANY($1::text[])
+"""
+TOMBSTONES = """
+INSERT INTO data_keys (key_id, workflow_hash, shredded_at)
+SELECT 'none-' || gen_random_uuid(), h, now()
+FROM (SELECT DISTINCT erasure_hash('workflow', w) AS h FROM unnest($1::text[]) w) t
+WHERE NOT EXISTS (SELECT 1 FROM data_keys d WHERE d.workflow_hash = t.h)
+"""
+# A returning customer's new order starts their customer workflow again: new data, new key.
+REVIVE = "DELETE FROM data_keys WHERE workflow_hash = erasure_hash('workflow', $1) AND wrapped_key IS NULL"
+REWRAP_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('data_keys:rewrap'))"
+UNDER_OLDER_MASTER = """
+SELECT key_id, master_key_id, wrapped_key FROM data_keys
+WHERE master_key_id IS NOT NULL AND master_key_id <> $1 ORDER BY key_id LIMIT $2
+"""
+REWRAPPED = "UPDATE data_keys SET master_key_id = $3, wrapped_key = $4 WHERE key_id = $1 AND master_key_id = $2"
+
+
+def wrap(master: PayloadKeys, key_id: str, key: bytes) -> tuple[str, bytes]:
+    """(master key id, nonce + sealed key); the data key id is bound in as associated data."""
+    nonce = os.urandom(NONCE_BYTES)
+    return master.encrypting_id, nonce + master.cipher(master.encrypting_id).encrypt(nonce, key, key_id.encode())
+
+
+def unwrap(master: PayloadKeys, key_id: str, master_key_id: str, wrapped: bytes) -> bytes:
+    try:
+        return master.cipher(master_key_id).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], key_id.encode())
+    except InvalidTag:
+        raise PayloadDecryptionError(
+            f"data key {key_id!r} does not unwrap with master key {master_key_id!r}: the configured key of that id "
+            "is not the one that wrapped it"
+        ) from None
+
+
+V = TypeVar("V")
+
+
+class _Cache(Generic[V]):
+    """Bounded, each entry good for `ttl` seconds."""
+
+    def __init__(self, ttl: float, size: int, clock: Callable[[], float]) -> None:
+        self._entries: OrderedDict[str, tuple[float, V]] = OrderedDict()
+        self._ttl, self._size, self._clock = ttl, size, clock
+
+    def get(self, name: str) -> V | None:
+        entry = self._entries.get(name)
+        if entry is None or entry[0] <= self._clock():
+            self._entries.pop(name, None)
+            return None
+        return entry[1]
+
+    def put(self, name: str, value: V) -> None:
+        self._entries[name] = (self._clock() + self._ttl, value)
+        self._entries.move_to_end(name)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+
+class DataKeys:
+    """The data keys of customers' workflows, from PostgreSQL: a pool, or a
+    URL for which the codec opens its own small pool when first needed."""
+
+    def __init__(
+        self,
+        master: PayloadKeys,
+        database: asyncpg.Pool | str,
+        *,
+        ttl: float = CACHE_TTL,
+        size: int = CACHE_SIZE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.master = master
+        self._pool = database if isinstance(database, asyncpg.Pool) else None
+        self._url = database if isinstance(database, str) else None
+        self._opening = asyncio.Lock()
+        self._by_workflow: _Cache[tuple[str, AESGCM]] = _Cache(ttl, size, clock)
+        self._by_id: _Cache[AESGCM | DataKeyShredded] = _Cache(ttl, size, clock)
+
+    async def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._opening:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(self._url, min_size=0, max_size=OWN_POOL_SIZE)
+        return self._pool
+
+    async def close(self) -> None:
+        """Closes the pool the codec opened itself, if it did."""
+        if self._url is not None and self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def for_workflow(self, workflow_id: str) -> tuple[str, AESGCM]:
+        """The workflow's data key (id, cipher), made on first use."""
+        cached = self._by_workflow.get(workflow_id)
+        if cached is not None:
+            return cached
+        pool = await self.pool()
+        row = await pool.fetchrow(KEY_OF_WORKFLOW, workflow_id)
+        if row is None:
+            key_id, key = DATA_KEY_ID_PREFIX + secrets.token_urlsafe(9), AESGCM.generate_key(256)
+            if await pool.fetchval(CREATE_KEY, workflow_id, key_id, *wrap(self.master, key_id, key)):
+                return self._remember(workflow_id, key_id, AESGCM(key))
+            row = await pool.fetchrow(KEY_OF_WORKFLOW, workflow_id)  # another process made it first
+            if row is None:
+                raise DataKeyShredded(
+                    f"workflow {workflow_id}'s data key was shredded (its customer was erased): nothing more may be "
+                    "written for it"
+                )
+        key = unwrap(self.master, row["key_id"], row["master_key_id"], row["wrapped_key"])
+        return self._remember(workflow_id, row["key_id"], AESGCM(key))
+
+    def _remember(self, workflow_id: str, key_id: str, cipher: AESGCM) -> tuple[str, AESGCM]:
+        self._by_workflow.put(workflow_id, (key_id, cipher))
+        self._by_id.put(key_id, cipher)
+        return key_id, cipher
+
+    async def cipher(self, key_id: str) -> AESGCM:
+        """The cipher of a data key named in a payload; DataKeyShredded once erased."""
+        cached = self._by_id.get(key_id)
+        if cached is None:
+            row = await (await self.pool()).fetchrow(KEY_BY_ID, key_id)
+            if row is None:
+                raise PayloadDecryptionError(
+                    f"payload sealed with data key {key_id!r}, which is not in this database's data_keys: "
+                    "DATABASE_URL is not the database of the workers that wrote it"
+                )
+            if row["wrapped_key"] is None:
+                cached = DataKeyShredded(f"payload sealed with data key {key_id!r}, shredded when its customer was erased")
+            else:
+                cached = AESGCM(unwrap(self.master, key_id, row["master_key_id"], row["wrapped_key"]))
+            self._by_id.put(key_id, cached)
+        if isinstance(cached, DataKeyShredded):
+            raise cached
+        return cached
+
+
+def data_keys_from_env(env: Mapping[str, str]) -> DataKeys:
+    """The master keys (PAYLOAD_ENCRYPTION_KEYS) and the database that holds
+    the data keys (DATABASE_URL), both required wherever payloads are read or written."""
+    keys = payload_keys_from_env(env)
+    if not env.get("DATABASE_URL"):
+        raise CodecConfigError(
+            "DATABASE_URL is required: customers' workflows' payloads are sealed with data keys kept in PostgreSQL"
+        )
+    return DataKeys(keys, env["DATABASE_URL"])
+
+
+async def shred(conn: asyncpg.Connection, workflow_ids: Sequence[str]) -> int:
+    """Destroy the workflows' data keys, leaving tombstones (a workflow that
+    never had a key gets one too); how many keys were destroyed."""
+    async with conn.transaction():
+        destroyed = int((await conn.execute(SHRED, list(workflow_ids))).rsplit(" ", 1)[1])
+        await conn.execute(TOMBSTONES, list(workflow_ids))
+    return destroyed
+
+
+async def revive(conn: asyncpg.Connection, workflow_id: str) -> None:
+    """A workflow id shredded before may be written under a new key again."""
+    await conn.execute(REVIVE, workflow_id)
+
+
+async def rewrap(pool: asyncpg.Pool, master: PayloadKeys, batch: int = 500) -> int:
+    """Re-wrap every data key under an older master key with the current one,
+    so the older one can be retired; how many were. One process at a time:
+    another's call returns 0 at once."""
+    done = 0
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(REWRAP_LOCK):
+                return done
+            rows = await conn.fetch(UNDER_OLDER_MASTER, master.encrypting_id, batch)
+            for row in rows:
+                key = unwrap(master, row["key_id"], row["master_key_id"], row["wrapped_key"])
+                await conn.execute(REWRAPPED, row["key_id"], row["master_key_id"], *wrap(master, row["key_id"], key))
+        done += len(rows)
+        if len(rows) < batch:
+            return done
