@@ -12,7 +12,6 @@ import base64
 import json
 import os
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 
 import asyncpg
@@ -21,7 +20,6 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf import json_format
-from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.api.history.v1 import History
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -33,7 +31,7 @@ from codec.data_keys import rewrap, shred, unwrap
 from codec.server import CodecServerConfig, create_app
 from store import consent, erasure
 from store.cases import open_case
-from tests.conftest import TEST_KEY_ENV, TEST_PAYLOAD_KEYS, new_order, store
+from tests.conftest import TEST_KEY_ENV, TEST_PAYLOAD_KEYS, new_order, payloads_in, store
 from tests.test_cases import start_as_the_relay_does
 from tests.test_consent_sending import order_message, send, sms_posts_to
 from web.erasures import forget_and_tell, settle_open
@@ -43,22 +41,6 @@ from workflows.models import CaseView, Channel, DeliveryState, Touchpoint
 pytestmark = pytest.mark.usefixtures("no_owed_signals_before", "no_owed_signals_left")
 
 TOKEN = "codec-token-" + "y" * 20
-
-
-def payloads_in(message: Message) -> Iterator[Payload]:
-    """Every Payload anywhere in a protobuf message (history events, failures, headers, memos)."""
-    for field, value in message.ListFields():
-        if field.message_type is None:
-            continue
-        if isinstance(value, Message):
-            values = [value]
-        else:  # a repeated field, or a map (whose values may be scalars)
-            values = [v for v in (value.values() if hasattr(value, "values") else value) if isinstance(v, Message)]
-        for item in values:
-            if isinstance(item, Payload):
-                yield item
-            else:
-                yield from payloads_in(item)
 
 
 async def every_key_still_held(pool: asyncpg.Pool, master: PayloadKeys) -> list[AESGCM]:
