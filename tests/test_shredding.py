@@ -35,7 +35,7 @@ from tests.conftest import TEST_KEY_ENV, TEST_PAYLOAD_KEYS, new_order, payloads_
 from tests.test_cases import start_as_the_relay_does
 from tests.test_consent_sending import order_message, send, sms_posts_to
 from web.erasures import forget_and_tell, settle_open
-from web.signals import OwedSignals, RelayTiming, Signals
+from web.signals import OwedSignals, RelayTiming, SignalOutcome, Signals
 from workflows.models import CaseView, Channel, DeliveryState, Touchpoint
 
 pytestmark = pytest.mark.usefixtures("no_owed_signals_before", "no_owed_signals_left")
@@ -230,3 +230,29 @@ async def test_data_keys_survive_a_master_key_rotation_and_are_rewrapped_so_the_
     # Put back under the tests' key, for the tests after this one.
     assert await rewrap(pool, payload_keys_from_env({KEYS_VARIABLE: f"{TEST_KEY_ENV[KEYS_VARIABLE]},{new}"})) >= 1
 
+
+
+async def test_a_report_for_a_shredded_workflow_is_owed_no_more(dev_env, pool):
+    """A provider's late report for an erased customer's order: its signal
+    cannot be sealed, and the order is over, so the relay is done with it."""
+    workflow_id = f"order-L{uuid.uuid4().hex[:10]}"
+    async with pool.acquire() as conn:
+        await shred(conn, [workflow_id])
+    outcome = await Signals({}, dev_env.client).send(workflow_id, "message_settled", {"key": "k", "channel": "email", "state": "sent"})
+    assert outcome is SignalOutcome.NOT_RUNNING
+
+
+async def test_an_erased_customer_who_returns_gets_a_customer_workflow_under_a_new_key(pool):
+    order = new_order()
+    customer_workflow = f"customer-{order['customer']['customer_id']}"
+    await store(pool, order)
+    keys = DataKeys(TEST_PAYLOAD_KEYS, pool)
+    first, _ = await keys.for_workflow(customer_workflow)
+    async with pool.acquire() as conn:
+        await erasure.forget(conn, order["customer"]["customer_id"], "test")
+        await shred(conn, [customer_workflow])
+    with pytest.raises(DataKeyShredded):
+        await DataKeys(TEST_PAYLOAD_KEYS, pool).for_workflow(customer_workflow)
+    await store(pool, new_order(customer=order["customer"]))  # their next order
+    again, _ = await DataKeys(TEST_PAYLOAD_KEYS, pool).for_workflow(customer_workflow)
+    assert again != first
