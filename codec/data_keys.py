@@ -1,7 +1,7 @@
 """Per-workflow data keys, so a customer's Temporal history can be shredded.
 
 Each workflow that holds a customer's data (`order-*`, `customer-*`,
-`case-*`: codec/encryption.py `holds_customer_data`) has its payloads sealed with its own random
+`case-*`, `resend-*`: codec/encryption.py `holds_customer_data`) has its payloads sealed with its own random
 AES-256 data key instead of the namespace's master key. The data key lives in
 PostgreSQL (`data_keys`, migration 019) wrapped by the current master key and
 naming it, so a master key rotation keeps working: keys wrapped under an

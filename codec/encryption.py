@@ -9,7 +9,7 @@ its key in its metadata. A payload without that encoding was written before
 encryption (or by a tool without the codec) and passes through as it is.
 
 Payloads of a workflow that holds a customer's data (order-*, customer-*,
-case-*) are sealed with that workflow's own data key instead, found through
+case-*, resend-*) are sealed with that workflow's own data key instead, found through
 the SDK's serialization context (the workflow id) and named in the metadata
 as `dk:<id>` (codec/data_keys.py): erasing the customer destroys it. Other
 workflows, and payloads without a context, keep the master key.
@@ -55,8 +55,9 @@ KEY_ID = "encryption-key-id"
 NONCE_BYTES = 12
 TAG_BYTES = 16  # AES-GCM appends its tag to the ciphertext
 KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-# Workflows that hold a customer's data, each sealed with its own data key.
-CUSTOMER_WORKFLOW_PREFIXES = ("order-", "customer-", "case-")
+# Workflows that hold a customer's data, each sealed with its own data key:
+# orders, customers, cases, and an operator's resend of one of their messages.
+CUSTOMER_WORKFLOW_PREFIXES = ("order-", "customer-", "case-", "resend-")
 # A data key's id in KEY_ID: a master key id cannot hold ':'.
 DATA_KEY_ID_PREFIX = "dk:"
 

@@ -46,6 +46,7 @@ import asyncpg
 
 from store import provider_events
 from workflows.models import CUSTOMER_ERASED, customer_workflow_id, workflow_id_for
+from workflows.resend import resend_workflow_id
 
 ERASED_NAME = "erased"
 ERASED_SIGNAL = "customer_erased"
@@ -154,17 +155,25 @@ STILL_INCOMPLETE = "SELECT true FROM erasures WHERE receipt_id = $1 AND complete
 
 INCOMPLETE = "SELECT receipt_id FROM erasures WHERE completed_at IS NULL ORDER BY requested_at LIMIT $1"
 
-# The workflows the erasure told, and every case of the customer or of their
-# orders (found in `cases` by id, told or not).
+# The workflows the erasure told, every case of the customer or of their
+# orders (found in `cases` by id, told or not), and each resend of one of
+# their messages that ran (it has a data key).
 WORKFLOWS = """
 WITH told AS (
     SELECT workflow_id FROM provider_events WHERE provider = $1 AND event_id LIKE $2
+), orders AS (
+    SELECT substr(workflow_id, length($3) + 1) AS order_id FROM told WHERE starts_with(workflow_id, $3)
+), customers AS (
+    SELECT substr(workflow_id, length($4) + 1) AS customer_id FROM told WHERE starts_with(workflow_id, $4)
 )
 SELECT workflow_id FROM told
 UNION
 SELECT case_id FROM cases
-WHERE order_id = ANY(ARRAY(SELECT substr(workflow_id, length($3) + 1) FROM told WHERE starts_with(workflow_id, $3)))
-   OR customer_id = ANY(ARRAY(SELECT substr(workflow_id, length($4) + 1) FROM told WHERE starts_with(workflow_id, $4)))
+WHERE order_id IN (SELECT order_id FROM orders) OR customer_id IN (SELECT customer_id FROM customers)
+UNION
+SELECT workflow_id FROM data_keys
+WHERE workflow_id IN (SELECT $5 || key FROM message_ledger
+                      WHERE order_id IN (SELECT order_id FROM orders) OR customer_id IN (SELECT customer_id FROM customers))
 ORDER BY 1
 """
 
@@ -244,7 +253,8 @@ async def incomplete(conn: asyncpg.Connection | asyncpg.Pool, limit: int = 100) 
 async def workflows(conn: asyncpg.Connection | asyncpg.Pool, receipt_id: str) -> list[str]:
     """Every workflow of the erased customer: whose data keys the erasure destroys."""
     rows = await conn.fetch(
-        WORKFLOWS, provider_events.CUSTOMER, f"erasure:{receipt_id}:%", workflow_id_for(""), customer_workflow_id("")
+        WORKFLOWS, provider_events.CUSTOMER, f"erasure:{receipt_id}:%", workflow_id_for(""), customer_workflow_id(""),
+        resend_workflow_id(""),
     )
     return [r["workflow_id"] for r in rows]
 

@@ -1,5 +1,5 @@
 -- Crypto-shredding of Temporal history (codec/data_keys.py): each workflow
--- that holds a customer's data (order-*, customer-*, case-*) seals its
+-- that holds a customer's data (order-*, customer-*, case-*, resend-*) seals its
 -- payloads with its own random AES-256 data key, kept here wrapped
 -- (AES-GCM) by a master key (PAYLOAD_ENCRYPTION_KEYS). An erasure destroys
 -- the customer's keys once their workflows are closed: the row stays as a
