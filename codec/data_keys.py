@@ -1,8 +1,9 @@
 """Per-workflow data keys, so a customer's Temporal history can be shredded.
 
 Each workflow that holds a customer's data (`order-*`, `customer-*`,
-`case-*`, `resend-*`: codec/encryption.py `holds_customer_data`) has its payloads sealed with its own random
-AES-256 data key instead of the namespace's master key. The data key lives in
+`case-*`, `resend-*`: codec/encryption.py `holds_customer_data`) has its
+payloads sealed with its own random AES-256 data key instead of the
+namespace's master key. The data key lives in
 PostgreSQL (`data_keys`, migration 019) wrapped by the current master key and
 naming it, so a master key rotation keeps working: keys wrapped under an
 older master key unwrap while that key is configured, and `rewrap` moves them
@@ -106,12 +107,15 @@ class _Cache(Generic[V]):
         self._entries: OrderedDict[str, tuple[float, V]] = OrderedDict()
         self._ttl, self._size, self._clock = ttl, size, clock
 
-    def get(self, name: str) -> V | None:
+    def has(self, name: str) -> bool:
         entry = self._entries.get(name)
-        if entry is None or entry[0] <= self._clock():
-            self._entries.pop(name, None)
-            return None
-        return entry[1]
+        if entry is not None and entry[0] <= self._clock():
+            del self._entries[name]
+            return False
+        return entry is not None
+
+    def get(self, name: str) -> V | None:
+        return self._entries[name][1] if self.has(name) else None
 
     def put(self, name: str, value: V) -> None:
         self._entries[name] = (self._clock() + self._ttl, value)
@@ -122,7 +126,8 @@ class _Cache(Generic[V]):
 
 class DataKeys:
     """The data keys of customers' workflows, from PostgreSQL: a pool, or a
-    URL for which the codec opens its own small pool when first needed."""
+    URL for which the codec opens its own small pool when first needed (and
+    keeps for the process's life)."""
 
     def __init__(
         self,
@@ -138,7 +143,8 @@ class DataKeys:
         self._url = database if isinstance(database, str) else None
         self._opening = asyncio.Lock()
         self._by_workflow: _Cache[tuple[str, AESGCM]] = _Cache(ttl, size, clock)
-        self._by_id: _Cache[AESGCM | DataKeyShredded] = _Cache(ttl, size, clock)
+        # None for a key found shredded (for good).
+        self._by_id: _Cache[AESGCM | None] = _Cache(ttl, size, clock)
 
     async def pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -146,12 +152,6 @@ class DataKeys:
                 if self._pool is None:
                     self._pool = await asyncpg.create_pool(self._url, min_size=0, max_size=OWN_POOL_SIZE)
         return self._pool
-
-    async def close(self) -> None:
-        """Closes the pool the codec opened itself, if it did."""
-        if self._url is not None and self._pool is not None:
-            await self._pool.close()
-            self._pool = None
 
     async def for_workflow(self, workflow_id: str) -> tuple[str, AESGCM]:
         """The workflow's data key (id, cipher), made on first use."""
@@ -180,22 +180,20 @@ class DataKeys:
 
     async def cipher(self, key_id: str) -> AESGCM:
         """The cipher of a data key named in a payload; DataKeyShredded once erased."""
-        cached = self._by_id.get(key_id)
-        if cached is None:
+        if self._by_id.has(key_id):
+            cipher = self._by_id.get(key_id)
+        else:
             row = await (await self.pool()).fetchrow(KEY_BY_ID, key_id)
             if row is None:
                 raise PayloadDecryptionError(
                     f"payload sealed with data key {key_id!r}, which is not in this database's data_keys: "
                     "DATABASE_URL is not the database of the workers that wrote it"
                 )
-            if row["wrapped_key"] is None:
-                cached = DataKeyShredded(f"payload sealed with data key {key_id!r}, shredded when its customer was erased")
-            else:
-                cached = AESGCM(unwrap(self.master, key_id, row["master_key_id"], row["wrapped_key"]))
-            self._by_id.put(key_id, cached)
-        if isinstance(cached, DataKeyShredded):
-            raise cached
-        return cached
+            cipher = None if row["wrapped_key"] is None else AESGCM(unwrap(self.master, key_id, row["master_key_id"], row["wrapped_key"]))
+            self._by_id.put(key_id, cipher)
+        if cipher is None:
+            raise DataKeyShredded(f"payload sealed with data key {key_id!r}, shredded when its customer was erased")
+        return cipher
 
 
 def data_keys_from_env(env: Mapping[str, str]) -> DataKeys:

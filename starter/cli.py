@@ -356,7 +356,7 @@ async def up(demo: bool) -> None:
         if not env.get("DATABASE_URL"):
             embedded_pgdata = DATA_DIR / "pgdata"
             env["DATABASE_URL"] = start_postgres(embedded_pgdata)
-            web_config = dataclasses.replace(web_config, database_url=env["DATABASE_URL"], temporal_env={**web_config.temporal_env, "DATABASE_URL": env["DATABASE_URL"]})
+            web_config = dataclasses.replace(web_config, database_url=env["DATABASE_URL"])
             print(f"PostgreSQL at {env['DATABASE_URL']}")
         # Before the HTTP service, which reads tables of the schema at once.
         await migrate(env["DATABASE_URL"])

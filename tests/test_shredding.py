@@ -256,3 +256,20 @@ async def test_an_erased_customer_who_returns_gets_a_customer_workflow_under_a_n
     await store(pool, new_order(customer=order["customer"]))  # their next order
     again, _ = await DataKeys(TEST_PAYLOAD_KEYS, pool).for_workflow(customer_workflow)
     assert again != first
+
+
+async def test_a_process_that_held_a_key_may_use_it_at_most_the_cache_ttl_after_it_is_shredded(pool):
+    now = [0.0]
+    keys = DataKeys(TEST_PAYLOAD_KEYS, pool, ttl=60, clock=lambda: now[0])
+    codec = EncryptionCodec(TEST_PAYLOAD_KEYS, keys)
+    workflow_id = f"order-T{uuid.uuid4().hex[:10]}"
+    [sealed] = await in_workflow(codec, workflow_id).encode([a_payload("cached")])
+    async with pool.acquire() as conn:
+        await shred(conn, [workflow_id])
+    now[0] = 59.9
+    assert await codec.decode([sealed]) == [a_payload("cached")]
+    now[0] = 60.0
+    with pytest.raises(DataKeyShredded):
+        await codec.decode([sealed])
+    with pytest.raises(DataKeyShredded):
+        await in_workflow(codec, workflow_id).encode([a_payload("more")])

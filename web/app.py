@@ -73,7 +73,9 @@ def create_app(
     SMS whose status callback did not come are looked up in Twilio."""
     if pool is None and not config.database_url:
         raise ConfigError("DATABASE_URL is required, e.g. postgresql://user:pass@localhost:5432/orders")
-    signals = Signals(config.temporal_env, temporal_client, runtime)
+    # The data keys of customers' workflows are in the service's own database.
+    temporal_env = {**config.temporal_env, "DATABASE_URL": config.database_url} if config.database_url else config.temporal_env
+    signals = Signals(temporal_env, temporal_client, runtime)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -92,8 +92,7 @@ class WebConfig:
                 env, "SENDGRID_WEBHOOK_MAX_BODY_BYTES", cls.sendgrid_webhook_max_body_bytes
             ),
             erasure_api_token=env.get("ERASURE_API_TOKEN") or None,
-            # The data keys of customers' workflows are in the service's own database.
-            temporal_env={k: v for k, v in env.items() if k.startswith("TEMPORAL_") or k in KEY_VARIABLES or k == "DATABASE_URL"},
+            temporal_env={k: v for k, v in env.items() if k.startswith("TEMPORAL_") or k in KEY_VARIABLES},
             metrics_address=metrics_address(env, "WEB_METRICS_PORT", DEFAULT_METRICS_PORT),
         )
 
