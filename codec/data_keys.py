@@ -59,7 +59,8 @@ RETURNING key_id
 """
 KEY_BY_ID = "SELECT master_key_id, wrapped_key FROM data_keys WHERE key_id = $1"
 # A tombstone for each workflow, whether or not it ever had a key, so that
-# nothing more is written for it under a new one.
+# nothing more is written for it under a new one (until an erased customer
+# returns: store/orders.py REVIVE_CUSTOMER_WORKFLOW).
 SHRED = """
 UPDATE data_keys SET wrapped_key = NULL, master_key_id = NULL, workflow_id = NULL,
     workflow_hash = erasure_hash('workflow', workflow_id), shredded_at = now()
@@ -71,8 +72,6 @@ SELECT 'none-' || gen_random_uuid(), h, now()
 FROM (SELECT DISTINCT erasure_hash('workflow', w) AS h FROM unnest($1::text[]) w) t
 WHERE NOT EXISTS (SELECT 1 FROM data_keys d WHERE d.workflow_hash = t.h)
 """
-# A returning customer's new order starts their customer workflow again: new data, new key.
-REVIVE = "DELETE FROM data_keys WHERE workflow_hash = erasure_hash('workflow', $1) AND wrapped_key IS NULL"
 REWRAP_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('data_keys:rewrap'))"
 UNDER_OLDER_MASTER = """
 SELECT key_id, master_key_id, wrapped_key FROM data_keys
@@ -127,12 +126,13 @@ class _Cache(Generic[V]):
 class DataKeys:
     """The data keys of customers' workflows, from PostgreSQL: a pool, or a
     URL for which the codec opens its own small pool when first needed (and
-    keeps for the process's life)."""
+    keeps for the process's life); None for a process that never touches a
+    customer's workflow (a payload of one is then a clear error)."""
 
     def __init__(
         self,
         master: PayloadKeys,
-        database: asyncpg.Pool | str,
+        database: asyncpg.Pool | str | None,
         *,
         ttl: float = CACHE_TTL,
         size: int = CACHE_SIZE,
@@ -147,6 +147,10 @@ class DataKeys:
         self._by_id: _Cache[AESGCM | None] = _Cache(ttl, size, clock)
 
     async def pool(self) -> asyncpg.Pool:
+        if self._pool is None and self._url is None:
+            raise CodecConfigError(
+                "DATABASE_URL is required: customers' workflows' payloads are sealed with data keys kept in PostgreSQL"
+            )
         if self._pool is None:
             async with self._opening:
                 if self._pool is None:
@@ -197,14 +201,10 @@ class DataKeys:
 
 
 def data_keys_from_env(env: Mapping[str, str]) -> DataKeys:
-    """The master keys (PAYLOAD_ENCRYPTION_KEYS) and the database that holds
-    the data keys (DATABASE_URL), both required wherever payloads are read or written."""
-    keys = payload_keys_from_env(env)
-    if not env.get("DATABASE_URL"):
-        raise CodecConfigError(
-            "DATABASE_URL is required: customers' workflows' payloads are sealed with data keys kept in PostgreSQL"
-        )
-    return DataKeys(keys, env["DATABASE_URL"])
+    """The master keys (PAYLOAD_ENCRYPTION_KEYS, required) and the database
+    that holds the data keys (DATABASE_URL, required once a customer's
+    workflow's payload is read or written)."""
+    return DataKeys(payload_keys_from_env(env), env.get("DATABASE_URL") or None)
 
 
 async def shred(conn: asyncpg.Connection, workflow_ids: Sequence[str]) -> int:
@@ -214,11 +214,6 @@ async def shred(conn: asyncpg.Connection, workflow_ids: Sequence[str]) -> int:
         destroyed = int((await conn.execute(SHRED, list(workflow_ids))).rsplit(" ", 1)[1])
         await conn.execute(TOMBSTONES, list(workflow_ids))
     return destroyed
-
-
-async def revive(conn: asyncpg.Connection, workflow_id: str) -> None:
-    """A workflow id shredded before may be written under a new key again."""
-    await conn.execute(REVIVE, workflow_id)
 
 
 async def rewrap(pool: asyncpg.Pool, master: PayloadKeys, batch: int = 500) -> int:

@@ -2,6 +2,11 @@
 CLI call them (`{"payloads": [...]}`, protobuf JSON), so an operator can read
 encrypted payloads without the keys ever reaching the Temporal server.
 
+Customers' workflows' payloads are sealed with their own data keys, read
+from PostgreSQL (DATABASE_URL, codec/data_keys.py); one whose key was
+shredded when its customer was erased comes back as the JSON string "erased
+customer data", so the Web UI and `temporal workflow show` show that.
+
 An operator tool, kept apart from the customer-facing service in `web/`: its
 own app and port (`orders codec-server`, `CODEC_HOST`:`CODEC_PORT`, default
 127.0.0.1:8089). Every request needs `Authorization: Bearer

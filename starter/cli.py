@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -99,15 +100,14 @@ async def connect() -> Client:
     """With no payload keys in the environment, the ones `orders up` made, if
     any, but only for its embedded dev server: a real cluster's workers could
     not read what a laptop's key encrypted."""
-    from codec import payload_keys_from_env
     from worker import connect_temporal
 
     env = dict(os.environ)
     if not any(env.get(name) for name in KEY_VARIABLES) and not env.get("TEMPORAL_ADDRESS") and LOCAL_PAYLOAD_KEYS.exists():
         env[KEYS_FILE_VARIABLE] = str(LOCAL_PAYLOAD_KEYS)
-    if not env.get("DATABASE_URL"):  # customers' workflows' data keys; a missing master key is told first
-        payload_keys_from_env(env)
-        env["DATABASE_URL"] = database_url()
+    if not env.get("DATABASE_URL"):  # customers' workflows' data keys, in the embedded database if there is one
+        with contextlib.suppress(UsageError):
+            env["DATABASE_URL"] = database_url()
     return await connect_temporal(env)
 
 

@@ -124,8 +124,8 @@ async def test_starter_demo_end_to_end(dev_env, make_harness, database_url):
         assert (flag in rows[n]) if flag else ("⚠" not in rows[n]), rows[n]
 
 
-async def test_starter_rejects_a_bad_order_with_a_clear_message(dev_env, database_url):
-    env = {**os.environ, "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host, "DATABASE_URL": database_url, **TEST_KEY_ENV}
+async def test_starter_rejects_a_bad_order_with_a_clear_message(dev_env):
+    env = {**os.environ, "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host, **TEST_KEY_ENV}
     order = new_order()
     order["items"][0]["quantity"] = -2
     proc = await asyncio.create_subprocess_exec(

@@ -25,3 +25,5 @@ CREATE TABLE data_keys (
 CREATE INDEX data_keys_shredded ON data_keys (workflow_hash) WHERE workflow_hash IS NOT NULL;
 -- The re-wrap step finds keys still under an older master key.
 CREATE INDEX data_keys_master ON data_keys (master_key_id) WHERE master_key_id IS NOT NULL;
+-- The relay's every pass looks for erasures not complete yet (web/erasures.py settle_open).
+CREATE INDEX erasures_incomplete ON erasures (requested_at) WHERE completed_at IS NULL;
