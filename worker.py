@@ -98,8 +98,9 @@ def prometheus_runtime(address: str, variable: str) -> Runtime:
 async def connect_temporal(env: Mapping[str, str] = os.environ, runtime: Runtime | None = None) -> Client:
     """TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE, plus Temporal Cloud credentials:
     TEMPORAL_API_KEY, or TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY (mTLS paths).
-    Payloads are encrypted with PAYLOAD_ENCRYPTION_KEYS(_FILE), required, and
-    customers' workflows' with data keys in DATABASE_URL, required too.
+    Payloads are encrypted with PAYLOAD_ENCRYPTION_KEYS(_FILE), required;
+    customers' workflows' with their data keys in DATABASE_URL, needed once
+    one of their payloads is read or written.
     With a `runtime` (prometheus_runtime), the client's and its workers'
     metrics go to its endpoint."""
     data_converter = encrypted_data_converter(data_keys_from_env(env))

@@ -73,9 +73,11 @@ FROM (SELECT DISTINCT erasure_hash('workflow', w) AS h FROM unnest($1::text[]) w
 WHERE NOT EXISTS (SELECT 1 FROM data_keys d WHERE d.workflow_hash = t.h)
 """
 REWRAP_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('data_keys:rewrap'))"
+# Under an older master key that is still configured: one no longer given
+# is left, for whoever still has it.
 UNDER_OLDER_MASTER = """
 SELECT key_id, master_key_id, wrapped_key FROM data_keys
-WHERE master_key_id IS NOT NULL AND master_key_id <> $1 ORDER BY key_id LIMIT $2
+WHERE master_key_id = ANY($3::text[]) AND master_key_id <> $1 ORDER BY key_id LIMIT $2
 """
 REWRAPPED = "UPDATE data_keys SET master_key_id = $3, wrapped_key = $4 WHERE key_id = $1 AND master_key_id = $2"
 
@@ -217,15 +219,15 @@ async def shred(conn: asyncpg.Connection, workflow_ids: Sequence[str]) -> int:
 
 
 async def rewrap(pool: asyncpg.Pool, master: PayloadKeys, batch: int = 500) -> int:
-    """Re-wrap every data key under an older master key with the current one,
-    so the older one can be retired; how many were. One process at a time:
-    another's call returns 0 at once."""
+    """Re-wrap every data key under an older (configured) master key with
+    the current one, so the older one can be retired; how many were. One
+    process at a time: another's call returns 0 at once."""
     done = 0
     while True:
         async with pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(REWRAP_LOCK):
                 return done
-            rows = await conn.fetch(UNDER_OLDER_MASTER, master.encrypting_id, batch)
+            rows = await conn.fetch(UNDER_OLDER_MASTER, master.encrypting_id, batch, master.ids)
             for row in rows:
                 key = unwrap(master, row["key_id"], row["master_key_id"], row["wrapped_key"])
                 await conn.execute(REWRAPPED, row["key_id"], row["master_key_id"], *wrap(master, row["key_id"], key))

@@ -25,7 +25,6 @@ from typing import Annotated, Any, Callable
 import asyncpg
 from fastapi import FastAPI, Header, HTTPException
 from fastapi.responses import JSONResponse
-
 from temporalio.service import RPCError
 
 from codec import data_keys

@@ -245,11 +245,14 @@ class OwedSignals:
             try:
                 delivered = await self.deliver()
                 self._still_owed.set(await provider_events.count_owed(self._pool()))
-                if delivered and self._after_each_pass:
-                    await self._after_each_pass()
             except Exception as err:  # noqa: BLE001 - PostgreSQL away, or a bug: the relay must go on
                 log.warning("owed signals not delivered this pass: %s", type(err).__name__)
                 delivered = False
+            if delivered and self._after_each_pass:
+                try:
+                    await self._after_each_pass()
+                except Exception as err:  # noqa: BLE001 - as above; the next pass tries again
+                    log.warning("what follows the relay's pass failed: %s", type(err).__name__)
             if delivered:
                 delay = self._timing.first_retry
                 with contextlib.suppress(TimeoutError):
