@@ -6,6 +6,7 @@
     python -m bench open-orders [--orders N]         worker memory with N paid orders awaiting dispatch
     python -m bench wocas [--orders N]               the WOCAS report's build time on a year of N orders
     python -m bench history [--orders N] [--from F]  an order's history bytes by payload kind and event type
+    python -m bench codec [--payloads N]             bytes and CPU per-workflow data keys add to a payload
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def main() -> None:
         "--write-dictionary", dest="dictionary", type=Path,
         help="write a deflate dictionary for the codec from tests/histories (a new one needs a new codec marker)",
     )
+    codec = sub.add_parser("codec", help="bytes and CPU per-workflow data keys add to a payload")
+    codec.add_argument("--payloads", type=int, default=1000)
     parser.add_argument("--orders", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--only", choices=["ours", "floor"], help="run one side only, e.g. to profile it")
@@ -72,6 +75,10 @@ def main() -> None:
         from bench.wocas import main as wocas
 
         wocas(args.orders, args.runs)
+    elif args.command == "codec":
+        from bench.codec_cost import main as codec_cost
+
+        codec_cost(args.payloads)
     elif args.command == "chaos":
         from bench.chaos import DRILLS, EMAIL_ACTIVITY_LAG_SECONDS, SMS_OUTAGE_SECONDS, main as chaos_main
 

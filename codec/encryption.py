@@ -8,6 +8,12 @@ and the old ones stay until no history needs them. An encrypted payload names
 its key in its metadata. A payload without that encoding was written before
 encryption (or by a tool without the codec) and passes through as it is.
 
+Payloads of a workflow that holds a customer's data (order-*, customer-*,
+case-*, resend-*) are sealed with that workflow's own data key instead, found through
+the SDK's serialization context (the workflow id) and named in the metadata
+as `dk:<id>` (codec/data_keys.py): erasing the customer destroys it. Other
+workflows, and payloads without a context, keep the master key.
+
 Each payload is compressed before it is sealed (history bytes: the server
 stores, bills and sends every payload to workers), with deflate and a preset
 dictionary of this project's own payloads (codec/deflate-dictionary-1.bin,
@@ -30,13 +36,25 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes, PayloadCodec
+from temporalio.converter import (
+    ActivitySerializationContext,
+    DataConverter,
+    DefaultFailureConverterWithEncodedAttributes,
+    PayloadCodec,
+    SerializationContext,
+    WithSerializationContext,
+    WorkflowSerializationContext,
+)
+
+if TYPE_CHECKING:
+    from codec.data_keys import DataKeys
 
 KEYS_VARIABLE = "PAYLOAD_ENCRYPTION_KEYS"
 KEYS_FILE_VARIABLE = "PAYLOAD_ENCRYPTION_KEYS_FILE"
@@ -55,6 +73,15 @@ DEFLATE_MARKER = b"\x01"
 DEFLATE_DICTIONARIES = {DEFLATE_MARKER: (Path(__file__).parent / "deflate-dictionary-1.bin").read_bytes()}
 # A serialized Payload starts with a tag of field 1 or above: 0x08 or more.
 FIRST_TAG_OF_A_PAYLOAD = 0x08
+# Workflows that hold a customer's data, each sealed with its own data key:
+# orders, customers, cases, and an operator's resend of one of their messages.
+CUSTOMER_WORKFLOW_PREFIXES = ("order-", "customer-", "case-", "resend-")
+# A data key's id in KEY_ID: a master key id cannot hold ':'.
+DATA_KEY_ID_PREFIX = "dk:"
+
+
+def holds_customer_data(workflow_id: str | None) -> bool:
+    return workflow_id is not None and workflow_id.startswith(CUSTOMER_WORKFLOW_PREFIXES)
 
 
 class CodecConfigError(ValueError):
@@ -63,6 +90,11 @@ class CodecConfigError(ValueError):
 
 class PayloadDecryptionError(ValueError):
     """An encrypted payload that these keys cannot open."""
+
+
+class DataKeyShredded(PayloadDecryptionError):
+    """A payload of an erased customer's workflow: its data key is destroyed,
+    so nobody can open it (or write more for that workflow)."""
 
 
 class PayloadKeys:
@@ -167,13 +199,29 @@ def decompress(plain: bytes, key_id: str) -> bytes:
         raise PayloadDecryptionError(f"payload under key id {key_id!r} does not inflate") from None
 
 
-class EncryptionCodec(PayloadCodec):
-    def __init__(self, keys: PayloadKeys) -> None:
+class EncryptionCodec(PayloadCodec, WithSerializationContext):
+    """`data_keys`: where customers' workflows' keys are; without it (unit
+    tests, tools that never see such a workflow) every payload is under the
+    master key and a data-keyed one cannot be opened."""
+
+    def __init__(self, keys: PayloadKeys, data_keys: DataKeys | None = None, workflow_id: str | None = None) -> None:
         self._keys = keys
+        self._data_keys = data_keys
+        # Set only for a workflow that holds a customer's data.
+        self._workflow_id = workflow_id
+
+    def with_context(self, context: SerializationContext) -> EncryptionCodec:
+        workflow_id = context.workflow_id if isinstance(context, (WorkflowSerializationContext, ActivitySerializationContext)) else None
+        return EncryptionCodec(self._keys, self._data_keys, workflow_id if holds_customer_data(workflow_id) else None)
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        key_id = self._keys.encrypting_id
-        cipher = self._keys.cipher(key_id)
+        if self._workflow_id is None:
+            key_id = self._keys.encrypting_id
+            cipher = self._keys.cipher(key_id)
+        elif self._data_keys is None:
+            raise CodecConfigError(f"no data-key store: payloads of {self._workflow_id} cannot be sealed with its data key")
+        else:
+            key_id, cipher = await self._data_keys.for_workflow(self._workflow_id)
         encrypted = []
         for payload in payloads:
             if payload.metadata.get("encoding") == NULL_ENCODING and not payload.data:
@@ -187,16 +235,23 @@ class EncryptionCodec(PayloadCodec):
         return encrypted
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        return [self._decrypt(p) if p.metadata.get("encoding") == ENCODING else p for p in payloads]
+        return [await self._decrypt(p) if p.metadata.get("encoding") == ENCODING else p for p in payloads]
 
-    def _decrypt(self, payload: Payload) -> Payload:
+    async def _cipher(self, key_id: str) -> AESGCM:
+        if not key_id.startswith(DATA_KEY_ID_PREFIX):
+            return self._keys.cipher(key_id)
+        if self._data_keys is None:
+            raise PayloadDecryptionError(f"payload sealed with data key {key_id!r}, and this codec has no data-key store")
+        return await self._data_keys.cipher(key_id)
+
+    async def _decrypt(self, payload: Payload) -> Payload:
         try:
             key_id = payload.metadata.get(KEY_ID, b"").decode()
         except UnicodeDecodeError:
             raise PayloadDecryptionError(f"encrypted payload whose {KEY_ID} is not text") from None
         if not key_id:
             raise PayloadDecryptionError(f"encrypted payload without the {KEY_ID} metadata")
-        cipher = self._keys.cipher(key_id)
+        cipher = await self._cipher(key_id)
         if len(payload.data) < NONCE_BYTES + TAG_BYTES:
             raise PayloadDecryptionError(f"payload under key id {key_id!r} is too short to be one this codec wrote")
         try:
@@ -212,12 +267,13 @@ class EncryptionCodec(PayloadCodec):
             raise PayloadDecryptionError(f"payload under key id {key_id!r} decrypts to no Temporal payload") from None
 
 
-def encrypted_data_converter(keys: PayloadKeys) -> DataConverter:
+def encrypted_data_converter(data_keys: DataKeys) -> DataConverter:
     """The project's converter (pydantic models as JSON) with every payload
     encrypted, failure messages and stack traces included (they move into an
-    encrypted payload of the failure)."""
+    encrypted payload of the failure); customers' workflows under their own
+    data keys."""
     return dataclasses.replace(
         pydantic_data_converter,
-        payload_codec=EncryptionCodec(keys),
+        payload_codec=EncryptionCodec(data_keys.master, data_keys),
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )

@@ -23,6 +23,7 @@ from temporalio.exceptions import ApplicationError
 
 from codec import (
     CodecConfigError,
+    DataKeys,
     EncryptionCodec,
     PayloadDecryptionError,
     PayloadKeys,
@@ -38,6 +39,8 @@ from workflows.models import OrderInput
 REPO = Path(__file__).resolve().parents[1]
 UI = "http://localhost:8233"
 TOKEN = "codec-token-" + "x" * 20
+# Payloads outside any customer's workflow: the data keys' database is never opened.
+MASTER_KEY_ONLY = DataKeys(TEST_PAYLOAD_KEYS, "postgresql://never-opened.invalid/")
 
 
 def keys(*entries: str) -> PayloadKeys:
@@ -83,7 +86,7 @@ async def test_plain_payloads_written_before_encryption_pass_through():
     order = new_order()
     plain = a_payload(order)
     assert await EncryptionCodec(TEST_PAYLOAD_KEYS).decode([plain]) == [plain]
-    converter = encrypted_data_converter(TEST_PAYLOAD_KEYS)
+    converter = encrypted_data_converter(MASTER_KEY_ONLY)
     decoded = await converter.decode([plain], [OrderInput])
     assert decoded[0].customer.email == order["customer"]["email"]
     # A failure recorded before encryption: its message is plain, and stays readable.
@@ -162,7 +165,7 @@ async def test_a_compression_this_codec_does_not_know_is_a_clear_error():
 
 
 async def test_failure_message_and_stack_trace_are_encrypted():
-    converter = encrypted_data_converter(TEST_PAYLOAD_KEYS)
+    converter = encrypted_data_converter(MASTER_KEY_ONLY)
     failure = Failure()
     try:
         raise ApplicationError("SendGrid refused ada@example.com", {"to": "ada@example.com"}, type="Refused")
@@ -220,7 +223,7 @@ def payloads_json(*payloads: Payload) -> str:
 
 
 async def call(config: CodecServerConfig, path: str, body: str | bytes = "", **headers: str) -> httpx.Response:
-    app = create_app(config, TEST_PAYLOAD_KEYS)
+    app = create_app(config, MASTER_KEY_ONLY)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8089") as http:
         if path == "preflight":
             return await http.options("/decode", headers={"Access-Control-Request-Method": "POST", **headers})
@@ -239,7 +242,7 @@ async def test_codec_server_round_trips_with_the_token():
     assert decoded.status_code == 200
     assert list(json_format.Parse(decoded.text, Payloads()).payloads) == [a_payload(order)]
     # What the worker encrypted, the codec server decrypts: the same codec.
-    [by_worker] = await encrypted_data_converter(TEST_PAYLOAD_KEYS).encode([order])
+    [by_worker] = await encrypted_data_converter(MASTER_KEY_ONLY).encode([order])
     assert (await call(config, "/decode", payloads_json(by_worker), **bearer)).json()["payloads"][0]["metadata"] == {
         "encoding": base64.b64encode(b"json/plain").decode()
     }
