@@ -38,6 +38,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
+from temporalio.converter import WorkflowSerializationContext
 
 from codec.data_keys import DataKeys
 from codec.encryption import CodecConfigError, DataKeyShredded, EncryptionCodec, PayloadDecryptionError
@@ -196,7 +197,14 @@ def create_app(config: CodecServerConfig, data_keys: DataKeys) -> FastAPI:
 
     @app.post("/encode")
     async def encode(request: Request) -> Response:
-        return await convert(request, codec.encode)
+        """`X-Workflow-Id` (optional, not sent by the `temporal` CLI) seals the
+        payloads with that workflow's data key, as the SDK's clients do, so
+        a backend that encodes here can still be shredded."""
+        workflow_id = request.headers.get("x-workflow-id")
+        if not workflow_id:
+            return await convert(request, codec.encode)
+        context = WorkflowSerializationContext(namespace=request.headers.get("x-namespace", ""), workflow_id=workflow_id)
+        return await convert(request, codec.with_context(context).encode)
 
     @app.post("/decode")
     async def decode(request: Request) -> Response:

@@ -195,6 +195,23 @@ async def test_a_shredded_payload_is_erased_customer_data_on_the_codec_server_an
                                workflow_id, key_id) == 0
 
 
+async def test_a_backend_encoding_on_the_codec_server_names_the_workflow_to_seal_with_its_data_key(pool):
+    workflow_id = f"order-X{uuid.uuid4().hex[:10]}"
+    app = create_app(CodecServerConfig(token=TOKEN), DataKeys(TEST_PAYLOAD_KEYS, pool))
+
+    async def encode(**headers: str) -> Payload:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8089") as http:
+            answer = await http.post("/encode", content=json_format.MessageToJson(Payloads(payloads=[a_payload({"name": "Ada"})])),
+                                     headers={"Authorization": f"Bearer {TOKEN}", **headers})
+        assert answer.status_code == 200
+        [sealed] = json_format.Parse(answer.text, Payloads()).payloads
+        return sealed
+
+    key_id, _ = await DataKeys(TEST_PAYLOAD_KEYS, pool).for_workflow(workflow_id)
+    assert (await encode(**{"X-Workflow-Id": workflow_id})).metadata["encryption-key-id"].decode() == key_id
+    assert (await encode()).metadata["encryption-key-id"] == b"test-1"  # what the temporal CLI gets
+
+
 async def test_other_workflows_and_payloads_without_a_workflow_keep_the_master_key(pool):
     codec = EncryptionCodec(TEST_PAYLOAD_KEYS, DataKeys(TEST_PAYLOAD_KEYS, pool))
     for sealed in [
