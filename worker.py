@@ -21,6 +21,7 @@ import asyncpg
 from temporalio.client import Client, TLSConfig
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
+from temporalio.worker._worker import load_default_build_id
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.cases import CaseActivities
@@ -31,7 +32,8 @@ from activities.orders import OrderActivities
 from activities.retention import RetentionActivities
 from activities.staff_mail import StaffMailer
 from activities.wocas import WocasActivities
-from codec import CodecConfigError, encrypted_data_converter, payload_keys_from_env
+from codec import CodecConfigError, data_keys_from_env, encrypted_data_converter, payload_keys_from_env
+from codec.data_keys import rewrap
 from providers import Provider
 from providers.privacy import keep_customer_data_out_of
 from reports.config import leads_from_env
@@ -98,10 +100,12 @@ def prometheus_runtime(address: str, variable: str) -> Runtime:
 async def connect_temporal(env: Mapping[str, str] = os.environ, runtime: Runtime | None = None) -> Client:
     """TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE, plus Temporal Cloud credentials:
     TEMPORAL_API_KEY, or TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY (mTLS paths).
-    Payloads are encrypted with PAYLOAD_ENCRYPTION_KEYS(_FILE), required.
+    Payloads are encrypted with PAYLOAD_ENCRYPTION_KEYS(_FILE), required;
+    customers' workflows' with their data keys in DATABASE_URL, needed once
+    one of their payloads is read or written.
     With a `runtime` (prometheus_runtime), the client's and its workers'
     metrics go to its endpoint."""
-    data_converter = encrypted_data_converter(payload_keys_from_env(env))
+    data_converter = encrypted_data_converter(data_keys_from_env(env))
     tls: bool | TLSConfig = env.get("TEMPORAL_TLS", "").lower() in ("1", "true", "yes")
     if env.get("TEMPORAL_TLS_CERT"):
         with open(env["TEMPORAL_TLS_CERT"], "rb") as cert, open(env["TEMPORAL_TLS_KEY"], "rb") as key:
@@ -161,6 +165,10 @@ def build_worker(
             RetentionActivities(pool).apply_retention,
         ],
         workflow_runner=shared_module_runner("workflows"),
+        # Stamped on every workflow task and activity start (46 events of an
+        # order): the SDK's hash of the loaded code, 8 of its 32 hex digits
+        # (about 1 kB of history per order less), still one per deploy.
+        build_id=load_default_build_id()[:8],
         # On SIGTERM, running sends finish and record their outcome instead of
         # being cancelled with their request in flight (a claimed send finishes
         # even when cancelled); sends not yet claimed are left to the next worker.
@@ -183,6 +191,9 @@ async def run_worker(client: Client, database_url: str, env: Mapping[str, str], 
         log.info("database migrated: %s", ", ".join(applied))
     pool = await create_pool(database_url, erasure_salt=erasure_salt, max_size=int(env.get("DATABASE_POOL_SIZE", "10")))
     try:
+        rewrapped = await rewrap(pool, payload_keys_from_env(env))
+        if rewrapped:
+            log.info("re-wrapped %d data keys under the current master key", rewrapped)
         journey = journey_settings_from_env(env)
         worker = build_worker(
             client, pool, ProviderConfig.from_env(env), journey, lifecycle=lifecycle_settings_from_env(env, journey),

@@ -16,6 +16,7 @@ from workflows import search_attributes as sa
 from workflows.models import (
     CUSTOMER_WORKFLOW_TYPE,
     CancelRecord,
+    CustomerState,
     DeliveryRecord,
     PickupMissedRecord,
     FeedbackRecord,
@@ -57,10 +58,10 @@ class OrderActivities:
                 activity.logger.warning("order already recorded by %s: this run changes nothing", recorded_by)
                 return OrderSetup(settings=self._settings, recorded_by=recorded_by)
             customer = await customer_store.starting_state(conn, c.customer_id, self._lifecycle, datetime.now(timezone.utc))
-        await self._tell_customer(order, customer.model_dump(mode="json"))
+        await self._tell_customer(order, customer)
         return OrderSetup(settings=self._settings, stores_delivery=True, records_pickup_missed=True)
 
-    async def _tell_customer(self, order: OrderInput, starting: dict) -> None:
+    async def _tell_customer(self, order: OrderInput, starting: CustomerState) -> None:
         """Signal-with-start: one billable action, whether or not the
         customer's workflow runs already. A retry signals again; the
         workflow ignores news of an order it knows."""
@@ -74,13 +75,13 @@ class OrderActivities:
         )
         await self._client.start_workflow(
             CUSTOMER_WORKFLOW_TYPE,
-            starting,
+            starting.starting_input(),
             id=customer_workflow_id(c.customer_id),
             task_queue=activity.info().task_queue,
             start_signal="order_news",
             start_signal_args=[news],
             search_attributes=TypedSearchAttributes(
-                [SearchAttributePair(sa.CUSTOMER_ID, c.customer_id), SearchAttributePair(sa.CUSTOMER_PHASE, starting["phase"])]
+                [SearchAttributePair(sa.CUSTOMER_ID, c.customer_id), SearchAttributePair(sa.CUSTOMER_PHASE, starting.phase.value)]
             ),
             static_summary=f"Customer {c.customer_id}",
         )

@@ -5,11 +5,14 @@
     python -m bench recommendations [--orders N]     recommendations query p99 at a million orders
     python -m bench open-orders [--orders N]         worker memory with N paid orders awaiting dispatch
     python -m bench wocas [--orders N]               the WOCAS report's build time on a year of N orders
+    python -m bench history [--orders N] [--from F]  an order's history bytes by payload kind and event type
+    python -m bench codec [--payloads N]             bytes and CPU per-workflow data keys add to a payload
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def main() -> None:
@@ -37,6 +40,17 @@ def main() -> None:
     wocas = sub.add_parser("wocas", help="WOCAS report build time on a year of history")
     wocas.add_argument("--orders", type=int, default=100_000)
     wocas.add_argument("--runs", type=int, default=5)
+    history = sub.add_parser("history", help="history bytes by payload kind and event type")
+    history.add_argument("--orders", type=int, default=20)
+    history.add_argument("--concurrency", type=int, default=10)
+    history.add_argument("--from", dest="path", type=Path, help="a history saved as JSON instead of a live run")
+    history.add_argument("--save", type=Path, help="a directory to save one order's and one customer's history in, stored and decoded")
+    history.add_argument(
+        "--write-dictionary", dest="dictionary", type=Path,
+        help="write a deflate dictionary for the codec from tests/histories (a new one needs a new codec marker)",
+    )
+    codec = sub.add_parser("codec", help="bytes and CPU per-workflow data keys add to a payload")
+    codec.add_argument("--payloads", type=int, default=1000)
     parser.add_argument("--orders", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--only", choices=["ours", "floor"], help="run one side only, e.g. to profile it")
@@ -53,10 +67,18 @@ def main() -> None:
         from bench.recommendations import main as recommendations
 
         recommendations(args.orders, args.queries)
+    elif args.command == "history":
+        from bench.history import main as history_main
+
+        history_main(args.orders, args.concurrency, args.path, args.save, args.dictionary)
     elif args.command == "wocas":
         from bench.wocas import main as wocas
 
         wocas(args.orders, args.runs)
+    elif args.command == "codec":
+        from bench.codec_cost import main as codec_cost
+
+        codec_cost(args.payloads)
     elif args.command == "chaos":
         from bench.chaos import DRILLS, EMAIL_ACTIVITY_LAG_SECONDS, SMS_OUTAGE_SECONDS, main as chaos_main
 

@@ -604,7 +604,7 @@ async def run_drill(
         # shop's backend, it keeps retrying calls (waiting on a result, a
         # signal) through an outage longer than the SDK's default 10 s.
         client = await Client.connect(
-            stack.temporal_address, data_converter=encrypted_data_converter(stack.payload_keys), retry_config=RIDE_OUT_OUTAGES
+            stack.temporal_address, data_converter=encrypted_data_converter(stack.data_keys()), retry_config=RIDE_OUT_OUTAGES
         )
         extra = {"SENDGRID_SETTLE_AFTER": SETTLE_AFTER}
         reports = None

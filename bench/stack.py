@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codec import KEYS_VARIABLE, PayloadKeys, new_key_entry, payload_keys_from_env
+from codec import KEYS_VARIABLE, DataKeys, PayloadKeys, new_key_entry, payload_keys_from_env
 from starter.embedded import start_dev_server, start_postgres, stop_postgres
 from store.database import migrate
 from tests.fake_providers import FakeProviders, serve
@@ -114,6 +114,10 @@ class Stack:
     def payload_keys(self) -> PayloadKeys:
         return payload_keys_from_env(self.key_env)
 
+    def data_keys(self) -> DataKeys:
+        """For a client of this stack: its payload key, and the data keys in its database."""
+        return DataKeys(self.payload_keys, self.database_url)
+
     @property
     def client(self):
         return self.env.client
@@ -170,7 +174,10 @@ class Stack:
         return web
 
     def floor_worker(self, notify_addr: str) -> WorkerProcess:
-        env = {**os.environ, "TEMPORAL_ADDRESS": self.temporal_address, "BENCH_NOTIFY_ADDR": notify_addr, **self.key_env}
+        env = {
+            **os.environ, "TEMPORAL_ADDRESS": self.temporal_address, "BENCH_NOTIFY_ADDR": notify_addr,
+            "DATABASE_URL": self.database_url, **self.key_env,
+        }
         worker = WorkerProcess([sys.executable, "-m", "bench.floor"], env, self.state_dir / "floor.log")
         self.workers.append(worker)
         return worker
@@ -192,7 +199,7 @@ class Stack:
         port = int(self.temporal_address.rsplit(":", 1)[1])
         await self.env.shutdown()
         await asyncio.sleep(down_seconds)
-        self.env = await start_dev_server(self.state_dir / "temporal", self.payload_keys, port=port)
+        self.env = await start_dev_server(self.state_dir / "temporal", self.data_keys(), port=port)
 
 
 async def start_stack(*, persistent_temporal: bool = False, port: int | None = None, fakes: FakeProviders | None = None) -> Stack:
@@ -202,7 +209,8 @@ async def start_stack(*, persistent_temporal: bool = False, port: int | None = N
     await migrate(database_url)
     fakes, _ = serve(fakes or FakeProviders(keep_requests=False))
     key_env = {KEYS_VARIABLE: new_key_entry("bench")}
-    env = await start_dev_server(state_dir / "temporal" if persistent_temporal else None, payload_keys_from_env(key_env), port=port)
+    data_keys = DataKeys(payload_keys_from_env(key_env), database_url)
+    env = await start_dev_server(state_dir / "temporal" if persistent_temporal else None, data_keys, port=port)
     address = env.client.service_client.config.target_host
     return Stack(state_dir, database_url, fakes, address, env, key_env)
 

@@ -2,6 +2,11 @@
 CLI call them (`{"payloads": [...]}`, protobuf JSON), so an operator can read
 encrypted payloads without the keys ever reaching the Temporal server.
 
+Customers' workflows' payloads are sealed with their own data keys, read
+from PostgreSQL (DATABASE_URL, codec/data_keys.py); one whose key was
+shredded when its customer was erased comes back as the JSON string "erased
+customer data", so the Web UI and `temporal workflow show` show that.
+
 An operator tool, kept apart from the customer-facing service in `web/`: its
 own app and port (`orders codec-server`, `CODEC_HOST`:`CODEC_PORT`, default
 127.0.0.1:8089). Every request needs `Authorization: Bearer
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import ipaddress
 import logging
 import re
@@ -32,8 +38,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
+from temporalio.converter import WorkflowSerializationContext
 
-from codec.encryption import CodecConfigError, EncryptionCodec, PayloadDecryptionError, PayloadKeys
+from codec.data_keys import DataKeys
+from codec.encryption import CodecConfigError, DataKeyShredded, EncryptionCodec, PayloadDecryptionError
 
 ORIGIN_PATTERN = re.compile(r"https?://[^/\s]+")
 # What the Web UI sends with each call; Authorization for other browser clients.
@@ -41,6 +49,7 @@ ALLOWED_HEADERS = "Authorization, Content-Type, X-Namespace"
 # Set by proxies: a request carrying one did not come straight from a local browser.
 FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
 log = logging.getLogger(__name__)
+ERASED_CUSTOMER_DATA = "erased customer data"
 
 
 @dataclass(frozen=True)
@@ -124,8 +133,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def create_app(config: CodecServerConfig, keys: PayloadKeys) -> FastAPI:
-    codec = EncryptionCodec(keys)
+def erased_payload() -> Payload:
+    """What a payload of an erased customer shows as: a JSON string."""
+    return Payload(metadata={"encoding": b"json/plain"}, data=json.dumps(ERASED_CUSTOMER_DATA).encode())
+
+
+def create_app(config: CodecServerConfig, data_keys: DataKeys) -> FastAPI:
+    codec = EncryptionCodec(data_keys.master, data_keys)
     app = FastAPI(title="order-lifecycle codec server", openapi_url=None, docs_url=None, redoc_url=None)
 
     @app.middleware("http")
@@ -168,11 +182,14 @@ def create_app(config: CodecServerConfig, keys: PayloadKeys) -> FastAPI:
     async def decode_each(payloads: Sequence[Payload]) -> list[Payload]:
         """The Web UI shows whatever comes back and checks no status: a payload
         that does not decrypt (a key not configured here) is returned as it
-        came, so it shows as ciphertext, and the rest of the batch decoded."""
+        came, so it shows as ciphertext, and the rest of the batch decoded;
+        one whose data key was shredded shows as "erased customer data"."""
         decoded = []
         for payload in payloads:
             try:
                 decoded.extend(await codec.decode([payload]))
+            except DataKeyShredded:
+                decoded.append(erased_payload())
             except PayloadDecryptionError as err:
                 log.warning("left a payload encrypted: %s", err)
                 decoded.append(payload)
@@ -180,7 +197,14 @@ def create_app(config: CodecServerConfig, keys: PayloadKeys) -> FastAPI:
 
     @app.post("/encode")
     async def encode(request: Request) -> Response:
-        return await convert(request, codec.encode)
+        """`X-Workflow-Id` (optional, not sent by the `temporal` CLI) seals the
+        payloads with that workflow's data key, as the SDK's clients do, so
+        a backend that encodes here can still be shredded."""
+        workflow_id = request.headers.get("x-workflow-id")
+        if not workflow_id:
+            return await convert(request, codec.encode)
+        context = WorkflowSerializationContext(namespace=request.headers.get("x-namespace", ""), workflow_id=workflow_id)
+        return await convert(request, codec.with_context(context).encode)
 
     @app.post("/decode")
     async def decode(request: Request) -> Response:
@@ -189,15 +213,15 @@ def create_app(config: CodecServerConfig, keys: PayloadKeys) -> FastAPI:
     return app
 
 
-def start(config: CodecServerConfig, keys: PayloadKeys, stop: asyncio.Event) -> asyncio.Task[None]:
+def start(config: CodecServerConfig, data_keys: DataKeys, stop: asyncio.Event) -> asyncio.Task[None]:
     """Serve until `stop` is set (`orders up` runs it next to the rest)."""
     from web.server import start_app  # the uvicorn runner only, not the service's app
 
-    return start_app(create_app(config, keys), config.host, config.port, stop, name="the codec server", address_settings="CODEC_HOST or CODEC_PORT")
+    return start_app(create_app(config, data_keys), config.host, config.port, stop, name="the codec server", address_settings="CODEC_HOST or CODEC_PORT")
 
 
-async def serve(config: CodecServerConfig, keys: PayloadKeys) -> None:
+async def serve(config: CodecServerConfig, data_keys: DataKeys) -> None:
     """`orders codec-server`: serve until SIGINT or SIGTERM."""
     from web.server import stop_on_signals
 
-    await start(config, keys, stop_on_signals())
+    await start(config, data_keys, stop_on_signals())

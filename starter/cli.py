@@ -14,6 +14,7 @@
     orders schema [NAME]        JSON Schema of every payload
     orders lifecycle report     customers per phase, win-backs against the holdout, coupon cost vs revenue
     orders report wocas         "What our customers are saying" (HTML, charts, CSV) written to a folder; --mail: the scheduled run now, mailed to the leads
+    orders rewrap-data-keys      data keys under an older master key wrapped with the current one (the worker does it at start too)
     orders retention [--dry-run]  remove what the retention policy no longer keeps (RETENTION_*): the schedule's run now; --dry-run: counts only
     orders metrics              lifecycle metrics against their targets (METRIC_TARGET_*)
     orders seed-history         a year of realistic history in an empty database, to try the report on
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -106,6 +108,9 @@ async def connect() -> Client:
     env = dict(os.environ)
     if not any(env.get(name) for name in KEY_VARIABLES) and not env.get("TEMPORAL_ADDRESS") and LOCAL_PAYLOAD_KEYS.exists():
         env[KEYS_FILE_VARIABLE] = str(LOCAL_PAYLOAD_KEYS)
+    if not env.get("DATABASE_URL"):  # customers' workflows' data keys, in the embedded database if there is one
+        with contextlib.suppress(UsageError):
+            env["DATABASE_URL"] = database_url()
     return await connect_temporal(env)
 
 
@@ -266,6 +271,18 @@ async def forget_customer(client: Client, customer_id: str, requested_by: str, u
     return receipt.as_json()
 
 
+async def rewrap_data_keys() -> int:
+    from codec import payload_keys_from_env
+    from codec.data_keys import rewrap
+    from store.database import create_pool
+
+    pool = await create_pool(database_url(), max_size=1)
+    try:
+        return await rewrap(pool, payload_keys_from_env(os.environ))
+    finally:
+        await pool.close()
+
+
 async def order_status(client: Client, order_id: str) -> OrderStatusView:
     return await client.get_workflow_handle(workflow_id_for(order_id)).query("status", result_type=OrderStatusView)
 
@@ -308,7 +325,7 @@ def schemas() -> dict[str, Any]:
 async def up(demo: bool) -> None:
     """Everything on embedded defaults unless TEMPORAL_ADDRESS / DATABASE_URL say otherwise."""
     from activities.config import ProviderConfig
-    from codec import payload_keys_from_env
+    from codec import DataKeys, payload_keys_from_env
     from codec.server import CodecServerConfig, start as start_codec_server
     from starter.embedded import start_dev_server, start_postgres, stop_postgres
     from store.database import migrate
@@ -354,18 +371,9 @@ async def up(demo: bool) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [start_codec_server(codec_config, keys, stop)]
-    print(f"Codec server on {codec_config.url} (bearer token in {token_source})")
+    tasks = []
     try:
-        if env.get("TEMPORAL_ADDRESS"):
-            client = await connect_temporal(env)
-        else:
-            dev_server = await start_dev_server(
-                DATA_DIR, keys, port=7233, ui_port=8233, ui=True, ui_codec_endpoint=codec_config.url
-            )
-            client = dev_server.client
-            env["TEMPORAL_ADDRESS"] = client.service_client.config.target_host
-            print(f"Temporal dev server on {env['TEMPORAL_ADDRESS']}, Web UI on {UI_ORIGIN} (decoding through the codec server)")
+        # First: every client, the codec server's included, reads customers' data keys there.
         if not env.get("DATABASE_URL"):
             embedded_pgdata = DATA_DIR / "pgdata"
             env["DATABASE_URL"] = start_postgres(embedded_pgdata)
@@ -373,6 +381,18 @@ async def up(demo: bool) -> None:
             print(f"PostgreSQL at {env['DATABASE_URL']}")
         # Before the HTTP service, which reads tables of the schema at once.
         await migrate(env["DATABASE_URL"], web_config.erasure_salt)
+        data_keys = DataKeys(keys, env["DATABASE_URL"])
+        tasks.append(start_codec_server(codec_config, data_keys, stop))
+        print(f"Codec server on {codec_config.url} (bearer token in {token_source})")
+        if env.get("TEMPORAL_ADDRESS"):
+            client = await connect_temporal(env)
+        else:
+            dev_server = await start_dev_server(
+                DATA_DIR, data_keys, port=7233, ui_port=8233, ui=True, ui_codec_endpoint=codec_config.url
+            )
+            client = dev_server.client
+            env["TEMPORAL_ADDRESS"] = client.service_client.config.target_host
+            print(f"Temporal dev server on {env['TEMPORAL_ADDRESS']}, Web UI on {UI_ORIGIN} (decoding through the codec server)")
         worker_task = asyncio.create_task(run_worker(client, env["DATABASE_URL"], env, stop))
         print(f"Worker running on task queue {TASK_QUEUE!r}. Ctrl-C stops everything; state stays in {DATA_DIR}/.")
         tasks.append(worker_task)
@@ -404,13 +424,13 @@ async def run(args: argparse.Namespace) -> int:
 
         await serve(WebConfig.from_env(os.environ))
     elif args.command == "codec-server":
-        from codec import payload_keys_from_env
+        from codec import data_keys_from_env
         from codec.server import CodecServerConfig, serve as serve_codec
 
         codec_config = CodecServerConfig.from_env(os.environ)
-        keys = payload_keys_from_env(os.environ)
+        data_keys = data_keys_from_env({**os.environ, "DATABASE_URL": database_url()})
         print(f"Codec server on {codec_config.url}", flush=True)
-        await serve_codec(codec_config, keys)
+        await serve_codec(codec_config, data_keys)
     elif args.command == "schema":
         all_schemas = schemas()
         if args.name and args.name not in all_schemas:
@@ -435,6 +455,8 @@ async def run(args: argparse.Namespace) -> int:
         print(await reports_cli.report(args, database_url()))
     elif args.command == "retention":
         await retention(args.dry_run)
+    elif args.command == "rewrap-data-keys":
+        print(f"re-wrapped {await rewrap_data_keys()} data keys under the current master key")
     elif args.command == "metrics":
         from reports import cli as reports_cli
 
@@ -556,6 +578,10 @@ def parser() -> argparse.ArgumentParser:
     reports_cli.add_metrics_arguments(sub.add_parser("metrics", help="lifecycle metrics against their targets"))
     reports_cli.add_seed_arguments(
         sub.add_parser("seed-history", help="fill an empty database with a year of realistic history (for trying the report)")
+    )
+    sub.add_parser(
+        "rewrap-data-keys",
+        help="wrap every customer workflow's data key with the current (first) master key, so older ones can be retired",
     )
     sub.add_parser("retention", help="remove what the retention policy no longer keeps: its schedule's run, now").add_argument(
         "--dry-run", action="store_true", help="only print, per table, the cut-off and what a run now would remove or blank"

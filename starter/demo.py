@@ -192,6 +192,9 @@ async def forget(client: Client, database_url: str, customer_id: str) -> None:
     receipt = await forget_customer(client, customer_id, "orders up --demo", database_url)
     print(f"\n`orders forget {customer_id}`: the customer who cancelled is forgotten; the receipt:")
     print(json.dumps(receipt, indent=2))
+    if receipt["state"] != "completed":
+        print("Completed once their workflows have closed and their data keys are shredded: the HTTP service's relay "
+              "does it within minutes (GET /erasures/{receipt_id} shows it).")
 
 
 async def wocas_report(database_url: str, run: str) -> None:

@@ -19,7 +19,7 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributeIndexedValueType
 from temporalio.testing import WorkflowEnvironment
 
-from codec import PayloadKeys, encrypted_data_converter
+from codec import DataKeys, encrypted_data_converter
 from workflows import search_attributes as sa
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def stop_postgres(pgdata: Path) -> None:
 
 async def start_dev_server(
     state_dir: Path | None,
-    keys: PayloadKeys,
+    data_keys: DataKeys,
     *,
     port: int | None = None,
     ui_port: int | None = None,
@@ -73,7 +73,7 @@ async def start_dev_server(
     ui_codec_endpoint: str | None = None,
 ) -> WorkflowEnvironment:
     """The Temporal dev server with this project's search attributes, and a
-    client that encrypts payloads with `keys`. With a `state_dir` its database
+    client that encrypts payloads with `data_keys` (and their master keys). With a `state_dir` its database
     file persists between runs; with `ui_codec_endpoint` the Web UI decodes
     payloads through that codec server."""
     db_file = None
@@ -81,7 +81,7 @@ async def start_dev_server(
         state_dir.mkdir(parents=True, exist_ok=True)
         db_file = str(state_dir / "temporal.db")
     return await WorkflowEnvironment.start_local(
-        data_converter=encrypted_data_converter(keys),
+        data_converter=encrypted_data_converter(data_keys),
         dev_server_existing_path=installed_binary("temporal"),
         dev_server_database_filename=db_file,
         search_attributes=sa.ALL,
@@ -94,9 +94,9 @@ async def start_dev_server(
     )
 
 
-async def start_time_skipping_server(keys: PayloadKeys) -> WorkflowEnvironment:
+async def start_time_skipping_server(data_keys: DataKeys) -> WorkflowEnvironment:
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=encrypted_data_converter(keys),
+        data_converter=encrypted_data_converter(data_keys),
         test_server_existing_path=installed_binary("temporal-test-server"),
     )
     await register_search_attributes(env.client)

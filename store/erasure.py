@@ -31,9 +31,11 @@ relay: web/signals.py); the receipt is complete once all are told. A
 second request for a customer erased with nothing recorded since gets the
 first receipt.
 
-Crypto-shredding of Temporal history plugs in after this transaction (see
-`forget`'s caller, web/erasures.py): there the customer's data keys would be
-destroyed once their workflows are closed.
+Crypto-shredding of Temporal history follows (web/erasures.py `settled`):
+once every signal is delivered and every workflow of the customer
+(`workflows`: those told, and their orders' and their cases') is closed,
+their data keys are destroyed (codec/data_keys.py) and the erasure is
+complete, with the count of keys in `erased` ("data_keys").
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import asyncpg
 
 from store import provider_events
 from workflows.models import CUSTOMER_ERASED, customer_workflow_id, workflow_id_for
+from workflows.resend import resend_workflow_id
 
 ERASED_NAME = "erased"
 ERASED_SIGNAL = "customer_erased"
@@ -163,7 +166,36 @@ VALUES ($1, erasure_hash('customer', $2), $3, $4::jsonb, CASE WHEN $5 THEN now()
 
 RECEIPT = "SELECT receipt_id, requested_by, requested_at, completed_at, erased FROM erasures WHERE receipt_id = $1"
 
-COMPLETE = "UPDATE erasures SET completed_at = now() WHERE receipt_id = $1 AND completed_at IS NULL"
+COMPLETE = """
+UPDATE erasures SET completed_at = now(), erased = erased || jsonb_build_object('data_keys', $2::int)
+WHERE receipt_id = $1 AND completed_at IS NULL
+"""
+# Taken before the keys are shredded: one process completes an erasure.
+STILL_INCOMPLETE = "SELECT true FROM erasures WHERE receipt_id = $1 AND completed_at IS NULL FOR UPDATE SKIP LOCKED"
+
+INCOMPLETE = "SELECT receipt_id FROM erasures WHERE completed_at IS NULL ORDER BY requested_at LIMIT $1"
+
+# The workflows the erasure told, every case of the customer or of their
+# orders (found in `cases` by id, told or not), and each resend of one of
+# their messages that ran (it has a data key).
+WORKFLOWS = """
+WITH told AS (
+    SELECT workflow_id FROM provider_events WHERE provider = $1 AND event_id LIKE $2
+), orders AS (
+    SELECT substr(workflow_id, length($3) + 1) AS order_id FROM told WHERE starts_with(workflow_id, $3)
+), customers AS (
+    SELECT substr(workflow_id, length($4) + 1) AS customer_id FROM told WHERE starts_with(workflow_id, $4)
+)
+SELECT workflow_id FROM told
+UNION
+SELECT case_id FROM cases
+WHERE order_id IN (SELECT order_id FROM orders) OR customer_id IN (SELECT customer_id FROM customers)
+UNION
+SELECT workflow_id FROM data_keys
+WHERE workflow_id IN (SELECT $5 || key FROM message_ledger
+                      WHERE order_id IN (SELECT order_id FROM orders) OR customer_id IN (SELECT customer_id FROM customers))
+ORDER BY 1
+"""
 
 
 @dataclass(frozen=True)
@@ -224,9 +256,28 @@ async def forget(conn: asyncpg.Connection, customer_id: str, requested_by: str) 
         return Forgotten(await receipt(conn, receipt_id), new=True, owed_event_ids=owed)
 
 
-async def complete(conn: asyncpg.Connection | asyncpg.Pool, receipt_id: str) -> None:
-    """Every workflow told (or found over): the erasure is complete."""
-    await conn.execute(COMPLETE, receipt_id)
+async def claim_completion(conn: asyncpg.Connection, receipt_id: str) -> bool:
+    """In a transaction: whether this one completes the erasure (it is not
+    complete, and no other process is completing it now)."""
+    return bool(await conn.fetchval(STILL_INCOMPLETE, receipt_id))
+
+
+async def complete(conn: asyncpg.Connection | asyncpg.Pool, receipt_id: str, data_keys: int = 0) -> None:
+    """Every workflow told and closed, their data keys shredded: the erasure is complete."""
+    await conn.execute(COMPLETE, receipt_id, data_keys)
+
+
+async def incomplete(conn: asyncpg.Connection | asyncpg.Pool, limit: int = 100) -> list[str]:
+    return [r["receipt_id"] for r in await conn.fetch(INCOMPLETE, limit)]
+
+
+async def workflows(conn: asyncpg.Connection | asyncpg.Pool, receipt_id: str) -> list[str]:
+    """Every workflow of the erased customer: whose data keys the erasure destroys."""
+    rows = await conn.fetch(
+        WORKFLOWS, provider_events.CUSTOMER, f"erasure:{receipt_id}:%", workflow_id_for(""), customer_workflow_id(""),
+        resend_workflow_id(""),
+    )
+    return [r["workflow_id"] for r in rows]
 
 
 async def receipt(conn: asyncpg.Connection | asyncpg.Pool, receipt_id: str) -> Receipt | None:

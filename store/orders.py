@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncpg
 
 from store.consent import record_checkout_consent
-from workflows.models import CancelRecord, DeliveryRecord, FeedbackRecord, OrderInput, PickupMissedRecord
+from workflows.models import CancelRecord, DeliveryRecord, FeedbackRecord, OrderInput, PickupMissedRecord, customer_workflow_id
 
 UPSERT_CUSTOMER = """
 INSERT INTO customers (customer_id, name, email, phone, timezone)
@@ -19,6 +19,10 @@ SET name = EXCLUDED.name, email = EXCLUDED.email, phone = EXCLUDED.phone,
 -- anew; a retried recording of an order from before the erasure is not.
 WHERE customers.erased_at IS NULL OR $6
 """
+
+# An erased customer who returns: their customer workflow, whose data key was
+# shredded (codec/data_keys.py), may start anew under a new one.
+REVIVE_CUSTOMER_WORKFLOW = "DELETE FROM data_keys WHERE workflow_hash = erasure_hash('workflow', $1) AND wrapped_key IS NULL"
 
 INSERT_ORDER = """
 INSERT INTO orders (order_id, customer_id, seller_id, seller_name, placed_at, currency, total, delivery_method, document,
@@ -108,6 +112,8 @@ async def store_order(conn: asyncpg.Connection, order: OrderInput, run_id: str |
         await conn.execute("UPDATE orders SET first_run_id = $2 WHERE order_id = $1", order.order_id, run_id)
     c = order.customer
     await conn.execute(UPSERT_CUSTOMER, c.customer_id, c.name, c.email, c.phone, c.timezone, recorded is None)
+    if recorded is None:
+        await conn.execute(REVIVE_CUSTOMER_WORKFLOW, customer_workflow_id(c.customer_id))
     inserted = await conn.fetchval(
         INSERT_ORDER,
         order.order_id,

@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -17,12 +17,15 @@ from typing import Any
 
 import asyncpg
 import pytest
-from temporalio.client import Client, WorkflowHandle
+from google.protobuf.message import Message
+from temporalio.api.common.v1 import Payload
+from temporalio.api.history.v1 import History
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.config import ProviderConfig, journey_settings_from_env
-from codec import KEYS_VARIABLE, payload_keys_from_env
+from codec import KEYS_VARIABLE, DataKeys, payload_keys_from_env
 from providers import Provider
 from starter.embedded import start_dev_server, start_postgres, start_time_skipping_server
 from store.database import create_pool, migrate
@@ -78,6 +81,12 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture(scope="session")
+def data_keys(pool: asyncpg.Pool) -> DataKeys:
+    """The tests' master key and the customers' workflows' data keys in the tests' database."""
+    return DataKeys(TEST_PAYLOAD_KEYS, pool)
+
+
+@pytest.fixture(scope="session")
 def fakes() -> FakeProviders:
     providers, server = serve()
     yield providers
@@ -104,18 +113,18 @@ def provider_config(fakes: FakeProviders) -> ProviderConfig:
 
 
 @pytest.fixture
-async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
+async def ts_env(data_keys: DataKeys) -> AsyncIterator[WorkflowEnvironment]:
     """A time-skipping server per test: the server's known fault (see
     Harness.wait_queues_empty) leaves time skipping locked for good, and on a shared
     server it stalled every later test."""
-    env = await start_time_skipping_server(TEST_PAYLOAD_KEYS)
+    env = await start_time_skipping_server(data_keys)
     yield env
     await env.shutdown()
 
 
 @pytest.fixture(scope="session")
-async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await start_dev_server(None, TEST_PAYLOAD_KEYS)
+async def dev_env(data_keys: DataKeys) -> AsyncIterator[WorkflowEnvironment]:
+    env = await start_dev_server(None, data_keys)
     yield env
     await env.shutdown()
 
@@ -156,10 +165,18 @@ class Harness:
                 pass  # already over
 
     async def keep_history(self, handle: WorkflowHandle, name: str) -> None:
-        """With RECORD_HISTORIES=1, save the history for tests/test_replay.py."""
+        """With RECORD_HISTORIES=1, save the history for tests/test_replay.py,
+        its payloads under the tests' master key: a workflow's data key lives
+        only in this run's database."""
         if os.environ.get("RECORD_HISTORIES") == "1":
             history = await handle.fetch_history()
-            (HISTORIES / f"{name}.json").write_text(history.to_json())
+            events = History(events=history.events)
+            codec = self.client.data_converter.payload_codec
+            for payload in payloads_in(events):
+                if payload.metadata.get("encoding") == b"binary/encrypted":
+                    [under_master_key] = await codec.encode(await codec.decode([payload]))
+                    payload.CopyFrom(under_master_key)
+            (HISTORIES / f"{name}.json").write_text(WorkflowHistory(history.workflow_id, list(events.events)).to_json())
 
     async def now(self) -> datetime:
         """The server's clock: a time-skipping server runs ahead of the wall clock."""
@@ -241,6 +258,22 @@ def make_harness(pool: asyncpg.Pool, provider_config: ProviderConfig):
                 await harness.end_leftovers()
 
     return factory
+
+
+def payloads_in(message: Message) -> Iterator[Payload]:
+    """Every Payload anywhere in a protobuf message (history events, failures, headers, memos)."""
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        if isinstance(value, Message):
+            values = [value]
+        else:  # a repeated field, or a map (whose values may be scalars)
+            values = [v for v in (value.values() if hasattr(value, "values") else value) if isinstance(v, Message)]
+        for item in values:
+            if isinstance(item, Payload):
+                yield item
+            else:
+                yield from payloads_in(item)
 
 
 async def take_owed_signals_away(pool: asyncpg.Pool) -> None:

@@ -5,6 +5,7 @@ and the processes that refuse to start without keys."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.api.failure.v1 import Failure
@@ -21,6 +23,7 @@ from temporalio.exceptions import ApplicationError
 
 from codec import (
     CodecConfigError,
+    DataKeys,
     EncryptionCodec,
     PayloadDecryptionError,
     PayloadKeys,
@@ -28,6 +31,7 @@ from codec import (
     new_key_entry,
     payload_keys_from_env,
 )
+from codec.encryption import NONCE_BYTES, TAG_BYTES
 from codec.server import CodecServerConfig, create_app
 from tests.conftest import HISTORIES, TEST_KEY_ENV, TEST_PAYLOAD_KEYS, new_order
 from workflows.models import OrderInput
@@ -35,6 +39,8 @@ from workflows.models import OrderInput
 REPO = Path(__file__).resolve().parents[1]
 UI = "http://localhost:8233"
 TOKEN = "codec-token-" + "x" * 20
+# Payloads outside any customer's workflow: the data keys' database is never opened.
+MASTER_KEY_ONLY = DataKeys(TEST_PAYLOAD_KEYS, "postgresql://never-opened.invalid/")
 
 
 def keys(*entries: str) -> PayloadKeys:
@@ -80,7 +86,7 @@ async def test_plain_payloads_written_before_encryption_pass_through():
     order = new_order()
     plain = a_payload(order)
     assert await EncryptionCodec(TEST_PAYLOAD_KEYS).decode([plain]) == [plain]
-    converter = encrypted_data_converter(TEST_PAYLOAD_KEYS)
+    converter = encrypted_data_converter(MASTER_KEY_ONLY)
     decoded = await converter.decode([plain], [OrderInput])
     assert decoded[0].customer.email == order["customer"]["email"]
     # A failure recorded before encryption: its message is plain, and stays readable.
@@ -97,8 +103,69 @@ def test_the_recorded_histories_are_such_plain_payloads():
     assert base64.b64decode(started["metadata"]["encoding"]) == b"json/plain"
 
 
+# --- compression before encryption ---------------------------------------------
+
+
+async def test_payloads_are_compressed_before_they_are_sealed():
+    """History bytes: an order sealed takes well under half its plain size
+    (deflate with the codec's dictionary of this project's payloads)."""
+    plain = a_payload(new_order())
+    [sealed] = await EncryptionCodec(TEST_PAYLOAD_KEYS).encode([plain])
+    assert len(sealed.data) < len(plain.SerializeToString()) / 2
+    assert await EncryptionCodec(TEST_PAYLOAD_KEYS).decode([sealed]) == [plain]
+
+
+async def test_a_payload_compression_would_not_shrink_is_sealed_as_it_is():
+    plain = Payload(metadata={"encoding": b"binary/plain"}, data=os.urandom(600))
+    [sealed] = await EncryptionCodec(TEST_PAYLOAD_KEYS).encode([plain])
+    assert len(sealed.data) == NONCE_BYTES + len(plain.SerializeToString()) + TAG_BYTES
+    assert await EncryptionCodec(TEST_PAYLOAD_KEYS).decode([sealed]) == [plain]
+
+
+async def test_an_activity_that_returns_nothing_leaves_a_plain_null():
+    """Nothing to hide in None (the event says as much), and sealed it takes
+    four times the bytes: record_delivery, store_feedback, record_phase..."""
+    null = a_payload(None)
+    assert null.metadata["encoding"] == b"binary/null" and not null.data
+    assert await EncryptionCodec(TEST_PAYLOAD_KEYS).encode([null]) == [null]
+    assert await EncryptionCodec(TEST_PAYLOAD_KEYS).decode([null]) == [null]
+
+
+def sealed_by_hand(plain_bytes: bytes) -> Payload:
+    """A payload sealed as the codec did before it compressed (or as a newer
+    codec might, with `plain_bytes` of its own)."""
+    nonce = os.urandom(NONCE_BYTES)
+    key = base64.b64decode(TEST_KEY_ENV["PAYLOAD_ENCRYPTION_KEYS"].split(":", 1)[1])
+    return Payload(metadata={"encoding": b"binary/encrypted", "encryption-key-id": b"test-1"}, data=nonce + AESGCM(key).encrypt(nonce, plain_bytes, None))
+
+
+async def test_payloads_sealed_before_compression_still_decode():
+    plain = a_payload(new_order())
+    assert await EncryptionCodec(TEST_PAYLOAD_KEYS).decode([sealed_by_hand(plain.SerializeToString())]) == [plain]
+
+
+async def test_a_payload_compressed_with_the_first_dictionary_opens_for_ever():
+    """Sealed on the day dictionary 1 came in: a changed dictionary would
+    leave every history written since unreadable (a new one takes a new marker)."""
+    sealed = Payload(
+        metadata={"encoding": b"binary/encrypted", "encryption-key-id": b"test-1"},
+        data=base64.b64decode("GS1rskW2dYxjBKqIfun+Zl8QNvH6NVqnAdO1D1MVzqwbaFV7BRjXszPV3JI="),
+    )
+    outcome = {"key": "order-A1:order_confirmation:email", "channel": "email", "state": "sent",
+               "provider_message_id": "sg-1", "error": None, "not_before": None}
+    assert await EncryptionCodec(TEST_PAYLOAD_KEYS).decode([sealed]) == [a_payload(outcome)]
+    # Byte for byte: a change this payload does not reach would still break others.
+    dictionary = (REPO / "codec" / "deflate-dictionary-1.bin").read_bytes()
+    assert hashlib.sha256(dictionary).hexdigest() == "dbe163b224ebad8a5e7cc18c03fcdc3cfbaffa643d7f334d4eed657c13e2bcd0"
+
+
+async def test_a_compression_this_codec_does_not_know_is_a_clear_error():
+    with pytest.raises(PayloadDecryptionError, match="compressed in a way this codec does not know"):
+        await EncryptionCodec(TEST_PAYLOAD_KEYS).decode([sealed_by_hand(b"\x07" + os.urandom(40))])
+
+
 async def test_failure_message_and_stack_trace_are_encrypted():
-    converter = encrypted_data_converter(TEST_PAYLOAD_KEYS)
+    converter = encrypted_data_converter(MASTER_KEY_ONLY)
     failure = Failure()
     try:
         raise ApplicationError("SendGrid refused ada@example.com", {"to": "ada@example.com"}, type="Refused")
@@ -157,7 +224,7 @@ def payloads_json(*payloads: Payload) -> str:
 
 
 async def call(config: CodecServerConfig, path: str, body: str | bytes = "", **headers: str) -> httpx.Response:
-    app = create_app(config, TEST_PAYLOAD_KEYS)
+    app = create_app(config, MASTER_KEY_ONLY)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8089") as http:
         if path == "preflight":
             return await http.options("/decode", headers={"Access-Control-Request-Method": "POST", **headers})
@@ -176,7 +243,7 @@ async def test_codec_server_round_trips_with_the_token():
     assert decoded.status_code == 200
     assert list(json_format.Parse(decoded.text, Payloads()).payloads) == [a_payload(order)]
     # What the worker encrypted, the codec server decrypts: the same codec.
-    [by_worker] = await encrypted_data_converter(TEST_PAYLOAD_KEYS).encode([order])
+    [by_worker] = await encrypted_data_converter(MASTER_KEY_ONLY).encode([order])
     assert (await call(config, "/decode", payloads_json(by_worker), **bearer)).json()["payloads"][0]["metadata"] == {
         "encoding": base64.b64encode(b"json/plain").decode()
     }

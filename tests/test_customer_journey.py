@@ -17,7 +17,7 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 import workflows.customer_journey as customer_journey
 from activities.customers import CustomerActivities
 from starter.embedded import start_time_skipping_server
-from tests.conftest import TEST_PAYLOAD_KEYS, Harness, new_order, payment_for, store
+from tests.conftest import Harness, new_order, payment_for, store
 from workflows import search_attributes
 from workflows.customer_journey import in_holdout
 from workflows.ledger_key import LedgerKey
@@ -45,11 +45,11 @@ QUICK = LifecycleSettings(
 
 
 @pytest.fixture
-async def own_clock():
+async def own_clock(data_keys):
     """A time-skipping server of its own for a test that moves the clock by
     days: on the shared one, what earlier tests left behind (seen in a full
     run, never alone) kept a later sleep from completing."""
-    env = await start_time_skipping_server(TEST_PAYLOAD_KEYS)
+    env = await start_time_skipping_server(data_keys)
     yield env
     await env.shutdown()
 

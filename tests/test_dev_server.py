@@ -17,7 +17,7 @@ from temporalio.client import WorkflowExecutionStatus
 
 from codec.server import CodecServerConfig, start as start_codec_server
 from starter.embedded import installed_binary
-from tests.conftest import TEST_KEY_ENV, TEST_PAYLOAD_KEYS, new_order, payment_for
+from tests.conftest import TEST_KEY_ENV, new_order, payment_for
 from tests.test_web import unused_port
 from workflows.models import TASK_QUEUE
 
@@ -32,11 +32,11 @@ async def run(*args: str, env: dict[str, str] | None = None, timeout: float = 12
 
 
 @pytest.fixture(scope="module")
-async def codec_server():
+async def codec_server(data_keys):
     """The codec server as an operator runs it: (endpoint, token)."""
     config = CodecServerConfig(token=uuid.uuid4().hex, port=unused_port())
     stop = asyncio.Event()
-    served = start_codec_server(config, TEST_PAYLOAD_KEYS, stop)
+    served = start_codec_server(config, data_keys, stop)
     async with httpx.AsyncClient() as http:
         for _ in range(100):  # until uvicorn listens
             try:

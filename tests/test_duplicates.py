@@ -164,8 +164,9 @@ async def test_duplicate_feedback_is_rejected_and_the_first_is_kept(
     await nothing_sent_twice(pool, fakes, order, result)
 
 
-def orders_place(order_file: Path, temporal_address: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TEMPORAL_ADDRESS": temporal_address, **TEST_KEY_ENV}
+def orders_place(order_file: Path, temporal_address: str, database_url: str) -> subprocess.CompletedProcess:
+    """As a shop's backend runs it: the order's data key goes to PostgreSQL."""
+    env = {**os.environ, "TEMPORAL_ADDRESS": temporal_address, "DATABASE_URL": database_url, **TEST_KEY_ENV}
     return subprocess.run(
         [sys.executable, "-m", "starter.cli", "place", str(order_file)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
@@ -173,19 +174,19 @@ def orders_place(order_file: Path, temporal_address: str) -> subprocess.Complete
 
 
 async def test_orders_place_of_the_same_order_twice_is_one_workflow_with_one_confirmation(
-    dev_env: WorkflowEnvironment, make_harness, fakes: FakeProviders, pool, tmp_path: Path
+    dev_env: WorkflowEnvironment, make_harness, fakes: FakeProviders, pool, tmp_path: Path, database_url: str
 ):
     order = new_order()
     order_file = tmp_path / "order.json"
     order_file.write_text(json.dumps(order))
     address = dev_env.client.service_client.config.target_host
     async with make_harness(dev_env, task_queue=TASK_QUEUE) as h:
-        first = orders_place(order_file, address)
+        first = orders_place(order_file, address, database_url)
         assert first.returncode == 0, first.stderr
         handle = h.client.get_workflow_handle(workflow_id_for(order["order_id"]), result_type=OrderStatusView)
         h.started.append(handle)
         await h.wait_for(handle, idle_with(("order_confirmation", "email", "sent")))
-        again = orders_place(order_file, address)
+        again = orders_place(order_file, address, database_url)
         assert again.returncode == 0, again.stderr
         runs = [r.run_id async for r in h.client.list_workflows(f'WorkflowId="{handle.id}"')]
         view = await h.wait_for(handle, idle_with(("order_confirmation", "email", "sent")))

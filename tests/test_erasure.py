@@ -557,3 +557,17 @@ async def test_orders_forget_does_what_the_endpoint_does(pool, outbox_messaging,
     assert (await forget_customer(temporal, cid, "dpo"))["receipt_id"] == receipt["receipt_id"]
     with pytest.raises(UsageError, match="not a customer id"):
         await forget_customer(temporal, "ada@example.com", "dpo")
+
+
+async def test_the_erasure_s_workflows_are_its_orders_customer_cases_and_resends_that_ran(pool, outbox_messaging, data_keys):
+    """Whose data keys the erasure destroys (web/erasures.py): a second
+    customer's workflows are not among them."""
+    order, other = await a_customer_with_history(pool, outbox_messaging), await a_customer_with_history(pool, outbox_messaging)
+    oid, cid = order["order_id"], order["customer"]["customer_id"]
+    resent = order_message(order, Touchpoint.ORDER_CONFIRMATION).key
+    for workflow_id in (f"resend-{resent}", f"resend-{order_message(other, Touchpoint.ORDER_CONFIRMATION).key}"):
+        await data_keys.for_workflow(workflow_id)
+    done = await forget(pool, cid)
+    assert await erasure.workflows(pool, done.receipt.receipt_id) == sorted(
+        [f"case-{oid}-1", f"customer-{cid}", f"order-{oid}", f"resend-{resent}"]
+    )

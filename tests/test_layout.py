@@ -6,6 +6,8 @@ source, so a layer reaching past its place fails here, not in production."""
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
+
 import ast
 import re
 import tomllib
@@ -72,7 +74,14 @@ def test_every_package_is_installed_and_sent_to_the_image_build():
 
 
 def test_the_migrations_are_package_data_of_the_store():
-    assert PYPROJECT["tool"]["setuptools"]["package-data"] == {"store": ["migrations/*.sql"]}
+    assert PYPROJECT["tool"]["setuptools"]["package-data"]["store"] == ["migrations/*.sql"]
     migrations = sorted(p.name for p in (REPO / "store" / "migrations").glob("*.sql"))
     # schema_migrations keys on the file name: a renamed migration would be applied again.
     assert migrations[0] == "001_init.sql" and len(migrations) >= 13
+
+
+def test_the_codecs_deflate_dictionaries_are_package_data():
+    """An installed worker (the Docker image) without them could open no payload it compressed."""
+    patterns = PYPROJECT["tool"]["setuptools"]["package-data"].get("codec", [])
+    dictionaries = [p.name for p in (REPO / "codec").glob("deflate-dictionary-*.bin")]
+    assert dictionaries and all(any(fnmatch(name, pattern) for pattern in patterns) for name in dictionaries)

@@ -19,7 +19,7 @@ from providers import RenderedMessage
 from providers.sendgrid import SendGridEmail
 from providers.twilio import TwilioMessages, TwilioSms
 from starter.embedded import start_time_skipping_server
-from tests.conftest import TEST_PAYLOAD_KEYS, new_order, payment_for
+from tests.conftest import new_order, payment_for
 from tests.fake_providers import TWILIO_MESSAGE, FakeProviders, RecordedRequest
 from workflows.ledger_key import LedgerKey
 
@@ -52,11 +52,11 @@ def validate(req: RecordedRequest) -> None:
 
 
 @pytest.fixture(scope="module")
-async def sent_requests(make_harness, fakes: FakeProviders, provider_config) -> list[RecordedRequest]:
+async def sent_requests(make_harness, fakes: FakeProviders, provider_config, data_keys) -> list[RecordedRequest]:
     """A journey that exercises email and SMS, a Twilio message lookup and a
     SendGrid Email Activity search, on top of whatever ran before."""
     order = new_order()
-    ts_env = await start_time_skipping_server(TEST_PAYLOAD_KEYS)
+    ts_env = await start_time_skipping_server(data_keys)
     async with make_harness(ts_env) as h:
         handle = await h.start(order)
         await handle.signal("payment_received", payment_for(order))

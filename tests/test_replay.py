@@ -2,8 +2,11 @@
 code, under the sandbox exactly as the worker configures it and under the
 full sandbox, so a change that breaks determinism fails here before it
 breaks running orders. They replay through the encrypting data converter the
-worker uses: the recorded ones predate encryption, so their plain payloads
-pass through it, as those of orders running when encryption was turned on do.
+worker uses, data keys included: the older ones predate encryption, so their
+plain payloads pass through it, as those of orders running when encryption
+was turned on do; the newer ones predate per-workflow data keys, their
+payloads under the shared master key, as those of orders running when data
+keys came (tests/conftest.py keep_history re-seals new recordings so).
 Re-record deliberately with `RECORD_HISTORIES=1 pytest` only for a change
 that is meant to be incompatible (see README: workflow.patched)."""
 
@@ -16,8 +19,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
-from codec import encrypted_data_converter
-from tests.conftest import TEST_PAYLOAD_KEYS
+from codec import DataKeys, encrypted_data_converter
 from worker import shared_module_runner
 from workflows.case_handling import CaseWorkflow
 from workflows.customer_journey import CustomerJourney
@@ -92,9 +94,9 @@ RUNNERS = {
 
 @pytest.mark.parametrize("runner", RUNNERS)
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
-async def test_item15_history_replays(path: Path, runner: str):
+async def test_item15_history_replays(path: Path, runner: str, data_keys: DataKeys):
     history = WorkflowHistory.from_json(f"order-{path.stem}", path.read_text())
     replayer = Replayer(
-        workflows=[OrderLifecycle, CustomerJourney, CaseWorkflow, WocasReport, RetentionRun], data_converter=encrypted_data_converter(TEST_PAYLOAD_KEYS), workflow_runner=RUNNERS[runner]()
+        workflows=[OrderLifecycle, CustomerJourney, CaseWorkflow, WocasReport, RetentionRun], data_converter=encrypted_data_converter(data_keys), workflow_runner=RUNNERS[runner]()
     )
     await replayer.replay_workflow(history)

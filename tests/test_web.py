@@ -22,6 +22,7 @@ import asyncpg
 import httpx
 import pytest
 from temporalio import workflow
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from twilio.request_validator import RequestValidator
 
@@ -77,6 +78,10 @@ class FakeTemporal:
 
         async def signal(self, name: str, arg: Any, **kwargs: Any) -> None:
             self.client.sent.append((self.workflow_id, name, arg))
+
+        async def describe(self, **kwargs: Any) -> None:
+            """No workflow runs here: each signalled one is over at once."""
+            raise RPCError("workflow not found", RPCStatusCode.NOT_FOUND, b"")
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 from messages.unsubscribe_tokens import InvalidToken, verify
 from store.consent import customers_reached_at, customers_sharing_address, lift_suppression, set_consent, suppress
 from store.database import create_pool, migrate
-from web import pages
+from web import erasures, pages
 from web.answers import add_answer_pages
 from web.erasures import add_erasure_endpoints
 from web.config import ConfigError, WebConfig
@@ -73,7 +73,9 @@ def create_app(
     SMS whose status callback did not come are looked up in Twilio."""
     if pool is None and not config.database_url:
         raise ConfigError("DATABASE_URL is required, e.g. postgresql://user:pass@localhost:5432/orders")
-    signals = Signals(config.temporal_env, temporal_client, runtime)
+    # The data keys of customers' workflows are in the service's own database.
+    temporal_env = {**config.temporal_env, "DATABASE_URL": config.database_url} if config.database_url else config.temporal_env
+    signals = Signals(temporal_env, temporal_client, runtime)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -103,7 +105,9 @@ def create_app(
     )
     app.state.pool = pool
     meter = runtime.metric_meter if runtime else MetricMeter.noop
-    app.state.owed_signals = OwedSignals(lambda: app.state.pool, signals, relay_timing, meter)
+    app.state.owed_signals = OwedSignals(
+        lambda: app.state.pool, signals, relay_timing, meter, after_each_pass=lambda: erasures.settle_open(app.state.pool, signals)
+    )
     app.state.sms_statuses = SmsStatuses(lambda: app.state.pool, config, app.state.owed_signals, lookup_timing, meter)
     app.add_middleware(CountRejections, meter=meter)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
@@ -25,12 +25,13 @@ from typing import Any, Mapping
 import asyncpg
 from temporalio.api.enums.v1 import ResourceExhaustedCause, ResourceExhaustedScope
 from temporalio.api.errordetails.v1 import ResourceExhaustedFailure
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import MetricMeter, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
+from codec import DataKeyShredded
 from store import provider_events
 from worker import connect_temporal
 from workflows.models import TASK_QUEUE
@@ -120,6 +121,9 @@ class Signals:
         except WorkflowAlreadyStartedError:
             log.info("%s not started: it ran and is over", workflow_id)
             return SignalOutcome.NOT_RUNNING
+        except DataKeyShredded:
+            log.info("%s not signalled: its customer was erased and it is over", workflow_id)
+            return SignalOutcome.NOT_RUNNING
         except RPCError as err:
             if err.status is RPCStatusCode.NOT_FOUND:
                 log.info("%s not signalled: no running workflow", workflow_id)
@@ -133,6 +137,24 @@ class Signals:
             log.warning("%s not signalled: %s", workflow_id, type(err).__name__)
             return SignalOutcome.REFUSED
         return SignalOutcome.DELIVERED
+
+    async def is_open(self, workflow_id: str) -> bool:
+        """Whether the workflow's latest run is still running (a describe,
+        no billed action); errors as Temporal gives them, NOT_FOUND aside."""
+        try:
+            description = await (await self._connected()).get_workflow_handle(workflow_id).describe(rpc_timeout=RPC_TIMEOUT)
+        except RPCError as err:
+            if err.status is RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return description.status is WorkflowExecutionStatus.RUNNING
+
+    async def terminate(self, workflow_id: str, reason: str) -> None:
+        try:
+            await (await self._connected()).get_workflow_handle(workflow_id).terminate(reason=reason, rpc_timeout=RPC_TIMEOUT)
+        except RPCError as err:
+            if err.status is not RPCStatusCode.NOT_FOUND:  # ended meanwhile
+                raise
 
 
 @dataclass(frozen=True)
@@ -158,10 +180,13 @@ class OwedSignals:
         signals: Signals,
         timing: RelayTiming = RelayTiming(),
         meter: MetricMeter = MetricMeter.noop,
+        after_each_pass: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._pool = pool
-        self._signals = signals
+        self.signals = signals
         self._timing = timing
+        # What else each pass does once the owed signals are out (erasures settle: web/erasures.py).
+        self._after_each_pass = after_each_pass
         self._sent = meter.create_counter(SIGNALS_SENT, "Signals the HTTP service sent workflows for provider reports")
         self._still_owed = meter.create_gauge(OWED_SIGNALS, "Signals recorded provider reports still owe workflows")
         self._owed = asyncio.Event()
@@ -179,7 +204,7 @@ class OwedSignals:
                 owed = await provider_events.claim_owed(conn, timing.batch, timing.claim_for, provider, event_ids)
             delivered, ended, left = [], [], []
             for n, item in enumerate(owed):
-                outcome = await self._signals.deliver(item.signal)
+                outcome = await self.signals.deliver(item.signal)
                 self._sent.add(1, {"signal": item.signal.name, "outcome": outcome.value})
                 if outcome is SignalOutcome.UNREACHABLE:
                     left = owed[n:]
@@ -223,6 +248,11 @@ class OwedSignals:
             except Exception as err:  # noqa: BLE001 - PostgreSQL away, or a bug: the relay must go on
                 log.warning("owed signals not delivered this pass: %s", type(err).__name__)
                 delivered = False
+            if delivered and self._after_each_pass:
+                try:
+                    await self._after_each_pass()
+                except Exception as err:  # noqa: BLE001 - as above; the next pass tries again
+                    log.warning("what follows the relay's pass failed: %s", type(err).__name__)
             if delivered:
                 delay = self._timing.first_retry
                 with contextlib.suppress(TimeoutError):

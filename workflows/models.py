@@ -957,6 +957,13 @@ class CustomerState(BaseModel):
     def _older_run(cls, data: Any) -> Any:
         return _lanes_kept_apart(data, "outbox")
 
+    def starting_input(self) -> dict[str, Any]:
+        """The customer's workflow input (its started event, in history):
+        fields at their default left out (a new customer's state in three
+        quarters of the bytes); the settings in full, as captured now,
+        whatever defaults the worker that reads them has."""
+        return {**self.model_dump(mode="json", exclude_defaults=True), "settings": self.settings.model_dump(mode="json")}
+
     def delivered_in_window(self, now: datetime) -> list[OrderFacts]:
         since = now - self.settings.loyal_window
         return [o for o in self.orders.values() if o.delivered_at and o.delivered_at >= since]
