@@ -73,13 +73,27 @@ async def wait_until(check, timeout: float = 60.0):
     return found
 
 
+class LosingOneSignal(Signals):
+    """Signals that never reach one workflow: a signal lost."""
+
+    def __init__(self, lost_to: str, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._lost_to = lost_to
+
+    async def deliver(self, signal):
+        if signal.workflow_id == self._lost_to:
+            return SignalOutcome.NOT_RUNNING
+        return await super().deliver(signal)
+
+
 async def test_a_forgotten_customer_s_raw_history_holds_none_of_their_data_with_any_key_still_held(
     dev_env, make_harness, pool, fakes, provider_config
 ):
     """The erasure completes by itself (the relay's passes, no GET), after
     every workflow of the customer is closed: the order and the customer
-    workflow end when told, the case (not told here) is terminated once
-    CLOSE_WITHIN is over. A second customer is unaffected; a STOP survives."""
+    workflow end when told, the case (its signal lost here, as if it had
+    been found over) is terminated once CLOSE_WITHIN is over. A second
+    customer is unaffected; a STOP survives."""
     uid = uuid.uuid4().hex[:8]
     erased, kept = new_order(), new_order()
     erased["customer"]["name"] = f"Ada Shredded{uid}"
@@ -96,7 +110,7 @@ async def test_a_forgotten_customer_s_raw_history_holds_none_of_their_data_with_
         case = await start_as_the_relay_does(h, opening)
         await h.wait_for(case, lambda view: any("case_assigned mailed" in line for line in view.timeline), view_type=CaseView)
 
-        signals = Signals({}, h.client)
+        signals = LosingOneSignal(case.id, {}, h.client)
         relay = OwedSignals(
             lambda: pool, signals, RelayTiming(sweep_every=0.2),
             after_each_pass=lambda: settle_open(pool, signals, close_within=timedelta(seconds=3)),
