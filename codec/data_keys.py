@@ -53,7 +53,7 @@ KEY_OF_WORKFLOW = "SELECT key_id, master_key_id, wrapped_key FROM data_keys WHER
 CREATE_KEY = """
 INSERT INTO data_keys (key_id, workflow_id, master_key_id, wrapped_key)
 SELECT $2, $1, $3, $4
-WHERE NOT EXISTS (SELECT 1 FROM data_keys WHERE workflow_hash = erasure_hash('workflow', $1))
+WHERE NOT EXISTS (SELECT 1 FROM data_keys WHERE workflow_hash = workflow_id_hash($1))
 ON CONFLICT (workflow_id) DO NOTHING
 RETURNING key_id
 """
@@ -63,13 +63,13 @@ KEY_BY_ID = "SELECT master_key_id, wrapped_key FROM data_keys WHERE key_id = $1"
 # returns: store/orders.py REVIVE_CUSTOMER_WORKFLOW).
 SHRED = """
 UPDATE data_keys SET wrapped_key = NULL, master_key_id = NULL, workflow_id = NULL,
-    workflow_hash = erasure_hash('workflow', workflow_id), shredded_at = now()
+    workflow_hash = workflow_id_hash(workflow_id), shredded_at = now()
 WHERE workflow_id = ANY($1::text[])
 """
 TOMBSTONES = """
 INSERT INTO data_keys (key_id, workflow_hash, shredded_at)
 SELECT 'none-' || gen_random_uuid(), h, now()
-FROM (SELECT DISTINCT erasure_hash('workflow', w) AS h FROM unnest($1::text[]) w) t
+FROM (SELECT DISTINCT workflow_id_hash(w) AS h FROM unnest($1::text[]) w) t
 WHERE NOT EXISTS (SELECT 1 FROM data_keys d WHERE d.workflow_hash = t.h)
 """
 REWRAP_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('data_keys:rewrap'))"

@@ -22,7 +22,7 @@ WHERE customers.erased_at IS NULL OR $6
 
 # An erased customer who returns: their customer workflow, whose data key was
 # shredded (codec/data_keys.py), may start anew under a new one.
-REVIVE_CUSTOMER_WORKFLOW = "DELETE FROM data_keys WHERE workflow_hash = erasure_hash('workflow', $1) AND wrapped_key IS NULL"
+REVIVE_CUSTOMER_WORKFLOW = "DELETE FROM data_keys WHERE workflow_hash = workflow_id_hash($1) AND wrapped_key IS NULL"
 
 INSERT_ORDER = """
 INSERT INTO orders (order_id, customer_id, seller_id, seller_name, placed_at, currency, total, delivery_method, document,

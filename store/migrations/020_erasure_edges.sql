@@ -34,3 +34,11 @@ CREATE FUNCTION erasure_hash(kind text, value text) RETURNS text
 LANGUAGE sql STABLE AS $$ SELECT erasure_keyed(erasure_hash_018(kind, value)) $$;
 
 ALTER TABLE erasure_salt ADD COLUMN salt_check text;
+
+-- A shredded workflow's id (codec/data_keys.py, migration 019) stays hashed
+-- with the salt stored here, not ERASURE_SALT: every process that seals
+-- payloads checks it (the codec server, the CLI, a backend's client), and
+-- they have no ERASURE_SALT. A workflow id is no contact detail: a dump can
+-- at most test a guessed one for having been shredded.
+CREATE FUNCTION workflow_id_hash(workflow_id text) RETURNS text
+LANGUAGE sql STABLE AS $$ SELECT erasure_hash_018('workflow', workflow_id) $$;
