@@ -4,9 +4,10 @@
 Each sampled stack goes to the first step below that one of its frames
 belongs to, so a step counts what it calls that is not a step of its own:
 the codec inside payload conversion is the codec's, and templates inside an
-activity are the templates'. py-spy sees Python threads only; the rest of
-the worker's CPU (the SDK's Rust core: gRPC, history, protobuf of
-activations) is what the process used beyond the samples."""
+activity are the templates'. py-spy sees Python threads holding the GIL;
+the SDK's Rust core (gRPC, history, protobuf of activations) shows only
+where Python waits on it or it calls into Python (the bridge), so its share
+is spread over the steps."""
 
 from __future__ import annotations
 
@@ -30,7 +31,6 @@ STEPS = [
     ("event loop (asyncio)", r"asyncio/"),
 ]
 OTHER = "other Python"
-NOT_SAMPLED = "outside Python threads (SDK core in Rust), by difference"
 RATE = 200  # samples per second, as bench.stack records them
 
 
@@ -52,16 +52,18 @@ def samples_by_step(paths: list[Path]) -> Counter[str]:
 
 
 def breakdown(paths: list[Path], worker_cpu_ms_per_order: float, orders: int) -> str:
-    """A table of CPU ms per order by step; the samples' total against what
-    the worker process used."""
+    """A table of the worker's CPU ms per order by step: each step's share of
+    the samples, of the CPU the process used. (Samples are taken while a
+    thread holds the GIL; one descheduled while holding it still counts, so
+    on a busy machine the samples' own total overstates the CPU.)"""
     counts = samples_by_step(paths)
-    ms = {step: 1000 * n / RATE / max(orders, 1) for step, n in counts.items()}
-    sampled = sum(ms.values())
-    lines = [f"worker CPU per order by step (py-spy, {sum(counts.values())} samples at {RATE}/s over {orders} orders):"]
-    for step, value in sorted(ms.items(), key=lambda kv: -kv[1]):
-        lines.append(f"  {step:48}{value:8.1f} ms")
-    lines.append(f"  {NOT_SAMPLED:48}{worker_cpu_ms_per_order - sampled:8.1f} ms")
-    lines.append(f"  {'worker total (process CPU)':48}{worker_cpu_ms_per_order:8.1f} ms")
+    total = max(sum(counts.values()), 1)
+    lines = [
+        f"worker CPU per order by step (py-spy: {total} samples at {RATE}/s, {1000 * total / RATE / max(orders, 1):.1f} ms per order "
+        f"sampled; shares of the {worker_cpu_ms_per_order} ms the process used, over {orders} orders):"
+    ]
+    for step, n in counts.most_common():
+        lines.append(f"  {step:48}{worker_cpu_ms_per_order * n / total:7.1f} ms {100 * n / total:5.1f} %")
     return "\n".join(lines)
 
 

@@ -245,8 +245,13 @@ async def start_stack(*, persistent_temporal: bool = False, port: int | None = N
     return Stack(state_dir, database_url, fakes, address, env, key_env)
 
 
-async def wait_for_pollers(stack: Stack, task_queue: str = TASK_QUEUE, timeout: float = 60, count: int = 1) -> None:
-    """Until `count` workers poll the queue, so timings do not include start-up."""
+async def wait_for_pollers(
+    stack: Stack, task_queue: str = TASK_QUEUE, timeout: float = 60, count: int = 1, worker: WorkerProcess | None = None
+) -> None:
+    """Until `count` workers poll the queue, so timings do not include start-up.
+    With `worker`, until that very process polls (its identity is the SDK's
+    default, pid@host): the server lists a stopped worker's pollers for
+    minutes, so a count alone would not wait for a restarted one."""
     from temporalio.api.enums.v1 import TaskQueueType
     from temporalio.api.taskqueue.v1 import TaskQueue
     from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -260,7 +265,10 @@ async def wait_for_pollers(stack: Stack, task_queue: str = TASK_QUEUE, timeout: 
                 task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
             )
         )
-        if len(resp.pollers) >= count:
+        if worker is not None and worker.proc is not None:
+            if any(p.identity.startswith(f"{worker.proc.pid}@") for p in resp.pollers):
+                return
+        elif len(resp.pollers) >= count:
             return
         await asyncio.sleep(0.2)
     raise RuntimeError(f"fewer than {count} worker(s) polled {task_queue} within {timeout} s")

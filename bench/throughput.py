@@ -64,7 +64,7 @@ async def measure(
     """At most `concurrency` orders in flight, each placed once one ends
     (saturating); with `rate`, placed open-loop at that many orders/s instead."""
     worker.start()
-    await wait_for_pollers(stack, FLOOR_TASK_QUEUE if system.floor else TASK_QUEUE)
+    await wait_for_pollers(stack, FLOOR_TASK_QUEUE if system.floor else TASK_QUEUE, worker=worker)
     worker.start_profiling()
     batch = [bench_order(n, run) for n in range(orders)]
     transactions_before = await postgres_transactions(stack)
@@ -277,13 +277,18 @@ def main(orders: int, concurrency: int, only: str | None = None, profile: Path |
         print(json.dumps(side))
         if side is result["order_lifecycle"]:
             print(half_rate_line(side) if not rate else f"at {rate:g} orders/s placed: signal to provider request {side['latency_ms']}, cpu ms/order {side['cpu_ms_per_order']}")
-        if profile:
-            from bench.profile import breakdown
-
-            print(breakdown(sorted(profile.glob("worker-*.txt")), side["cpu_ms_per_order"]["worker"], side["completed"]))
+        print_profile(profile, side)
         return  # a one-sided run is for profiling; it makes no comparison
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     chart(result, RESULTS / "throughput.png")
     print(report(result))
+    print_profile(profile, result["order_lifecycle"])
     print(f"written: {RESULTS / 'throughput.json'}, {RESULTS / 'throughput.png'}")
+
+
+def print_profile(profile: Path | None, ours: dict[str, Any] | None) -> None:
+    if profile and ours:
+        from bench.profile import breakdown
+
+        print(breakdown(sorted(profile.glob("worker-*.txt")), ours["cpu_ms_per_order"]["worker"], ours["completed"]))
