@@ -62,7 +62,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--rate", type=float, metavar="R",
-        help="our side alone, orders placed open-loop at R orders/s (default: after the saturating runs, one at half their rate)",
+        help="our side alone, orders placed open-loop at R orders/s (a run of both sides ends with one at half the rate ours reached)",
     )
     args = parser.parse_args()
     if args.command is None:

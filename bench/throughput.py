@@ -142,9 +142,9 @@ async def run_benchmark(
     orders: int, concurrency: int, only: str | None = None, profile: Path | None = None, rate: float | None = None
 ) -> dict[str, Any]:
     """`profile`: py-spy flame graphs of each of our workers into that folder.
-    `rate`: our side alone, placed open-loop at that many orders/s; without
-    it, after the saturating runs, one more of ours at half the orders/s they
-    reached (signal-to-send latency off saturation)."""
+    `rate`: our side alone, placed open-loop at that many orders/s. A run of
+    both sides ends with one more of ours at half the orders/s they reached
+    (signal-to-send latency off saturation)."""
     stack = await start_stack()
     chunks: dict[str, list[Chunk]] = {"floor": [], "ours": [], "half_rate": []}
     half_rate = None
@@ -168,7 +168,7 @@ async def run_benchmark(
             )
             chunks[side].append(chunk)
             print(f"  {len([r for r in chunk.runs if r.completed])} completed in {chunk.seconds:.1f} s", flush=True)
-        if chunks["ours"] and not rate:
+        if chunks["ours"] and chunks["floor"]:
             half_rate = summarize(chunks["ours"])["orders_per_second"] / 2
             print(f"ours at half that rate: {share} orders, {half_rate:.2f}/s ...", flush=True)
             chunk = await measure(stack, System(stack.client, floor=False), stack.our_worker(), tracker, share, concurrency, "h" + new_run_id(), half_rate)
