@@ -20,9 +20,8 @@ from typing import Mapping
 import asyncpg
 from temporalio.client import Client, TLSConfig
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker._worker import load_default_build_id
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.cases import CaseActivities
 from activities.config import ProviderConfig, case_routing_from_env, journey_settings_from_env, lifecycle_settings_from_env
@@ -163,7 +162,7 @@ def build_worker(
             wocas.mail_wocas_report,
             RetentionActivities(pool).apply_retention,
         ],
-        workflow_runner=shared_module_runner("workflows"),
+        workflow_runner=workflow_runner(),
         # Stamped on every workflow task and activity start (46 events of an
         # order): the SDK's hash of the loaded code, 8 of its 32 hex digits
         # (about 1 kB of history per order less), still one per deploy.
@@ -175,12 +174,15 @@ def build_worker(
     )
 
 
-def shared_module_runner(package: str) -> SandboxedWorkflowRunner:
-    """The sandbox re-imports, and so recompiles, a workflow's module for every
-    workflow it starts. Ours keep no module state, so the module is shared;
-    calls that would break determinism are still caught by the replay tests,
-    which also replay every history under the full sandbox."""
-    return SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(package))
+def workflow_runner() -> UnsandboxedWorkflowRunner:
+    """Workflows run without the SDK's sandbox. With our modules passed
+    through (they keep no module state) it caught nothing in them, since they
+    call the real datetime, random and I/O, and it cost 14 % of the worker's
+    CPU: every activation, and every payload's serialization context, went in
+    and out of it (bench/results/profile-before). Determinism is checked where
+    it can be: tests/test_replay.py replays every recorded history under the
+    full sandbox, which re-imports our modules."""
+    return UnsandboxedWorkflowRunner()
 
 
 async def run_worker(client: Client, database_url: str, env: Mapping[str, str], stop: asyncio.Event) -> None:
