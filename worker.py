@@ -15,9 +15,10 @@ import os
 import signal
 import sys
 from datetime import timedelta
-from typing import Mapping
+from typing import Any, Coroutine, Mapping
 
 import asyncpg
+import uvloop
 from temporalio.client import Client, TLSConfig
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
@@ -242,9 +243,16 @@ def exit_without_teardown(code: int) -> None:
     os._exit(code)
 
 
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """asyncio.run on uvloop's event loop: each activation, activity task,
+    PostgreSQL statement and provider request passes through the loop, and
+    uvloop's costs less CPU per order than asyncio's own (README, "Benchmarks")."""
+    uvloop.run(main)
+
+
 def main() -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(_main())
+    run_event_loop(_main())
     exit_without_teardown(0)
 
 

@@ -159,7 +159,7 @@ async def _main() -> None:
 
 
 if __name__ == "__main__":
-    from worker import exit_without_teardown
+    from worker import exit_without_teardown, run_event_loop
 
-    asyncio.run(_main())
+    run_event_loop(_main())
     exit_without_teardown(0)
