@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from importlib import resources
 
 import asyncpg
@@ -14,8 +15,11 @@ log = logging.getLogger(__name__)
 MIGRATION_LOCK_ID = 0x0D_E7_11_FE
 
 
-async def create_pool(database_url: str, *, max_size: int = 10) -> asyncpg.Pool:
-    return await asyncpg.create_pool(database_url, min_size=1, max_size=max_size, reset=_keep_session)
+async def create_pool(
+    database_url: str, *, max_size: int = 10, init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
+) -> asyncpg.Pool:
+    """`init`: run on each new connection (a test's query logger)."""
+    return await asyncpg.create_pool(database_url, min_size=1, max_size=max_size, reset=_keep_session, init=init)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
