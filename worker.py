@@ -21,7 +21,7 @@ import asyncpg
 import uvloop
 from temporalio.client import Client, TLSConfig
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker import PollerBehaviorAutoscaling, UnsandboxedWorkflowRunner, Worker
 from temporalio.worker._worker import load_default_build_id
 
 from activities.cases import CaseActivities
@@ -163,7 +163,7 @@ def build_worker(
             wocas.mail_wocas_report,
             RetentionActivities(pool).apply_retention,
         ],
-        workflow_runner=workflow_runner(),
+        **worker_tuning(),
         # Stamped on every workflow task and activity start (46 events of an
         # order): the SDK's hash of the loaded code, 8 of its 32 hex digits
         # (about 1 kB of history per order less), still one per deploy.
@@ -173,6 +173,19 @@ def build_worker(
         # even when cancelled); sends not yet claimed are left to the next worker.
         graceful_shutdown_timeout=timedelta(seconds=messaging.seconds_for_a_send),
     )
+
+
+def worker_tuning() -> dict[str, Any]:
+    """Worker settings measured with `python -m bench` (README,
+    "Benchmarks"), shared with the floor's worker: workflows without the
+    sandbox, and as many pollers of each kind as the server's answers call
+    for, not a fixed 5 (more orders/s and less CPU per order, in the worker
+    and in the server)."""
+    return {
+        "workflow_runner": workflow_runner(),
+        "workflow_task_poller_behavior": PollerBehaviorAutoscaling(),
+        "activity_task_poller_behavior": PollerBehaviorAutoscaling(),
+    }
 
 
 def workflow_runner() -> UnsandboxedWorkflowRunner:
