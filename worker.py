@@ -15,14 +15,14 @@ import os
 import signal
 import sys
 from datetime import timedelta
-from typing import Mapping
+from typing import Any, Coroutine, Mapping
 
 import asyncpg
+import uvloop
 from temporalio.client import Client, TLSConfig
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.worker import Worker
+from temporalio.worker import PollerBehaviorAutoscaling, UnsandboxedWorkflowRunner, Worker
 from temporalio.worker._worker import load_default_build_id
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.cases import CaseActivities
 from activities.config import ProviderConfig, case_routing_from_env, journey_settings_from_env, lifecycle_settings_from_env
@@ -164,7 +164,7 @@ def build_worker(
             wocas.mail_wocas_report,
             RetentionActivities(pool).apply_retention,
         ],
-        workflow_runner=shared_module_runner("workflows"),
+        **worker_tuning(),
         # Stamped on every workflow task and activity start (46 events of an
         # order): the SDK's hash of the loaded code, 8 of its 32 hex digits
         # (about 1 kB of history per order less), still one per deploy.
@@ -176,12 +176,28 @@ def build_worker(
     )
 
 
-def shared_module_runner(package: str) -> SandboxedWorkflowRunner:
-    """The sandbox re-imports, and so recompiles, a workflow's module for every
-    workflow it starts. Ours keep no module state, so the module is shared;
-    calls that would break determinism are still caught by the replay tests,
-    which also replay every history under the full sandbox."""
-    return SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(package))
+def worker_tuning() -> dict[str, Any]:
+    """Worker settings measured with `python -m bench` (README,
+    "Benchmarks"), shared with the floor's worker: workflows without the
+    sandbox, and as many pollers of each kind as the server's answers call
+    for, not a fixed 5 (more orders/s and less CPU per order, in the worker
+    and in the server)."""
+    return {
+        "workflow_runner": workflow_runner(),
+        "workflow_task_poller_behavior": PollerBehaviorAutoscaling(),
+        "activity_task_poller_behavior": PollerBehaviorAutoscaling(),
+    }
+
+
+def workflow_runner() -> UnsandboxedWorkflowRunner:
+    """Workflows run without the SDK's sandbox. With our modules passed
+    through (they keep no module state) it caught nothing in them, since they
+    call the real datetime, random and I/O, and it cost 14 % of the worker's
+    CPU: every activation, and every payload's serialization context, went in
+    and out of it (bench/results/profile-before). Determinism is checked where
+    it can be: tests/test_replay.py replays every recorded history under the
+    full sandbox, which re-imports our modules."""
+    return UnsandboxedWorkflowRunner()
 
 
 async def run_worker(client: Client, database_url: str, env: Mapping[str, str], stop: asyncio.Event) -> None:
@@ -243,9 +259,16 @@ def exit_without_teardown(code: int) -> None:
     os._exit(code)
 
 
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """asyncio.run on uvloop's event loop: each activation, activity task,
+    PostgreSQL statement and provider request passes through the loop, and
+    uvloop's costs less CPU per order than asyncio's own (README, "Benchmarks")."""
+    uvloop.run(main)
+
+
 def main() -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(_main())
+    run_event_loop(_main())
     exit_without_teardown(0)
 
 

@@ -261,10 +261,15 @@ ORDER BY created_at
 # for taking its own slot, but handled as the existing row it is.
 REGISTERED = "SELECT 1 FROM message_ledger WHERE key = $1 AND state <> 'not_permitted'"
 
-CUSTOMER = "SELECT customer_id, name, email, phone, timezone FROM customers WHERE customer_id = $1"
-
 # Forgotten on request (store/erasure.py): nothing more goes to the customer.
 ERASED = "SELECT erased_at IS NOT NULL AS erased FROM customers WHERE customer_id = $1"
+
+CUSTOMER = "SELECT customer_id, name, email, phone, timezone, erased_at IS NOT NULL AS erased FROM customers WHERE customer_id = $1"
+
+RECORDED_ORDER = """
+SELECT document, (SELECT erased_at IS NOT NULL FROM customers c WHERE c.customer_id = o.customer_id) AS erased
+FROM orders o WHERE order_id = $1
+"""
 
 CLAIM_PENDING = """
 UPDATE message_ledger
@@ -506,26 +511,30 @@ class MessagingActivities:
     @activity.defn
     async def send_message(self, request: MessageRequest) -> MessageOutcome:
         budget = Budget.of_this_attempt()
-        # Before anything is read or written: this worker may hold the
-        # order as it was recorded, contact details and all.
-        erased = await self._db(budget, ERASED, request.customer_id)
-        if erased and erased["erased"]:
-            log.info("%s not sent: %s", request.key, CUSTOMER_ERASED)
-            return _outcome(request, DeliveryState.NOT_PERMITTED, error=CUSTOMER_ERASED)
-        order, customer = await self._addressee(request, budget)
-        recipient = customer.email if request.channel is Channel.EMAIL else customer.phone
-        if not recipient:
-            return _outcome(request, DeliveryState.SKIPPED, error="no recipient for this channel")
-        await self._apply_handover(request.key, budget)
-        self._refuse_while_paused(request.channel)
         quiet_until = _quiet_until(request)
-        attempt = Attempt(request, order, customer, recipient, self._providers.get(request.channel), budget, quiet_until)
-        self._check_an_attempt_can_hold_a_send(attempt)
         # A first attempt at a new message skips this read (registering it
         # tells); a retry, a settlement, a resend, or one inside quiet hours
         # (which must not defer a message an earlier attempt may have sent)
         # starts from the row.
         from_the_row = activity.info().attempt > 1 or request.mode is not SendMode.SEND or quiet_until is not None
+        # A forgotten customer gets nothing, and nothing is written about
+        # them: this worker may hold the order as it was recorded, contact
+        # details and all. Whoever reads the customer or the order learns it
+        # there; a first attempt holding the order learns it with consent,
+        # the first statement it sends (_refuse_if_not_permitted).
+        if from_the_row and (await self._db(budget, ERASED, request.customer_id) or {}).get("erased"):
+            return _not_sent_to_the_erased(request)
+        addressee = await self._addressee(request, budget)
+        if addressee is None:
+            return _not_sent_to_the_erased(request)
+        order, customer = addressee
+        recipient = customer.email if request.channel is Channel.EMAIL else customer.phone
+        if not recipient:
+            return _outcome(request, DeliveryState.SKIPPED, error="no recipient for this channel")
+        await self._apply_handover(request.key, budget)
+        self._refuse_while_paused(request.channel)
+        attempt = Attempt(request, order, customer, recipient, self._providers.get(request.channel), budget, quiet_until)
+        self._check_an_attempt_can_hold_a_send(attempt)
         row = await self._ledger_row(request.key, budget) if from_the_row else None
         answer = row.answer(request) if row else None
         if answer:
@@ -611,6 +620,8 @@ class MessagingActivities:
         reason = await self._refusal(a, recipient)
         if reason is None:
             return None
+        if reason == CUSTOMER_ERASED:  # no row of theirs is written
+            return _not_sent_to_the_erased(a.request)
         recorded = await self._db(a.budget, REFUSE, *self._row_identity(a), reason)
         if not recorded:  # another attempt registered or claimed it meanwhile
             row = await self._ledger_row(a.request.key, a.budget)
@@ -977,31 +988,37 @@ class MessagingActivities:
         mailto = f"mailto:{self._config.unsubscribe_address}?subject=unsubscribe%20{token}"
         return url, {"List-Unsubscribe": f"<{url}>, <{mailto}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
 
-    async def _addressee(self, request: MessageRequest, budget: Budget) -> tuple[OrderInput | None, Customer]:
+    async def _addressee(self, request: MessageRequest, budget: Budget) -> tuple[OrderInput | None, Customer] | None:
         """The order the message is about and its customer as the order
         recorded them; for the customer's journey (no order), the customer as
-        stored now: contact details change, so they are read at every send."""
+        stored now: contact details change, so they are read at every send.
+        None when what was read says the customer was forgotten."""
         if request.order_id is not None:
             order = await self._recorded_order(request.order_id, budget)
-            return order, order.customer
+            return (order, order.customer) if order else None
         row = await self._db(budget, CUSTOMER, request.customer_id)
         if row is None:
             raise ApplicationError(f"customer {request.customer_id} is not recorded", type="CustomerNotRecorded")
+        if row["erased"]:
+            return None
         # Stored from a validated order: not validated again.
-        return None, Customer.model_construct(**dict(row))
+        return None, Customer.model_construct(**{k: v for k, v in row.items() if k != "erased"})
 
-    async def _recorded_order(self, order_id: str, budget: Budget) -> OrderInput:
-        """The order as record_order stored it. A stored order never changes
-        (a second record of the same id is ignored), so the latest ones stay
-        in memory: an order's sends often come together (confirmation and
-        payment; a notice by email and by SMS)."""
+    async def _recorded_order(self, order_id: str, budget: Budget) -> OrderInput | None:
+        """The order as record_order stored it; None when its customer was
+        forgotten. A stored order never changes (a second record of the same
+        id is ignored), so the latest ones stay in memory: an order's sends
+        often come together (confirmation and payment; a notice by email and
+        by SMS)."""
         order = self._orders.get(order_id)
         if order is not None:
             self._orders.move_to_end(order_id)
             return order
-        row = await self._db(budget, "SELECT document FROM orders WHERE order_id = $1", order_id)
+        row = await self._db(budget, RECORDED_ORDER, order_id)
         if row is None:
             raise ApplicationError(f"order {order_id} is not recorded", type="OrderNotRecorded")
+        if row["erased"]:
+            return None
         order = self._orders[order_id] = OrderInput.model_validate_json(row["document"])
         if len(self._orders) > ORDERS_KEPT_IN_MEMORY:
             self._orders.popitem(last=False)
@@ -1035,6 +1052,11 @@ def _quiet_until(request: MessageRequest) -> datetime | None:
     if request.channel is not Channel.SMS or request.quiet_hours is None:
         return None
     return request.quiet_hours.end(activity.info().current_attempt_scheduled_time)
+
+
+def _not_sent_to_the_erased(request: MessageRequest) -> MessageOutcome:
+    log.info("%s not sent: %s", request.key, CUSTOMER_ERASED)
+    return _outcome(request, DeliveryState.NOT_PERMITTED, error=CUSTOMER_ERASED)
 
 
 def _deferred_by_quiet_hours(a: Attempt) -> MessageOutcome:

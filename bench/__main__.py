@@ -1,6 +1,8 @@
 """Benchmarks and failure drills, one command each:
 
-    python -m bench [--orders N] [--concurrency C]   throughput, latency, actions vs the floor
+    python -m bench [--orders N] [--concurrency C]   throughput, latency, actions vs the floor; then latency at half the rate
+    python -m bench --only ours --profile DIR        py-spy flame graphs of the worker, CPU per order by step
+    python -m bench --rate R                         our side alone, orders placed open-loop at R orders/s
     python -m bench chaos [DRILL ...] [--orders N]   failure drills; exit 1 on a message lost, repeated, stranded or untruly recorded
     python -m bench recommendations [--orders N]     recommendations query p99 at a million orders
     python -m bench open-orders [--orders N]         worker memory with N paid orders awaiting dispatch
@@ -54,11 +56,19 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--only", choices=["ours", "floor"], help="run one side only, e.g. to profile it")
+    parser.add_argument(
+        "--profile", type=Path, metavar="DIR",
+        help="py-spy flame graphs of our workers into DIR (worker-N.svg, and worker-N.txt collapsed), and the CPU per order by step",
+    )
+    parser.add_argument(
+        "--rate", type=float, metavar="R",
+        help="our side alone, orders placed open-loop at R orders/s (a run of both sides ends with one at half the rate ours reached)",
+    )
     args = parser.parse_args()
     if args.command is None:
         from bench.throughput import main as throughput
 
-        throughput(args.orders, args.concurrency, args.only)
+        throughput(args.orders, args.concurrency, args.only, args.profile, args.rate)
     elif args.command == "open-orders":
         from bench.open_orders import main as open_orders_main
 

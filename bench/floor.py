@@ -141,7 +141,7 @@ class FloorOrder:
 async def _main() -> None:
     # Imported here: this module is also loaded by the workflow sandbox, where
     # the worker module's database and provider imports have no place.
-    from worker import connect_temporal, shared_module_runner
+    from worker import connect_temporal, worker_tuning
 
     # Payloads encrypted as the real worker's are, so the floor pays that cost too.
     client = await connect_temporal(os.environ)
@@ -153,13 +153,13 @@ async def _main() -> None:
     async with Worker(
         client, task_queue=FLOOR_TASK_QUEUE, workflows=[FloorOrder, FloorCustomer],
         activities=[floor_step, FloorRecordOrder(client).record_order],
-        workflow_runner=shared_module_runner("bench"),
+        **worker_tuning(),
     ):
         await stop.wait()
 
 
 if __name__ == "__main__":
-    from worker import exit_without_teardown
+    from worker import exit_without_teardown, run_event_loop
 
-    asyncio.run(_main())
+    run_event_loop(_main())
     exit_without_teardown(0)

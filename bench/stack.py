@@ -49,10 +49,42 @@ class WorkerProcess:
         self.args, self.env, self.log_path = args, env, log_path
         self.proc: subprocess.Popen | None = None
         self.peak_rss_mb = 0.0
+        # py-spy samplers attached to the process (`profile_into`), ended with it.
+        self.profilers: list[subprocess.Popen] = []
+        self.profile_paths: list[Path] = []
 
     def start(self) -> None:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+
+    def profile_into(self, directory: Path, name: str) -> None:
+        """Have `start_profiling` sample the process with py-spy until it
+        ends: a flame graph (`name`.svg) and the same stacks collapsed, one
+        per line with its count (`name`.txt, for bench.profile). py-spy attaches from
+        outside, without pausing the process (--nonblocking), so its own CPU
+        is not the worker's. Only stacks holding the GIL are kept (a thread
+        waiting on a socket is not working); so the SDK's Rust core (gRPC,
+        history, activations' protobuf) is not seen, except where it holds
+        the GIL to call into Python."""
+        self.profile_paths = [directory / f"{name}.svg", directory / f"{name}.txt"]
+
+    def start_profiling(self) -> None:
+        """Once the worker is up, so that its imports are not in the profile."""
+        spy = Path(sys.executable).with_name("py-spy")
+        if self.profile_paths and not spy.exists():
+            raise SystemExit(f"error: --profile needs py-spy next to {sys.executable}: pip install py-spy")
+        for path in self.profile_paths:
+            fmt = "flamegraph" if path.suffix == ".svg" else "raw"
+            self.profilers.append(subprocess.Popen(
+                [str(spy), "record", "--pid", str(self.proc.pid), "--nonblocking", "--gil", "--rate", "200", "--format", fmt, "--output", str(path)],
+                stdout=subprocess.DEVNULL, stderr=open(self.log_path.with_suffix(".py-spy.log"), "ab"),
+            ))
+
+    def _wait_for_profilers(self) -> None:
+        """py-spy writes its file once the process it samples has exited."""
+        for profiler in self.profilers:
+            profiler.wait(60)
+        self.profilers.clear()
 
     def _status(self, field_name: str) -> float:
         """A VmRSS/VmHWM figure from /proc in MiB; 0 once the process is gone."""
@@ -76,6 +108,7 @@ class WorkerProcess:
         self.sample_peak()
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
+        self._wait_for_profilers()
 
     def stop(self, grace_seconds: float = 30) -> float:
         """SIGTERM, as a deploy sends, then wait for the worker to finish its
@@ -91,6 +124,7 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self._wait_for_profilers()
         return time.monotonic() - began
 
     @property
@@ -215,8 +249,13 @@ async def start_stack(*, persistent_temporal: bool = False, port: int | None = N
     return Stack(state_dir, database_url, fakes, address, env, key_env)
 
 
-async def wait_for_pollers(stack: Stack, task_queue: str = TASK_QUEUE, timeout: float = 60, count: int = 1) -> None:
-    """Until `count` workers poll the queue, so timings do not include start-up."""
+async def wait_for_pollers(
+    stack: Stack, task_queue: str = TASK_QUEUE, timeout: float = 60, count: int = 1, worker: WorkerProcess | None = None
+) -> None:
+    """Until `count` workers poll the queue, so timings do not include start-up.
+    With `worker`, until that very process polls (its identity is the SDK's
+    default, pid@host): the server lists a stopped worker's pollers for
+    minutes, so a count alone would not wait for a restarted one."""
     from temporalio.api.enums.v1 import TaskQueueType
     from temporalio.api.taskqueue.v1 import TaskQueue
     from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -230,7 +269,10 @@ async def wait_for_pollers(stack: Stack, task_queue: str = TASK_QUEUE, timeout: 
                 task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
             )
         )
-        if len(resp.pollers) >= count:
+        if worker is not None and worker.proc is not None:
+            if any(p.identity.startswith(f"{worker.proc.pid}@") for p in resp.pollers):
+                return
+        elif len(resp.pollers) >= count:
             return
         await asyncio.sleep(0.2)
     raise RuntimeError(f"fewer than {count} worker(s) polled {task_queue} within {timeout} s")
@@ -261,3 +303,17 @@ def cpu_seconds(stack: Stack, worker: WorkerProcess) -> dict[str, float]:
         elif pid == os.getpid():
             totals["driver_and_fake_providers"] += used
     return totals
+
+
+async def postgres_transactions(stack: Stack) -> int:
+    """Transactions PostgreSQL has counted on the database so far (each
+    statement the worker sends outside a transaction is one). Read from its
+    statistics, which a backend reports up to a second late: read after the
+    work has settled."""
+    import asyncpg
+
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        return await conn.fetchval("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()")
+    finally:
+        await conn.close()

@@ -19,7 +19,7 @@ from temporalio.client import WorkflowHistory
 from bench.actions import billable_actions, history_size
 from bench.driver import FloorNotifications, OrderRun, System, Tracker, bench_order, drive, new_run_id
 from bench.floor import FLOOR_TASK_QUEUE
-from bench.stack import Stack, WorkerProcess, cpu_seconds, start_stack, wait_for_pollers
+from bench.stack import Stack, WorkerProcess, cpu_seconds, postgres_transactions, start_stack, wait_for_pollers
 from workflows.models import TASK_QUEUE
 
 RESULTS = Path(__file__).parent / "results"
@@ -53,16 +53,30 @@ class Chunk:
     sampled: int
     events: int
     history_bytes: int
+    # PostgreSQL transactions (the floor's: none of its own).
+    postgres_transactions: int
 
 
-async def measure(stack: Stack, system: System, worker: WorkerProcess, tracker: Tracker, orders: int, concurrency: int, run: str) -> Chunk:
+async def measure(
+    stack: Stack, system: System, worker: WorkerProcess, tracker: Tracker, orders: int, concurrency: int, run: str,
+    rate: float | None = None,
+) -> Chunk:
+    """At most `concurrency` orders in flight, each placed once one ends
+    (saturating); with `rate`, placed open-loop at that many orders/s instead."""
     worker.start()
-    await wait_for_pollers(stack, FLOOR_TASK_QUEUE if system.floor else TASK_QUEUE)
+    await wait_for_pollers(stack, FLOOR_TASK_QUEUE if system.floor else TASK_QUEUE, worker=worker)
+    worker.start_profiling()
     batch = [bench_order(n, run) for n in range(orders)]
+    transactions_before = await postgres_transactions(stack)
     cpu_before = cpu_seconds(stack, worker)
-    runs, seconds = await drive(system, tracker, batch, concurrency)
+    if rate:
+        runs, seconds = await drive(system, tracker, batch, len(batch), start_over=len(batch) / rate)
+    else:
+        runs, seconds = await drive(system, tracker, batch, concurrency)
     cpu_after = cpu_seconds(stack, worker)
     worker.stop()
+    await asyncio.sleep(1.5)  # PostgreSQL's statistics lag by up to a second
+    transactions = await postgres_transactions(stack) - transactions_before - 1  # less this reading's own
     actions: Counter[str] = Counter()
     customer_actions: Counter[str] = Counter()
     events = sizes = 0
@@ -76,7 +90,7 @@ async def measure(stack: Stack, system: System, worker: WorkerProcess, tracker: 
         customer = await stack.client.get_workflow_handle(system.customer_workflow_id(r.customer_id)).fetch_history()
         customer_actions.update(billable_actions(customer))
     cpu_ms = {k: 1000 * (cpu_after[k] - cpu_before[k]) for k in cpu_after}
-    return Chunk(runs, seconds, cpu_ms, worker.peak_rss_mb, actions, customer_actions, len(sample), events, sizes)
+    return Chunk(runs, seconds, cpu_ms, worker.peak_rss_mb, actions, customer_actions, len(sample), events, sizes, transactions)
 
 
 def actions_per_path() -> dict[str, dict[str, int]]:
@@ -114,6 +128,7 @@ def summarize(chunks: list[Chunk]) -> dict[str, Any]:
         "history_events_per_order": round(sum(c.events for c in chunks) / sampled, 1),
         "history_bytes_per_order": round(sum(c.history_bytes for c in chunks) / sampled),
         "worker_peak_rss_mib": round(max(c.peak_rss_mib for c in chunks), 1),
+        "postgres_transactions_per_order": round(sum(c.postgres_transactions for c in chunks) / max(len(done), 1), 1),
         "cpu_ms_per_order": {k: round(sum(c.cpu_ms[k] for c in chunks) / max(len(done), 1), 1) for k in chunks[0].cpu_ms},
     }
 
@@ -123,9 +138,16 @@ def summarize(chunks: list[Chunk]) -> dict[str, Any]:
 SCHEDULE = ("floor", "ours", "ours", "floor")
 
 
-async def run_benchmark(orders: int, concurrency: int, only: str | None = None) -> dict[str, Any]:
+async def run_benchmark(
+    orders: int, concurrency: int, only: str | None = None, profile: Path | None = None, rate: float | None = None
+) -> dict[str, Any]:
+    """`profile`: py-spy flame graphs of each of our workers into that folder.
+    `rate`: our side alone, placed open-loop at that many orders/s. A run of
+    both sides ends with one more of ours at half the orders/s they reached
+    (signal-to-send latency off saturation)."""
     stack = await start_stack()
-    chunks: dict[str, list[Chunk]] = {"floor": [], "ours": []}
+    chunks: dict[str, list[Chunk]] = {"floor": [], "ours": [], "half_rate": []}
+    half_rate = None
     try:
         tracker = Tracker()
         stack.fakes.on_accept = tracker.on_provider_request
@@ -133,20 +155,32 @@ async def run_benchmark(orders: int, concurrency: int, only: str | None = None) 
         transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
             lambda: FloorNotifications(tracker), local_addr=notify_addr, family=socket.AF_UNIX
         )
-        schedule = [side for side in SCHEDULE if only in (None, side)]
-        for side in schedule:
-            share = orders // len(schedule)
-            print(f"{side}: {share} orders, {concurrency} in flight ...", flush=True)
+        schedule = ["ours"] if rate else [side for side in SCHEDULE if only in (None, side)]
+        share = orders // len(schedule)
+        for n, side in enumerate(schedule):
             floor = side == "floor"
+            print(f"{side}: {share} orders, " + (f"{rate:g}/s" if rate else f"{concurrency} in flight") + " ...", flush=True)
             worker = stack.floor_worker(notify_addr) if floor else stack.our_worker()
-            chunk = await measure(stack, System(stack.client, floor=floor), worker, tracker, share, concurrency, ("f" if floor else "o") + new_run_id())
+            if profile and not floor:
+                worker.profile_into(profile, f"worker-{n + 1}")
+            chunk = await measure(
+                stack, System(stack.client, floor=floor), worker, tracker, share, concurrency, ("f" if floor else "o") + new_run_id(), rate,
+            )
             chunks[side].append(chunk)
+            print(f"  {len([r for r in chunk.runs if r.completed])} completed in {chunk.seconds:.1f} s", flush=True)
+        if chunks["ours"] and chunks["floor"]:
+            half_rate = summarize(chunks["ours"])["orders_per_second"] / 2
+            print(f"ours at half that rate: {share} orders, {half_rate:.2f}/s ...", flush=True)
+            chunk = await measure(stack, System(stack.client, floor=False), stack.our_worker(), tracker, share, concurrency, "h" + new_run_id(), half_rate)
+            chunks["half_rate"].append(chunk)
             print(f"  {len([r for r in chunk.runs if r.completed])} completed in {chunk.seconds:.1f} s", flush=True)
         transport.close()
     finally:
         await stack.shutdown()
     ours = summarize(chunks["ours"]) if chunks["ours"] else None
     floor = summarize(chunks["floor"]) if chunks["floor"] else None
+    if chunks["half_rate"]:
+        ours["half_rate"] = {"orders_per_second_placed": round(half_rate, 2), **summarize(chunks["half_rate"])}
     if ours:
         ours["duplicate_messages"] = len(stack.fakes.duplicates())
         ours["provider_requests"] = sum(stack.fakes.answered.values())
@@ -204,6 +238,7 @@ def report(result: dict[str, Any]) -> str:
         f"{'  of which customer':24}{ours['customer_actions_per_order']:>18}{floor['customer_actions_per_order']:>12}",
         f"{'history events/order':24}{ours['history_events_per_order']:>18}{floor['history_events_per_order']:>12}",
         f"{'history bytes/order':24}{ours['history_bytes_per_order']:>18}{floor['history_bytes_per_order']:>12}",
+        f"{'postgres xacts/order':24}{ours['postgres_transactions_per_order']:>18}{floor['postgres_transactions_per_order']:>12}",
         f"{'worker peak RSS (MiB)':24}{ours['worker_peak_rss_mib']:>18}{floor['worker_peak_rss_mib']:>12}",
     ]
     for part in ours["cpu_ms_per_order"]:
@@ -217,16 +252,43 @@ def report(result: dict[str, Any]) -> str:
     ]
     for name, counts in result["actions_per_path"].items():
         lines.append(f"  {name:18}{sum(counts.values()):>4}  {counts}")
+    lines.insert(lines.index(f"efficiency ratio (orders/s vs floor): {result['efficiency_ratio']}") + 1, half_rate_line(ours))
     return "\n".join(lines)
 
 
-def main(orders: int, concurrency: int, only: str | None = None) -> None:
-    result = asyncio.run(run_benchmark(orders, concurrency, only))
-    if only:
-        print(json.dumps(result["order_lifecycle" if only == "ours" else "floor"]))
+def half_rate_line(ours: dict[str, Any]) -> str:
+    half = ours.get("half_rate")
+    if not half:
+        return "at half the saturating rate: not measured"
+    latency, cpu = half["latency_ms"], half["cpu_ms_per_order"]
+    return (
+        f"at half the saturating rate ({half['orders_per_second_placed']} orders/s placed, {half['completed']} completed): "
+        f"signal to provider request p50 {latency['p50']} ms, p95 {latency['p95']} ms, p99 {latency['p99']} ms; "
+        f"cpu ms/order worker {cpu['worker']}, temporal server {cpu['temporal_server']}, postgres {cpu['postgres']}"
+    )
+
+
+def main(orders: int, concurrency: int, only: str | None = None, profile: Path | None = None, rate: float | None = None) -> None:
+    if profile:
+        profile.mkdir(parents=True, exist_ok=True)
+    result = asyncio.run(run_benchmark(orders, concurrency, only, profile, rate))
+    if only or rate:
+        side = result["order_lifecycle" if only != "floor" else "floor"]
+        print(json.dumps(side))
+        if side is result["order_lifecycle"]:
+            print(half_rate_line(side) if not rate else f"at {rate:g} orders/s placed: signal to provider request {side['latency_ms']}, cpu ms/order {side['cpu_ms_per_order']}")
+        print_profile(profile, side)
         return  # a one-sided run is for profiling; it makes no comparison
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     chart(result, RESULTS / "throughput.png")
     print(report(result))
+    print_profile(profile, result["order_lifecycle"])
     print(f"written: {RESULTS / 'throughput.json'}, {RESULTS / 'throughput.png'}")
+
+
+def print_profile(profile: Path | None, ours: dict[str, Any] | None) -> None:
+    if profile and ours:
+        from bench.profile import breakdown
+
+        print(breakdown(sorted(profile.glob("worker-*.txt")), ours["cpu_ms_per_order"]["worker"], ours["completed"]))

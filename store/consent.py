@@ -11,10 +11,11 @@ from datetime import datetime
 
 import asyncpg
 
-from workflows.models import Channel, MarketingConsent, MessageClass
+from workflows.models import CUSTOMER_ERASED, Channel, MarketingConsent, MessageClass
 
 PERMISSION = """
-SELECT (SELECT granted FROM consent WHERE customer_id = $1 AND message_class = $2 AND channel = $3) AS granted,
+SELECT (SELECT erased_at IS NOT NULL FROM customers WHERE customer_id = $1) AS erased,
+       (SELECT granted FROM consent WHERE customer_id = $1 AND message_class = $2 AND channel = $3) AS granted,
        -- An erased customer's suppression is kept as a salted hash (store/erasure.py).
        (SELECT reason FROM suppressions WHERE channel = $3 AND recipient IN ($4, erasure_hash($3, $4)) LIMIT 1) AS suppressed
 """
@@ -40,8 +41,11 @@ RETURNING id
 async def refusal(
     conn: asyncpg.Connection | asyncpg.Pool, customer_id: str, klass: MessageClass, channel: Channel, recipient: str
 ) -> str | None:
-    """Why this message may not go to `recipient` now, or None when it may."""
+    """Why this message may not go to `recipient` now, or None when it may:
+    CUSTOMER_ERASED first, for a customer forgotten on request."""
     row = await conn.fetchrow(PERMISSION, customer_id, klass.value, channel.value, recipient)
+    if row["erased"]:
+        return CUSTOMER_ERASED
     if row["suppressed"]:
         return f"{channel.value} recipient suppressed: {row['suppressed']}"
     granted = row["granted"]

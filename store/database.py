@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from importlib import resources
 
 import asyncpg
@@ -17,14 +18,23 @@ log = logging.getLogger(__name__)
 MIGRATION_LOCK_ID = 0x0D_E7_11_FE
 
 
-async def create_pool(database_url: str, *, erasure_salt: str | None = None, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    database_url: str,
+    *,
+    erasure_salt: str | None = None,
+    max_size: int = 10,
+    init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+) -> asyncpg.Pool:
     """`erasure_salt` (store/erasure_salt.py) is needed by every pool that
     sends or forgets: without it, the hashing of an erased customer's
-    address fails, loudly."""
+    address fails, loudly. `init`: also run on each new connection (a
+    test's query logger)."""
 
     async def each_new_connection(conn: asyncpg.Connection) -> None:
         if erasure_salt is not None:
             await use_erasure_salt(conn, erasure_salt)
+        if init is not None:
+            await init(conn)
 
     return await asyncpg.create_pool(
         database_url, min_size=1, max_size=max_size, init=each_new_connection, reset=_keep_session

@@ -350,7 +350,7 @@ async def test_hashes_made_with_the_stored_salt_are_re_hashed_at_start_up_and_ke
             "INSERT INTO erasures (receipt_id, customer_hash, requested_by, completed_at) VALUES ($1, erasure_hash_018('customer', $2), 'dpo', now())",
             receipt_id, cid,
         )
-    assert await consent.refusal(pool, cid, MessageClass.TRANSACTIONAL, Channel.SMS, phone) is None  # not yet
+    assert await consent.refusal(pool, "C-newcomer", MessageClass.TRANSACTIONAL, Channel.SMS, phone) is None  # not yet
 
     await migrate(database_url, TEST_ERASURE_SALT)  # the next start-up
 
@@ -418,11 +418,18 @@ async def test_a_send_the_erasure_overtakes_before_its_claim_is_refused_and_stor
 
 
 async def test_a_refusal_the_erasure_overtakes_records_no_recipient(pool, outbox_messaging, monkeypatch):
-    """Refused (no marketing consent on SMS) just after the erasure committed:
-    the refusal's ledger row keeps no number."""
+    """Refused (no marketing consent on SMS), and the erasure commits between
+    that reading and the refusal's record: the ledger row keeps no number."""
     order = an_order_of_their_own()
     await store(pool, order)
-    forgotten_just_before(pool, outbox_messaging, "_refusal", order, monkeypatch)
+    read_refusal = outbox_messaging._refusal
+
+    async def refused_then_forgotten(*args: Any) -> str | None:
+        reason = await read_refusal(*args)
+        await forget(pool, order["customer"]["customer_id"])
+        return reason
+
+    monkeypatch.setattr(outbox_messaging, "_refusal", refused_then_forgotten)
     request = journey_message(order, Touchpoint.WELCOME, Channel.SMS)
     outcome = await send(outbox_messaging, request)
 

@@ -586,3 +586,26 @@ async def test_item11_rejected_credentials_pause_the_provider_with_one_alert(
     alerts = [r for r in caplog.records if r.levelno >= logging.ERROR and "rejected" in r.getMessage()]
     assert [r.getMessage() for r in alerts] == [errors[0].message]
     assert secret not in errors[0].message
+
+
+async def test_a_first_send_reads_erasure_consent_and_suppressions_in_one_statement(database_url: str, provider_config):
+    """A new message of an order the worker holds: one statement reads
+    whether the customer was forgotten, their consent and the suppression
+    list; then one registers and claims the row, and one records the answer."""
+    statements: list[str] = []
+
+    async def log_statements(conn: asyncpg.Connection) -> None:
+        conn.add_query_logger(lambda logged: statements.append(logged.query))
+
+    pool = await create_pool(database_url, erasure_salt=TEST_ERASURE_SALT, max_size=2, init=log_statements)
+    try:
+        order = await recorded_order(pool)
+        messaging = MessagingActivities(pool, provider_config)
+        # The first send reads the order's document; the worker keeps it.
+        await attempt().run(messaging.send_message, request_for(order, Channel.EMAIL))
+        statements.clear()
+        outcome = await attempt().run(messaging.send_message, request_for(order, Channel.SMS))
+    finally:
+        await pool.close()
+    assert outcome.state is DeliveryState.SENT
+    assert len(statements) == 3, "\n---\n".join(statements)

@@ -1,5 +1,5 @@
 """Recorded histories of every journey path replay against today's workflow
-code, under the sandbox exactly as the worker configures it and under the
+code, as the worker runs them (without the sandbox) and under the
 full sandbox, so a change that breaks determinism fails here before it
 breaks running orders. They replay through the encrypting data converter the
 worker uses, data keys included: the older ones predate encryption, so their
@@ -20,7 +20,7 @@ from temporalio.worker import Replayer
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from codec import DataKeys, encrypted_data_converter
-from worker import shared_module_runner
+from worker import workflow_runner
 from workflows.case_handling import CaseWorkflow
 from workflows.customer_journey import CustomerJourney
 from workflows.order_lifecycle import OrderLifecycle
@@ -85,9 +85,9 @@ def test_item15_every_journey_path_has_a_recorded_history():
 
 RUNNERS = {
     # Exactly as the worker runs workflows.
-    "production": lambda: shared_module_runner("workflows"),
+    "production": workflow_runner,
     # The full sandbox re-imports our modules, so a wall-clock, random or I/O
-    # call in them fails here even though production shares the module.
+    # call in them fails here even though production runs them unsandboxed.
     "strict": SandboxedWorkflowRunner,
 }
 
