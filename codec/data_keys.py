@@ -57,7 +57,7 @@ WHERE NOT EXISTS (SELECT 1 FROM data_keys WHERE workflow_hash = workflow_id_hash
 ON CONFLICT (workflow_id) DO NOTHING
 RETURNING key_id
 """
-KEY_BY_ID = "SELECT master_key_id, wrapped_key FROM data_keys WHERE key_id = $1"
+KEY_BY_ID = "SELECT workflow_id, master_key_id, wrapped_key FROM data_keys WHERE key_id = $1"
 # A tombstone for each workflow, whether or not it ever had a key, so that
 # nothing more is written for it under a new one (until an erased customer
 # returns: store/orders.py REVIVE_CUSTOMER_WORKFLOW).
@@ -195,8 +195,13 @@ class DataKeys:
                     f"payload sealed with data key {key_id!r}, which is not in this database's data_keys: "
                     "DATABASE_URL is not the database of the workers that wrote it"
                 )
-            cipher = None if row["wrapped_key"] is None else AESGCM(unwrap(self.master, key_id, row["master_key_id"], row["wrapped_key"]))
-            self._by_id.put(key_id, cipher)
+            if row["wrapped_key"] is None:
+                cipher = None
+                self._by_id.put(key_id, None)
+            else:
+                # A worker reads a workflow's payloads, then writes its own:
+                # one round trip serves both.
+                cipher = self._remember(row["workflow_id"], key_id, AESGCM(unwrap(self.master, key_id, row["master_key_id"], row["wrapped_key"])))[1]
         if cipher is None:
             raise DataKeyShredded(f"payload sealed with data key {key_id!r}, shredded when its customer was erased")
         return cipher

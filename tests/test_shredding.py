@@ -306,6 +306,29 @@ async def test_a_process_that_held_a_key_may_use_it_at_most_the_cache_ttl_after_
         await in_workflow(codec, workflow_id).encode([a_payload("more")])
 
 
+async def test_a_process_that_read_a_workflow_s_payload_writes_the_next_without_another_round_trip(pool, database_url):
+    """The worker's first act for a workflow another process started: decode
+    its input, then encode its commands; one read of data_keys serves both."""
+    from store.database import create_pool
+
+    workflow_id = f"order-Q{uuid.uuid4().hex[:10]}"
+    [started] = await in_workflow(EncryptionCodec(TEST_PAYLOAD_KEYS, DataKeys(TEST_PAYLOAD_KEYS, pool)), workflow_id).encode([a_payload(1)])
+    statements: list[str] = []
+
+    async def log_statements(conn: asyncpg.Connection) -> None:
+        conn.add_query_logger(lambda logged: statements.append(logged.query))
+
+    workers_pool = await create_pool(database_url, max_size=1, init=log_statements)
+    try:
+        worker = EncryptionCodec(TEST_PAYLOAD_KEYS, DataKeys(TEST_PAYLOAD_KEYS, workers_pool))
+        assert await worker.decode([started]) == [a_payload(1)]
+        [written] = await in_workflow(worker, workflow_id).encode([a_payload(2)])
+    finally:
+        await workers_pool.close()
+    assert written.metadata["encryption-key-id"] == started.metadata["encryption-key-id"]
+    assert len(statements) == 1 and "FROM data_keys WHERE key_id" in statements[0], statements
+
+
 async def test_a_data_key_under_a_master_key_no_longer_given_is_left_and_the_rest_rewrapped(pool):
     """The worker re-wraps at start: a key it cannot unwrap must not stop it."""
     gone = payload_keys_from_env({KEYS_VARIABLE: "gone-1:" + base64.b64encode(os.urandom(32)).decode()})
