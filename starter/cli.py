@@ -69,7 +69,6 @@ from workflows.models import (
 DATA_DIR = Path(os.environ.get("ORDERS_DATA_DIR", ".orders-data"))
 # Made by `orders up` on its first run, and kept: its histories need it to decode.
 LOCAL_PAYLOAD_KEYS = DATA_DIR / "payload-encryption-keys"
-UI_ORIGIN = "http://localhost:8233"
 
 
 class UsageError(Exception):
@@ -104,6 +103,13 @@ async def connect() -> Client:
     if not any(env.get(name) for name in KEY_VARIABLES) and not env.get("TEMPORAL_ADDRESS") and LOCAL_PAYLOAD_KEYS.exists():
         env[KEYS_FILE_VARIABLE] = str(LOCAL_PAYLOAD_KEYS)
     return await connect_temporal(env)
+
+
+def port_setting(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name) or str(default)
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ConfigError(f"{name} must be a port number, got {raw!r}")
+    return int(raw)
 
 
 def database_url() -> str:
@@ -298,6 +304,11 @@ async def up(demo: bool) -> None:
     from worker import connect_temporal, run_worker
 
     env = dict(os.environ)
+    # The embedded dev server's own ports (the HTTP service's and the codec
+    # server's come with their settings, WEB_PORT and CODEC_PORT).
+    temporal_port = port_setting(env, "TEMPORAL_DEV_PORT", 7233)
+    ui_port = port_setting(env, "TEMPORAL_UI_PORT", 8233)
+    ui_origin = f"http://localhost:{ui_port}"
     if demo:  # this worker only: the demo customers' whole lifecycle in under two minutes
         from starter.demo import DEMO_WORKER_ENV
 
@@ -317,7 +328,7 @@ async def up(demo: bool) -> None:
         token_source = str(DATA_DIR / "codec-server-token")
         env["CODEC_SERVER_TOKEN"] = local_secret(Path(token_source))
     if not env.get("TEMPORAL_ADDRESS"):  # the embedded Web UI decodes through the codec server
-        env.setdefault("CODEC_CORS_ORIGIN", UI_ORIGIN)
+        env.setdefault("CODEC_CORS_ORIGIN", ui_origin)
         env.setdefault("CODEC_TRUST_UI_ORIGIN", "true")
     codec_config = CodecServerConfig.from_env(env)
     # Kept in the data dir so unsubscribe links in mails sent before a restart still work.
@@ -340,11 +351,11 @@ async def up(demo: bool) -> None:
             client = await connect_temporal(env)
         else:
             dev_server = await start_dev_server(
-                DATA_DIR, keys, port=7233, ui_port=8233, ui=True, ui_codec_endpoint=codec_config.url
+                DATA_DIR, keys, port=temporal_port, ui_port=ui_port, ui=True, ui_codec_endpoint=codec_config.url
             )
             client = dev_server.client
             env["TEMPORAL_ADDRESS"] = client.service_client.config.target_host
-            print(f"Temporal dev server on {env['TEMPORAL_ADDRESS']}, Web UI on {UI_ORIGIN} (decoding through the codec server)")
+            print(f"Temporal dev server on {env['TEMPORAL_ADDRESS']}, Web UI on {ui_origin} (decoding through the codec server)")
         if not env.get("DATABASE_URL"):
             embedded_pgdata = DATA_DIR / "pgdata"
             env["DATABASE_URL"] = start_postgres(embedded_pgdata)
