@@ -30,9 +30,14 @@ ORDERS = {"kill-worker": 60, "deploy": 60, "two-workers": 40}
 # Long enough that a mail waiting for the SMS channel would show, far
 # shorter than the bench's two minutes.
 SMS_OUTAGE_SECONDS = 30.0
+# About how long each drill runs on two busy cores (tests/long_first.py).
+SECONDS = {
+    "two-workers": 120, "kill-and-faults": 90, "temporal-restart": 80, "channel-outage": 60,
+    "provider-faults": 50, "kill-worker": 45, "postgres-outage": 45, "deploy": 25,
+}
 
 
-@pytest.mark.parametrize("drill", list(DRILLS))
+@pytest.mark.parametrize("drill", [pytest.param(drill, marks=pytest.mark.long(SECONDS[drill])) for drill in DRILLS])
 async def test_drill(drill: str):
     report = await run_drill(drill, orders=ORDERS.get(drill, 30), concurrency=30, sms_outage_seconds=SMS_OUTAGE_SECONDS)
     # The lost and stranded messages and the untrue records: workflow, provider and ledger.
