@@ -30,10 +30,23 @@ def expected_seconds(item: pytest.Item) -> float:
     return marker.args[0] if marker else 0.0
 
 
+def spread(long: list[pytest.Item]) -> list[pytest.Item]:
+    """Longest first, but where it can, not two cases of one test function
+    (the drills) one after the other: they would start together and, on two
+    cores, contend the most."""
+    left, ordered = sorted(long, key=expected_seconds, reverse=True), []
+    while left:
+        last = ordered[-1].originalname if ordered else None
+        pick = next((item for item in left if item.originalname != last), left[0])
+        left.remove(pick)
+        ordered.append(pick)
+    return ordered
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Every xdist worker orders the same collection the same way, as xdist
     # requires; the short tests keep their order.
-    long = sorted((item for item in items if expected_seconds(item)), key=expected_seconds, reverse=True)
+    long = spread([item for item in items if expected_seconds(item)])
     short = [item for item in items if not expected_seconds(item)]
     paired = [test for pair in zip(long, short) for test in pair]
     items[:] = paired + long[len(short):] + short[len(long):]
