@@ -1,5 +1,5 @@
-"""The failure drills of `python -m bench chaos`, small enough for CI (named
-to run after the time-skipping tests, which share one test server): orders
+"""The failure drills of `python -m bench chaos`, small enough for CI (each
+on a stack of its own, started first by tests/long_first.py): orders
 in flight while the worker is killed or redeployed, the providers misbehave,
 PostgreSQL goes away for 30 s, the Temporal server restarts, Twilio is
 down, one of two workers is killed for good, and the worker is killed while
