@@ -45,7 +45,7 @@ SECONDS = {
 # Drills at once across the pytest-xdist workers of one run. More, on two
 # cores, starve one another: a drill's timing assertions (a mail in doubt
 # settled through Email Activity, not first by SendGrid's report) then fail.
-DRILLS_AT_ONCE = 2
+DRILLS_AT_ONCE = 3
 
 
 @pytest.fixture
