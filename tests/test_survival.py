@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
-import os
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,9 +47,10 @@ DRILLS_AT_ONCE = 3
 
 
 @pytest.fixture
-async def drill_slot() -> AsyncIterator[None]:
-    """One of DRILLS_AT_ONCE slots, shared by the run's workers (lock files)."""
-    slots = Path(tempfile.gettempdir()) / f"olt-drill-slots-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}"
+async def drill_slot(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[None]:
+    """One of DRILLS_AT_ONCE slots: lock files in the folder that holds each
+    xdist worker's temporary folder, one per run (pytest removes old ones)."""
+    slots = tmp_path_factory.getbasetemp().parent / "drill-slots"
     slots.mkdir(exist_ok=True)
     while True:
         for n in range(DRILLS_AT_ONCE):
