@@ -74,7 +74,6 @@ LOCAL_PAYLOAD_KEYS = DATA_DIR / "payload-encryption-keys"
 # Made by `orders up` on its first run when ERASURE_SALT is not set, and kept:
 # the erased customers' hashes in its database were made with it.
 LOCAL_ERASURE_SALT = DATA_DIR / "erasure-salt"
-UI_ORIGIN = "http://localhost:8233"
 
 
 class UsageError(Exception):
@@ -112,6 +111,13 @@ async def connect() -> Client:
         with contextlib.suppress(UsageError):
             env["DATABASE_URL"] = database_url()
     return await connect_temporal(env)
+
+
+def port_setting(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name) or str(default)
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ConfigError(f"{name} must be a port number, got {raw!r}")
+    return int(raw)
 
 
 def database_url() -> str:
@@ -333,6 +339,11 @@ async def up(demo: bool) -> None:
     from worker import connect_temporal, run_worker
 
     env = dict(os.environ)
+    # The embedded dev server's own ports (the HTTP service's and the codec
+    # server's come with their settings, WEB_PORT and CODEC_PORT).
+    temporal_port = port_setting(env, "TEMPORAL_DEV_PORT", 7233)
+    ui_port = port_setting(env, "TEMPORAL_UI_PORT", 8233)
+    ui_origin = f"http://localhost:{ui_port}"
     if demo:  # this worker only: the demo customers' whole lifecycle in under two minutes
         from starter.demo import DEMO_WORKER_ENV
 
@@ -352,7 +363,7 @@ async def up(demo: bool) -> None:
         token_source = str(DATA_DIR / "codec-server-token")
         env["CODEC_SERVER_TOKEN"] = local_secret(Path(token_source))
     if not env.get("TEMPORAL_ADDRESS"):  # the embedded Web UI decodes through the codec server
-        env.setdefault("CODEC_CORS_ORIGIN", UI_ORIGIN)
+        env.setdefault("CODEC_CORS_ORIGIN", ui_origin)
         env.setdefault("CODEC_TRUST_UI_ORIGIN", "true")
     codec_config = CodecServerConfig.from_env(env)
     # Kept in the data dir so unsubscribe links in mails sent before a restart still work.
@@ -388,11 +399,11 @@ async def up(demo: bool) -> None:
             client = await connect_temporal(env)
         else:
             dev_server = await start_dev_server(
-                DATA_DIR, data_keys, port=7233, ui_port=8233, ui=True, ui_codec_endpoint=codec_config.url
+                DATA_DIR, data_keys, port=temporal_port, ui_port=ui_port, ui=True, ui_codec_endpoint=codec_config.url
             )
             client = dev_server.client
             env["TEMPORAL_ADDRESS"] = client.service_client.config.target_host
-            print(f"Temporal dev server on {env['TEMPORAL_ADDRESS']}, Web UI on {UI_ORIGIN} (decoding through the codec server)")
+            print(f"Temporal dev server on {env['TEMPORAL_ADDRESS']}, Web UI on {ui_origin} (decoding through the codec server)")
         worker_task = asyncio.create_task(run_worker(client, env["DATABASE_URL"], env, stop))
         print(f"Worker running on task queue {TASK_QUEUE!r}. Ctrl-C stops everything; state stays in {DATA_DIR}/.")
         tasks.append(worker_task)

@@ -54,8 +54,9 @@ TEST_ERASURE_SALT = "the tests' own erasure salt"
 TEST_KEY_ENV = {KEYS_VARIABLE: "test-1:b25seSB0aGUgdGVzdHMgdXNlIHRoaXMga2V5OiAzMmI=", SALT_VARIABLE: TEST_ERASURE_SALT}
 TEST_PAYLOAD_KEYS = payload_keys_from_env(TEST_KEY_ENV)
 
-# tests/skip_rule.py: an unmarked skip fails. pytester: the rule's own test.
-pytest_plugins = ("tests.skip_rule", "pytester")
+# tests/skip_rule.py: an unmarked skip fails; tests/long_first.py: long tests start first.
+# pytester: the skip rule's own test.
+pytest_plugins = ("tests.skip_rule", "tests.long_first", "pytester")
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import pytest
 from temporalio.client import WorkflowHandle
 
 from tests.conftest import new_order, payment_for
@@ -32,6 +33,7 @@ async def flood(handle: WorkflowHandle, n: int, in_flight: int = 4) -> None:
     await asyncio.gather(*(one(i) for i in range(n)))
 
 
+@pytest.mark.long(35)
 async def test_item06_twelve_thousand_bad_signals_then_the_real_events_complete_the_order(dev_env, make_harness):
     order = new_order()
     async with make_harness(dev_env, journey=QUICK) as h:

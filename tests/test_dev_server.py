@@ -103,6 +103,7 @@ async def test_temporal_cli_plain_json_and_status_search(dev_env, make_harness, 
         assert (await handle.describe()).run_id == first_run
 
 
+@pytest.mark.long(28)
 async def test_starter_demo_end_to_end(dev_env, make_harness, database_url):
     """`orders demo` as a backend developer runs it, against a worker on the real task queue."""
     env = {**os.environ, "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host, "DATABASE_URL": database_url, **TEST_KEY_ENV}

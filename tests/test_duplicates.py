@@ -19,7 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.conftest import TEST_KEY_ENV, Harness, new_order, payment_for
 from tests.fake_providers import FakeProviders
-from tests.test_journey import kinds
+from tests.test_journey import kinds, seed_history
 from tests.test_promises import order_row_locked, until_a_query_waits_for_a_lock
 from workflows.ledger_key import LedgerKey
 from workflows.models import TASK_QUEUE, OrderStatusView, workflow_id_for
@@ -77,6 +77,9 @@ async def dispatched(h: Harness, order: dict[str, Any]) -> tuple[WorkflowHandle,
 
 
 async def delivered(h: Harness, order: dict[str, Any], **details: Any) -> WorkflowHandle:
+    # The journey's last mail recommends from past orders: this test's own,
+    # not whatever tests ran before it on this database.
+    await seed_history(h.pool, order["items"][0]["sku"])
     handle, _ = await dispatched(h, order)
     delivery = {"delivered_at": await h.now_iso(), **details}
     await signal_and_settle(h, handle, "order_delivered", delivery, ("delivery_confirmation", "email", "sent"))

@@ -269,6 +269,7 @@ async def test_an_sms_held_by_a_paused_provider_goes_the_next_morning_not_when_i
         await sms_sent_when_due(h, handle, "dispatch_notice", morning)
 
 
+@pytest.mark.long(33)
 async def test_a_marketing_sms_whose_cap_deferral_ends_in_the_night_goes_the_next_morning(
     own_clock, make_harness, pool, fakes: FakeProviders, provider_config: ProviderConfig  # noqa: F811
 ):

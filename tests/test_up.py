@@ -1,7 +1,9 @@
 """`orders up`, the README's run command, on its embedded defaults: every
 part comes up (the HTTP service, the dev server's Web UI wired to the codec
 server, the codec server trusting only the UI's origin without a token), and
-SIGTERM stops them all, leaving no process behind."""
+SIGTERM stops them all, leaving no process behind. Every port it listens on
+comes from the environment, so this test takes free ones and runs beside
+anything else (a developer's own `orders up`, other test workers)."""
 
 from __future__ import annotations
 
@@ -14,20 +16,12 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
+
+from tests.test_web import unused_port
 
 REPO = Path(__file__).resolve().parent.parent
-# Fixed by `orders up` (README): Temporal, its Web UI, the HTTP service, the codec server.
-PORTS = (7233, 8233, 8000, 8089)
-UI_ORIGIN = "http://localhost:8233"
-CODEC = "http://127.0.0.1:8089"
 # Settings that would make `orders up` use something other than its embedded defaults.
 NOT_EMBEDDED = ("TEMPORAL_ADDRESS", "DATABASE_URL", "PAYLOAD_ENCRYPTION_KEYS", "PAYLOAD_ENCRYPTION_KEYS_FILE", "CODEC_SERVER_TOKEN")
-
-
-def busy(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def processes_using(path: Path) -> list[int]:
@@ -55,34 +49,35 @@ def wait_for(url: str, deadline: float, up: subprocess.Popen) -> httpx.Response:
         time.sleep(0.5)
 
 
-@pytest.mark.may_skip("a developer's own `orders up` holds the fixed ports it needs; in CI a taken port fails")
 def test_orders_up_runs_every_part_and_stops_them_all(tmp_path: Path):
-    if any(busy(port) for port in PORTS):
-        taken = f"one of the ports orders up uses ({', '.join(map(str, PORTS))}) is taken"
-        if os.environ.get("CI"):  # a clean machine: nothing else may hold them
-            pytest.fail(taken)
-        pytest.skip(f"{taken} on this machine (an `orders up` running?)")
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if k not in NOT_EMBEDDED}
     env["ORDERS_DATA_DIR"] = str(data)
+    # Temporal, its Web UI, the HTTP service, the codec server (defaults 7233, 8233, 8000, 8089).
+    ports = {name: unused_port() for name in ("TEMPORAL_DEV_PORT", "TEMPORAL_UI_PORT", "WEB_PORT", "CODEC_PORT")}
+    env.update({name: str(port) for name, port in ports.items()})
+    ui_origin = f"http://localhost:{ports['TEMPORAL_UI_PORT']}"
+    codec = f"http://127.0.0.1:{ports['CODEC_PORT']}"
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen([sys.executable, "-m", "starter.cli", "up"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
-        assert wait_for("http://localhost:8000/healthz", deadline, up).json() == {"status": "ok"}
-        settings = wait_for(f"{UI_ORIGIN}/api/v1/settings", deadline, up).json()
-        assert settings["Codec"]["Endpoint"] == CODEC
+        assert wait_for(f"http://localhost:{ports['WEB_PORT']}/healthz", deadline, up).json() == {"status": "ok"}
+        settings = wait_for(f"{ui_origin}/api/v1/settings", deadline, up).json()
+        assert settings["Codec"]["Endpoint"] == codec
         # The UI's origin decodes without a token; anyone else needs it.
         preflight = httpx.options(
-            f"{CODEC}/decode",
-            headers={"Origin": UI_ORIGIN, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"},
+            f"{codec}/decode",
+            headers={"Origin": ui_origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"},
         )
-        assert preflight.status_code in (200, 204) and preflight.headers["access-control-allow-origin"] == UI_ORIGIN
+        assert preflight.status_code in (200, 204) and preflight.headers["access-control-allow-origin"] == ui_origin
         body = {"payloads": []}
-        assert httpx.post(f"{CODEC}/decode", json=body, headers={"Origin": UI_ORIGIN}).status_code == 200
-        assert httpx.post(f"{CODEC}/decode", json=body).status_code == 401
+        assert httpx.post(f"{codec}/decode", json=body, headers={"Origin": ui_origin}).status_code == 200
+        assert httpx.post(f"{codec}/decode", json=body).status_code == 401
         token = (data / "codec-server-token").read_text().strip()
-        assert httpx.post(f"{CODEC}/decode", json=body, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        assert httpx.post(f"{codec}/decode", json=body, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        with socket.create_connection(("127.0.0.1", ports["TEMPORAL_DEV_PORT"]), timeout=5):
+            pass  # the dev server's frontend
         assert processes_using(data), "the embedded servers run from the data folder"
     finally:
         up.send_signal(signal.SIGTERM)
@@ -94,3 +89,12 @@ def test_orders_up_runs_every_part_and_stops_them_all(tmp_path: Path):
     while processes_using(data) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert processes_using(data) == []
+
+
+def test_orders_up_refuses_a_port_that_is_not_one_before_starting_anything(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if k not in NOT_EMBEDDED}
+    env.update(ORDERS_DATA_DIR=str(tmp_path / "data"), TEMPORAL_UI_PORT="eighty")
+    done = subprocess.run([sys.executable, "-m", "starter.cli", "up"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "error: TEMPORAL_UI_PORT must be a port number, got 'eighty'" in done.stderr, done.stderr
+    assert not (tmp_path / "data").exists(), "something started"

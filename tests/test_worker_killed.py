@@ -14,6 +14,7 @@ import asyncio
 from datetime import datetime, timedelta, timezone
 
 import asyncpg
+import pytest
 
 from bench.stack import start_stack, wait_for_pollers
 from starter.cli import place_order
@@ -29,6 +30,7 @@ from workflows.retries import SEND_TIMEOUTS
 HANG_SECONDS = 120
 
 
+@pytest.mark.long(65)
 async def test_a_worker_killed_while_its_sends_are_at_the_provider_is_taken_over_once_the_lease_ends():
     fakes = FakeProviders()
     stack = await start_stack(fakes=fakes)
