@@ -296,6 +296,25 @@ async def pending_signals(conn: asyncpg.Connection | asyncpg.Pool, receipt_id: s
     )
 
 
+async def told_at(conn: asyncpg.Connection | asyncpg.Pool, receipt_id: str) -> datetime | None:
+    """When the erasure's last `customer_erased` was delivered (or found over)."""
+    return await conn.fetchval(
+        "SELECT max(signalled_at) FROM provider_events WHERE provider = $1 AND event_id LIKE $2",
+        provider_events.CUSTOMER,
+        f"erasure:{receipt_id}:%",
+    )
+
+
+async def close_cases(conn: asyncpg.Connection, workflow_ids: list[str]) -> None:
+    """The erased customer's cases recorded closed: one terminated before it
+    could close itself would otherwise stay open, and overdue, for ever."""
+    await conn.execute(
+        "UPDATE cases SET status = 'closed', closed_reason = $2, due_at = NULL WHERE case_id = ANY($1) AND status <> 'closed'",
+        workflow_ids,
+        CUSTOMER_ERASED,
+    )
+
+
 def rows_changed(status: str) -> int:
     """The row count of an UPDATE, DELETE or INSERT's status ('UPDATE 3', 'INSERT 0 3')."""
     return int(status.rsplit(" ", 1)[1])

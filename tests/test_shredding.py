@@ -28,15 +28,16 @@ from temporalio.converter import WorkflowSerializationContext
 from activities.messaging import MessagingActivities
 from codec import KEYS_VARIABLE, DataKeys, DataKeyShredded, EncryptionCodec, PayloadKeys, payload_keys_from_env
 from codec.data_keys import rewrap, shred, unwrap
+from codec.encryption import decompress
 from codec.server import CodecServerConfig, create_app
 from store import consent, erasure
 from store.cases import open_case
 from tests.conftest import TEST_KEY_ENV, TEST_PAYLOAD_KEYS, new_order, payloads_in, store
 from tests.test_cases import start_as_the_relay_does
 from tests.test_consent_sending import order_message, send, sms_posts_to
-from web.erasures import forget_and_tell, settle_open
+from web.erasures import forget_and_tell, settle_open, settled
 from web.signals import OwedSignals, RelayTiming, SignalOutcome, Signals
-from workflows.models import CaseView, Channel, DeliveryState, Touchpoint
+from workflows.models import CUSTOMER_ERASED, CaseView, Channel, DeliveryState, Touchpoint
 
 pytestmark = pytest.mark.usefixtures("no_owed_signals_before", "no_owed_signals_left")
 
@@ -52,12 +53,23 @@ async def every_key_still_held(pool: asyncpg.Pool, master: PayloadKeys) -> list[
 
 
 def opened_with_any(payload: Payload, keys: list[AESGCM]) -> bytes | None:
+    """The payload as its codec sealed it, inflated: what a key opens."""
     for key in keys:
         try:
-            return key.decrypt(payload.data[:12], payload.data[12:], None)
+            plain = key.decrypt(payload.data[:12], payload.data[12:], None)
         except (InvalidTag, ValueError):
             continue
+        return decompress(plain, "any")
     return None
+
+
+def readable_with(history: History, keys: list[AESGCM]) -> list[bytes]:
+    """Everything of a raw history these keys can read."""
+    readable = [history.SerializeToString()]
+    for payload in payloads_in(history):
+        if payload.metadata.get("encoding") == b"binary/encrypted":
+            readable.append(opened_with_any(payload, keys) or b"")
+    return readable
 
 
 async def completed(pool: asyncpg.Pool, receipt_id: str) -> erasure.Receipt | None:
@@ -135,13 +147,16 @@ async def test_a_forgotten_customer_s_raw_history_holds_none_of_their_data_with_
         sealed = 0
         for workflow_id in (a.id, f"customer-{customer_id}", case.id):
             history = History(events=(await raw.get_workflow_handle(workflow_id).fetch_history()).events)
-            readable = [history.SerializeToString()]
-            for payload in payloads_in(history):
-                if payload.metadata.get("encoding") == b"binary/encrypted":
-                    sealed += 1
-                    readable.append(opened_with_any(payload, keys) or b"")
+            sealed += sum(p.metadata.get("encoding") == b"binary/encrypted" for p in payloads_in(history))
+            readable = readable_with(history, keys)
             assert [n for n in needles if any(n.encode() in r for r in readable)] == [], workflow_id
         assert sealed > 10
+        # The same reading finds the second customer's data in theirs.
+        kept_history = History(events=(await raw.get_workflow_handle(b.id).fetch_history()).events)
+        assert any(kept["customer"]["email"].encode() in r for r in readable_with(kept_history, keys))
+        # A terminated case is recorded closed too (not overdue in every report).
+        assert tuple(await pool.fetchrow("SELECT status, closed_reason FROM cases WHERE case_id = $1", case.id)) == (
+            "closed", CUSTOMER_ERASED)
         assert done.erased["data_keys"] == 3
         assert await pool.fetchval("SELECT count(*) FROM data_keys WHERE workflow_id = ANY($1)", [a.id, f"customer-{customer_id}", case.id]) == 0
 
@@ -337,3 +352,37 @@ async def test_a_data_key_under_a_master_key_no_longer_given_is_left_and_the_res
     current = payload_keys_from_env({KEYS_VARIABLE: f"{TEST_KEY_ENV[KEYS_VARIABLE]}"})
     assert await rewrap(pool, current) == 0  # nothing under an older key it has
     assert await pool.fetchval("SELECT count(*) FROM data_keys WHERE master_key_id = 'gone-1'") == 1
+
+
+class WorkflowsThatStayOpen(Signals):
+    """A Temporal where every workflow runs on until terminated."""
+
+    def __init__(self) -> None:
+        super().__init__({}, None)
+        self.terminated: list[str] = []
+
+    async def is_open(self, workflow_id: str) -> bool:
+        return workflow_id not in self.terminated
+
+    async def terminate(self, workflow_id: str, reason: str) -> None:
+        self.terminated.append(workflow_id)
+
+
+async def test_workflows_told_late_still_get_their_time_to_close_before_they_are_terminated(pool):
+    """Asked an hour ago, told just now (Temporal was away): nothing is
+    terminated until CLOSE_WITHIN after they were told."""
+    order = new_order()
+    await store(pool, order)
+    async with pool.acquire() as conn:
+        forgotten = await erasure.forget(conn, order["customer"]["customer_id"], "dpo")
+    receipt_id = forgotten.receipt.receipt_id
+    await pool.execute("UPDATE erasures SET requested_at = now() - interval '1 hour' WHERE receipt_id = $1", receipt_id)
+    told = "UPDATE provider_events SET signalled_at = now() - $2::interval WHERE event_id LIKE $1"
+    await pool.execute(told, f"erasure:{receipt_id}:%", timedelta(seconds=5))
+    temporal = WorkflowsThatStayOpen()
+
+    assert (await settled(pool, temporal, receipt_id, close_within=timedelta(minutes=2))).completed_at is None
+    assert temporal.terminated == []
+    await pool.execute(told, f"erasure:{receipt_id}:%", timedelta(minutes=3))
+    assert (await settled(pool, temporal, receipt_id, close_within=timedelta(minutes=2))).completed_at is not None
+    assert sorted(temporal.terminated) == sorted(await erasure.workflows(pool, receipt_id))

@@ -62,9 +62,12 @@ async def settled(
     if receipt is None or receipt.completed_at is not None or await erasure.pending_signals(pool, receipt_id):
         return receipt
     workflow_ids = await erasure.workflows(pool, receipt_id)
+    # From when they were told, not asked: told late (Temporal away), they
+    # still get their time to close by themselves.
+    told_at = await erasure.told_at(pool, receipt_id) or receipt.requested_at
     try:
         still_open = [w for w in workflow_ids if await signals.is_open(w)]
-        if still_open and datetime.now(timezone.utc) - receipt.requested_at < close_within:
+        if still_open and datetime.now(timezone.utc) - told_at < close_within:
             return receipt
         for workflow_id in still_open:
             await signals.terminate(workflow_id, CUSTOMER_ERASED)
@@ -73,14 +76,19 @@ async def settled(
         return receipt
     async with pool.acquire() as conn, conn.transaction():
         if await erasure.claim_completion(conn, receipt_id):
+            await erasure.close_cases(conn, workflow_ids)
             await erasure.complete(conn, receipt_id, await data_keys.shred(conn, workflow_ids))
     return await erasure.receipt(pool, receipt_id)
 
 
 async def settle_open(pool: asyncpg.Pool, signals: Signals, close_within: timedelta = CLOSE_WITHIN) -> None:
-    """Every erasure not complete yet, as far as it can go now (the relay's pass)."""
+    """Every erasure not complete yet, as far as it can go now (the relay's
+    pass); one that fails waits for the next pass, the others go on."""
     for receipt_id in await erasure.incomplete(pool):
-        await settled(pool, signals, receipt_id, close_within)
+        try:
+            await settled(pool, signals, receipt_id, close_within)
+        except (asyncpg.PostgresError, OSError) as err:
+            log.warning("erasure %s waits: %s", receipt_id, type(err).__name__)
 
 
 Authorization = Annotated[str | None, Header(description="Bearer <ERASURE_API_TOKEN>")]
