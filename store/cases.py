@@ -37,10 +37,12 @@ RETURNING case_id, order_id, n, trigger, customer_id, seller_id, category, text,
 
 # The customer's words (and a resolution, which may quote them) are not
 # written back once the customer was erased (store/erasure.py); the case
-# hears it in the answer, and closes.
+# hears it in the answer, and closes. FOR SHARE: a record that waited for an
+# erasure's transaction reads the customer as that left them.
 UPDATE = """
 WITH customer AS (
     SELECT c.erased_at IS NOT NULL AS erased FROM cases k JOIN customers c USING (customer_id) WHERE k.case_id = $1
+    FOR SHARE OF c
 )
 UPDATE cases SET status = $2, owner = $3, escalation_level = $4, due_at = $5, acknowledged_at = $6, resolved_at = $7,
                  resolution = CASE WHEN (SELECT erased FROM customer) THEN NULL ELSE $8 END, resolved_by = $9,

@@ -460,6 +460,35 @@ async def test_a_send_that_registers_while_the_erasure_is_under_way_waits_for_it
     assert await where_found(pool, personal_data(order)) == []
 
 
+async def test_a_case_record_that_waits_on_the_erasure_writes_none_of_their_words_back(pool):
+    """A case's record (a resolution quoting the customer) waits at the
+    customer's row while the erasure's transaction is open; once it commits,
+    the record sees the customer erased and writes no words back."""
+    import asyncio
+    from datetime import datetime, timezone
+
+    from store.cases import open_case, record_case
+    from workflows.models import CaseRecord, CaseStatus
+
+    order = an_order_of_their_own()
+    await store(pool, order)
+    async with pool.acquire() as conn:
+        opening = await open_case(conn, order_id=order["order_id"], trigger="complaint", trigger_key=uuid.uuid4().hex, text="crushed")
+    words = f"We called {order['customer']['name']} back"
+    record = CaseRecord(case_id=opening.case_id, status=CaseStatus.RESOLVED, owner="care@shop.example", escalation_level=0,
+                        due_at=None, resolved_at=datetime.now(timezone.utc), resolution=words, reopen_comment=words)
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await erasure.forget(conn, order["customer"]["customer_id"], "dpo")
+            recording = asyncio.create_task(record_case(pool, record))
+            await asyncio.sleep(1)
+            assert not recording.done()  # held at the customer's row
+        assert await asyncio.wait_for(recording, 20) is True  # told: erased
+
+    row = await pool.fetchrow("SELECT resolution, reopen_comment FROM cases WHERE case_id = $1", opening.case_id)
+    assert tuple(row) == (None, None)
+
+
 # --- the HTTP endpoint ----------------------------------------------------------
 
 ERASURE_TOKEN = "back-office-erasure-token"
