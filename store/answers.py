@@ -26,6 +26,7 @@ class VotedMessage:
 
     ledger_key: str
     order_id: str | None
+    customer_id: str | None
     kind: str
     channel: str
     helpful: bool | None
@@ -54,7 +55,7 @@ async def stored_feedback(conn: asyncpg.Connection, order_id: str) -> dict[str, 
 
 
 LEDGER_ROW = """
-SELECT l.key, l.order_id, l.kind, l.channel, v.helpful, v.comment
+SELECT l.key, l.order_id, l.customer_id, l.kind, l.channel, v.helpful, v.comment
 FROM message_ledger l LEFT JOIN message_votes v ON v.ledger_key = l.key
 WHERE l.key = $1
 """
@@ -62,7 +63,17 @@ WHERE l.key = $1
 
 async def voted_message(conn: asyncpg.Connection, ledger_key: str, *, for_update: bool = False) -> VotedMessage | None:
     row = await conn.fetchrow(LEDGER_ROW + (" FOR UPDATE OF l" if for_update else ""), ledger_key)
-    return VotedMessage(row["key"], row["order_id"], row["kind"], row["channel"], row["helpful"], row["comment"]) if row else None
+    if row is None:
+        return None
+    return VotedMessage(row["key"], row["order_id"], row["customer_id"], row["kind"], row["channel"], row["helpful"], row["comment"])
+
+
+async def customer_erased(conn: asyncpg.Connection, customer_id: str | None) -> bool:
+    """Whether the customer was forgotten: their old links then record
+    nothing. FOR SHARE, so an answer and an erasure cannot cross."""
+    if customer_id is None:  # staff mail
+        return False
+    return bool(await conn.fetchval("SELECT erased_at IS NOT NULL FROM customers WHERE customer_id = $1 FOR SHARE", customer_id))
 
 
 async def record_vote(conn: asyncpg.Connection, message: VotedMessage, helpful: bool) -> bool:

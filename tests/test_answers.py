@@ -19,7 +19,7 @@ from temporalio.client import WorkflowUpdateFailedError
 
 from activities.messaging import MessagingActivities
 from messages import answer_links
-from tests.conftest import TEST_KEY_ENV, new_order, payment_for, store
+from tests.conftest import TEST_KEY_ENV, new_order, payment_for, store, take_owed_signals_away
 from tests.fake_providers import FakeProviders
 from tests.test_consent_sending import content, mails_to, order_message, send
 from tests.test_web import FakeTemporal, unused_port
@@ -417,3 +417,31 @@ async def test_a_not_helpful_comment_on_a_cases_own_mail_opens_no_second_case(po
     await comment_on(browser, no, "Automatic answers are useless.")
     assert await votes(pool, key) == [(False, "Automatic answers are useless.")]
     assert temporal.started == [] and temporal.sent == []
+
+
+async def test_an_erased_customer_s_old_links_record_nothing_and_open_no_case(pool, messaging, fakes, browser, temporal: Temporal):
+    """Links in mails sent before the erasure: the pages say the link no
+    longer works, and no rating, vote, comment or case keeps their words."""
+    from store import erasure
+
+    order = await an_order(pool)
+    request = order_message(order, Touchpoint.FEEDBACK_REQUEST, respond_by=(NOW + timedelta(days=14)).isoformat())
+    await send(messaging, request)
+    mail = await mail_of(fakes, order)
+    [feedback], (_, no), key = links_in(mail, "/feedback"), links_in(mail, "/helpful"), request.key
+    answer = await browser.post(no)
+    [action] = [unescape(a) for a in re.findall(r'action="([^"]+)"', answer.text)]
+    comment_form = f"{urlsplit(action).path}?{urlsplit(action).query}"
+    await pool.execute("DELETE FROM message_votes WHERE ledger_key = $1", key)
+    async with pool.acquire() as conn:
+        await erasure.forget(conn, order["customer"]["customer_id"], "dpo")
+    await take_owed_signals_away(pool)
+
+    for refused in (await browser.get(feedback), await browser.post(feedback, data=stars_form(comment="Call me on my mobile")),
+                    await browser.get(no), await browser.post(no),
+                    await browser.post(comment_form, data={"comment": "Call me on my mobile"})):
+        assert refused.status_code == 410 and "no longer works" in refused.text
+    assert await pool.fetchval("SELECT count(*) FROM feedback WHERE order_id = $1", order["order_id"]) == 0
+    assert await votes(pool, key) == []
+    assert await pool.fetchval("SELECT count(*) FROM cases WHERE order_id = $1", order["order_id"]) == 0
+    assert temporal.sent == [] and temporal.started == []

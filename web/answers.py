@@ -65,6 +65,8 @@ def add_answer_pages(app: FastAPI, config: WebConfig, relay: OwedSignals) -> Non
             return link_refused(request, err)
         async with app.state.pool.acquire() as conn:
             order = await answers.order_to_rate(conn, claim.order_id)
+            if order and await answers.customer_erased(conn, order.customer_id):
+                return _erased()
             recorded = await answers.stored_feedback(conn, claim.order_id) if order else None
         if order is None:
             return _not_found("order")
@@ -85,6 +87,8 @@ def add_answer_pages(app: FastAPI, config: WebConfig, relay: OwedSignals) -> Non
             order = await answers.order_to_rate(conn, claim.order_id)
             if order is None:
                 return _not_found("order")
+            if await answers.customer_erased(conn, order.customer_id):
+                return _erased()
             recorded = await answers.stored_feedback(conn, order.order_id)
             if recorded:
                 return _feedback_recorded(order, recorded, again=True)
@@ -109,8 +113,11 @@ def add_answer_pages(app: FastAPI, config: WebConfig, relay: OwedSignals) -> Non
             return link_refused(request, err)
         async with app.state.pool.acquire() as conn:
             message = await answers.voted_message(conn, claim.ledger_key)
+            erased = message is not None and await answers.customer_erased(conn, message.customer_id)
         if message is None:
             return _not_found("message")
+        if erased:
+            return _erased()
         if message.helpful is not None:
             return _vote_recorded(config, token, message, message.helpful, again=True)
         question = QUESTION[message.kind == Touchpoint.CASE_OUTCOME]
@@ -132,6 +139,8 @@ def add_answer_pages(app: FastAPI, config: WebConfig, relay: OwedSignals) -> Non
             message = await answers.voted_message(conn, claim.ledger_key, for_update=True)
             if message is None:
                 return _not_found("message")
+            if await answers.customer_erased(conn, message.customer_id):
+                return _erased()
             if not await answers.record_vote(conn, message, claim.helpful):
                 return _vote_recorded(config, token, message, message.helpful, again=True)
             if not claim.helpful and message.kind == Touchpoint.CASE_OUTCOME:
@@ -158,6 +167,8 @@ def add_answer_pages(app: FastAPI, config: WebConfig, relay: OwedSignals) -> Non
             message = await answers.voted_message(conn, claim.ledger_key, for_update=True)
             if message is None:
                 return _not_found("message")
+            if await answers.customer_erased(conn, message.customer_id):
+                return _erased()
             if message.helpful is not False:
                 request.state.rejection = "no_vote"
                 return page("No answer to comment on", "<h1>Please answer the question first</h1>", 409)
@@ -170,6 +181,11 @@ def add_answer_pages(app: FastAPI, config: WebConfig, relay: OwedSignals) -> Non
         if owed:
             tell(background, owed)
         return page("Thank you", "<h1>Thank you</h1><p>We read every answer, and this one goes to the people who can put it right.</p>")
+
+
+def _erased() -> HTMLResponse:
+    """A link in a mail sent before its customer was forgotten."""
+    return page("Link no longer works", "<h1>This link no longer works</h1><p>The details it was about have been erased.</p>", 410)
 
 
 async def _reopen(conn: asyncpg.Connection, message: answers.VotedMessage, comment: str | None) -> str:
