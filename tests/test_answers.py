@@ -19,10 +19,10 @@ from temporalio.client import WorkflowUpdateFailedError
 
 from activities.messaging import MessagingActivities
 from messages import answer_links
-from tests.conftest import TEST_KEY_ENV, new_order, payment_for, store, take_owed_signals_away
+from tests.conftest import new_order, payment_for, store, take_owed_signals_away
 from tests.fake_providers import FakeProviders
 from tests.test_consent_sending import content, mails_to, order_message, send
-from tests.test_web import FakeTemporal, unused_port
+from tests.test_web import FakeTemporal, service_config
 from web.app import create_app
 from web.config import WebConfig
 from workflows.ledger_key import LedgerKey
@@ -47,13 +47,8 @@ def messaging(pool: asyncpg.Pool, provider_config) -> MessagingActivities:
 
 @pytest.fixture
 def config(database_url: str, provider_config) -> WebConfig:
-    # The secret the worker signs links with; Temporal at a closed port unless injected.
-    return WebConfig(
-        unsubscribe_secret=provider_config.unsubscribe_secret,
-        database_url=database_url,
-        public_url=provider_config.web_public_url,
-        temporal_env={"TEMPORAL_ADDRESS": f"127.0.0.1:{unused_port()}", **TEST_KEY_ENV},
-    )
+    # The secret the worker signs links with.
+    return service_config(database_url, unsubscribe_secret=provider_config.unsubscribe_secret, public_url=provider_config.web_public_url)
 
 
 @dataclass

@@ -4,10 +4,11 @@ untouched, a STOP survives, nothing more is sent, and a repeat is harmless."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import uuid
-from typing import Any
+from typing import Any, Coroutine, TypeVar
 
 import asyncpg
 import pytest
@@ -18,6 +19,8 @@ from tests.conftest import new_order, store
 from tests.fake_providers import FakeProviders
 from tests.test_consent_sending import journey_message, order_message, send, sms_posts_to
 from workflows.models import Channel, DeliveryState, MessageClass, Touchpoint
+
+T = TypeVar("T")
 
 # The customer's words; each customer's own (words(order)).
 COMMENT = "The parcel was left at my neighbour Zbigniew's flat"
@@ -438,22 +441,27 @@ async def test_a_refusal_the_erasure_overtakes_records_no_recipient(pool, outbox
     assert await where_found(pool, personal_data(order)) == []
 
 
+async def held_by_the_erasure(pool: asyncpg.Pool, order: dict[str, Any], step: Coroutine[Any, Any, T]) -> T:
+    """Runs `step` while the customer's erasure is open in a transaction (not
+    committed, so others do not see it yet): the step must wait at the
+    customer's row, and finishes once the erasure commits."""
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await erasure.forget(conn, order["customer"]["customer_id"], "dpo")
+            running = asyncio.create_task(step)
+            await asyncio.sleep(1)
+            assert not running.done()  # held at the customer's row
+        return await asyncio.wait_for(running, 20)
+
+
 async def test_a_send_that_registers_while_the_erasure_is_under_way_waits_for_it_and_stores_nothing(pool, outbox_messaging):
     """No monkeypatching: the erasure's transaction is open (the customer not
     erased yet as others see it) when the send reads the customer and
     registers; the registration waits for the erasure's commit, then refuses."""
-    import asyncio
-
     order = an_order_of_their_own()
     await store(pool, order)
     request = order_message(order, Touchpoint.ORDER_CONFIRMATION)
-    async with pool.acquire() as conn:
-        async with conn.transaction():
-            await erasure.forget(conn, order["customer"]["customer_id"], "dpo")
-            sending = asyncio.create_task(send(outbox_messaging, request))
-            await asyncio.sleep(1)
-            assert not sending.done()  # held at the customer's row
-        outcome = await asyncio.wait_for(sending, 20)
+    outcome = await held_by_the_erasure(pool, order, send(outbox_messaging, request))
 
     assert (outcome.state, outcome.error) == (DeliveryState.NOT_PERMITTED, erasure.CUSTOMER_ERASED)
     assert await pool.fetchval("SELECT count(*) FROM outbox WHERE ledger_key = $1", request.key) == 0
@@ -464,7 +472,6 @@ async def test_a_case_record_that_waits_on_the_erasure_writes_none_of_their_word
     """A case's record (a resolution quoting the customer) waits at the
     customer's row while the erasure's transaction is open; once it commits,
     the record sees the customer erased and writes no words back."""
-    import asyncio
     from datetime import datetime, timezone
 
     from store.cases import open_case, record_case
@@ -477,13 +484,7 @@ async def test_a_case_record_that_waits_on_the_erasure_writes_none_of_their_word
     words = f"We called {order['customer']['name']} back"
     record = CaseRecord(case_id=opening.case_id, status=CaseStatus.RESOLVED, owner="care@shop.example", escalation_level=0,
                         due_at=None, resolved_at=datetime.now(timezone.utc), resolution=words, reopen_comment=words)
-    async with pool.acquire() as conn:
-        async with conn.transaction():
-            await erasure.forget(conn, order["customer"]["customer_id"], "dpo")
-            recording = asyncio.create_task(record_case(pool, record))
-            await asyncio.sleep(1)
-            assert not recording.done()  # held at the customer's row
-        assert await asyncio.wait_for(recording, 20) is True  # told: erased
+    assert await held_by_the_erasure(pool, order, record_case(pool, record)) is True  # told: erased
 
     row = await pool.fetchrow("SELECT resolution, reopen_comment FROM cases WHERE case_id = $1", opening.case_id)
     assert tuple(row) == (None, None)
@@ -496,17 +497,9 @@ ERASURE_TOKEN = "back-office-erasure-token"
 
 @pytest.fixture
 def web_config(database_url: str):
-    from tests.test_web import PUBLIC_URL, SECRET, unused_port
-    from tests.conftest import TEST_KEY_ENV
-    from web.config import WebConfig
+    from tests.test_web import service_config
 
-    return WebConfig(
-        unsubscribe_secret=SECRET,
-        database_url=database_url,
-        public_url=PUBLIC_URL,
-        erasure_api_token=ERASURE_TOKEN,
-        temporal_env={"TEMPORAL_ADDRESS": f"127.0.0.1:{unused_port()}", **TEST_KEY_ENV},
-    )
+    return service_config(database_url, erasure_api_token=ERASURE_TOKEN)
 
 
 async def http_client(config, pool, temporal):

@@ -42,7 +42,7 @@ from tests.fake_reports import SIGNATURE, TIMESTAMP, new_key_pair
 from tests.fake_reports import sendgrid_headers as signed_as_sendgrid
 from tests.test_consent_sending import customer, journey_message, order_message, send
 from tests.test_exactly_once import wait_until, wait_until_async
-from tests.test_web import FakeTemporal, client, temporal, unused_port  # noqa: F401 (fixtures)
+from tests.test_web import FakeTemporal, client, service_config, temporal  # noqa: F401 (fixtures)
 from web.app import create_app
 from web.config import ConfigError, WebConfig
 from web.sms_statuses import LookupTiming
@@ -112,14 +112,13 @@ async def post_callback(
 
 @pytest.fixture
 def config(database_url: str, provider_config) -> WebConfig:
-    # The public URL the worker writes into StatusCallback; Temporal at a closed port.
-    return WebConfig(
+    # The public URL the worker writes into StatusCallback.
+    return service_config(
+        database_url,
         unsubscribe_secret="s",
-        database_url=database_url,
         public_url=provider_config.web_public_url,
         twilio_auth_token=provider_config.twilio_auth_token,
         sendgrid_webhook_public_key=PUBLIC_KEY,
-        temporal_env={"TEMPORAL_ADDRESS": f"127.0.0.1:{unused_port()}", **TEST_KEY_ENV},
     )
 
 

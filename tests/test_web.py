@@ -50,16 +50,21 @@ def unused_port() -> int:
         return sock.getsockname()[1]
 
 
+def service_config(database_url: str, **settings: Any) -> WebConfig:
+    """The HTTP service's configuration in tests. Temporal at a closed port:
+    unless a test injects a client, signals fail."""
+    return WebConfig(**{
+        "unsubscribe_secret": SECRET,
+        "database_url": database_url,
+        "public_url": PUBLIC_URL,
+        "temporal_env": {"TEMPORAL_ADDRESS": f"127.0.0.1:{unused_port()}", **TEST_KEY_ENV},
+        **settings,
+    })
+
+
 @pytest.fixture
 def config(database_url: str) -> WebConfig:
-    # Temporal at a closed port: unless a test injects a client, signals fail.
-    return WebConfig(
-        unsubscribe_secret=SECRET,
-        database_url=database_url,
-        public_url=PUBLIC_URL,
-        twilio_auth_token=TWILIO_TOKEN,
-        temporal_env={"TEMPORAL_ADDRESS": f"127.0.0.1:{unused_port()}", **TEST_KEY_ENV},
-    )
+    return service_config(database_url, twilio_auth_token=TWILIO_TOKEN)
 
 
 @dataclass
