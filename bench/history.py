@@ -158,13 +158,14 @@ async def decoded(history: WorkflowHistory, codec: PayloadCodec) -> WorkflowHist
 
 
 async def _decode_payloads(message: Message, codec: PayloadCodec) -> None:
-    for _, payload in list(_payloads(message)):
+    for _, payload in list(payloads_in(message)):
         [plain] = await codec.decode([payload])
         payload.CopyFrom(plain)
 
 
-def _payloads(message: Message, path: str = "") -> Iterator[tuple[str, Payload]]:
-    """Every payload in `message`, with the path of fields that leads to it."""
+def payloads_in(message: Message, path: str = "") -> Iterator[tuple[str, Payload]]:
+    """Every payload anywhere in a protobuf message (history events, failures,
+    headers, memos), with the path of fields that leads to it."""
     for descriptor, value in message.ListFields():
         if descriptor.message_type is None:
             continue
@@ -178,7 +179,7 @@ def _payloads(message: Message, path: str = "") -> Iterator[tuple[str, Payload]]
             if isinstance(item, Payload):
                 yield f"{path}.{descriptor.name}", item
             else:
-                yield from _payloads(item, f"{path}.{descriptor.name}")
+                yield from payloads_in(item, f"{path}.{descriptor.name}")
 
 
 def deflate_dictionary(histories: Iterable[Path], per_kind: int = 4, longest: int = 2048) -> bytes:

@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -17,14 +17,13 @@ from typing import Any
 
 import asyncpg
 import pytest
-from google.protobuf.message import Message
-from temporalio.api.common.v1 import Payload
 from temporalio.api.history.v1 import History
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.config import ProviderConfig, journey_settings_from_env
+from bench.history import payloads_in
 from codec import KEYS_VARIABLE, DataKeys, payload_keys_from_env
 from providers import Provider
 from starter.embedded import start_dev_server, start_postgres, start_time_skipping_server
@@ -173,7 +172,7 @@ class Harness:
             history = await handle.fetch_history()
             events = History(events=history.events)
             codec = self.client.data_converter.payload_codec
-            for payload in payloads_in(events):
+            for _, payload in payloads_in(events):
                 if payload.metadata.get("encoding") == b"binary/encrypted":
                     [under_master_key] = await codec.encode(await codec.decode([payload]))
                     payload.CopyFrom(under_master_key)
@@ -259,22 +258,6 @@ def make_harness(pool: asyncpg.Pool, provider_config: ProviderConfig):
                 await harness.end_leftovers()
 
     return factory
-
-
-def payloads_in(message: Message) -> Iterator[Payload]:
-    """Every Payload anywhere in a protobuf message (history events, failures, headers, memos)."""
-    for field, value in message.ListFields():
-        if field.message_type is None:
-            continue
-        if isinstance(value, Message):
-            values = [value]
-        else:  # a repeated field, or a map (whose values may be scalars)
-            values = [v for v in (value.values() if hasattr(value, "values") else value) if isinstance(v, Message)]
-        for item in values:
-            if isinstance(item, Payload):
-                yield item
-            else:
-                yield from payloads_in(item)
 
 
 async def take_owed_signals_away(pool: asyncpg.Pool) -> None:

@@ -26,13 +26,14 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.converter import WorkflowSerializationContext
 
 from activities.messaging import MessagingActivities
+from bench.history import payloads_in
 from codec import KEYS_VARIABLE, DataKeys, DataKeyShredded, EncryptionCodec, PayloadKeys, payload_keys_from_env
 from codec.data_keys import rewrap, shred, unwrap
 from codec.encryption import decompress
 from codec.server import CodecServerConfig, create_app
 from store import consent, erasure
 from store.cases import open_case
-from tests.conftest import TEST_KEY_ENV, TEST_PAYLOAD_KEYS, new_order, payloads_in, store
+from tests.conftest import TEST_KEY_ENV, TEST_PAYLOAD_KEYS, new_order, store
 from tests.test_cases import start_as_the_relay_does
 from tests.test_consent_sending import order_message, send, sms_posts_to
 from web.erasures import forget_and_tell, settle_open, settled
@@ -66,7 +67,7 @@ def opened_with_any(payload: Payload, keys: list[AESGCM]) -> bytes | None:
 def readable_with(history: History, keys: list[AESGCM]) -> list[bytes]:
     """Everything of a raw history these keys can read."""
     readable = [history.SerializeToString()]
-    for payload in payloads_in(history):
+    for _, payload in payloads_in(history):
         if payload.metadata.get("encoding") == b"binary/encrypted":
             readable.append(opened_with_any(payload, keys) or b"")
     return readable
@@ -147,7 +148,7 @@ async def test_a_forgotten_customer_s_raw_history_holds_none_of_their_data_with_
         sealed = 0
         for workflow_id in (a.id, f"customer-{customer_id}", case.id):
             history = History(events=(await raw.get_workflow_handle(workflow_id).fetch_history()).events)
-            sealed += sum(p.metadata.get("encoding") == b"binary/encrypted" for p in payloads_in(history))
+            sealed += sum(p.metadata.get("encoding") == b"binary/encrypted" for _, p in payloads_in(history))
             readable = readable_with(history, keys)
             assert [n for n in needles if any(n.encode() in r for r in readable)] == [], workflow_id
         assert sealed > 10
@@ -163,7 +164,7 @@ async def test_a_forgotten_customer_s_raw_history_holds_none_of_their_data_with_
         # The second customer's order runs on, its payloads still decode.
         assert (await h.wait_touchpoint(b, "order_confirmation")).status
         history = History(events=(await raw.get_workflow_handle(b.id).fetch_history()).events)
-        opened = await h.client.data_converter.payload_codec.decode(list(payloads_in(history)))
+        opened = await h.client.data_converter.payload_codec.decode([p for _, p in payloads_in(history)])
         assert any(kept["customer"]["email"].encode() in p.data for p in opened)
 
     # STOP survives the erasure: a newcomer at that number gets no SMS.
