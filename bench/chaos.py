@@ -93,6 +93,8 @@ IN_DOUBT = "in_doubt"
 SUPERSEDED = "superseded"
 # Workers polling the task queue at once, per drill (default 1).
 WORKERS = {"two-workers": 2}
+# How long a drill waits for its workers to poll before it starts.
+STARTUP_TIMEOUT = 180.0
 # Examples of lost, left in doubt and untrue shown in a report, each.
 EXAMPLES_SHOWN = 20
 
@@ -621,7 +623,10 @@ async def run_drill(
         ]
         for worker in workers:
             worker.start()
-        await wait_for_pollers(stack, count=len(workers))
+        # Each process by its own identity; several starting at once on a
+        # loaded machine (CI runs drills side by side) may take minutes.
+        for worker in workers:
+            await wait_for_pollers(stack, worker=worker, timeout=STARTUP_TIMEOUT)
         tracker = Tracker()
         stack.fakes.on_accept = tracker.on_provider_request if reports is None else both(tracker.on_provider_request, reports.on_accept)
         batch = orders_for(drill, orders)
