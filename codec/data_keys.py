@@ -48,14 +48,20 @@ CACHE_SIZE = 4096
 OWN_POOL_SIZE = 2
 
 KEY_OF_WORKFLOW = "SELECT key_id, master_key_id, wrapped_key FROM data_keys WHERE workflow_id = $1"
-# Two processes may race to create a workflow's key: one row wins and both
-# use it (the loser reads it back). A workflow id that was shredded gets none.
-CREATE_KEY = """
-INSERT INTO data_keys (key_id, workflow_id, master_key_id, wrapped_key)
-SELECT $2, $1, $3, $4
-WHERE NOT EXISTS (SELECT 1 FROM data_keys WHERE workflow_hash = workflow_id_hash($1))
-ON CONFLICT (workflow_id) DO NOTHING
-RETURNING key_id
+# The workflow's key, made if it has none, in one round trip. Two processes
+# may race to make it: one row wins, and the loser, given no row, reads it
+# back. A workflow id that was shredded gets none.
+KEY_OF_WORKFLOW_OR_NEW = """
+WITH found AS (SELECT key_id, master_key_id, wrapped_key FROM data_keys WHERE workflow_id = $1),
+made AS (
+    INSERT INTO data_keys (key_id, workflow_id, master_key_id, wrapped_key)
+    SELECT $2, $1, $3, $4
+    WHERE NOT EXISTS (SELECT 1 FROM found)
+      AND NOT EXISTS (SELECT 1 FROM data_keys WHERE workflow_hash = workflow_id_hash($1))
+    ON CONFLICT (workflow_id) DO NOTHING
+    RETURNING key_id, master_key_id, wrapped_key
+)
+SELECT * FROM found UNION ALL SELECT * FROM made
 """
 KEY_BY_ID = "SELECT workflow_id, master_key_id, wrapped_key FROM data_keys WHERE key_id = $1"
 # A tombstone for each workflow, whether or not it ever had a key, so that
@@ -80,6 +86,11 @@ SELECT key_id, master_key_id, wrapped_key FROM data_keys
 WHERE master_key_id = ANY($3::text[]) AND master_key_id <> $1 ORDER BY key_id LIMIT $2
 """
 REWRAPPED = "UPDATE data_keys SET master_key_id = $3, wrapped_key = $4 WHERE key_id = $1 AND master_key_id = $2"
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """These statements leave no session state, so a returned connection
+    skips the pool's default reset: a round trip, and a transaction, each."""
 
 
 def wrap(master: PayloadKeys, key_id: str, key: bytes) -> tuple[str, bytes]:
@@ -156,7 +167,9 @@ class DataKeys:
         if self._pool is None:
             async with self._opening:
                 if self._pool is None:
-                    self._pool = await asyncpg.create_pool(self._url, min_size=0, max_size=OWN_POOL_SIZE)
+                    self._pool = await asyncpg.create_pool(
+                        self._url, min_size=0, max_size=OWN_POOL_SIZE, reset=_keep_session
+                    )
         return self._pool
 
     async def for_workflow(self, workflow_id: str) -> tuple[str, AESGCM]:
@@ -165,17 +178,17 @@ class DataKeys:
         if cached is not None:
             return cached
         pool = await self.pool()
-        row = await pool.fetchrow(KEY_OF_WORKFLOW, workflow_id)
+        key_id, key = DATA_KEY_ID_PREFIX + secrets.token_urlsafe(9), AESGCM.generate_key(256)
+        row = await pool.fetchrow(KEY_OF_WORKFLOW_OR_NEW, workflow_id, key_id, *wrap(self.master, key_id, key))
         if row is None:
-            key_id, key = DATA_KEY_ID_PREFIX + secrets.token_urlsafe(9), AESGCM.generate_key(256)
-            if await pool.fetchval(CREATE_KEY, workflow_id, key_id, *wrap(self.master, key_id, key)):
-                return self._remember(workflow_id, key_id, AESGCM(key))
             row = await pool.fetchrow(KEY_OF_WORKFLOW, workflow_id)  # another process made it first
             if row is None:
                 raise DataKeyShredded(
                     f"workflow {workflow_id}'s data key was shredded (its customer was erased): nothing more may be "
                     "written for it"
                 )
+        elif row["key_id"] == key_id:
+            return self._remember(workflow_id, key_id, AESGCM(key))
         key = unwrap(self.master, row["key_id"], row["master_key_id"], row["wrapped_key"])
         return self._remember(workflow_id, row["key_id"], AESGCM(key))
 

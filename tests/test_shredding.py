@@ -345,6 +345,29 @@ async def test_a_process_that_read_a_workflow_s_payload_writes_the_next_without_
     assert len(statements) == 1 and "FROM data_keys WHERE key_id" in statements[0], statements
 
 
+async def test_a_worker_making_a_new_workflow_s_key_on_its_own_pool_needs_one_round_trip(database_url, monkeypatch):
+    """The worker's codec keeps its own pool (DATABASE_URL): the key of a
+    workflow it starts is looked for and made in one statement, and handing
+    the connection back sends no reset (a round trip and a transaction)."""
+    statements: list[str] = []
+    create_pool = asyncpg.create_pool
+
+    def logging_every_statement(*args, **kwargs):
+        async def log_statements(conn: asyncpg.Connection) -> None:
+            conn.add_query_logger(lambda logged: statements.append(logged.query))
+
+        return create_pool(*args, **kwargs, init=log_statements)
+
+    monkeypatch.setattr(asyncpg, "create_pool", logging_every_statement)
+    keys = DataKeys(TEST_PAYLOAD_KEYS, database_url)
+    try:
+        key_id, _ = await keys.for_workflow(f"customer-N{uuid.uuid4().hex[:10]}")
+    finally:
+        await (await keys.pool()).close()
+    assert len(statements) == 1 and "INSERT INTO data_keys" in statements[0], statements
+    assert key_id.startswith("dk:")
+
+
 async def test_a_data_key_under_a_master_key_no_longer_given_is_left_and_the_rest_rewrapped(pool):
     """The worker re-wraps at start: a key it cannot unwrap must not stop it."""
     gone = payload_keys_from_env({KEYS_VARIABLE: "gone-1:" + base64.b64encode(os.urandom(32)).decode()})
