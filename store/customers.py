@@ -61,12 +61,13 @@ async def starting_state(conn: asyncpg.Connection, customer_id: str, settings: L
                EXISTS (
                    SELECT 1 FROM message_ledger
                    WHERE customer_id = $1 AND message_class = 'marketing' AND kind = 'welcome' AND state = 'sent'
-               ) AS welcomed
+               ) AS welcomed,
+               (SELECT timezone FROM customers WHERE customer_id = $1) AS timezone,
+               coalesce((SELECT phone IS NOT NULL FROM customers WHERE customer_id = $1), false) AS has_phone
         FROM orders WHERE customer_id = $1
         """,
         customer_id,
     )
-    contact = await conn.fetchrow("SELECT timezone, phone IS NOT NULL AS has_phone FROM customers WHERE customer_id = $1", customer_id)
     orders = {
         r["order_id"]: OrderFacts(
             order_id=r["order_id"],
@@ -81,8 +82,8 @@ async def starting_state(conn: asyncpg.Connection, customer_id: str, settings: L
         customer_id=customer_id,
         settings=settings,
         phase_since=now,
-        timezone=contact["timezone"] if contact else "UTC",
-        has_phone=bool(contact and contact["has_phone"]),
+        timezone=totals["timezone"] or "UTC",
+        has_phone=totals["has_phone"],
         orders=orders,
         orders_total=totals["n"],
         last_order_at=totals["last_at"],
