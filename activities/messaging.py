@@ -53,7 +53,7 @@ nothing more is sent to it, on any message class, until it is lifted.
 
 The marketing cap
 -----------------
-A marketing row is registered in one transaction that takes an advisory lock
+A marketing row is registered by one statement that takes an advisory lock
 on the customer, then counts that customer's marketing rows created within
 MARKETING_CAP_WINDOW that are 'pending', 'sending', 'sent' or 'in_doubt'. At
 MARKETING_CAP or more nothing is registered, and the outcome is DEFERRED with
@@ -206,14 +206,15 @@ ERASED_NOW = "SELECT erased_at IS NOT NULL AS erased FROM customers WHERE custom
 # unless it is 'not_permitted' and the message may go now: then it is
 # registered anew, as if new (its rendering, if any, never went out).
 # Nothing either, `erased`, once the customer was erased.
-REGISTER = f"""
-WITH customer AS ({ERASED_NOW.format("$3")}),
+def _registering(cap: str = "", within_the_cap: str = "", slots: str = "") -> str:
+    return f"""
+WITH customer AS ({ERASED_NOW.format("$3")}),{cap}
 registered AS (
 INSERT INTO message_ledger AS l (key, order_id, customer_id, message_class, kind, channel, recipient, provider, state,
                                  attempts, error, subject, body_text, body_html, headers, claim_token, lease_until)
 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, CASE WHEN $9 = 'sending' THEN 1 ELSE 0 END, $10,
        $11, $12, $13, $14::jsonb, $15, now() + $16::float8 * interval '1 second'
-WHERE NOT EXISTS (SELECT 1 FROM customer WHERE erased)
+WHERE NOT EXISTS (SELECT 1 FROM customer WHERE erased){within_the_cap}
 ON CONFLICT (key) DO UPDATE
 SET recipient = EXCLUDED.recipient, provider = EXCLUDED.provider, state = EXCLUDED.state,
     attempts = l.attempts + EXCLUDED.attempts, error = EXCLUDED.error, provider_message_id = NULL,
@@ -224,8 +225,21 @@ SET recipient = EXCLUDED.recipient, provider = EXCLUDED.provider, state = EXCLUD
 WHERE l.state = 'not_permitted'
 RETURNING created_at
 )
-SELECT (SELECT created_at FROM registered) AS created_at, EXISTS (SELECT 1 FROM customer WHERE erased) AS erased
+SELECT (SELECT created_at FROM registered) AS created_at, EXISTS (SELECT 1 FROM customer WHERE erased) AS erased{slots}
 """
+
+
+REGISTER = _registering()
+
+# A marketing message, only while the customer's marketing messages in the
+# window ($17 seconds) hold fewer than the cap ($18) of its slots: counted
+# under a lock on the customer (migration 022), so concurrent sends for one
+# customer cannot both pass. `slots`: those messages' created_at, oldest first.
+REGISTER_WITHIN_THE_CAP = _registering(
+    cap="\ncap AS (SELECT * FROM marketing_slots_taken($3, $17, $1)),",
+    within_the_cap=" AND cardinality((SELECT slots FROM cap)) < $18",
+    slots=",\n       (SELECT slots FROM cap) AS slots, (SELECT registered FROM cap) AS registered_meanwhile",
+)
 
 # Consent or the suppression list forbids the message: a new row, or a
 # 'pending' one (never sent), ends 'not_permitted' with the reason; one
@@ -243,23 +257,6 @@ SET state = 'not_permitted', error = EXCLUDED.error, claim_token = NULL, lease_u
 WHERE l.state IN ('pending', 'not_permitted')
 RETURNING key
 """
-
-# The frequency cap, taken before counting: concurrent marketing sends for one
-# customer wait here in turn, and each counts what the others registered.
-LOCK_CUSTOMER_MARKETING = "SELECT pg_advisory_xact_lock(hashtext('marketing:' || $1))"
-
-# The customer's marketing messages holding a slot of the cap, oldest first.
-MARKETING_IN_WINDOW = """
-SELECT created_at FROM message_ledger
-WHERE customer_id = $1 AND message_class = 'marketing' AND key <> $3
-  AND created_at > now() - $2::float8 * interval '1 second'
-  AND state IN ('pending', 'sending', 'sent', 'in_doubt')
-ORDER BY created_at
-"""
-
-# A row registered meanwhile by another attempt at this message: not deferred
-# for taking its own slot, but handled as the existing row it is.
-REGISTERED = "SELECT 1 FROM message_ledger WHERE key = $1 AND state <> 'not_permitted'"
 
 # Forgotten on request (store/erasure.py): nothing more goes to the customer.
 ERASED = "SELECT erased_at IS NOT NULL AS erased FROM customers WHERE customer_id = $1"
@@ -688,20 +685,18 @@ class MessagingActivities:
         return Claim(a.request.key, token, message)
 
     async def _register_within_the_cap(self, a: Attempt, values: tuple[Any, ...]) -> asyncpg.Record | MessageOutcome | None:
-        """REGISTER, in one transaction with the count of the customer's
-        marketing messages in the window, under a lock on that customer."""
+        """REGISTER_WITHIN_THE_CAP; DEFERRED when the cap is reached, None
+        when another attempt registered the message meanwhile."""
         cap, window = self._config.marketing_cap, self._config.marketing_cap_window
-        key = a.request.key
-        async with self._pool.acquire(timeout=a.budget.left()) as conn, conn.transaction():
-            await conn.execute(LOCK_CUSTOMER_MARKETING, a.request.customer_id, timeout=a.budget.left())
-            taken = await conn.fetch(MARKETING_IN_WINDOW, a.request.customer_id, window.total_seconds(), key, timeout=a.budget.left())
-            if len(taken) < cap:
-                return await conn.fetchrow(REGISTER, *values, timeout=a.budget.left())
-            if await conn.fetchval(REGISTERED, key, timeout=a.budget.left()):
-                return None
+        row = await self._db(a.budget, REGISTER_WITHIN_THE_CAP, *values, window.total_seconds(), cap)
+        taken = row["slots"]
+        if row["erased"] or len(taken) < cap:
+            return row
+        if row["registered_meanwhile"]:
+            return None
         # A slot frees when enough of the oldest have left the window.
-        not_before = taken[len(taken) - cap]["created_at"] + window
-        log.info("%s deferred: marketing cap of %d per %s reached", key, cap, window)
+        not_before = taken[len(taken) - cap] + window
+        log.info("%s deferred: marketing cap of %d per %s reached", a.request.key, cap, window)
         return _outcome(a.request, DeliveryState.DEFERRED, not_before=not_before)
 
     async def _check_earlier_request(self, a: Attempt, claim: Claim) -> MessageOutcome | None:

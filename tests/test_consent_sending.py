@@ -25,7 +25,8 @@ from activities.messaging import MessagingActivities
 from messages import unsubscribe_tokens
 from providers.verdicts import Verdict, classify
 from store import consent
-from tests.conftest import new_order, store
+from store.database import create_pool
+from tests.conftest import TEST_ERASURE_SALT, new_order, store
 from tests.fake_providers import FakeProviders, RecordedRequest
 from tests.test_exactly_once import attempt, request_for, requests_to
 from workflows.ledger_key import LedgerKey
@@ -248,6 +249,53 @@ async def test_concurrent_marketing_sends_for_one_customer_never_pass_the_cap_to
     )
     assert registered == 2
     assert len(fakes.deliveries_to(order["customer"]["email"]) + fakes.deliveries_to(order["customer"]["phone"])) == 2
+
+
+async def test_a_marketing_send_counts_the_cap_and_registers_in_one_statement(database_url, fakes: FakeProviders, provider_config):
+    """Lock, count and register are one round trip (migration 022), not a
+    transaction of five: with the customer's contact details and consent read
+    before and the answer recorded after, four statements in all."""
+    statements: list[str] = []
+
+    async def log_statements(conn: asyncpg.Connection) -> None:
+        conn.add_query_logger(lambda logged: statements.append(logged.query))
+
+    pool = await create_pool(database_url, erasure_salt=TEST_ERASURE_SALT, max_size=2, init=log_statements)
+    try:
+        order = await customer(pool, marketing={"email": True})
+        messaging = MessagingActivities(pool, provider_config)
+        await send(messaging, journey_message(order, Touchpoint.WELCOME))  # asyncpg learns the types
+        statements.clear()
+        outcome = await send(messaging, journey_message(order, Touchpoint.LOYALTY_REWARD))
+    finally:
+        await pool.close()
+    assert outcome.state is DeliveryState.SENT
+    assert len(statements) == 4, "\n---\n".join(statements)
+
+
+async def test_a_marketing_send_waiting_on_the_customer_s_lock_counts_what_the_holder_registered(pool, fakes: FakeProviders, provider_config):
+    """The count is taken after the lock, so it sees a message registered by
+    whoever held the lock while this send waited, however early the send's
+    own statement began."""
+    messaging = MessagingActivities(pool, dataclasses.replace(provider_config, marketing_cap=1, marketing_cap_window=timedelta(hours=1)))
+    order = await customer(pool, marketing={"email": True})
+    customer_id = order["customer"]["customer_id"]
+    async with pool.acquire() as holder, holder.transaction():
+        await holder.execute("SELECT pg_advisory_xact_lock(hashtext('marketing:' || $1))", customer_id)
+        sending = asyncio.create_task(send(messaging, journey_message(order, Touchpoint.LOYALTY_REWARD)))
+        while not await pool.fetchval("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)"):
+            await asyncio.sleep(0.01)
+        await holder.execute(
+            """
+            INSERT INTO message_ledger (key, customer_id, message_class, kind, channel, recipient, provider, state)
+            VALUES ($1, $2, 'marketing', 'welcome', 'email', 'elsewhere@example.com', 'sendgrid', 'sent')
+            """,
+            f"registered-by-the-holder-{uuid.uuid4().hex}",
+            customer_id,
+        )
+    outcome = await sending
+    assert outcome.state is DeliveryState.DEFERRED
+    assert mails_to(fakes, order["customer"]["email"]) == []
 
 
 async def test_the_cap_comes_from_the_configuration(pool, fakes: FakeProviders, provider_config):
