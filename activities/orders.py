@@ -100,5 +100,4 @@ class OrderActivities:
 
     @activity.defn
     async def store_feedback(self, record: FeedbackRecord) -> None:
-        async with self._pool.acquire() as conn:
-            await order_store.store_feedback(conn, record)
+        await order_store.store_feedback(self._pool, record)

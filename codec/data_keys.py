@@ -66,7 +66,7 @@ SELECT * FROM found UNION ALL SELECT * FROM made
 KEY_BY_ID = "SELECT workflow_id, master_key_id, wrapped_key FROM data_keys WHERE key_id = $1"
 # A tombstone for each workflow, whether or not it ever had a key, so that
 # nothing more is written for it under a new one (until an erased customer
-# returns: store/orders.py REVIVE_CUSTOMER_WORKFLOW).
+# returns: store/orders.py RECORD, `revived`).
 SHRED = """
 UPDATE data_keys SET wrapped_key = NULL, master_key_id = NULL, workflow_id = NULL,
     workflow_hash = workflow_id_hash(workflow_id), shredded_at = now()

@@ -9,29 +9,6 @@ import asyncpg
 from store.consent import record_checkout_consent
 from workflows.models import CancelRecord, DeliveryRecord, FeedbackRecord, OrderInput, PickupMissedRecord, customer_workflow_id
 
-UPSERT_CUSTOMER = """
-INSERT INTO customers (customer_id, name, email, phone, timezone)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (customer_id) DO UPDATE
-SET name = EXCLUDED.name, email = EXCLUDED.email, phone = EXCLUDED.phone,
-    timezone = EXCLUDED.timezone, updated_at = now(), erased_at = NULL
--- A customer erased (store/erasure.py) who places a new order is recorded
--- anew; a retried recording of an order from before the erasure is not.
-WHERE customers.erased_at IS NULL OR $6
-"""
-
-# An erased customer who returns: their customer workflow, whose data key was
-# shredded (codec/data_keys.py), may start anew under a new one.
-REVIVE_CUSTOMER_WORKFLOW = "DELETE FROM data_keys WHERE workflow_hash = workflow_id_hash($1) AND wrapped_key IS NULL"
-
-INSERT_ORDER = """
-INSERT INTO orders (order_id, customer_id, seller_id, seller_name, placed_at, currency, total, delivery_method, document,
-                    first_run_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-ON CONFLICT (order_id) DO NOTHING
-RETURNING order_id
-"""
-
 # Held until the recording transaction ends.
 LOCK_ORDER = "SELECT pg_advisory_xact_lock(hashtext('order:' || $1))"
 
@@ -41,32 +18,77 @@ SELECT first_run_id, EXISTS (SELECT 1 FROM message_ledger l WHERE l.order_id = o
 FROM orders o WHERE order_id = $1
 """
 
-INSERT_ITEM = """
-INSERT INTO order_items (order_id, line_no, sku, name, category, quantity, unit_price)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+# The customer, then the order once ($15: it was not recorded yet), in one
+# round trip. `placed`: this statement recorded it. Only then go its items,
+# the rollups recommendations read and the coupon it used. Foreign keys are
+# checked when the whole statement is done, so the order's customer may be
+# written beside it.
+RECORD = """
+WITH customer AS (
+    INSERT INTO customers (customer_id, name, email, phone, timezone)
+    VALUES ($2, $11, $12, $13, $14)
+    ON CONFLICT (customer_id) DO UPDATE
+    SET name = EXCLUDED.name, email = EXCLUDED.email, phone = EXCLUDED.phone,
+        timezone = EXCLUDED.timezone, updated_at = now(), erased_at = NULL
+    -- A customer erased (store/erasure.py) who places a new order is recorded
+    -- anew; a retried recording of an order from before the erasure is not.
+    WHERE customers.erased_at IS NULL OR $15
+),
+-- An erased customer who returns: their customer workflow, whose data key
+-- was shredded (codec/data_keys.py), may start anew under a new one.
+revived AS (
+    DELETE FROM data_keys WHERE $15 AND workflow_hash = workflow_id_hash($16) AND wrapped_key IS NULL
+),
+placed AS (
+    INSERT INTO orders (order_id, customer_id, seller_id, seller_name, placed_at, currency, total, delivery_method,
+                        document, first_run_id)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+    ON CONFLICT (order_id) DO NOTHING
+    RETURNING order_id
+),
+item AS (
+    SELECT * FROM unnest($17::text[], $18::text[], $19::text[], $20::int[], $21::numeric[])
+        WITH ORDINALITY AS i(sku, name, category, quantity, unit_price, line_no)
+    WHERE EXISTS (SELECT 1 FROM placed)
+),
+items AS (
+    INSERT INTO order_items (order_id, line_no, sku, name, category, quantity, unit_price)
+    SELECT $1, line_no, sku, name, category, quantity, unit_price FROM item
+),
+-- Rollups read by recommendations. Rows are touched in sku order so that
+-- concurrent orders sharing products never deadlock.
+sales AS (
+    INSERT INTO product_sales AS p (sku, name, category, units_sold)
+    SELECT sku, min(name), min(category), sum(quantity) FROM item
+    GROUP BY sku ORDER BY sku
+    ON CONFLICT (sku) DO UPDATE
+    SET units_sold = p.units_sold + EXCLUDED.units_sold, name = EXCLUDED.name, category = EXCLUDED.category
+),
+pairs AS (
+    INSERT INTO bought_together AS t (sku, other_sku, orders)
+    SELECT a.sku, b.sku, 1 FROM (SELECT DISTINCT sku FROM item) a, (SELECT DISTINCT sku FROM item) b
+    WHERE a.sku <> b.sku ORDER BY a.sku, b.sku
+    ON CONFLICT (sku, other_sku) DO UPDATE SET orders = t.orders + 1
+),
+-- A coupon from a reward or a win-back, used by this order.
+redeemed AS (
+    UPDATE coupons SET redeemed_order_id = $1, redeemed_at = $5
+    WHERE code = $22 AND customer_id = $2 AND redeemed_order_id IS NULL AND expires_at > $5
+      AND EXISTS (SELECT 1 FROM placed)
+)
+SELECT EXISTS (SELECT 1 FROM placed) AS placed
 """
 
-# Rollups read by recommendations. Rows are touched in sku order so that
-# concurrent orders sharing products never deadlock.
-COUNT_SALES = """
-INSERT INTO product_sales AS p (sku, name, category, units_sold)
-SELECT sku, min(name), min(category), sum(quantity)
-FROM unnest($1::text[], $2::text[], $3::text[], $4::int[]) AS i(sku, name, category, quantity)
-GROUP BY sku ORDER BY sku
-ON CONFLICT (sku) DO UPDATE
-SET units_sold = p.units_sold + EXCLUDED.units_sold, name = EXCLUDED.name, category = EXCLUDED.category
-"""
-
-COUNT_PAIRS = """
-INSERT INTO bought_together AS t (sku, other_sku, orders)
-SELECT a, b, 1 FROM unnest($1::text[]) a, unnest($1::text[]) b WHERE a <> b ORDER BY a, b
-ON CONFLICT (sku, other_sku) DO UPDATE SET orders = t.orders + 1
-"""
-
-# A coupon from a reward or a win-back, used by this order.
-REDEEM_COUPON = """
-UPDATE coupons SET redeemed_order_id = $1, redeemed_at = $4
-WHERE code = $2 AND customer_id = $3 AND redeemed_order_id IS NULL AND expires_at > $4
+# The feedback and its items' stars, in one round trip.
+STORE_FEEDBACK = """
+WITH given AS (
+    INSERT INTO feedback (order_id, customer_id, seller_id, skus, item_rating, seller_rating, comment)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    ON CONFLICT (order_id) DO NOTHING
+)
+INSERT INTO item_ratings (order_id, sku, rating)
+SELECT $1, sku, rating FROM unnest($8::text[], $9::smallint[]) AS r(sku, rating)
+ON CONFLICT DO NOTHING
 """
 
 # Cancelling takes the order back out of the rollups, once.
@@ -110,12 +132,9 @@ async def store_order(conn: asyncpg.Connection, order: OrderInput, run_id: str |
         # Recorded before run ids were kept, and no message yet: its own
         # run's record_order, retried across the upgrade.
         await conn.execute("UPDATE orders SET first_run_id = $2 WHERE order_id = $1", order.order_id, run_id)
-    c = order.customer
-    await conn.execute(UPSERT_CUSTOMER, c.customer_id, c.name, c.email, c.phone, c.timezone, recorded is None)
-    if recorded is None:
-        await conn.execute(REVIVE_CUSTOMER_WORKFLOW, customer_workflow_id(c.customer_id))
-    inserted = await conn.fetchval(
-        INSERT_ORDER,
+    c, items = order.customer, order.items
+    placed = await conn.fetchval(
+        RECORD,
         order.order_id,
         c.customer_id,
         order.seller.seller_id,
@@ -126,24 +145,21 @@ async def store_order(conn: asyncpg.Connection, order: OrderInput, run_id: str |
         order.delivery.method,
         order.model_dump_json(),
         run_id,
+        c.name,
+        c.email,
+        c.phone,
+        c.timezone,
+        recorded is None,
+        customer_workflow_id(c.customer_id),
+        [i.sku for i in items],
+        [i.name for i in items],
+        [i.category for i in items],
+        [i.quantity for i in items],
+        [i.unit_price for i in items],
+        order.coupon_code,
     )
-    if inserted:
-        if c.marketing_consent:
-            await record_checkout_consent(conn, c.customer_id, c.marketing_consent, order.order_id, order.placed_at)
-        items = order.items
-        await conn.executemany(
-            INSERT_ITEM,
-            [
-                (order.order_id, n, i.sku, i.name, i.category, i.quantity, i.unit_price)
-                for n, i in enumerate(order.items, start=1)
-            ],
-        )
-        await conn.execute(
-            COUNT_SALES, [i.sku for i in items], [i.name for i in items], [i.category for i in items], [i.quantity for i in items]
-        )
-        await conn.execute(COUNT_PAIRS, sorted({i.sku for i in items}))
-        if order.coupon_code:
-            await conn.execute(REDEEM_COUPON, order.order_id, order.coupon_code, c.customer_id, order.placed_at)
+    if placed and c.marketing_consent:
+        await record_checkout_consent(conn, c.customer_id, c.marketing_consent, order.order_id, order.placed_at)
     return None
 
 
@@ -173,27 +189,20 @@ async def record_pickup_missed(conn: asyncpg.Connection | asyncpg.Pool, record: 
     )
 
 
-async def store_feedback(conn: asyncpg.Connection, record: FeedbackRecord) -> None:
+async def store_feedback(conn: asyncpg.Connection | asyncpg.Pool, record: FeedbackRecord) -> None:
     """The feedback and each item's stars, once per order: the order's
     workflow stores what it took, the feedback page what it was given."""
     f = record.feedback
     stars = {sku: (f.item_ratings or {}).get(sku, f.item_rating) for sku in record.skus}
-    async with conn.transaction():
-        await conn.execute(
-            """
-            INSERT INTO feedback (order_id, customer_id, seller_id, skus, item_rating, seller_rating, comment)
-            VALUES ($1, $2, $3, $4, $5, $6, $7)
-            ON CONFLICT (order_id) DO NOTHING
-            """,
-            record.order_id,
-            record.customer_id,
-            record.seller_id,
-            record.skus,
-            f.item_rating,
-            f.seller_rating,
-            f.comment,
-        )
-        await conn.executemany(
-            "INSERT INTO item_ratings (order_id, sku, rating) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            [(record.order_id, sku, rating) for sku, rating in stars.items()],
-        )
+    await conn.execute(
+        STORE_FEEDBACK,
+        record.order_id,
+        record.customer_id,
+        record.seller_id,
+        record.skus,
+        f.item_rating,
+        f.seller_rating,
+        f.comment,
+        list(stars),
+        list(stars.values()),
+    )

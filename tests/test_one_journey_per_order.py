@@ -186,3 +186,25 @@ async def test_item16_5_of_two_runs_recording_the_order_at_once_only_the_first_g
         assert await recording == "run run-1"
     assert await pool.fetchval("SELECT first_run_id FROM orders WHERE order_id = $1", order["order_id"]) == "run-1"
     assert await pool.fetchval("SELECT name FROM customers WHERE customer_id = $1", order["customer"]["customer_id"]) == order["customer"]["name"]
+
+
+async def test_a_new_order_is_recorded_in_one_statement_after_its_lock_and_the_look_for_an_earlier_run(database_url):
+    """The customer, the order, its items, the recommendations' rollups and
+    its coupon: one round trip, not six."""
+    from store.database import create_pool
+
+    statements: list[str] = []
+
+    async def log_statements(conn: asyncpg.Connection) -> None:
+        conn.add_query_logger(lambda logged: statements.append(logged.query))
+
+    logging_pool = await create_pool(database_url, max_size=1, init=log_statements)
+    try:
+        for _ in range(2):  # the first teaches asyncpg the types
+            statements.clear()
+            async with logging_pool.acquire() as conn, conn.transaction():
+                assert await store_order(conn, OrderInput.model_validate(new_order(marketing_consent=None)), "run-1") is None
+    finally:
+        await logging_pool.close()
+    # BEGIN, the lock, the look for an earlier run, the recording, the checkout consent, COMMIT.
+    assert len(statements) == 6, "\n---\n".join(statements)
