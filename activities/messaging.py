@@ -37,9 +37,11 @@ details as stored in `customers` when it is sent.
 Permission, at send time
 ------------------------
 Consent and suppressions are read when a message is due, never captured
-earlier (store/consent.py): before a new row is registered, before a
-'pending' row is claimed, and before a taken-over row is sent again once a
-look-up proved the earlier request never arrived. No consent row means a
+earlier (store/consent.py; the rule is migration 021's message_refusal): by
+the statement that registers a new transactional message, before a new
+marketing row is registered, before a 'pending' row is claimed, and before a
+taken-over row is sent again once a look-up proved the earlier request never
+arrived. No consent row means a
 transactional message goes and a marketing one does not; a suppressed
 address or number gets nothing. A refused message makes no request, is
 registered 'not_permitted' and returned as NOT_PERMITTED; the workflow may
@@ -201,20 +203,47 @@ FROM message_ledger WHERE key = $1
 # claimed before the erasure and recorded after it stores nothing of theirs.
 ERASED_NOW = "SELECT erased_at IS NOT NULL AS erased FROM customers WHERE customer_id = {} FOR SHARE"
 
+# Consent or the suppression list forbids the message, for `reason`: a new
+# row, or a 'pending' one (never sent), ends 'not_permitted' with the reason
+# and no rendering; one already 'not_permitted' gets today's reason. Nothing
+# when the row is in any other state (another attempt got there first).
+_REFUSING = """
+INSERT INTO message_ledger AS l (key, order_id, customer_id, message_class, kind, channel, recipient, provider,
+                                 state, error)
+SELECT $1, $2, $3, $4, $5, $6, {recipient}, $8, 'not_permitted', {reason}
+{only}
+ON CONFLICT (key) DO UPDATE
+SET state = 'not_permitted', error = EXCLUDED.error, claim_token = NULL, lease_until = NULL, updated_at = now()
+WHERE l.state IN ('pending', 'not_permitted')
+RETURNING key
+"""
+
+
 # Registers the message with its rendering and claims it ('sending'), or
 # registers it as final ('skipped'). Nothing when the row exists already,
 # unless it is 'not_permitted' and the message may go now: then it is
 # registered anew, as if new (its rendering, if any, never went out).
-# Nothing either, `erased`, once the customer was erased.
-def _registering(cap: str = "", within_the_cap: str = "", slots: str = "") -> str:
+# Nothing either, `erased`, once the customer was erased. With
+# `read_permission`, consent is read in the same statement: registered so
+# only when message_refusal (migration 021) says it may go, else as REFUSE
+# does, with its `refusal`; neither `created_at` nor `refused` means the row
+# existed and was left as it is.
+def _registering(cap: str = "", within_the_cap: str = "", slots: str = "", *, read_permission: bool = False) -> str:
+    verdict = permitted = refused = told = ""
+    if read_permission:
+        verdict = "\nverdict AS (SELECT message_refusal($3, $4, $6, $7) AS refusal WHERE NOT EXISTS (SELECT 1 FROM customer WHERE erased)),"
+        permitted = " AND (SELECT refusal FROM verdict) IS NULL"
+        refusing = _REFUSING.format(recipient="$7", reason="refusal", only="FROM verdict WHERE refusal IS NOT NULL")
+        refused = f",\nrefused AS ({refusing})"
+        told = ",\n       (SELECT refusal FROM verdict) AS refusal, EXISTS (SELECT 1 FROM refused) AS refused"
     return f"""
-WITH customer AS ({ERASED_NOW.format("$3")}),{cap}
+WITH customer AS ({ERASED_NOW.format("$3")}),{cap}{verdict}
 registered AS (
 INSERT INTO message_ledger AS l (key, order_id, customer_id, message_class, kind, channel, recipient, provider, state,
                                  attempts, error, subject, body_text, body_html, headers, claim_token, lease_until)
 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, CASE WHEN $9 = 'sending' THEN 1 ELSE 0 END, $10,
        $11, $12, $13, $14::jsonb, $15, now() + $16::float8 * interval '1 second'
-WHERE NOT EXISTS (SELECT 1 FROM customer WHERE erased){within_the_cap}
+WHERE NOT EXISTS (SELECT 1 FROM customer WHERE erased){within_the_cap}{permitted}
 ON CONFLICT (key) DO UPDATE
 SET recipient = EXCLUDED.recipient, provider = EXCLUDED.provider, state = EXCLUDED.state,
     attempts = l.attempts + EXCLUDED.attempts, error = EXCLUDED.error, provider_message_id = NULL,
@@ -224,12 +253,15 @@ SET recipient = EXCLUDED.recipient, provider = EXCLUDED.provider, state = EXCLUD
     created_at = now(), updated_at = now(), blanked_at = NULL
 WHERE l.state = 'not_permitted'
 RETURNING created_at
-)
-SELECT (SELECT created_at FROM registered) AS created_at, EXISTS (SELECT 1 FROM customer WHERE erased) AS erased{slots}
+){refused}
+SELECT (SELECT created_at FROM registered) AS created_at, EXISTS (SELECT 1 FROM customer WHERE erased) AS erased{slots}{told}
 """
 
 
 REGISTER = _registering()
+
+# A new transactional message: consent read and the row written in one round trip.
+REGISTER_IF_PERMITTED = _registering(read_permission=True)
 
 # A marketing message, only while the customer's marketing messages in the
 # window ($17 seconds) hold fewer than the cap ($18) of its slots: counted
@@ -241,22 +273,11 @@ REGISTER_WITHIN_THE_CAP = _registering(
     slots=",\n       (SELECT slots FROM cap) AS slots, (SELECT registered FROM cap) AS registered_meanwhile",
 )
 
-# Consent or the suppression list forbids the message: a new row, or a
-# 'pending' one (never sent), ends 'not_permitted' with the reason; one
-# already 'not_permitted' gets today's reason. Nothing when the row is in any
-# other state (another attempt got there first). No recipient once the
+# A message refused for $9 ($1 to $8 as REGISTER's). No recipient once the
 # customer was erased.
 REFUSE = f"""
 WITH customer AS ({ERASED_NOW.format("$3")})
-INSERT INTO message_ledger AS l (key, order_id, customer_id, message_class, kind, channel, recipient, provider,
-                                 state, error)
-SELECT $1, $2, $3, $4, $5, $6, CASE WHEN EXISTS (SELECT 1 FROM customer WHERE erased) THEN '' ELSE $7 END, $8,
-       'not_permitted', $9
-ON CONFLICT (key) DO UPDATE
-SET state = 'not_permitted', error = EXCLUDED.error, claim_token = NULL, lease_until = NULL, updated_at = now()
-WHERE l.state IN ('pending', 'not_permitted')
-RETURNING key
-"""
+""" + _REFUSING.format(recipient="CASE WHEN EXISTS (SELECT 1 FROM customer WHERE erased) THEN '' ELSE $7 END", reason="$9", only="")
 
 # Forgotten on request (store/erasure.py): nothing more goes to the customer.
 ERASED = "SELECT erased_at IS NOT NULL AS erased FROM customers WHERE customer_id = $1"
@@ -517,8 +538,9 @@ class MessagingActivities:
         # A forgotten customer gets nothing, and nothing is written about
         # them: this worker may hold the order as it was recorded, contact
         # details and all. Whoever reads the customer or the order learns it
-        # there; a first attempt holding the order learns it with consent,
-        # the first statement it sends (_refuse_if_not_permitted).
+        # there; a first attempt holding the order learns it from the first
+        # statement it sends: the one that registers a transactional message
+        # (REGISTER_IF_PERMITTED), or a marketing one's consent (_refusal).
         if from_the_row and (await self._db(budget, ERASED, request.customer_id) or {}).get("erased"):
             return _not_sent_to_the_erased(request)
         addressee = await self._addressee(request, budget)
@@ -574,14 +596,18 @@ class MessagingActivities:
     async def _claim(self, a: Attempt, row: LedgerRow | None) -> Claim | MessageOutcome:
         """This attempt's claim on the row, or the outcome it already has."""
         key, token = a.request.key, uuid.uuid4()
-        if row is None or row.state in ("pending", "not_permitted"):
+        # A new transactional message: the statement that registers it reads
+        # consent. A marketing one reads it first: nothing is rendered or
+        # counted against the cap for a customer who never agreed.
+        read_permission = row is None and a.message_class is MessageClass.TRANSACTIONAL
+        if not read_permission and (row is None or row.state in ("pending", "not_permitted")):
             # Stored renderings keep their recipient; anything else goes to today's.
             stored = row.message if row and row.state == "pending" else None
             refused = await self._refuse_if_not_permitted(a, stored.recipient if stored else a.recipient)
             if refused:
                 return refused
         if row is None or row.state == "not_permitted":
-            registered = await self._register(a, token)
+            registered = await self._register(a, token, read_permission=read_permission)
             if registered:
                 return registered
             row = await self._ledger_row(key, a.budget)  # another attempt registered it first
@@ -620,6 +646,11 @@ class MessagingActivities:
         if reason == CUSTOMER_ERASED:  # no row of theirs is written
             return _not_sent_to_the_erased(a.request)
         recorded = await self._db(a.budget, REFUSE, *self._row_identity(a), reason)
+        return await self._refused(a, reason, recorded=recorded is not None)
+
+    async def _refused(self, a: Attempt, reason: str, *, recorded: bool) -> MessageOutcome:
+        """NOT_PERMITTED for `reason`, once the ledger has it; when the row
+        was not `recorded`, the outcome of the row as another attempt left it."""
         if not recorded:  # another attempt registered or claimed it meanwhile
             row = await self._ledger_row(a.request.key, a.budget)
             answer = row.answer(a.request) if row else None
@@ -652,11 +683,14 @@ class MessagingActivities:
             a.provider.name if a.provider else "outbox",
         )
 
-    async def _register(self, a: Attempt, token: uuid.UUID) -> Claim | MessageOutcome | None:
+    async def _register(self, a: Attempt, token: uuid.UUID, *, read_permission: bool = False) -> Claim | MessageOutcome | None:
         """The new row, claimed by this attempt, or final as 'skipped' when
         there is nothing to send; DEFERRED when the marketing cap is reached;
         NOT_PERMITTED, nothing registered, when the customer was erased since
-        this attempt began; None when the row exists already."""
+        this attempt began; None when the row exists already.
+        `read_permission` (a transactional message): consent is read by the
+        same statement, and a refused message is NOT_PERMITTED, registered
+        as REFUSE does, without the rendering made for it."""
         message = await self._render(a)
         values = (
             *self._row_identity(a),
@@ -672,12 +706,13 @@ class MessagingActivities:
         if message and a.message_class is MessageClass.MARKETING:
             registered = await self._register_within_the_cap(a, values)
         else:
-            registered = await self._db(a.budget, REGISTER, *values)
+            registered = await self._db(a.budget, REGISTER_IF_PERMITTED if read_permission else REGISTER, *values)
         if registered is None or isinstance(registered, MessageOutcome):
             return registered
         if registered["erased"]:
-            log.info("%s not sent: %s", a.request.key, CUSTOMER_ERASED)
-            return _outcome(a.request, DeliveryState.NOT_PERMITTED, error=CUSTOMER_ERASED)
+            return _not_sent_to_the_erased(a.request)
+        if read_permission and registered["refusal"] is not None:
+            return await self._refused(a, registered["refusal"], recorded=registered["refused"])
         if registered["created_at"] is None:
             return None
         if message is None:

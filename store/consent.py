@@ -11,14 +11,7 @@ from datetime import datetime
 
 import asyncpg
 
-from workflows.models import CUSTOMER_ERASED, Channel, MarketingConsent, MessageClass
-
-PERMISSION = """
-SELECT (SELECT erased_at IS NOT NULL FROM customers WHERE customer_id = $1) AS erased,
-       (SELECT granted FROM consent WHERE customer_id = $1 AND message_class = $2 AND channel = $3) AS granted,
-       -- An erased customer's suppression is kept as a salted hash (store/erasure.py).
-       (SELECT reason FROM suppressions WHERE channel = $3 AND recipient IN ($4, erasure_hash($3, $4)) LIMIT 1) AS suppressed
-"""
+from workflows.models import Channel, MarketingConsent, MessageClass
 
 # consent.updated_at is the `at` of the row's last audit row. A choice made
 # at $7 applies only if made after it (checked on the row the upsert locks,
@@ -42,18 +35,10 @@ async def refusal(
     conn: asyncpg.Connection | asyncpg.Pool, customer_id: str, klass: MessageClass, channel: Channel, recipient: str
 ) -> str | None:
     """Why this message may not go to `recipient` now, or None when it may:
-    CUSTOMER_ERASED first, for a customer forgotten on request."""
-    row = await conn.fetchrow(PERMISSION, customer_id, klass.value, channel.value, recipient)
-    if row["erased"]:
-        return CUSTOMER_ERASED
-    if row["suppressed"]:
-        return f"{channel.value} recipient suppressed: {row['suppressed']}"
-    granted = row["granted"]
-    if klass is MessageClass.MARKETING and not granted:
-        return f"no marketing consent on {channel.value}"
-    if klass is MessageClass.TRANSACTIONAL and granted is False:
-        return f"customer prefers no {channel.value} for order messages"
-    return None
+    CUSTOMER_ERASED first, for a customer forgotten on request. The rule is
+    PostgreSQL's message_refusal (migration 021), which registering a new
+    message reads too (activities/messaging.py)."""
+    return await conn.fetchval("SELECT message_refusal($1, $2, $3, $4)", customer_id, klass.value, channel.value, recipient)
 
 
 async def set_consent(

@@ -24,13 +24,12 @@ from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from activities.messaging import MessagingActivities
 from messages import unsubscribe_tokens
 from providers.verdicts import Verdict, classify
-from store import consent
-from store.database import create_pool
-from tests.conftest import TEST_ERASURE_SALT, new_order, store
+from store import consent, erasure
+from tests.conftest import new_order, store
 from tests.fake_providers import FakeProviders, RecordedRequest
-from tests.test_exactly_once import attempt, request_for, requests_to
+from tests.test_exactly_once import attempt, logging_statements, request_for, requests_to
 from workflows.ledger_key import LedgerKey
-from workflows.models import Channel, DeliveryState, MessageClass, MessageOutcome, MessageRequest, Touchpoint, customer_workflow_id
+from workflows.models import CUSTOMER_ERASED, Channel, DeliveryState, MessageClass, MessageOutcome, MessageRequest, Touchpoint, customer_workflow_id
 
 # --- helpers -------------------------------------------------------------------
 
@@ -167,6 +166,117 @@ async def test_transactional_goes_without_any_consent_row_but_not_to_a_suppresse
     assert (await ledger(pool, request.key))["state"] == "not_permitted"
 
 
+async def test_the_refusal_gives_each_reason_in_its_order(pool):
+    """PostgreSQL's message_refusal, the one home of the rule: the customer
+    erased first, then a suppression, then consent (none: transactional
+    goes, marketing does not)."""
+    order = await customer(pool)
+    cid, email = order["customer"]["customer_id"], order["customer"]["email"]
+
+    async def refusal(klass: MessageClass) -> str | None:
+        return await consent.refusal(pool, cid, klass, Channel.EMAIL, email)
+
+    assert (await refusal(MessageClass.TRANSACTIONAL), await refusal(MessageClass.MARKETING)) == (None, "no marketing consent on email")
+    await set_marketing(pool, cid, Channel.EMAIL, True)
+    async with pool.acquire() as conn:
+        await consent.set_consent(conn, cid, MessageClass.TRANSACTIONAL, Channel.EMAIL, False, source="operator")
+    assert await refusal(MessageClass.MARKETING) is None
+    assert await refusal(MessageClass.TRANSACTIONAL) == "customer prefers no email for order messages"
+    async with pool.acquire() as conn:
+        await consent.suppress(conn, Channel.EMAIL, email, reason="hard bounce", source="provider")
+    assert {await refusal(k) for k in MessageClass} == {"email recipient suppressed: hard bounce"}
+    async with pool.acquire() as conn:
+        await erasure.forget(conn, cid, "dpo")
+    assert {await refusal(k) for k in MessageClass} == {CUSTOMER_ERASED}
+
+
+@pytest.mark.parametrize(
+    "refusal, reason",
+    [
+        ("suppressed", "email recipient suppressed: hard bounce"),
+        ("opted out", "customer prefers no email for order messages"),
+        ("erased", CUSTOMER_ERASED),
+    ],
+)
+async def test_a_refused_first_send_is_decided_and_recorded_by_one_statement(
+    pool, database_url, fakes: FakeProviders, provider_config, refusal, reason
+):
+    """A new order message the worker can render (it holds the order): the
+    statement that would register it reads the refusal and registers it
+    'not_permitted' instead, without its rendering; for an erased customer,
+    nothing. Sent again once permitted, it is registered anew and goes."""
+    async with logging_statements(database_url) as (workers_pool, statements):
+        order = await customer(pool)
+        cid, email = order["customer"]["customer_id"], order["customer"]["email"]
+        messaging = MessagingActivities(workers_pool, provider_config)
+        assert (await send(messaging, order_message(order, Touchpoint.ORDER_CONFIRMATION, Channel.SMS))).state is DeliveryState.SENT
+        async with pool.acquire() as conn:
+            if refusal == "suppressed":
+                await consent.suppress(conn, Channel.EMAIL, email, reason="hard bounce", source="provider")
+            elif refusal == "opted out":
+                await consent.set_consent(conn, cid, MessageClass.TRANSACTIONAL, Channel.EMAIL, False, source="operator")
+            else:
+                await erasure.forget(conn, cid, "dpo")
+        statements.clear()
+        request = order_message(order, Touchpoint.ORDER_CONFIRMATION)
+        outcome = await send(messaging, request)
+        assert len(statements) == 1, "\n---\n".join(statements)
+        assert (outcome.state, outcome.error) == (DeliveryState.NOT_PERMITTED, reason)
+        assert mails_to(fakes, email) == []
+        row = await pool.fetchrow(
+            "SELECT state, error, attempts, message_class, recipient, subject, body_text, body_html, headers, claim_token"
+            " FROM message_ledger WHERE key = $1",
+            request.key,
+        )
+        if refusal == "erased":
+            assert row is None
+            return
+        assert (row["state"], row["error"], row["attempts"], row["message_class"]) == ("not_permitted", reason, 0, "transactional")
+        assert row["recipient"] == email
+        assert (row["subject"], row["body_text"], row["body_html"], row["headers"], row["claim_token"]) == (None,) * 5
+
+        async with pool.acquire() as conn:
+            if refusal == "suppressed":
+                await consent.lift_suppression(conn, Channel.EMAIL, email)
+            else:
+                await consent.set_consent(conn, cid, MessageClass.TRANSACTIONAL, Channel.EMAIL, True, source="operator")
+        assert (await send(messaging, request)).state is DeliveryState.SENT
+    row = await ledger(pool, request.key)
+    assert (row["state"], row["error"], row["attempts"]) == ("sent", None, 1)
+    assert len(mails_to(fakes, email)) == 1
+
+
+@pytest.mark.parametrize("suppressed_meanwhile", [False, True])
+async def test_a_first_attempt_at_a_row_left_pending_claims_it_or_refuses_it(
+    pool, fakes: FakeProviders, messaging, suppressed_meanwhile
+):
+    """The row exists (an attempt found SendGrid unavailable, so nothing went
+    out) when a first attempt at the same key comes, as after a non-retryable
+    error: registering meets it, and it is claimed and sent as it was
+    rendered, or, the address suppressed meanwhile, refused."""
+    order = await customer(pool)
+    email = order["customer"]["email"]
+    fakes.fail_next(email, 503)
+    request = order_message(order, Touchpoint.ORDER_CONFIRMATION)
+    with pytest.raises(ApplicationError):
+        await send(messaging, request)
+    assert (await ledger(pool, request.key))["state"] == "pending"
+    if suppressed_meanwhile:
+        async with pool.acquire() as conn:
+            await consent.suppress(conn, Channel.EMAIL, email, reason="hard bounce", source="provider")
+    outcome = await send(messaging, request)
+    row = await ledger(pool, request.key)
+    if suppressed_meanwhile:
+        assert (outcome.state, outcome.error) == (DeliveryState.NOT_PERMITTED, "email recipient suppressed: hard bounce")
+        assert (row["state"], row["error"], row["attempts"]) == ("not_permitted", outcome.error, 1)
+        assert len(mails_to(fakes, email)) == 1  # the one refused with 503
+    else:
+        assert outcome.state is DeliveryState.SENT
+        assert (row["state"], row["attempts"]) == ("sent", 2)
+        first, second = mails_to(fakes, email)
+        assert content(first, "text/plain") == content(second, "text/plain")
+
+
 async def test_marketing_sms_is_not_sent_because_email_was_refused(pool, fakes: FakeProviders, messaging):
     """No consent on SMS is assumed from anything: the workflow's fallback to
     SMS after a refused email meets its own refusal."""
@@ -255,20 +365,12 @@ async def test_a_marketing_send_counts_the_cap_and_registers_in_one_statement(da
     """Lock, count and register are one round trip (migration 022), not a
     transaction of five: with the customer's contact details and consent read
     before and the answer recorded after, four statements in all."""
-    statements: list[str] = []
-
-    async def log_statements(conn: asyncpg.Connection) -> None:
-        conn.add_query_logger(lambda logged: statements.append(logged.query))
-
-    pool = await create_pool(database_url, erasure_salt=TEST_ERASURE_SALT, max_size=2, init=log_statements)
-    try:
+    async with logging_statements(database_url) as (pool, statements):
         order = await customer(pool, marketing={"email": True})
         messaging = MessagingActivities(pool, provider_config)
         await send(messaging, journey_message(order, Touchpoint.WELCOME))  # asyncpg learns the types
         statements.clear()
         outcome = await send(messaging, journey_message(order, Touchpoint.LOYALTY_REWARD))
-    finally:
-        await pool.close()
     assert outcome.state is DeliveryState.SENT
     assert len(statements) == 4, "\n---\n".join(statements)
 

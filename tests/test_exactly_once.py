@@ -13,8 +13,9 @@ import asyncio
 import dataclasses
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,21 @@ async def wait_until_async(read: Callable[[], Any], done: Callable[[Any], bool],
     while not done(await read()):
         assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
         await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def logging_statements(database_url: str) -> AsyncIterator[tuple[asyncpg.Pool, list[str]]]:
+    """A worker's pool, and every statement it sends, in order."""
+    statements: list[str] = []
+
+    async def log_statements(conn: asyncpg.Connection) -> None:
+        conn.add_query_logger(lambda logged: statements.append(logged.query))
+
+    pool = await create_pool(database_url, erasure_salt=TEST_ERASURE_SALT, max_size=2, init=log_statements)
+    try:
+        yield pool, statements
+    finally:
+        await pool.close()
 
 
 class CuttablePostgres:
@@ -588,24 +604,17 @@ async def test_item11_rejected_credentials_pause_the_provider_with_one_alert(
     assert secret not in errors[0].message
 
 
-async def test_a_first_send_reads_erasure_consent_and_suppressions_in_one_statement(database_url: str, provider_config):
+async def test_a_first_send_reads_permission_in_the_statement_that_registers_it(database_url: str, provider_config):
     """A new message of an order the worker holds: one statement reads
     whether the customer was forgotten, their consent and the suppression
-    list; then one registers and claims the row, and one records the answer."""
-    statements: list[str] = []
-
-    async def log_statements(conn: asyncpg.Connection) -> None:
-        conn.add_query_logger(lambda logged: statements.append(logged.query))
-
-    pool = await create_pool(database_url, erasure_salt=TEST_ERASURE_SALT, max_size=2, init=log_statements)
-    try:
+    list, and registers and claims the row; one records the answer."""
+    async with logging_statements(database_url) as (pool, statements):
         order = await recorded_order(pool)
         messaging = MessagingActivities(pool, provider_config)
         # The first send reads the order's document; the worker keeps it.
         await attempt().run(messaging.send_message, request_for(order, Channel.EMAIL))
         statements.clear()
         outcome = await attempt().run(messaging.send_message, request_for(order, Channel.SMS))
-    finally:
-        await pool.close()
     assert outcome.state is DeliveryState.SENT
-    assert len(statements) == 3, "\n---\n".join(statements)
+    assert len(statements) == 2, "\n---\n".join(statements)
+    assert "message_refusal(" in statements[0] and "INSERT INTO message_ledger" in statements[0]
