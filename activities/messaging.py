@@ -41,13 +41,12 @@ earlier (store/consent.py; the rule is migration 021's message_refusal): by
 the statement that registers a new transactional message, before a new
 marketing row is registered, before a 'pending' row is claimed, and before a
 taken-over row is sent again once a look-up proved the earlier request never
-arrived. No consent row means a
-transactional message goes and a marketing one does not; a suppressed
-address or number gets nothing. A refused message makes no request, is
-registered 'not_permitted' and returned as NOT_PERMITTED; the workflow may
-try the other channel, under a different key. A row an earlier attempt left
-'sending' is resolved first, as below: a message that may have gone out is not
-un-sent by a consent withdrawn since.
+arrived. No consent row means a transactional message goes and a marketing
+one does not; a suppressed address or number gets nothing. A refused message
+makes no request, is registered 'not_permitted' and returned as
+NOT_PERMITTED; the workflow may try the other channel, under a different key.
+A row an earlier attempt left 'sending' is resolved first, as below: a
+message that may have gone out is not un-sent by a consent withdrawn since.
 
 Twilio's 21610 (the number replied STOP) is an opt-out: the number is
 suppressed (source 'provider'), the row ends 'not_permitted', and

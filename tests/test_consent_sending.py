@@ -29,7 +29,16 @@ from tests.conftest import new_order, store
 from tests.fake_providers import FakeProviders, RecordedRequest
 from tests.test_exactly_once import attempt, logging_statements, request_for, requests_to
 from workflows.ledger_key import LedgerKey
-from workflows.models import CUSTOMER_ERASED, Channel, DeliveryState, MessageClass, MessageOutcome, MessageRequest, Touchpoint, customer_workflow_id
+from workflows.models import (
+    CUSTOMER_ERASED,
+    Channel,
+    DeliveryState,
+    MessageClass,
+    MessageOutcome,
+    MessageRequest,
+    Touchpoint,
+    customer_workflow_id,
+)
 
 # --- helpers -------------------------------------------------------------------
 
