@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import re
 import uuid
 from datetime import timedelta
@@ -208,7 +209,7 @@ async def test_the_refusal_gives_each_reason_in_its_order(pool):
     ],
 )
 async def test_a_refused_first_send_is_decided_and_recorded_by_one_statement(
-    pool, database_url, fakes: FakeProviders, provider_config, refusal, reason
+    pool, database_url, fakes: FakeProviders, provider_config, caplog, refusal, reason
 ):
     """A new order message the worker can render (it holds the order): the
     statement that would register it reads the refusal and registers it
@@ -228,8 +229,11 @@ async def test_a_refused_first_send_is_decided_and_recorded_by_one_statement(
                 await erasure.forget(conn, cid, "dpo")
         statements.clear()
         request = order_message(order, Touchpoint.ORDER_CONFIRMATION)
+        caplog.set_level(logging.INFO, logger="activities.messaging")
         outcome = await send(messaging, request)
         assert len(statements) == 1, "\n---\n".join(statements)
+        told = [r.getMessage() for r in caplog.records if r.name == "activities.messaging"]
+        assert told == [f"{request.key} not sent: {reason}"]
         assert (outcome.state, outcome.error) == (DeliveryState.NOT_PERMITTED, reason)
         assert mails_to(fakes, email) == []
         row = await pool.fetchrow(
