@@ -222,9 +222,12 @@ class FakeProviders:
     def deliveries_to(self, recipient: str) -> list[str]:
         return [text for to, text in self.delivered() if to == recipient]
 
-    def duplicates(self) -> dict[tuple[str, str], int]:
+    def duplicates(self, key_prefix: str | None = None) -> dict[tuple[str, str], int]:
+        """Messages taken more than once; with `key_prefix`, only mail whose
+        ledger key starts with it (a test's own, on fakes other tests share)."""
         with self.lock:
-            counts = Counter(m.identity for m in self.accepted)
+            taken = [m for m in self.accepted if key_prefix is None or (m.key or "").startswith(key_prefix)]
+        counts = Counter(m.identity for m in taken)
         return {k: n for k, n in counts.items() if n > 1}
 
     def _fault_for(self, recipient: str) -> int | None:

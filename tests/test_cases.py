@@ -157,7 +157,8 @@ async def test_a_vote_case_escalates_twice_is_resolved_by_update_and_reopens_onc
     customer_mails = fakes.deliveries_to(order["customer"]["email"])
     assert sum("A refund is on its way." in m for m in customer_mails) == 1
     assert sum("Refunded today." in m for m in customer_mails) == 1
-    assert fakes.duplicates() == {}
+    # Only this case's: the fakes are shared with tests that send twice on purpose.
+    assert fakes.duplicates(key_prefix=f"{case}:") == {}
 
 
 async def test_a_resolution_that_comes_while_the_acknowledgement_is_recorded_is_recorded_too(
