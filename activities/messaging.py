@@ -227,8 +227,16 @@ RETURNING key
 # only when message_refusal (migration 021) says it may go, else as REFUSE
 # does, with its `refusal`; neither `created_at` nor `refused` means the row
 # existed and was left as it is.
-def _registering(cap: str = "", within_the_cap: str = "", slots: str = "", *, read_permission: bool = False) -> str:
-    verdict = permitted = refused = told = ""
+def _registering(*, within_the_cap: bool = False, read_permission: bool = False) -> str:
+    cap = customer_after = capped = slots = verdict = permitted = refused = told = ""
+    if within_the_cap:
+        # The customer's marketing lock first (migration 022), their row's
+        # share lock after it: a send queued on the lock holds nothing an
+        # erasure or an order's recording waits for.
+        cap = "cap AS (SELECT * FROM marketing_slots_taken($3, $17, $1)),\n"
+        customer_after = " AND (SELECT registered FROM cap) IS NOT NULL"
+        capped = " AND cardinality((SELECT slots FROM cap)) < $18"
+        slots = ",\n       (SELECT slots FROM cap) AS slots, (SELECT registered FROM cap) AS registered_meanwhile"
     if read_permission:
         verdict = "\nverdict AS (SELECT message_refusal($3, $4, $6, $7) AS refusal WHERE NOT EXISTS (SELECT 1 FROM customer WHERE erased)),"
         permitted = " AND (SELECT refusal FROM verdict) IS NULL"
@@ -236,13 +244,13 @@ def _registering(cap: str = "", within_the_cap: str = "", slots: str = "", *, re
         refused = f",\nrefused AS ({refusing})"
         told = ",\n       (SELECT refusal FROM verdict) AS refusal, EXISTS (SELECT 1 FROM refused) AS refused"
     return f"""
-WITH customer AS ({ERASED_NOW.format("$3")}),{cap}{verdict}
+WITH {cap}customer AS ({ERASED_NOW.format("$3" + customer_after)}),{verdict}
 registered AS (
 INSERT INTO message_ledger AS l (key, order_id, customer_id, message_class, kind, channel, recipient, provider, state,
                                  attempts, error, subject, body_text, body_html, headers, claim_token, lease_until)
 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, CASE WHEN $9 = 'sending' THEN 1 ELSE 0 END, $10,
        $11, $12, $13, $14::jsonb, $15, now() + $16::float8 * interval '1 second'
-WHERE NOT EXISTS (SELECT 1 FROM customer WHERE erased){within_the_cap}{permitted}
+WHERE NOT EXISTS (SELECT 1 FROM customer WHERE erased){capped}{permitted}
 ON CONFLICT (key) DO UPDATE
 SET recipient = EXCLUDED.recipient, provider = EXCLUDED.provider, state = EXCLUDED.state,
     attempts = l.attempts + EXCLUDED.attempts, error = EXCLUDED.error, provider_message_id = NULL,
@@ -266,11 +274,7 @@ REGISTER_IF_PERMITTED = _registering(read_permission=True)
 # window ($17 seconds) hold fewer than the cap ($18) of its slots: counted
 # under a lock on the customer (migration 022), so concurrent sends for one
 # customer cannot both pass. `slots`: those messages' created_at, oldest first.
-REGISTER_WITHIN_THE_CAP = _registering(
-    cap="\ncap AS (SELECT * FROM marketing_slots_taken($3, $17, $1)),",
-    within_the_cap=" AND cardinality((SELECT slots FROM cap)) < $18",
-    slots=",\n       (SELECT slots FROM cap) AS slots, (SELECT registered FROM cap) AS registered_meanwhile",
-)
+REGISTER_WITHIN_THE_CAP = _registering(within_the_cap=True)
 
 # A message refused for $9 ($1 to $8 as REGISTER's). No recipient once the
 # customer was erased.

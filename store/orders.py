@@ -22,7 +22,8 @@ FROM orders o WHERE order_id = $1
 # round trip. `placed`: this statement recorded it. Only then go its items,
 # the rollups recommendations read and the coupon it used. Foreign keys are
 # checked when the whole statement is done, so the order's customer may be
-# written beside it.
+# written beside it; the statement writes them in the order their CTEs
+# depend on one another, not as listed.
 RECORD = """
 WITH customer AS (
     INSERT INTO customers (customer_id, name, email, phone, timezone)
@@ -33,6 +34,7 @@ WITH customer AS (
     -- A customer erased (store/erasure.py) who places a new order is recorded
     -- anew; a retried recording of an order from before the erasure is not.
     WHERE customers.erased_at IS NULL OR $15
+    RETURNING 1
 ),
 -- An erased customer who returns: their customer workflow, whose data key
 -- was shredded (codec/data_keys.py), may start anew under a new one.
@@ -42,7 +44,9 @@ revived AS (
 placed AS (
     INSERT INTO orders (order_id, customer_id, seller_id, seller_name, placed_at, currency, total, delivery_method,
                         document, first_run_id)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+    -- Always true: it makes the customer's row be written (and locked) first,
+    -- before any row of the rollups, as every recording and cancelling takes them.
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 WHERE (SELECT count(*) FROM customer) >= 0
     ON CONFLICT (order_id) DO NOTHING
     RETURNING order_id
 ),

@@ -388,18 +388,30 @@ async def test_a_marketing_send_counts_the_cap_and_registers_in_one_statement(da
     assert len(statements) == 4, "\n---\n".join(statements)
 
 
-async def test_a_marketing_send_waiting_on_the_customer_s_lock_counts_what_the_holder_registered(pool, fakes: FakeProviders, provider_config):
-    """The count is taken after the lock, so it sees a message registered by
-    whoever held the lock while this send waited, however early the send's
-    own statement began."""
+async def test_a_marketing_send_waiting_on_the_customer_s_lock_holds_nothing_else_then_counts_what_the_holder_registered(
+    pool, fakes: FakeProviders, provider_config
+):
+    """While it waits for the customer's marketing lock, the send holds no
+    lock on the customer's row (an erasure or an order's recording goes on);
+    then it counts after the lock, so it sees a message registered by whoever
+    held it meanwhile, however early the send's own statement began."""
     messaging = MessagingActivities(pool, dataclasses.replace(provider_config, marketing_cap=1, marketing_cap_window=timedelta(hours=1)))
     order = await customer(pool, marketing={"email": True})
     customer_id = order["customer"]["customer_id"]
+    waiting = """
+    SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+                   AND objid::bigint = hashtext('marketing:' || $1)::bigint & 4294967295)
+    """
     async with pool.acquire() as holder, holder.transaction():
         await holder.execute("SELECT pg_advisory_xact_lock(hashtext('marketing:' || $1))", customer_id)
         sending = asyncio.create_task(send(messaging, journey_message(order, Touchpoint.LOYALTY_REWARD)))
-        while not await pool.fetchval("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)"):
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(10):
+            while not sending.done() and not await pool.fetchval(waiting, customer_id):
+                await asyncio.sleep(0.01)
+        assert not sending.done(), "the send did not wait for the customer's lock"
+        async with pool.acquire() as other, other.transaction():
+            await other.execute("SET LOCAL lock_timeout = '2s'")
+            await other.execute("UPDATE customers SET updated_at = now() WHERE customer_id = $1", customer_id)
         await holder.execute(
             """
             INSERT INTO message_ledger (key, customer_id, message_class, kind, channel, recipient, provider, state)

@@ -190,7 +190,7 @@ async def test_item16_5_of_two_runs_recording_the_order_at_once_only_the_first_g
 
 async def test_a_new_order_is_recorded_in_one_statement_after_its_lock_and_the_look_for_an_earlier_run(database_url):
     """The customer, the order, its items, the recommendations' rollups and
-    its coupon: one round trip, not six."""
+    its coupon: one round trip, not six (its checkout consent apart)."""
     from store.database import create_pool
 
     statements: list[str] = []
@@ -203,8 +203,33 @@ async def test_a_new_order_is_recorded_in_one_statement_after_its_lock_and_the_l
         for _ in range(2):  # the first teaches asyncpg the types
             statements.clear()
             async with logging_pool.acquire() as conn, conn.transaction():
-                assert await store_order(conn, OrderInput.model_validate(new_order(marketing_consent=None)), "run-1") is None
+                assert await store_order(conn, OrderInput.model_validate(new_order()), "run-1") is None
     finally:
         await logging_pool.close()
     # BEGIN, the lock, the look for an earlier run, the recording, the checkout consent, COMMIT.
     assert len(statements) == 6, "\n---\n".join(statements)
+
+
+async def test_an_order_waiting_for_its_customer_s_row_holds_no_product_s_rollup(pool):
+    """The customer's row is written first: an order held up by it (an
+    erasure under way, another order of theirs) has not yet locked the rows
+    of the recommendations' rollups, so other customers' orders of the same
+    products go on meanwhile."""
+    waiting_order, other_order = new_order(), new_order()
+    other_order["items"] = waiting_order["items"]
+    cid = waiting_order["customer"]["customer_id"]
+    async with pool.acquire() as conn:
+        await conn.execute("INSERT INTO customers (customer_id, name, email, timezone) VALUES ($1, 'x', 'x@example.com', 'UTC')", cid)
+    async with pool.acquire() as holder, holder.transaction():
+        await holder.execute("SELECT 1 FROM customers WHERE customer_id = $1 FOR UPDATE", cid)
+
+        async def record(order: dict[str, Any]) -> str | None:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute("SET LOCAL lock_timeout = '2s'")
+                return await store_order(conn, OrderInput.model_validate(order), "run-1")
+
+        waiting = asyncio.create_task(record(waiting_order))
+        await asyncio.sleep(0.3)  # it waits for the customer's row
+        assert not waiting.done()
+        assert await record(other_order) is None
+    assert await waiting is None
