@@ -205,9 +205,10 @@ async def run_worker(client: Client, database_url: str, env: Mapping[str, str], 
     applied = await migrate(database_url, erasure_salt)
     if applied:
         log.info("database migrated: %s", ", ".join(applied))
-    pool = await create_pool(database_url, erasure_salt=erasure_salt, max_size=int(env.get("DATABASE_POOL_SIZE", "10")))
     provider_config = ProviderConfig.from_env(env)
+    # Their HTTP sessions open with the first request.
     providers = providers_for(provider_config)
+    pool = await create_pool(database_url, erasure_salt=erasure_salt, max_size=int(env.get("DATABASE_POOL_SIZE", "10")))
     try:
         rewrapped = await rewrap(pool, payload_keys_from_env(env))
         if rewrapped:
