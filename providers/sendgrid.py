@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Protocol
 from urllib.parse import urlencode
 
 from aiohttp import ClientSession
-from multidict import CIMultiDictProxy
 from python_http_client.exceptions import HTTPError, err_dict
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import Attachment as SendGridAttachment
@@ -119,7 +119,7 @@ class SendGridEmail:
         found = json.loads(body or b"{}").get("messages") or []
         return found[0]["msg_id"] if found else None
 
-    async def _request(self, method: str, url: str | URL, body: bytes | None = None) -> tuple[CIMultiDictProxy[str], bytes]:
+    async def _request(self, method: str, url: str | URL, body: bytes | None = None) -> tuple[Mapping[str, str], bytes]:
         """The answer's headers and body; an answer that is not 2xx raised
         as the official client raises it (urllib raises for those)."""
         if self._session is None:  # opened on the event loop that uses it (aiohttp needs one)
