@@ -1,5 +1,6 @@
-"""Message providers: SendGrid email (sendgrid.py) and Twilio SMS (twilio.py)
-through their official clients, what their errors mean (verdicts.py), and
+"""Message providers: SendGrid email (sendgrid.py: the official package's
+request, sent by aiohttp) and Twilio SMS (twilio.py: the official client on
+its async HTTP client), what their errors mean (verdicts.py), and
 the customer data kept out of their texts and logs (privacy.py). Used by the
 worker's send activity and by the HTTP service (web/).
 
