@@ -27,7 +27,7 @@ from temporalio.worker._worker import load_default_build_id
 from activities.cases import CaseActivities
 from activities.config import ProviderConfig, case_routing_from_env, journey_settings_from_env, lifecycle_settings_from_env
 from activities.customers import CustomerActivities
-from activities.messaging import PROVIDER_REQUEST, MessagingActivities
+from activities.messaging import PROVIDER_REQUEST, MessagingActivities, providers_for
 from activities.orders import OrderActivities
 from activities.retention import RetentionActivities
 from activities.staff_mail import StaffMailer
@@ -205,6 +205,9 @@ async def run_worker(client: Client, database_url: str, env: Mapping[str, str], 
     applied = await migrate(database_url, erasure_salt)
     if applied:
         log.info("database migrated: %s", ", ".join(applied))
+    provider_config = ProviderConfig.from_env(env)
+    # Their HTTP sessions open with the first request.
+    providers = providers_for(provider_config)
     pool = await create_pool(database_url, erasure_salt=erasure_salt, max_size=int(env.get("DATABASE_POOL_SIZE", "10")))
     try:
         rewrapped = await rewrap(pool, payload_keys_from_env(env))
@@ -212,8 +215,8 @@ async def run_worker(client: Client, database_url: str, env: Mapping[str, str], 
             log.info("re-wrapped %d data keys under the current master key", rewrapped)
         journey = journey_settings_from_env(env)
         worker = build_worker(
-            client, pool, ProviderConfig.from_env(env), journey, lifecycle=lifecycle_settings_from_env(env, journey),
-            case_routing=case_routing_from_env(env), report_env=env,
+            client, pool, provider_config, journey, lifecycle=lifecycle_settings_from_env(env, journey),
+            case_routing=case_routing_from_env(env), providers=providers, report_env=env,
         )
         await ensure_schedule(client, schedule_from_env(env))
         await ensure_schedule(client, retention_schedule_from_env(env))
@@ -221,6 +224,9 @@ async def run_worker(client: Client, database_url: str, env: Mapping[str, str], 
             log.info("worker polling task queue %r", TASK_QUEUE)
             await stop.wait()
     finally:
+        # Once the worker has stopped: no send is left to use them.
+        for provider in providers.values():
+            await provider.close()
         await pool.close()
 
 

@@ -115,7 +115,8 @@ class ProviderConfig:
     # looked up in its Email Activity this long after, and sent if it is not
     # there: long enough for a mail SendGrid took to show there.
     sendgrid_settle_after: timedelta = timedelta(minutes=10)
-    # Threads for the blocking provider clients: as many sends at once.
+    # Provider requests in flight at once per worker (PROVIDER_THREADS: the
+    # name is from when each request had a thread of its own).
     provider_threads: int = 32
     # At most this many marketing messages per customer (all channels) in any
     # window of this length; one more is deferred until a slot frees.

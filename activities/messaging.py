@@ -97,10 +97,10 @@ An attempt claims a row with its own `claim_token` and a lease, `lease_until`:
 the database clock plus what is left of the attempt's start_to_close_timeout,
 after which Temporal may start another attempt. So:
 
-- an attempt waits for a free provider thread before it claims, and starts a
-  request only while the lease still covers the request (connect and read
-  timeouts) and recording the answer; every wait, PostgreSQL's included, is
-  bounded by the lease;
+- an attempt waits for a free provider request slot (PROVIDER_THREADS per
+  worker) before it claims, and starts a request only while the lease still
+  covers the request (connect and read timeouts) and recording the answer;
+  every wait, PostgreSQL's included, is bounded by the lease;
 - every completion is a compare-and-set on the token: an attempt that lost its
   claim changes nothing;
 - an attempt that finds another's live lease sends nothing and retries once
@@ -112,7 +112,8 @@ after which Temporal may start another attempt. So:
   Email Activity only minutes after it took it, so the row becomes 'in_doubt'
   until then;
 - from the claim to the recorded outcome an attempt runs to its end even when
-  cancelled (a worker shutting down), so no request is left behind unrecorded;
+  cancelled (a worker shutting down): its request is not cut off halfway,
+  and its answer is recorded, so no request is left behind unrecorded;
 - an outcome PostgreSQL cannot take is heartbeated; the next attempt applies
   it if the row still carries that claim. Only a send keeps trying to record
   for as long as its lease lasts.
@@ -153,8 +154,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
@@ -489,6 +489,17 @@ class Handover:
     settle_after: float | None = None
 
 
+def providers_for(config: ProviderConfig) -> dict[Channel, Provider]:
+    """The providers the settings configure; a channel without one sends to
+    the local outbox. Each keeps its connections until closed."""
+    providers: dict[Channel, Provider] = {}
+    if config.email_configured:
+        providers[Channel.EMAIL] = SendGridEmail(config)
+    if config.sms_configured:
+        providers[Channel.SMS] = TwilioSms(config)
+    return providers
+
+
 class MessagingActivities:
     def __init__(
         self,
@@ -497,18 +508,11 @@ class MessagingActivities:
         providers: dict[Channel, Provider] | None = None,
     ) -> None:
         self._pool = pool
-        if providers is None:
-            providers = {}
-            if config.email_configured:
-                providers[Channel.EMAIL] = SendGridEmail(config)
-            if config.sms_configured:
-                providers[Channel.SMS] = TwilioSms(config)
-        self._providers = providers
+        self._providers = providers_for(config) if providers is None else providers
         self._orders: OrderedDict[str, OrderInput] = OrderedDict()
-        # The blocking provider clients run in these threads. A send takes one
-        # before it claims its row, so a claimed row never waits for a thread.
-        self._threads = ThreadPoolExecutor(config.provider_threads, thread_name_prefix="provider")
-        self._free_threads = asyncio.Semaphore(config.provider_threads)
+        # Provider requests in flight at once. A send takes a slot before it
+        # claims its row, so a claimed row never waits for one.
+        self._request_slots = asyncio.Semaphore(config.provider_threads)
         self._request_timeout = config.request_timeout
         self._config = config
         # Channels whose provider rejected our credentials, with the alert.
@@ -565,7 +569,7 @@ class MessagingActivities:
             return _outcome(request, DeliveryState.SUPERSEDED, error=OVERTAKEN_NOT_SENT)
         if quiet_until is not None and (row is None or row.state in ("pending", "not_permitted")):
             return _deferred_by_quiet_hours(attempt)  # nothing registered or claimed
-        async with self._provider_thread(attempt):
+        async with self._request_slot(attempt):
             return await _finish_even_if_cancelled(self._claim_and_send(attempt, row))
 
     async def _claim_and_send(self, a: Attempt, row: LedgerRow | None) -> MessageOutcome:
@@ -752,7 +756,7 @@ class MessagingActivities:
             return await self._leave_in_doubt(a, claim, settle_after=provider.visible_after)
         await self._ensure_time_for_a_request(a, claim, *self._still_unknown(claim))
         try:
-            found = await self._in_thread(provider, provider.look_up, claim.message)
+            found = await self._request(provider, provider.look_up, claim.message)
         except ProviderFailure as failure:
             return await self._after_failed_look_up(a, provider, claim, failure)
         if not found:
@@ -797,7 +801,7 @@ class MessagingActivities:
             if a.provider is None:
                 message_id = await self._to_outbox(a.request.channel, claim.message, a.budget)
             else:
-                message_id = await self._in_thread(a.provider, a.provider.send, claim.message)
+                message_id = await self._request(a.provider, a.provider.send, claim.message)
         except ProviderFailure as failure:
             return await self._after_failed_send(a, a.provider, claim, failure)
         return await self._conclude(a, claim, DeliveryState.SENT, message_id=message_id)
@@ -857,28 +861,28 @@ class MessagingActivities:
             )
 
     @asynccontextmanager
-    async def _provider_thread(self, a: Attempt) -> AsyncIterator[None]:
-        """Taken before the row is claimed: a row claimed while every thread is
+    async def _request_slot(self, a: Attempt) -> AsyncIterator[None]:
+        """Taken before the row is claimed: a row claimed while every slot is
         busy would be left in doubt by a worker that died meanwhile."""
         patience = max(a.budget.left() - self._time_for_a_request(a.provider), 0)
         try:
-            await asyncio.wait_for(self._free_threads.acquire(), patience)
+            await asyncio.wait_for(self._request_slots.acquire(), patience)
         except TimeoutError:
-            raise ApplicationError("every provider thread stayed busy", type="ProviderBusy") from None
+            raise ApplicationError("every provider request slot stayed busy", type="ProviderBusy") from None
         try:
             if activity.is_worker_shutdown():  # the next worker sends it; this one is draining
                 raise ApplicationError("the worker is shutting down", type="WorkerShuttingDown")
             yield
         finally:
-            self._free_threads.release()
+            self._request_slots.release()
 
-    async def _in_thread(self, provider: Provider, call: Callable[..., T], *args: Any) -> T:
-        """A provider call in a provider thread; any error it raises, whatever
+    async def _request(self, provider: Provider, call: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """A provider call, on this event loop; any error it raises, whatever
         it is, comes out read as a ProviderFailure. Timed for Prometheus by
         provider, request (send, look_up) and result (ok, or the verdict)."""
         began, result = time.monotonic(), "ok"
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._threads, call, *args)
+            return await call(*args)
         except Exception as err:
             failure = ProviderFailure.of(provider, err)
             result = failure.verdict.name.lower()
@@ -1119,9 +1123,11 @@ def _rendering_removed(key: str, blanked_at: datetime) -> ApplicationError:
 
 async def _finish_even_if_cancelled(work: Coroutine[Any, Any, T]) -> T:
     """From the claim to the recorded outcome nothing may stop halfway: a
-    request left in flight by a cancelled attempt (a worker shutting down)
-    could land after the retry looked for it. So the work runs to its end,
-    and its outcome is the activity's."""
+    request left in flight by a cancelled attempt (a worker shutting down),
+    or cut off while being written, could land after the retry looked for
+    it. So the work, the request on this event loop included, runs to its
+    end (within the lease: every step is bounded by it), and its outcome is
+    the activity's."""
     task = asyncio.ensure_future(work)
     while True:
         try:

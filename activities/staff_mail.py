@@ -14,7 +14,6 @@ an outage is retried by the activity's policy.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from datetime import timedelta
@@ -107,7 +106,7 @@ class StaffMailer:
 
     async def _send(self, mail: RenderedMessage, token: uuid.UUID) -> str:
         try:
-            return await asyncio.to_thread(self._provider.send, mail)
+            return await self._provider.send(mail)
         except Exception as err:
             failure = ProviderFailure.of(self._provider, err)
         if failure.verdict is Verdict.REFUSED:
@@ -142,7 +141,7 @@ class StaffMailer:
             raise ApplicationError(f"another attempt holds {mail.key}", type="ClaimHeld")
         if may_have_arrived:
             try:
-                found = await asyncio.to_thread(self._provider.look_up, mail)
+                found = await self._provider.look_up(mail)
             except Exception as err:
                 await self._pool.execute(COMPLETE, mail.key, token, "sending", None, str(ProviderFailure.of(self._provider, err)))
                 raise ApplicationError(f"{mail.key}: look-up failed", type="ProviderUnavailable") from None

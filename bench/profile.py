@@ -20,7 +20,7 @@ STEPS = [
     ("codec (encrypt, decrypt, compress)", r"\(codec/|cryptography/|zlib|zstd"),
     ("payload conversion (JSON, pydantic)", r"temporalio/converter\.py|pydantic|json/"),
     ("PostgreSQL client (asyncpg)", r"asyncpg/"),
-    ("provider clients (SendGrid, Twilio, HTTP)", r"sendgrid/|python_http_client/|twilio/|http/client\.py|urllib|ssl\.py|aiohttp/|MessagingActivities\._in_thread|\(providers/(sendgrid|twilio)\.py"),
+    ("provider clients (SendGrid, Twilio, HTTP)", r"sendgrid/|python_http_client/|twilio/|http/client\.py|urllib|ssl\.py|aiohttp/|yarl/|MessagingActivities\._request\b|\(providers/(sendgrid|twilio)\.py"),
     ("templates and signed links", r"\(messages/|jinja2/|markupsafe/"),
     ("the customer's workflow (our code)", r"workflows/customer_journey\.py"),
     ("the order's workflow (our code)", r"\(workflows/"),

@@ -1,11 +1,13 @@
-"""Message providers: SendGrid email (sendgrid.py) and Twilio SMS (twilio.py)
-through their official clients, what their errors mean (verdicts.py), and
+"""Message providers: SendGrid email (sendgrid.py: the official package's
+request, sent by aiohttp) and Twilio SMS (twilio.py: the official client on
+its async HTTP client), what their errors mean (verdicts.py), and
 the customer data kept out of their texts and logs (privacy.py). Used by the
 worker's send activity and by the HTTP service (web/).
 
-The send and look-up clients are blocking, so callers run `send` and
-`look_up` in a thread; both raise the clients' own errors, which
-`verdicts.classify` reads.
+`send` and `look_up` run on the caller's event loop (aiohttp: no thread
+per request), each request bounded by `request_limits`; both raise the
+clients' own errors, which `verdicts.classify` reads. A provider keeps its
+HTTP connections open between requests: `close` it when done.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol
+
+from aiohttp import ClientTimeout
 
 
 @dataclass(frozen=True)
@@ -51,12 +55,23 @@ class Provider(Protocol):
     # How long after a request `look_up` can tell whether it was accepted.
     visible_after: timedelta
 
-    def send(self, message: RenderedMessage) -> str:
+    async def send(self, message: RenderedMessage) -> str:
         """Deliver the message; returns the provider's message id."""
 
-    def look_up(self, message: RenderedMessage) -> str | None:
+    async def look_up(self, message: RenderedMessage) -> str | None:
         """The id of this message if the provider has it, else None. Raises
         LookUpUnavailable when the provider will not say, for good."""
+
+    async def close(self) -> None:
+        """Close its HTTP connections."""
+
+
+def request_limits(seconds: float) -> ClientTimeout:
+    """PROVIDER_TIMEOUT_SECONDS to connect, then again for each read of the
+    answer (a send leaves time for both), and no limit on the whole: an
+    error then tells whether the request was written (a read timeout) or not
+    (a connect timeout)."""
+    return ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
 
 
 class LookUpUnavailable(Exception):

@@ -43,20 +43,11 @@ class WithoutCustomerData(logging.Filter):
 
 WITHOUT_CUSTOMER_DATA = WithoutCustomerData()
 
-# Twilio's client logs each request at INFO (URL with To=, headers), and
-# its async one each request and response (no body, but kept out all the
-# same); python_http_client logs SendGrid's payload and headers (the API
-# key) at DEBUG; urllib3 logs the look-up URL, To= included, at DEBUG.
-HTTP_CLIENT_LOGGERS = (
-    "twilio.http_client",
-    "twilio.async_http_client",
-    "python_http_client.client",
-    "urllib3.connectionpool",
-    "urllib3.connection",
-    "urllib3.poolmanager",
-    "urllib3.response",
-    "urllib3.util.retry",
-)
+# Twilio's async client logs each request (URL, with To= for a look-up,
+# and headers) and each response below WARNING. aiohttp's own loggers write
+# no request, header or body (only its session and .netrc troubles), and
+# SendGrid's request goes through aiohttp, so nothing else needs this.
+HTTP_CLIENT_LOGGERS = ("twilio.async_http_client",)
 
 
 def keep_customer_data_out_of(logger_names: Iterable[str]) -> None:

@@ -1,22 +1,27 @@
-"""SendGrid email through its official client (blocking: callers run it in
-a thread). A mail is looked up in Email Activity by the ledger key it
-carries as the custom arg `message_key`."""
+"""SendGrid email: the request body built by the official package's helpers
+(`Mail`), with the headers its client sends, and sent by aiohttp on the
+caller's event loop (the official client is blocking); its errors as the
+official client raises them (python_http_client's HTTPError by status). A
+mail is looked up in Email Activity by the ledger key it carries as the
+custom arg `message_key`."""
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Protocol
+from urllib.parse import urlencode
 
-from python_http_client.exceptions import HTTPError
+from aiohttp import ClientSession
+from python_http_client.exceptions import HTTPError, err_dict
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import Attachment as SendGridAttachment
 from sendgrid.helpers.mail import ContentId, CustomArg, Disposition, FileContent, FileName, FileType, Header, Mail
+from yarl import URL
 
-from providers import LookUpUnavailable, RenderedMessage
-from providers.privacy import HTTP_CLIENT_LOGGERS, keep_customer_data_out_of
-
+from providers import LookUpUnavailable, RenderedMessage, request_limits
 
 
 class SendGridSettings(Protocol):
@@ -49,16 +54,26 @@ class SendGridEmail:
     sends = "email sends"
 
     def __init__(self, settings: SendGridSettings) -> None:
-        keep_customer_data_out_of(HTTP_CLIENT_LOGGERS)
-        self._client = SendGridAPIClient(api_key=settings.sendgrid_api_key, host=settings.sendgrid_api_host)
-        self._client.client.timeout = settings.request_timeout
+        host = settings.sendgrid_api_host.rstrip("/")
+        self._mail_send = f"{host}/v3/mail/send"
+        self._email_activity = f"{host}/v3/messages"
+        # What the official client sends with each request: the API key as
+        # a bearer token, its User-Agent, Accept (and Content-Type with a body).
+        self._headers = dict(SendGridAPIClient(api_key=settings.sendgrid_api_key, host=host).client.request_headers)
+        self._limits = request_limits(settings.request_timeout)
+        self._session: ClientSession | None = None
         self._from = (settings.email_from, settings.email_from_name) if settings.email_from_name else settings.email_from
         # Mail Send takes no idempotency key: only Email Activity (a paid
         # add-on) can tell whether an unanswered mail arrived, and it shows a
         # mail only minutes after SendGrid took it.
         self.visible_after = settings.sendgrid_settle_after
 
-    def send(self, message: RenderedMessage) -> str:
+    async def send(self, message: RenderedMessage) -> str:
+        body = json.dumps(self._mail(message).get()).encode()
+        headers, _ = await self._request("POST", self._mail_send, body)
+        return headers.get("X-Message-Id") or f"sendgrid-{message.key}"
+
+    def _mail(self, message: RenderedMessage) -> Mail:
         mail = Mail(
             from_email=self._from,
             to_emails=message.recipient,
@@ -82,17 +97,18 @@ class SendGridEmail:
                     ContentId(attached.content_id) if attached.content_id else None,
                 )
             )
-        response = self._client.send(mail)
-        return response.headers.get("X-Message-Id") or f"sendgrid-{message.key}"
+        return mail
 
-    def look_up(self, message: RenderedMessage) -> str | None:
+    async def look_up(self, message: RenderedMessage) -> str | None:
         """Searched in Email Activity by the custom arg every mail carries
         (`message_key`, the ledger key): SendGrid's msg_id if it took it."""
         if '"' in message.key or "\\" in message.key:  # the query language has no escape for these
             raise LookUpUnavailable(f"{message.key!r} cannot be searched for in SendGrid Email Activity")
         query = f"unique_args['message_key']=\"{message.key}\""
+        # Encoded as the official client encodes it, and sent as it is.
+        url = URL(f"{self._email_activity}?{urlencode(sorted({'query': query, 'limit': 1}.items()), True)}", encoded=True)
         try:
-            response = self._client.client.messages.get(query_params={"query": query, "limit": 1})
+            _, body = await self._request("GET", url)
         except HTTPError as err:
             if err.status_code in EMAIL_ACTIVITY_WILL_NOT_SAY:
                 reason = "refused the search" if err.status_code == 400 else (
@@ -100,5 +116,21 @@ class SendGridEmail:
                 )
                 raise LookUpUnavailable(f"SendGrid Email Activity {reason} ({err.status_code})") from None
             raise
-        found = json.loads(response.body or b"{}").get("messages") or []
+        found = json.loads(body or b"{}").get("messages") or []
         return found[0]["msg_id"] if found else None
+
+    async def _request(self, method: str, url: str | URL, body: bytes | None = None) -> tuple[Mapping[str, str], bytes]:
+        """The answer's headers and body; an answer that is not 2xx raised
+        as the official client raises it (urllib raises for those)."""
+        if self._session is None:  # opened on the event loop that uses it (aiohttp needs one)
+            self._session = ClientSession(timeout=self._limits)
+        headers = {**self._headers, "Content-Type": "application/json"} if body is not None else self._headers
+        async with self._session.request(method, url, data=body, headers=headers, allow_redirects=False) as response:
+            answer = await response.read()
+        if not 200 <= response.status < 300:
+            raise err_dict.get(response.status, HTTPError)(response.status, response.reason, answer, response.headers)
+        return response.headers, answer
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

@@ -1,21 +1,21 @@
-"""Twilio SMS through its official client: sending and looking up a message
-on its blocking HTTP client (callers run them in a thread), and a message's
-status on its async one (TwilioMessages, for the HTTP service's look-ups of
+"""Twilio SMS through its official client on its async HTTP client (aiohttp,
+on the caller's event loop): sending and looking up a message (TwilioSms),
+and a message's status (TwilioMessages, for the HTTP service's look-ups of
 status callbacks that never came)."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
+from aiohttp import ClientSession
 from twilio.http import HttpClient
 from twilio.http.async_http_client import AsyncTwilioHttpClient
-from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-from providers import RenderedMessage
+from providers import RenderedMessage, request_limits
 from providers.privacy import HTTP_CLIENT_LOGGERS, keep_customer_data_out_of
 
 # Where the HTTP service (web/) takes Twilio's status callbacks; each SMS
@@ -47,6 +47,35 @@ def _client(account_sid: str, auth_token: str, base_url: str, http_client: HttpC
     return client
 
 
+class _SessionWithLimits:
+    """An aiohttp session as Twilio's async client uses it, keeping its own
+    limits: the client hands aiohttp each request's `timeout`, None unless a
+    call gives one, which aiohttp reads as no limit at all."""
+
+    def __init__(self, session: ClientSession) -> None:
+        self._session = session
+
+    def request(self, *, timeout: float | None = None, **kwargs: Any) -> Any:
+        return self._session.request(**kwargs) if timeout is None else self._session.request(timeout=timeout, **kwargs)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+class _LimitedAsyncHttpClient(AsyncTwilioHttpClient):
+    """Twilio's async HTTP client with a connect and a read limit
+    (`request_limits`). Its session is opened by the first request, on the
+    event loop that makes it (aiohttp needs one), and kept for the next."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(pool_connections=False, timeout=timeout)
+
+    async def request(self, *args: Any, **kwargs: Any) -> Any:
+        if self.session is None:
+            self.session = _SessionWithLimits(ClientSession(timeout=request_limits(self.timeout)))
+        return await super().request(*args, **kwargs)
+
+
 class TwilioSms:
     name = "twilio"
     title = "Twilio"
@@ -57,25 +86,29 @@ class TwilioSms:
     visible_after = timedelta(0)
 
     def __init__(self, settings: TwilioSettings) -> None:
-        http = TwilioHttpClient(timeout=settings.request_timeout)
-        self._client = _client(settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_api_base_url, http)
+        self._http = _LimitedAsyncHttpClient(settings.request_timeout)
+        self._client = _client(settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_api_base_url, self._http)
         self._from = settings.twilio_from_number
         self._status_callback = settings.web_public_url.rstrip("/") + SMS_STATUS_CALLBACK_PATH
 
-    def send(self, message: RenderedMessage) -> str:
+    async def send(self, message: RenderedMessage) -> str:
         # The key in the callback URL, not the SID: a callback can come before
         # the send has recorded the SID (or before a look-up has found it).
         callback = f"{self._status_callback}?{urlencode({'key': message.key})}"
-        return self._client.api.v2010.account.messages.create(
+        created = await self._client.api.v2010.account.messages.create_async(
             to=message.recipient, from_=self._from, body=message.text, status_callback=callback
-        ).sid
+        )
+        return created.sid
 
-    def look_up(self, message: RenderedMessage) -> str | None:
+    async def look_up(self, message: RenderedMessage) -> str | None:
         """Matched on To, From and the body, which names the order and the
         touchpoint. Not filtered by DateSent: Twilio leaves it empty while a
         message is still queued, which is when a lost answer is looked up."""
-        recent = self._client.api.v2010.account.messages.list(to=message.recipient, from_=self._from, limit=50)
+        recent = await self._client.api.v2010.account.messages.list_async(to=message.recipient, from_=self._from, limit=50)
         return next((m.sid for m in recent if m.body == message.text), None)
+
+    async def close(self) -> None:
+        await self._http.close()
 
 
 class TwilioMessages:

@@ -5,11 +5,9 @@ echo phone numbers and addresses, so that text is scrubbed."""
 
 from __future__ import annotations
 
-import urllib.error
 from enum import StrEnum
 
-import requests
-import urllib3.exceptions
+import aiohttp
 from python_http_client.exceptions import HTTPError
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
 
@@ -38,8 +36,10 @@ class Verdict(StrEnum):
 
 
 def classify(err: Exception) -> Verdict:
-    """One reading for every error of the official clients. An error that
-    proves nothing, whatever it is, means the request may have arrived."""
+    """One reading for every error of the providers' clients (aiohttp, and
+    the errors Twilio's client and SendGrid's (python_http_client) raise for
+    an answer). An error that proves nothing, whatever it is, means the
+    request may have arrived."""
     if _code_of(err) == TWILIO_OPTED_OUT:
         return Verdict.OPTED_OUT
     if isinstance(err, LookUpUnavailable):
@@ -47,11 +47,12 @@ def classify(err: Exception) -> Verdict:
     status = _status_of(err)
     if status is not None:
         return _verdict_for_status(status, err)
-    if isinstance(err, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema)):
+    if isinstance(err, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError)):
         return Verdict.MISCONFIGURED
-    # urllib (SendGrid) wraps only errors raised while connecting and writing
-    # the request: the provider never got the whole of it.
-    if isinstance(err, urllib.error.URLError) or _connection_never_made(err):
+    # No connection (refused, unresolved, TLS handshake failed), or none
+    # within the connect limit: nothing was written. A read timeout, or the
+    # server closing the connection, comes after the request was written.
+    if isinstance(err, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
         return Verdict.NEVER_ARRIVED
     return Verdict.MAY_HAVE_ARRIVED
 
@@ -87,14 +88,6 @@ def _verdict_for_status(status: int, err: Exception) -> Verdict:
     if status >= 400:
         return Verdict.REFUSED
     return Verdict.MAY_HAVE_ARRIVED  # an answer the client did not expect
-
-
-def _connection_never_made(err: Exception) -> bool:
-    """requests (Twilio): the connection itself failed, so nothing was written."""
-    if isinstance(err, requests.ConnectTimeout):
-        return True
-    reason = getattr(err.args[0], "reason", None) if isinstance(err, requests.ConnectionError) and err.args else None
-    return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
 class ProviderFailure(Exception):

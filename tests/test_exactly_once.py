@@ -1,5 +1,5 @@
 """The exactly-once ledger under the failures of issue items 7 to 11: busy
-provider threads, a worker shut down mid-request, two attempts at once,
+provider request slots, a worker shut down mid-request, two attempts at once,
 retries that re-render, and every kind of provider and database error.
 
 Most tests run `send_message` attempt by attempt in an ActivityEnvironment,
@@ -194,12 +194,10 @@ def no_request_hook(fakes: FakeProviders):
 # --- 7: claimed only when the request can leave at once -------------------------
 
 
-async def three_slow_mails_on_two_threads(database_url: str, fakes: FakeProviders, config: ProviderConfig):
+async def three_slow_mails_in_two_request_slots(database_url: str, fakes: FakeProviders, config: ProviderConfig):
     """In a fresh event loop, as in a worker process. Returns the keys that
     were claimed while their request had not reached the provider, and the
     outcomes."""
-    # How worker.py sized the provider threads from PROVIDER_THREADS before.
-    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(2))
     pool = await create_pool(database_url, erasure_salt=TEST_ERASURE_SALT)
     try:
         orders = [await recorded_order(pool) for _ in range(3)]
@@ -218,7 +216,7 @@ async def three_slow_mails_on_two_threads(database_url: str, fakes: FakeProvider
         await pool.close()
 
 
-def test_item07_no_row_is_claimed_before_a_provider_thread_is_free(database_url: str, fakes: FakeProviders, provider_config):
+def test_item07_no_row_is_claimed_before_a_provider_request_slot_is_free(database_url: str, fakes: FakeProviders, provider_config):
     env = {
         "SENDGRID_API_KEY": provider_config.sendgrid_api_key,
         "SENDGRID_API_HOST": provider_config.sendgrid_api_host,
@@ -229,9 +227,9 @@ def test_item07_no_row_is_claimed_before_a_provider_thread_is_free(database_url:
     config = ProviderConfig.from_env(env)
     with ThreadPoolExecutor(1) as loop_thread:
         unsent_claims, outcomes = loop_thread.submit(
-            asyncio.run, three_slow_mails_on_two_threads(database_url, fakes, config)
+            asyncio.run, three_slow_mails_in_two_request_slots(database_url, fakes, config)
         ).result()
-    assert unsent_claims == set(), "rows claimed while no thread could send them"
+    assert unsent_claims == set(), "rows claimed while no request slot could send them"
     assert [o.state for o in outcomes] == [DeliveryState.SENT] * 3
 
 
@@ -373,11 +371,10 @@ async def test_item10_a_retry_sends_what_the_first_attempt_rendered(pool, fakes:
 
 
 def test_item11_every_error_of_both_clients_is_classified():
-    import http.client
-    import urllib.error
+    import socket
 
-    import requests
-    import urllib3.exceptions
+    import aiohttp
+    from aiohttp.client_reqrep import ConnectionKey
     from python_http_client import exceptions as sg
     from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
     from twilio.http.response import Response
@@ -397,11 +394,9 @@ def test_item11_every_error_of_both_clients_is_classified():
     def twilio_problem(status: int) -> TwilioServiceException:
         return TwilioServiceException("https://www.twilio.com/docs/errors/21211", "Invalid", status, 21211)
 
-    refused_connection = urllib3.exceptions.MaxRetryError(
-        None, "/", urllib3.exceptions.NewConnectionError(None, "Connection refused")
-    )
+    api = ConnectionKey("api.twilio.com", 443, True, True, None, None, None)
     expected = {
-        # SendGrid: python_http_client over urllib
+        # SendGrid: its answers raised as python_http_client raises them
         sendgrid(400, sg.BadRequestsError): refused,
         sendgrid(401, sg.UnauthorizedError): misconfigured,
         sendgrid(403, sg.ForbiddenError): misconfigured,
@@ -415,13 +410,7 @@ def test_item11_every_error_of_both_clients_is_classified():
         sendgrid(502): maybe,
         sendgrid(503, sg.ServiceUnavailableError): never,
         sendgrid(504, sg.GatewayTimeoutError): maybe,
-        urllib.error.URLError(ConnectionRefusedError(111, "refused")): never,
-        urllib.error.URLError(TimeoutError("timed out")): never,
-        TimeoutError("timed out"): maybe,
-        ConnectionResetError(104, "reset"): maybe,
-        http.client.RemoteDisconnected("closed"): maybe,
-        http.client.IncompleteRead(b""): maybe,
-        # Twilio: the twilio client over requests
+        # Twilio: the twilio client's own errors
         twilio(400): refused,
         twilio(401): misconfigured,
         twilio(403): misconfigured,
@@ -438,18 +427,102 @@ def test_item11_every_error_of_both_clients_is_classified():
         TwilioException("Unable to fetch page", Response(503, "", {})): never,
         TwilioException("Unable to fetch page", Response(401, "", {})): misconfigured,
         TwilioException("Page Records can not be deserialized"): maybe,
-        requests.ConnectTimeout("connect timed out"): never,
-        requests.ConnectionError(refused_connection): never,
-        requests.ReadTimeout("read timed out"): maybe,
-        requests.ConnectionError(urllib3.exceptions.ProtocolError("aborted", ConnectionResetError())): maybe,
-        requests.exceptions.ChunkedEncodingError("broken"): maybe,
-        requests.exceptions.InvalidURL("bad"): misconfigured,
-        requests.exceptions.MissingSchema("no scheme"): misconfigured,
+        # Both: aiohttp, connecting (nothing written), then writing and reading
+        aiohttp.ClientConnectorError(api, ConnectionRefusedError(111, "Connect call failed")): never,
+        aiohttp.ClientConnectorDNSError(api, socket.gaierror(-2, "Name or service not known")): never,
+        aiohttp.ClientConnectorCertificateError(api, ValueError("certificate verify failed")): never,
+        aiohttp.ConnectionTimeoutError("Connection timeout to host https://api.twilio.com"): never,
+        aiohttp.SocketTimeoutError("Timeout on reading data from socket"): maybe,
+        aiohttp.ServerDisconnectedError(): maybe,
+        aiohttp.ClientOSError(104, "Connection reset by peer"): maybe,
+        aiohttp.ClientPayloadError("Response payload is not completed"): maybe,
+        aiohttp.InvalidURL("api.sendgrid.com/v3/mail/send"): misconfigured,
+        aiohttp.InvalidUrlClientError("api.twilio.com/2010-04-01/Accounts/AC1/Messages.json"): misconfigured,
+        aiohttp.NonHttpUrlClientError("ftp://api.sendgrid.com/v3/mail/send"): misconfigured,
         # Anything else proves nothing: the request may have left.
+        TimeoutError("timed out"): maybe,
+        ConnectionResetError(104, "reset"): maybe,
         RuntimeError("unexpected"): maybe,
     }
     wrong = {f"{type(err).__name__} {err}": (classify(err), verdict) for err, verdict in expected.items() if classify(err) is not verdict}
     assert wrong == {}
+
+
+# --- issue 19: no thread per provider request --------------------------------------
+
+
+async def test_item19_sends_and_look_ups_make_their_requests_on_the_event_loop_without_a_thread(
+    pool, fakes: FakeProviders, provider_config, monkeypatch
+):
+    """A mail, an SMS whose answer was lost and is looked up, and a staff
+    mail, while no thread pool takes any work: each provider request runs on
+    the event loop."""
+    from activities.staff_mail import StaffMailer
+    from providers import RenderedMessage
+
+    def no_thread(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a provider request was handed to a thread")
+
+    order = await recorded_order(pool)
+    phone = order["customer"]["phone"]
+    fakes.hang_next(phone, 1.5)
+    messaging = MessagingActivities(pool, dataclasses.replace(provider_config, request_timeout=0.5))
+    monkeypatch.setattr(ThreadPoolExecutor, "submit", no_thread)
+    mail = await attempt(1).run(messaging.send_message, request_for(order))
+    with pytest.raises(ApplicationError) as unanswered:
+        await attempt(1).run(messaging.send_message, request_for(order, Channel.SMS))
+    assert "did not answer" in str(unanswered.value)
+    sms = await attempt(2).run(messaging.send_message, request_for(order, Channel.SMS))
+    staff = RenderedMessage(f"staff-{uuid.uuid4().hex[:8]}", f"lead.{uuid.uuid4().hex[:8]}@shop.example", "Report", "text", "<p>text</p>")
+    staff_id = await attempt(1).run(
+        StaffMailer(pool, messaging.provider(Channel.EMAIL)).send, staff, order_id=None, kind="wocas_report"
+    )
+    assert (mail.state, sms.state) == (DeliveryState.SENT, DeliveryState.SENT) and staff_id
+    assert [len(fakes.deliveries_to(to)) for to in (order["customer"]["email"], phone, staff.recipient)] == [1, 1, 1]
+
+
+async def test_item19_a_send_cancelled_with_its_request_in_flight_finishes_and_records_the_answer(
+    pool, fakes: FakeProviders, provider_config
+):
+    """The attempt is cancelled (a worker shutting down, its timeout) while
+    SendGrid holds the request, unanswered: the request on the event loop is
+    not cut off, its answer is recorded, and the outcome is the send's."""
+    order = await recorded_order(pool)
+    email = order["customer"]["email"]
+    fakes.hang_next(email, 1.0)
+    messaging = MessagingActivities(pool, provider_config)
+    request = request_for(order)
+    env = attempt(1)
+    sending = asyncio.create_task(env.run(messaging.send_message, request))
+    await wait_until(lambda: fakes.deliveries_to(email))
+    env.cancel()
+    outcome = await sending
+    assert outcome.state is DeliveryState.SENT
+    assert (await ledger(pool, request.key))["state"] == "sent"
+    assert len(fakes.deliveries_to(email)) == 1
+
+
+@pytest.mark.parametrize("channel", [Channel.EMAIL, Channel.SMS])
+async def test_item19_a_refused_connection_never_arrived_and_a_url_not_http_is_misconfigured(
+    pool, fakes: FakeProviders, provider_config, channel, unused_tcp_port
+):
+    """Read from aiohttp's own errors: a refused connection wrote nothing (the
+    row goes back 'pending', sent by the next attempt); an address that is
+    not http(s) (htp://) is a setting to fix (paused, non-retryable)."""
+    host = "sendgrid_api_host" if channel is Channel.EMAIL else "twilio_api_base_url"
+    order = await recorded_order(pool)
+    request = request_for(order, channel)
+    closed = MessagingActivities(pool, dataclasses.replace(provider_config, **{host: f"http://127.0.0.1:{unused_tcp_port}"}))
+    with pytest.raises(ApplicationError) as refused:
+        await attempt(1).run(closed.send_message, request)
+    assert refused.value.type == "ProviderUnavailable" and "unreachable" in str(refused.value)
+    assert (await ledger(pool, request.key))["state"] == "pending"
+    schemeless = MessagingActivities(pool, dataclasses.replace(provider_config, **{host: f"htp://127.0.0.1:{unused_tcp_port}"}))
+    with pytest.raises(ApplicationError) as misconfigured:
+        await attempt(2).run(schemeless.send_message, request)
+    assert misconfigured.value.type == "ProviderMisconfigured" and misconfigured.value.non_retryable
+    assert (await ledger(pool, request.key))["state"] == "pending"
+    assert requests_to(fakes, recipient(order, channel)) == []
 
 
 @pytest.mark.parametrize("status", [502, 504])

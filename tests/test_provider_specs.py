@@ -71,9 +71,12 @@ async def sent_requests(make_harness, fakes: FakeProviders, provider_config, dat
     await ts_env.shutdown()
     phone = order["customer"]["phone"]
     sms = RenderedMessage(key="k", recipient=phone, subject="", text=fakes.deliveries_to(phone)[0], html="")
-    assert TwilioSms(provider_config).look_up(sms)
     mail = RenderedMessage(key=str(LedgerKey.of_order(order["order_id"], "order_confirmation", "email")), recipient="", subject="", text="", html="")
-    assert SendGridEmail(provider_config).look_up(mail)
+    for provider, message in ((TwilioSms(provider_config), sms), (SendGridEmail(provider_config), mail)):
+        try:
+            assert await provider.look_up(message)
+        finally:
+            await provider.close()
     # The HTTP service's look-up of an SMS whose status callback did not come.
     messages = TwilioMessages(
         provider_config.twilio_account_sid,

@@ -156,7 +156,7 @@ async def test_the_send_activity_lets_the_delivery_day_sms_go_at_night_on_its_da
 class SmsLostBeforeRequest(TwilioSms):
     """The worker dies after claiming the row, before the SMS's request leaves."""
 
-    def send(self, message: RenderedMessage) -> str:
+    async def send(self, message: RenderedMessage) -> str:
         raise WorkerDied("worker killed before the SMS's request left")
 
 

@@ -188,11 +188,11 @@ class SmsLostBeforeRequest(TwilioSms):
 
     died = False
 
-    def send(self, message):
+    async def send(self, message):
         if not self.died:
             self.died = True
             raise WorkerDied("worker killed before the provider call")
-        return super().send(message)
+        return await super().send(message)
 
 
 async def test_sms_claimed_but_never_sent_is_sent_after_lookup(ts_env, make_harness, fakes: FakeProviders, provider_config: ProviderConfig):

@@ -54,17 +54,17 @@ class MailLostBeforeRequest(WorkerDiesOncePerMail):
     """The worker dies after claiming a mail's row, before its request leaves:
     SendGrid never gets it."""
 
-    def send(self, message: RenderedMessage) -> str:
+    async def send(self, message: RenderedMessage) -> str:
         if self.dies(message):
             raise WorkerDied("worker killed before the mail's request left")
-        return super().send(message)
+        return await super().send(message)
 
 
 class MailAcceptedThenWorkerDied(WorkerDiesOncePerMail):
     """SendGrid takes the mail, then the worker dies before the answer is recorded."""
 
-    def send(self, message: RenderedMessage) -> str:
-        message_id = super().send(message)
+    async def send(self, message: RenderedMessage) -> str:
+        message_id = await super().send(message)
         if self.dies(message):
             raise WorkerDied("worker killed between SendGrid's acceptance and the ledger")
         return message_id
