@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
-from aiohttp import ClientSession
+from aiohttp import BasicAuth, ClientSession
 from twilio.http import HttpClient
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
@@ -55,7 +55,9 @@ class _SessionWithLimits:
     def __init__(self, session: ClientSession) -> None:
         self._session = session
 
-    def request(self, *, timeout: float | None = None, **kwargs: Any) -> Any:
+    def request(self, *, timeout: float | None = None, auth: BasicAuth | None = None, **kwargs: Any) -> Any:
+        if auth is not None:  # the header aiohttp's `auth` would write, which aiohttp 3.13 deprecates
+            kwargs["headers"] = {**(kwargs.get("headers") or {}), "Authorization": auth.encode()}
         return self._session.request(**kwargs) if timeout is None else self._session.request(timeout=timeout, **kwargs)
 
     async def close(self) -> None:
