@@ -1,5 +1,6 @@
 """The floor: a workflow of the same shape as OrderLifecycle on the happy path
-(the same signals, the same number of activities, the same timers) whose
+(the same signals, the same number of activities, the same timers, its
+messages queued one channel at a time while it waits on) whose
 activities do nothing but tell the benchmark driver they ran, and beside it
 one of the same shape as a first-time customer's CustomerJourney (started by
 signal-with-start from the order's first activity, told of the delivery by
@@ -84,9 +85,23 @@ class FloorCustomer:
 class FloorOrder:
     def __init__(self) -> None:
         self.events: set[str] = set()
+        self.lanes: dict[str, asyncio.Task[None] | None] = {"email": None, "sms": None}
 
     async def _step(self, step: str, visible: bool = True) -> None:
         await workflow.execute_activity(floor_step, args=[self.order_id, step, visible], **ACTIVITY_OPTIONS)
+
+    def _queue(self, step: str, lane: str = "email") -> None:
+        """As our message lanes (workflows/lanes.py) do: a channel's messages
+        go one at a time, in order, and the workflow goes on meanwhile; so
+        its deadlines' timers start when ours do."""
+        before = self.lanes[lane]
+
+        async def send() -> None:
+            if before is not None:
+                await before
+            await self._step(step)
+
+        self.lanes[lane] = asyncio.create_task(send())
 
     @staticmethod
     async def _sleep(duration: timedelta) -> None:
@@ -104,30 +119,31 @@ class FloorOrder:
         self.order_id = order["order_id"]
         delays = {k: timedelta(seconds=v) for k, v in order["delays"].items()}
         await workflow.execute_activity("floor_record_order", order["customer_id"], **ACTIVITY_OPTIONS)
-        await self._step("order_confirmation")
+        self._queue("order_confirmation")
         await self._wait("payment_received", delays["payment_reminder_after"])
-        await self._step("payment_confirmation")
+        self._queue("payment_confirmation")
         await self._wait("order_dispatched", delays["dispatch_promised_within"])
-        await self._step("dispatch_email")
-        await self._step("dispatch_sms")
+        self._queue("dispatch_email")
+        self._queue("dispatch_sms", "sms")
         deadline = asyncio.create_task(workflow.sleep(delays["delivery_deadline"]))
         await workflow.wait_condition(lambda: "out_for_delivery" in self.events)
-        await self._step("delivery_day")
+        self._queue("delivery_day", "sms")
         await workflow.wait_condition(lambda: "order_delivered" in self.events)
         deadline.cancel()
         delivered_at = workflow.now()
         customer = workflow.get_external_workflow_handle(floor_customer_workflow_id(order["customer_id"]))
         told_customer = asyncio.create_task(customer.signal("order_news", "delivered"))
-        await self._step("delivery_confirmation")
+        self._queue("delivery_confirmation")
         feedback = asyncio.create_task(self._keep_feedback())
         await self._sleep(delivered_at + delays["feedback_delay"] - workflow.now())
-        await self._step("feedback_request")
+        self._queue("feedback_request")
         asked_at = workflow.now()
         await self._sleep(delivered_at + delays["recommendations_delay"] - workflow.now())
-        await self._step("recommendations")
+        self._queue("recommendations")
         await self._wait("feedback_submitted", asked_at + delays["feedback_window"] - workflow.now())
         await feedback
         await told_customer
+        await asyncio.gather(*(lane for lane in self.lanes.values() if lane is not None))
 
     async def _keep_feedback(self) -> None:
         await workflow.wait_condition(lambda: "feedback_submitted" in self.events)
