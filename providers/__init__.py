@@ -67,11 +67,14 @@ class Provider(Protocol):
 
 
 def request_limits(seconds: float) -> ClientTimeout:
-    """PROVIDER_TIMEOUT_SECONDS to connect, then again for each read of the
-    answer (a send leaves time for both), and no limit on the whole: an
-    error then tells whether the request was written (a read timeout) or not
-    (a connect timeout)."""
-    return ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
+    """PROVIDER_TIMEOUT_SECONDS to connect (name resolution, a pooled
+    connection's wait and every address tried included), then again for each
+    read of the answer, and twice that for the whole request: the time a send
+    leaves for it, so neither a stalled upload (aiohttp times reads only once
+    the body is written) nor a slow resolver outlives the attempt's lease.
+    An error still tells whether the request was written: a connect timeout
+    never arrived; any other may have."""
+    return ClientTimeout(total=2 * seconds, connect=seconds, sock_connect=seconds, sock_read=seconds)
 
 
 class LookUpUnavailable(Exception):

@@ -132,5 +132,7 @@ class SendGridEmail:
         return response.headers, answer
 
     async def close(self) -> None:
+        """Its connections closed; a later request opens a new session."""
         if self._session is not None:
-            await self._session.close()
+            session, self._session = self._session, None
+            await session.close()

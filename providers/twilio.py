@@ -77,6 +77,12 @@ class _LimitedAsyncHttpClient(AsyncTwilioHttpClient):
             self.session = _SessionWithLimits(ClientSession(timeout=request_limits(self.timeout)))
         return await super().request(*args, **kwargs)
 
+    async def close(self) -> None:
+        """Its connections closed; a later request opens a new session."""
+        if self.session is not None:
+            session, self.session = self.session, None
+            await session.close()
+
 
 class TwilioSms:
     name = "twilio"

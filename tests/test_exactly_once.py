@@ -691,3 +691,47 @@ async def test_a_first_send_reads_permission_in_the_statement_that_registers_it(
     assert outcome.state is DeliveryState.SENT
     assert len(statements) == 2, "\n---\n".join(statements)
     assert "message_refusal(" in statements[0] and "INSERT INTO message_ledger" in statements[0]
+
+
+async def test_item19_a_request_whose_body_the_provider_stops_reading_ends_within_twice_the_timeout(provider_config):
+    """aiohttp times a read only once the body is written: the whole request
+    is bounded too, so a stalled upload (a large mail to a provider that
+    stops reading) cannot outlive the attempt's lease; it may have arrived."""
+    import time
+
+    from providers import Attachment, RenderedMessage
+    from providers.sendgrid import SendGridEmail
+    from providers.verdicts import Verdict, classify
+
+    def never_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stalled.append(writer)  # kept open, and never read
+
+    stalled: list[asyncio.StreamWriter] = []
+    server = await asyncio.start_server(never_read, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    email = SendGridEmail(dataclasses.replace(provider_config, sendgrid_api_host=f"http://127.0.0.1:{port}", request_timeout=0.5))
+    big = Attachment("figures.bin", "application/octet-stream", b"\0" * 32_000_000)
+    message = RenderedMessage("stalled-upload", "someone@example.com", "Report", "text", "<p>html</p>", attachments=(big,))
+    began = time.monotonic()
+    try:
+        async with asyncio.timeout(10):
+            with pytest.raises(Exception) as raised:
+                await email.send(message)
+    finally:
+        await email.close()
+        server.close()
+    assert time.monotonic() - began < 3
+    assert classify(raised.value) is Verdict.MAY_HAVE_ARRIVED
+
+
+@pytest.mark.parametrize("channel", [Channel.EMAIL, Channel.SMS])
+async def test_item19_a_provider_closed_then_used_again_opens_new_connections(fakes: FakeProviders, provider_config, channel):
+    from activities.messaging import providers_for
+    from providers import RenderedMessage
+
+    provider = providers_for(provider_config)[channel]
+    to = "closed.then.used@example.com" if channel is Channel.EMAIL else "+48600111222"
+    for n in (1, 2):
+        await provider.send(RenderedMessage(f"closed-then-used-{uuid.uuid4().hex}", to, "Hello", f"text {n}", "<p>html</p>"))
+        await provider.close()
+    assert len(fakes.deliveries_to(to)) == 2
