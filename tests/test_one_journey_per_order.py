@@ -17,6 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 from starter.cli import UsageError, place_order
 from store.orders import store_order
 from tests.conftest import new_order, payment_for, store
+from tests.test_exactly_once import logging_statements
 from tests.fake_providers import FakeProviders
 from workflows import search_attributes as sa
 from workflows.ledger_key import LedgerKey
@@ -191,21 +192,11 @@ async def test_item16_5_of_two_runs_recording_the_order_at_once_only_the_first_g
 async def test_a_new_order_is_recorded_in_one_statement_after_its_lock_and_the_look_for_an_earlier_run(database_url):
     """The customer, the order, its items, the recommendations' rollups and
     its coupon: one round trip, not six (its checkout consent apart)."""
-    from store.database import create_pool
-
-    statements: list[str] = []
-
-    async def log_statements(conn: asyncpg.Connection) -> None:
-        conn.add_query_logger(lambda logged: statements.append(logged.query))
-
-    logging_pool = await create_pool(database_url, max_size=1, init=log_statements)
-    try:
+    async with logging_statements(database_url) as (logging_pool, statements):
         for _ in range(2):  # the first teaches asyncpg the types
             statements.clear()
             async with logging_pool.acquire() as conn, conn.transaction():
                 assert await store_order(conn, OrderInput.model_validate(new_order()), "run-1") is None
-    finally:
-        await logging_pool.close()
     # BEGIN, the lock, the look for an earlier run, the recording, the checkout consent, COMMIT.
     assert len(statements) == 6, "\n---\n".join(statements)
 

@@ -36,6 +36,7 @@ from store.cases import open_case
 from tests.conftest import TEST_KEY_ENV, TEST_PAYLOAD_KEYS, new_order, store
 from tests.test_cases import start_as_the_relay_does
 from tests.test_consent_sending import order_message, send, sms_posts_to
+from tests.test_exactly_once import logging_statements
 from web.erasures import forget_and_tell, settle_open, settled
 from web.signals import OwedSignals, RelayTiming, SignalOutcome, Signals
 from workflows.models import CUSTOMER_ERASED, CaseView, Channel, DeliveryState, Touchpoint
@@ -325,22 +326,12 @@ async def test_a_process_that_held_a_key_may_use_it_at_most_the_cache_ttl_after_
 async def test_a_process_that_read_a_workflow_s_payload_writes_the_next_without_another_round_trip(pool, database_url):
     """The worker's first act for a workflow another process started: decode
     its input, then encode its commands; one read of data_keys serves both."""
-    from store.database import create_pool
-
     workflow_id = f"order-Q{uuid.uuid4().hex[:10]}"
     [started] = await in_workflow(EncryptionCodec(TEST_PAYLOAD_KEYS, DataKeys(TEST_PAYLOAD_KEYS, pool)), workflow_id).encode([a_payload(1)])
-    statements: list[str] = []
-
-    async def log_statements(conn: asyncpg.Connection) -> None:
-        conn.add_query_logger(lambda logged: statements.append(logged.query))
-
-    workers_pool = await create_pool(database_url, max_size=1, init=log_statements)
-    try:
+    async with logging_statements(database_url) as (workers_pool, statements):
         worker = EncryptionCodec(TEST_PAYLOAD_KEYS, DataKeys(TEST_PAYLOAD_KEYS, workers_pool))
         assert await worker.decode([started]) == [a_payload(1)]
         [written] = await in_workflow(worker, workflow_id).encode([a_payload(2)])
-    finally:
-        await workers_pool.close()
     assert written.metadata["encryption-key-id"] == started.metadata["encryption-key-id"]
     assert len(statements) == 1 and "FROM data_keys WHERE key_id" in statements[0], statements
 
