@@ -167,7 +167,7 @@ from temporalio.exceptions import ApplicationError
 from activities.config import ProviderConfig
 from messages import answer_links, unsubscribe_tokens
 from messages.templates import NO_LINKS, Links, render, render_for_customer
-from providers import Provider, RenderedMessage
+from providers import Provider, RenderedMessage, request_limits
 from providers.sendgrid import SendGridEmail
 from providers.twilio import TwilioSms
 from providers.verdicts import ProviderFailure, Verdict
@@ -530,8 +530,8 @@ class MessagingActivities:
 
     @property
     def _request_seconds(self) -> float:
-        # Connecting, then reading, may each take the whole timeout.
-        return 2 * self._request_timeout
+        """The most a provider request may take (providers.request_limits)."""
+        return request_limits(self._request_timeout).total
 
     @activity.defn
     async def send_message(self, request: MessageRequest) -> MessageOutcome:
@@ -855,8 +855,8 @@ class MessagingActivities:
         needed = self._time_for_a_request(a.provider)
         if a.budget.total < needed:
             raise self._misconfigured(
-                f"a send needs {needed:g} s (PROVIDER_TIMEOUT_SECONDS={self._request_timeout:g} to connect and "
-                f"again to read, then {RECORD_RESERVE_SECONDS:g} s to record the answer), more than the "
+                f"a send needs {needed:g} s (twice PROVIDER_TIMEOUT_SECONDS={self._request_timeout:g} for the request, "
+                f"then {RECORD_RESERVE_SECONDS:g} s to record the answer), more than the "
                 f"{a.budget.total:g} s start_to_close_timeout of send_message: no message is sent"
             )
 

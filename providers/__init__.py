@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol
 
-from aiohttp import ClientTimeout
+from aiohttp import ClientSession, ClientTimeout
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,26 @@ def request_limits(seconds: float) -> ClientTimeout:
     An error still tells whether the request was written: a connect timeout
     never arrived; any other may have."""
     return ClientTimeout(total=2 * seconds, connect=seconds, sock_connect=seconds, sock_read=seconds)
+
+
+class LazySession:
+    """An aiohttp session with `request_limits`, opened by its first use, on
+    the event loop that makes it (aiohttp needs one), kept for the next, and
+    opened anew after `close`."""
+
+    def __init__(self, seconds: float) -> None:
+        self.limits = request_limits(seconds)
+        self._session: ClientSession | None = None
+
+    def get(self) -> ClientSession:
+        if self._session is None:
+            self._session = ClientSession(timeout=self.limits)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
 
 
 class LookUpUnavailable(Exception):

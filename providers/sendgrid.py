@@ -14,14 +14,13 @@ from datetime import timedelta
 from typing import Protocol
 from urllib.parse import urlencode
 
-from aiohttp import ClientSession
 from python_http_client.exceptions import HTTPError, err_dict
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import Attachment as SendGridAttachment
 from sendgrid.helpers.mail import ContentId, CustomArg, Disposition, FileContent, FileName, FileType, Header, Mail
 from yarl import URL
 
-from providers import LookUpUnavailable, RenderedMessage, request_limits
+from providers import LazySession, LookUpUnavailable, RenderedMessage
 
 
 class SendGridSettings(Protocol):
@@ -60,8 +59,7 @@ class SendGridEmail:
         # What the official client sends with each request: the API key as
         # a bearer token, its User-Agent, Accept (and Content-Type with a body).
         self._headers = dict(SendGridAPIClient(api_key=settings.sendgrid_api_key, host=host).client.request_headers)
-        self._limits = request_limits(settings.request_timeout)
-        self._session: ClientSession | None = None
+        self._session = LazySession(settings.request_timeout)
         self._from = (settings.email_from, settings.email_from_name) if settings.email_from_name else settings.email_from
         # Mail Send takes no idempotency key: only Email Activity (a paid
         # add-on) can tell whether an unanswered mail arrived, and it shows a
@@ -122,17 +120,12 @@ class SendGridEmail:
     async def _request(self, method: str, url: str | URL, body: bytes | None = None) -> tuple[Mapping[str, str], bytes]:
         """The answer's headers and body; an answer that is not 2xx raised
         as the official client raises it (urllib raises for those)."""
-        if self._session is None:  # opened on the event loop that uses it (aiohttp needs one)
-            self._session = ClientSession(timeout=self._limits)
         headers = {**self._headers, "Content-Type": "application/json"} if body is not None else self._headers
-        async with self._session.request(method, url, data=body, headers=headers, allow_redirects=False) as response:
+        async with self._session.get().request(method, url, data=body, headers=headers, allow_redirects=False) as response:
             answer = await response.read()
         if not 200 <= response.status < 300:
             raise err_dict.get(response.status, HTTPError)(response.status, response.reason, answer, response.headers)
         return response.headers, answer
 
     async def close(self) -> None:
-        """Its connections closed; a later request opens a new session."""
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        await self._session.close()

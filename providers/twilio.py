@@ -5,17 +5,16 @@ status callbacks that never came)."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
-from aiohttp import BasicAuth, ClientSession
+from aiohttp import BasicAuth
 from twilio.http import HttpClient
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
-from providers import RenderedMessage, request_limits
+from providers import LazySession, RenderedMessage
 from providers.privacy import HTTP_CLIENT_LOGGERS, keep_customer_data_out_of
 
 # Where the HTTP service (web/) takes Twilio's status callbacks; each SMS
@@ -48,40 +47,30 @@ def _client(account_sid: str, auth_token: str, base_url: str, http_client: HttpC
 
 
 class _SessionWithLimits:
-    """An aiohttp session as Twilio's async client uses it, keeping its own
-    limits: the client hands aiohttp each request's `timeout`, None unless a
-    call gives one, which aiohttp reads as no limit at all."""
+    """An aiohttp session as Twilio's async client uses it, keeping the
+    LazySession's limits: the client hands aiohttp each request's `timeout`,
+    None unless a call gives one, which aiohttp reads as no limit at all."""
 
-    def __init__(self, session: ClientSession) -> None:
-        self._session = session
+    def __init__(self, timeout: float) -> None:
+        self._lazy = LazySession(timeout)
 
     def request(self, *, timeout: float | None = None, auth: BasicAuth | None = None, **kwargs: Any) -> Any:
         if auth is not None:  # the header aiohttp's `auth` would write, which aiohttp 3.13 deprecates
             kwargs["headers"] = {**(kwargs.get("headers") or {}), "Authorization": auth.encode()}
-        return self._session.request(**kwargs) if timeout is None else self._session.request(timeout=timeout, **kwargs)
+        session = self._lazy.get()
+        return session.request(**kwargs) if timeout is None else session.request(timeout=timeout, **kwargs)
 
     async def close(self) -> None:
-        await self._session.close()
+        await self._lazy.close()
 
 
 class _LimitedAsyncHttpClient(AsyncTwilioHttpClient):
-    """Twilio's async HTTP client with a connect and a read limit
-    (`request_limits`). Its session is opened by the first request, on the
-    event loop that makes it (aiohttp needs one), and kept for the next."""
+    """Twilio's async HTTP client on a session with `request_limits`, opened
+    by the first request and anew after `close`."""
 
     def __init__(self, timeout: float) -> None:
         super().__init__(pool_connections=False, timeout=timeout)
-
-    async def request(self, *args: Any, **kwargs: Any) -> Any:
-        if self.session is None:
-            self.session = _SessionWithLimits(ClientSession(timeout=request_limits(self.timeout)))
-        return await super().request(*args, **kwargs)
-
-    async def close(self) -> None:
-        """Its connections closed; a later request opens a new session."""
-        if self.session is not None:
-            session, self.session = self.session, None
-            await session.close()
+        self.session = _SessionWithLimits(timeout)
 
 
 class TwilioSms:
@@ -125,15 +114,12 @@ class TwilioMessages:
     used, and closed after."""
 
     def __init__(self, account_sid: str, auth_token: str, *, base_url: str, timeout: float) -> None:
-        self._timeout = timeout
-        self._http = AsyncTwilioHttpClient(timeout=timeout)
+        self._http = _LimitedAsyncHttpClient(timeout)
         self._client = _client(account_sid, auth_token, base_url, self._http)
 
     async def status(self, message_sid: str) -> tuple[str, int | None]:
-        """The message's status and error code. The client applies no
-        timeout of its own to async requests."""
-        async with asyncio.timeout(self._timeout):
-            message = await self._client.api.v2010.account.messages(message_sid).fetch_async()
+        """The message's status and error code."""
+        message = await self._client.api.v2010.account.messages(message_sid).fetch_async()
         return message.status, message.error_code
 
     async def close(self) -> None:
